@@ -1,0 +1,343 @@
+//! The engine block pool: the semantics of vLLM v1's `BlockPool`, without its
+//! per-block Python objects.
+//!
+//! Core types: [`BlockPool`], [`BlockId`], [`CowOutcome`].
+//!
+//! Workflow (one request):
+//! 1. [`BlockPool::acquire_cached`] takes the longest run of the request's leading
+//!    block identities that the pool still holds (a prefix hit), referencing them.
+//! 2. [`BlockPool::allocate`] takes the rest, all or nothing, from the head of the
+//!    free list; a free block that still held an identified block is evicted then
+//!    (that is the LRU eviction: the free list is ordered by release time).
+//! 3. As blocks fill, [`BlockPool::register`] records their identity in the index.
+//! 4. [`BlockPool::free`] releases them; a block whose count drops to zero goes to the
+//!    tail of the free list and stays findable by identity until it is reused.
+//!
+//! ```text
+//!   free list:  head [evict first] 4 <-> 9 <-> 1 <-> 7 [released last] tail
+//!   index:      h(a)->9, h(b)->7         (cached and free: reusable on a hit)
+//!   in use:     2 (ref 1), 5 (ref 2: forked)
+//! ```
+
+use std::collections::HashMap;
+
+use super::list::{ListEnds, NIL};
+use super::IdentityHash;
+use crate::prefix::BlockHash;
+
+/// Index of one of the engine's KV block slots.
+pub type BlockId = u32;
+
+/// Not enough free blocks: nothing was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("insufficient free blocks: requested {requested}, available {available}")]
+pub struct Insufficient {
+    /// Blocks asked for.
+    pub requested: usize,
+    /// Blocks free (cached ones included).
+    pub available: usize,
+}
+
+/// A call that breaks the pool's contract; nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// The id is not below the pool size.
+    #[error("block id {id} is out of range (pool has {num_blocks} blocks)")]
+    UnknownBlock {
+        /// The id.
+        id: BlockId,
+        /// Pool size.
+        num_blocks: usize,
+    },
+    /// The block (or one more reference to it) is not held.
+    #[error("block {id} is not allocated (or freed more times than it was referenced)")]
+    NotAllocated {
+        /// The id.
+        id: BlockId,
+    },
+    /// The block is already registered under another identity.
+    #[error("block {id} already holds another block identity")]
+    AlreadyRegistered {
+        /// The id.
+        id: BlockId,
+    },
+    /// A copy was needed and no block was free.
+    #[error(transparent)]
+    Insufficient(#[from] Insufficient),
+}
+
+/// The result of [`BlockPool::copy_on_write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CowOutcome {
+    /// The caller holds the only reference: write in place.
+    Exclusive(BlockId),
+    /// The block was shared: the caller now holds `dst` instead of `src` and must
+    /// copy the KV of `src` into `dst` before writing.
+    Copied {
+        /// The shared block (one reference fewer).
+        src: BlockId,
+        /// The new, exclusively held block.
+        dst: BlockId,
+    },
+}
+
+/// Counters of one pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Blocks handed out by `allocate`.
+    pub allocated: u64,
+    /// References released by `free`.
+    pub freed: u64,
+    /// Blocks reused by identity (`acquire_cached`).
+    pub hits: u64,
+    /// Cached blocks evicted to satisfy an allocation.
+    pub evictions: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    ref_cnt: u32,
+    hash: Option<BlockHash>,
+}
+
+/// A pool of `num_blocks` engine KV slots. Not thread-safe by itself: the manager
+/// wraps it in a lock.
+#[derive(Debug)]
+pub struct BlockPool {
+    slots: Vec<Slot>,
+    links: Vec<(u32, u32)>,
+    free: ListEnds,
+    index: HashMap<BlockHash, BlockId, IdentityHash>,
+    stats: PoolStats,
+}
+
+impl BlockPool {
+    /// A pool of `num_blocks` free slots, ids `0..num_blocks` in allocation order.
+    /// `num_blocks` must be below `u32::MAX`.
+    pub fn new(num_blocks: usize) -> Self {
+        assert!(num_blocks < NIL as usize, "pool too large");
+        let mut links = vec![(NIL, NIL); num_blocks];
+        let mut free = ListEnds::new();
+        for id in 0..num_blocks as u32 {
+            free.push_back(&mut links, id);
+        }
+        Self {
+            slots: vec![Slot::default(); num_blocks],
+            links,
+            free,
+            index: HashMap::with_capacity_and_hasher(num_blocks, IdentityHash),
+            stats: PoolStats::default(),
+        }
+    }
+
+    /// Number of slots.
+    pub fn num_blocks(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Free slots, cached ones included.
+    pub fn num_free(&self) -> usize {
+        self.free.len as usize
+    }
+
+    /// Slots holding an identified block (in use or free).
+    pub fn num_cached(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PoolStats {
+        self.stats
+    }
+
+    /// Reference count of `id` (0 when free).
+    pub fn ref_count(&self, id: BlockId) -> Result<u32, PoolError> {
+        self.check_id(id).map(|_| self.slots[id as usize].ref_cnt)
+    }
+
+    /// Identity registered for `id`, if any.
+    pub fn block_hash(&self, id: BlockId) -> Result<Option<BlockHash>, PoolError> {
+        self.check_id(id).map(|_| self.slots[id as usize].hash)
+    }
+
+    fn check_id(&self, id: BlockId) -> Result<(), PoolError> {
+        if (id as usize) < self.slots.len() {
+            Ok(())
+        } else {
+            Err(PoolError::UnknownBlock {
+                id,
+                num_blocks: self.slots.len(),
+            })
+        }
+    }
+
+    /// Appends `n` newly referenced blocks to `out`, or returns [`Insufficient`] and
+    /// changes nothing. Cached free blocks are evicted from the index as they are
+    /// taken, least recently released first.
+    pub fn allocate(&mut self, n: usize, out: &mut Vec<BlockId>) -> Result<(), Insufficient> {
+        let available = self.num_free();
+        if n > available {
+            return Err(Insufficient {
+                requested: n,
+                available,
+            });
+        }
+        out.reserve(n);
+        for _ in 0..n {
+            let Some(id) = self.free.pop_front(&mut self.links) else {
+                unreachable!("free list shorter than its length");
+            };
+            let slot = &mut self.slots[id as usize];
+            if let Some(h) = slot.hash.take() {
+                self.index.remove(&h);
+                self.stats.evictions += 1;
+            }
+            slot.ref_cnt = 1;
+            out.push(id);
+        }
+        self.stats.allocated += n as u64;
+        Ok(())
+    }
+
+    /// Releases one reference to each block in `ids`. Blocks that reach zero join the
+    /// tail of the free list in the order given, so pass a request's blocks from last
+    /// to first to have its tail evicted before its prefix (as vLLM does). Validates
+    /// every id first: on error nothing is changed.
+    pub fn free(&mut self, ids: &[BlockId]) -> Result<(), PoolError> {
+        for (i, &id) in ids.iter().enumerate() {
+            let held = (id as usize) < self.slots.len() && self.slots[id as usize].ref_cnt > 0;
+            if !held {
+                self.undo_free(&ids[..i]);
+                self.check_id(id)?;
+                return Err(PoolError::NotAllocated { id });
+            }
+            let slot = &mut self.slots[id as usize];
+            slot.ref_cnt -= 1;
+            if slot.ref_cnt == 0 {
+                self.free.push_back(&mut self.links, id);
+            }
+        }
+        self.stats.freed += ids.len() as u64;
+        Ok(())
+    }
+
+    /// Reverts the releases of `done` (a prefix of a failed `free`), last first.
+    fn undo_free(&mut self, done: &[BlockId]) {
+        for &id in done.iter().rev() {
+            if self.slots[id as usize].ref_cnt == 0 {
+                self.free.remove(&mut self.links, id);
+            }
+            self.slots[id as usize].ref_cnt += 1;
+        }
+    }
+
+    /// Adds one reference to each block in `ids` (sharing a prefix with a forked
+    /// sequence). Every block must already be held.
+    pub fn fork(&mut self, ids: &[BlockId]) -> Result<(), PoolError> {
+        for &id in ids {
+            self.check_held(id)?;
+        }
+        for &id in ids {
+            self.slots[id as usize].ref_cnt += 1;
+        }
+        Ok(())
+    }
+
+    /// Prepares `id` for writing. An exclusively held block is written in place
+    /// (and forgets its identity, since its content will change); a shared one is
+    /// replaced by a fresh block that the caller fills with a copy.
+    pub fn copy_on_write(&mut self, id: BlockId) -> Result<CowOutcome, PoolError> {
+        self.check_held(id)?;
+        if self.slots[id as usize].ref_cnt == 1 {
+            if let Some(h) = self.slots[id as usize].hash.take() {
+                self.index.remove(&h);
+            }
+            return Ok(CowOutcome::Exclusive(id));
+        }
+        let mut out = Vec::with_capacity(1);
+        self.allocate(1, &mut out)?;
+        self.slots[id as usize].ref_cnt -= 1;
+        self.stats.freed += 1;
+        Ok(CowOutcome::Copied { src: id, dst: out[0] })
+    }
+
+    /// Records that held block `id` now holds the full, computed block `hash`.
+    /// Returns `Ok(false)` when another block already holds that identity (the first
+    /// one stays the one found; `id` stays usable but unindexed).
+    pub fn register(&mut self, id: BlockId, hash: BlockHash) -> Result<bool, PoolError> {
+        self.check_held(id)?;
+        match self.slots[id as usize].hash {
+            Some(h) if h == hash => return Ok(true),
+            Some(_) => return Err(PoolError::AlreadyRegistered { id }),
+            None => {}
+        }
+        if self.index.contains_key(&hash) {
+            return Ok(false);
+        }
+        self.index.insert(hash, id);
+        self.slots[id as usize].hash = Some(hash);
+        Ok(true)
+    }
+
+    /// Number of leading `hashes` held by the pool. Changes nothing.
+    pub fn lookup(&self, hashes: &[BlockHash]) -> usize {
+        hashes.iter().take_while(|h| self.index.contains_key(h)).count()
+    }
+
+    /// References the blocks of the longest leading run of `hashes` that the pool
+    /// holds, appends their ids to `out`, and returns how many.
+    pub fn acquire_cached(&mut self, hashes: &[BlockHash], out: &mut Vec<BlockId>) -> usize {
+        let mut n = 0;
+        for h in hashes {
+            let Some(&id) = self.index.get(h) else { break };
+            let slot = &mut self.slots[id as usize];
+            if slot.ref_cnt == 0 {
+                self.free.remove(&mut self.links, id);
+            }
+            slot.ref_cnt += 1;
+            out.push(id);
+            n += 1;
+        }
+        self.stats.hits += n as u64;
+        n
+    }
+
+    /// Forgets every identity (for example after the engine's weights changed).
+    /// Returns how many were dropped. Held blocks stay held.
+    pub fn reset_prefix_cache(&mut self) -> usize {
+        let n = self.index.len();
+        self.index.clear();
+        for s in &mut self.slots {
+            s.hash = None;
+        }
+        n
+    }
+
+    /// Checks that `id` is held.
+    fn check_held(&self, id: BlockId) -> Result<(), PoolError> {
+        self.check_id(id)?;
+        if self.slots[id as usize].ref_cnt == 0 {
+            return Err(PoolError::NotAllocated { id });
+        }
+        Ok(())
+    }
+
+    /// Asserts the pool's invariants (tests and debug builds).
+    pub fn check_invariants(&self) {
+        let free: Vec<u32> = self.free.iter(&self.links).collect();
+        assert_eq!(free.len(), self.free.len as usize);
+        for (id, s) in self.slots.iter().enumerate() {
+            let in_free = free.contains(&(id as u32));
+            assert_eq!(in_free, s.ref_cnt == 0, "block {id}: free-list membership vs ref count");
+            if let Some(h) = s.hash {
+                assert_eq!(self.index.get(&h), Some(&(id as u32)), "block {id} index entry");
+            }
+        }
+        for (h, &id) in &self.index {
+            assert_eq!(self.slots[id as usize].hash, Some(*h));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

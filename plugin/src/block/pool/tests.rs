@@ -1,0 +1,194 @@
+use super::*;
+use proptest::prelude::*;
+
+fn h(v: u128) -> BlockHash {
+    BlockHash(v)
+}
+
+#[test]
+fn allocate_is_all_or_nothing() {
+    let mut p = BlockPool::new(4);
+    let mut out = Vec::new();
+    p.allocate(3, &mut out).unwrap();
+    assert_eq!(out, [0, 1, 2]);
+    // Expected: asking for 2 with 1 free fails and changes nothing.
+    let err = p.allocate(2, &mut out).unwrap_err();
+    assert_eq!(
+        err,
+        Insufficient {
+            requested: 2,
+            available: 1
+        }
+    );
+    assert_eq!(out, [0, 1, 2]);
+    assert_eq!(p.num_free(), 1);
+    p.check_invariants();
+}
+
+#[test]
+fn cached_free_blocks_are_evicted_least_recently_released_first() {
+    let mut p = BlockPool::new(4);
+    let mut a = Vec::new();
+    p.allocate(4, &mut a).unwrap(); // [0, 1, 2, 3]
+    for (i, &id) in a.iter().enumerate() {
+        assert!(p.register(id, h(100 + i as u128)).unwrap());
+    }
+    // Release request A = [0, 1] last-first, then request B = [2, 3] last-first.
+    p.free(&[1, 0]).unwrap();
+    p.free(&[3, 2]).unwrap();
+    // Expected free list: 1, 0, 3, 2 — allocation evicts 1 then 0.
+    let mut b = Vec::new();
+    p.allocate(2, &mut b).unwrap();
+    assert_eq!(b, [1, 0]);
+    assert_eq!(p.stats().evictions, 2);
+    assert_eq!(p.lookup(&[h(100)]), 0, "block 0's identity was evicted");
+    assert_eq!(p.lookup(&[h(102), h(103)]), 2);
+    p.check_invariants();
+}
+
+#[test]
+fn hit_reuses_cached_free_block_and_removes_it_from_free_list() {
+    let mut p = BlockPool::new(3);
+    let mut a = Vec::new();
+    p.allocate(2, &mut a).unwrap();
+    p.register(0, h(1)).unwrap();
+    p.register(1, h(2)).unwrap();
+    p.free(&[1, 0]).unwrap();
+    let mut hit = Vec::new();
+    // Expected: hashes [1, 2, 3] hit blocks 0 and 1, stop at 3.
+    assert_eq!(p.acquire_cached(&[h(1), h(2), h(3)], &mut hit), 2);
+    assert_eq!(hit, [0, 1]);
+    assert_eq!(p.num_free(), 1);
+    assert_eq!(p.ref_count(0).unwrap(), 1);
+    p.check_invariants();
+}
+
+#[test]
+fn fork_and_copy_on_write() {
+    let mut p = BlockPool::new(3);
+    let mut a = Vec::new();
+    p.allocate(1, &mut a).unwrap();
+    p.register(0, h(9)).unwrap();
+    p.fork(&[0]).unwrap();
+    assert_eq!(p.ref_count(0).unwrap(), 2);
+    assert_eq!(p.copy_on_write(0).unwrap(), CowOutcome::Copied { src: 0, dst: 1 });
+    assert_eq!(p.ref_count(0).unwrap(), 1);
+    // Now exclusive: written in place, identity dropped.
+    assert_eq!(p.copy_on_write(0).unwrap(), CowOutcome::Exclusive(0));
+    assert_eq!(p.lookup(&[h(9)]), 0);
+    p.check_invariants();
+}
+
+#[test]
+fn contract_violations_change_nothing() {
+    let mut p = BlockPool::new(3);
+    let mut a = Vec::new();
+    p.allocate(2, &mut a).unwrap();
+    assert_eq!(p.free(&[0, 7]), Err(PoolError::UnknownBlock { id: 7, num_blocks: 3 }));
+    assert_eq!(p.free(&[1, 0, 0]), Err(PoolError::NotAllocated { id: 0 }));
+    assert_eq!(p.ref_count(0).unwrap(), 1);
+    assert_eq!(p.ref_count(1).unwrap(), 1);
+    assert_eq!(p.num_free(), 1);
+    assert_eq!(p.fork(&[2]), Err(PoolError::NotAllocated { id: 2 }));
+    assert_eq!(p.register(2, h(1)), Err(PoolError::NotAllocated { id: 2 }));
+    p.register(0, h(1)).unwrap();
+    assert_eq!(p.register(0, h(2)), Err(PoolError::AlreadyRegistered { id: 0 }));
+    assert!(!p.register(1, h(1)).unwrap(), "first holder of an identity stays");
+    p.check_invariants();
+}
+
+/// A simple reference model: vectors and linear scans.
+#[derive(Default)]
+struct Model {
+    refs: Vec<u32>,
+    hash: Vec<Option<u128>>,
+    free_order: Vec<u32>,
+}
+
+impl Model {
+    fn new(n: usize) -> Self {
+        Self {
+            refs: vec![0; n],
+            hash: vec![None; n],
+            free_order: (0..n as u32).collect(),
+        }
+    }
+    fn find(&self, v: u128) -> Option<u32> {
+        self.hash.iter().position(|x| *x == Some(v)).map(|i| i as u32)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Random operation sequences agree with the model: same ids, same eviction order.
+    #[test]
+    fn matches_reference_model(ops in proptest::collection::vec((0u8..5, 0u32..8, 0u128..6), 1..150)) {
+        let n = 6;
+        let mut p = BlockPool::new(n);
+        let mut m = Model::new(n);
+        for (op, x, v) in ops {
+            match op {
+                0 => {
+                    let k = (x % 4) as usize;
+                    let mut out = Vec::new();
+                    let r = p.allocate(k, &mut out);
+                    if k > m.free_order.len() {
+                        prop_assert!(r.is_err());
+                    } else {
+                        let want: Vec<u32> = m.free_order.drain(..k).collect();
+                        for &id in &want {
+                            m.hash[id as usize] = None;
+                            m.refs[id as usize] = 1;
+                        }
+                        prop_assert_eq!(out, want);
+                    }
+                }
+                1 => {
+                    let id = x % n as u32;
+                    let r = p.free(&[id]);
+                    if m.refs[id as usize] == 0 {
+                        prop_assert!(r.is_err());
+                    } else {
+                        m.refs[id as usize] -= 1;
+                        if m.refs[id as usize] == 0 { m.free_order.push(id); }
+                    }
+                }
+                2 => {
+                    let id = x % n as u32;
+                    let r = p.register(id, BlockHash(v));
+                    if m.refs[id as usize] == 0 {
+                        prop_assert!(r.is_err());
+                    } else if let Some(cur) = m.hash[id as usize] {
+                        prop_assert_eq!(r.is_ok(), cur == v);
+                    } else if m.find(v).is_some() {
+                        prop_assert_eq!(r, Ok(false));
+                    } else {
+                        prop_assert_eq!(r, Ok(true));
+                        m.hash[id as usize] = Some(v);
+                    }
+                }
+                3 => {
+                    let mut out = Vec::new();
+                    let got = p.acquire_cached(&[BlockHash(v)], &mut out);
+                    match m.find(v) {
+                        Some(id) => {
+                            prop_assert_eq!(got, 1);
+                            prop_assert_eq!(out[0], id);
+                            if m.refs[id as usize] == 0 { m.free_order.retain(|&f| f != id); }
+                            m.refs[id as usize] += 1;
+                        }
+                        None => prop_assert_eq!(got, 0),
+                    }
+                }
+                _ => {
+                    let id = x % n as u32;
+                    let r = p.fork(&[id]);
+                    prop_assert_eq!(r.is_ok(), m.refs[id as usize] > 0);
+                    if m.refs[id as usize] > 0 { m.refs[id as usize] += 1; }
+                }
+            }
+            p.check_invariants();
+            prop_assert_eq!(p.num_free(), m.free_order.len());
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! `TIERKV_*` environment variables, parsed once into one typed [`Config`].
+//!
+//! Core types: [`Config`] (the validated result), [`ConfigError`] (names the variable,
+//! the value and what is accepted) and [`VARS`] (the one table of variables, which
+//! `docs/configuration.md` mirrors and a test keeps in step).
+//!
+//! Workflow:
+//! 1. A host calls [`Config::from_env`] (or [`Config::from_lookup`] in tests) once,
+//!    when it creates a manager.
+//! 2. Each variable goes through one of the shared parsers: [`parse_size`],
+//!    [`parse_duration`], [`parse_bool`], or an enumeration.
+//! 3. [`Config::sanitize`] rejects contradictions; the config is immutable after.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::prefix::HashAlgo;
+
+/// One documented variable: name, default as written in the docs, and meaning.
+#[derive(Debug, Clone, Copy)]
+pub struct VarDoc {
+    /// Variable name, e.g. `TIERKV_CPU_BYTES`.
+    pub name: &'static str,
+    /// Default, as a user would write it (`unset` when there is none).
+    pub default: &'static str,
+    /// What it controls.
+    pub meaning: &'static str,
+}
+
+/// Every variable the library reads. `docs/configuration.md` lists exactly these.
+pub const VARS: &[VarDoc] = &[
+    VarDoc {
+        name: "TIERKV_CPU_BYTES",
+        default: "1GiB",
+        meaning: "Capacity of the host-memory tier (G2), a hard limit. Minimum: one block.",
+    },
+    VarDoc {
+        name: "TIERKV_STORE_NAME",
+        default: "default",
+        meaning: "Name of the shared host-tier arena; processes using the same name share one cache.",
+    },
+    VarDoc {
+        name: "TIERKV_SHM_DIR",
+        default: "/dev/shm",
+        meaning: "Directory holding the shared arena file (a tmpfs).",
+    },
+    VarDoc {
+        name: "TIERKV_HASH",
+        default: "xxh3_128",
+        meaning: "Block identity algorithm: xxh3_128, sha256_cbor or xxhash_cbor.",
+    },
+    VarDoc {
+        name: "TIERKV_NAMESPACE",
+        default: "",
+        meaning: "Namespace folded into every block identity (model, LoRA, tenant); caches never cross it.",
+    },
+    VarDoc {
+        name: "TIERKV_METRICS_ADDR",
+        default: "unset",
+        meaning: "Address for the Prometheus exporter (`9400` or `127.0.0.1:9400`); off when unset.",
+    },
+    VarDoc {
+        name: "TIERKV_LOG",
+        default: "warn",
+        meaning: "Log level written to stderr: off, error, warn, info, debug or trace.",
+    },
+    VarDoc {
+        name: "TIERKV_EVICTION",
+        default: "lru",
+        meaning: "Eviction policy of the host tier: lru.",
+    },
+    VarDoc {
+        name: "TIERKV_LOCK_TIMEOUT",
+        default: "10s",
+        meaning: "How long to wait for another process that is initialising the shared arena.",
+    },
+    VarDoc {
+        name: "TIERKV_STORE_DECODE",
+        default: "true",
+        meaning: "Also store blocks filled during decode (a chat's next turn repeats the reply).",
+    },
+];
+
+/// Log levels accepted by `TIERKV_LOG`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Nothing is written.
+    Off,
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Plus informational events.
+    Info,
+    /// Plus debug events.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// Eviction policies of the host tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionKind {
+    /// Least recently used, O(1) with an intrusive list.
+    Lru,
+}
+
+/// The validated configuration of one manager.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Host tier capacity in bytes (`TIERKV_CPU_BYTES`).
+    pub cpu_bytes: u64,
+    /// Arena name (`TIERKV_STORE_NAME`).
+    pub store_name: String,
+    /// Arena directory (`TIERKV_SHM_DIR`).
+    pub shm_dir: PathBuf,
+    /// Block identity algorithm (`TIERKV_HASH`).
+    pub hash: HashAlgo,
+    /// Namespace extra key (`TIERKV_NAMESPACE`).
+    pub namespace: String,
+    /// Exporter address, `None` when off (`TIERKV_METRICS_ADDR`).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Log level (`TIERKV_LOG`).
+    pub log: LogLevel,
+    /// Host tier eviction policy (`TIERKV_EVICTION`).
+    pub eviction: EvictionKind,
+    /// Arena initialisation wait (`TIERKV_LOCK_TIMEOUT`).
+    pub lock_timeout: Duration,
+    /// Store decode blocks too (`TIERKV_STORE_DECODE`).
+    pub store_decode: bool,
+}
+
+/// A variable with a value that is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?} is not valid: expected {expected}")]
+pub struct ConfigError {
+    /// The variable.
+    pub var: &'static str,
+    /// The value found.
+    pub value: String,
+    /// What is accepted.
+    pub expected: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::from_lookup(|_| None).unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+    }
+}
+
+impl Config {
+    /// Reads every `TIERKV_*` variable from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the variables through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &'static str| -> Option<(&'static str, String)> {
+            lookup(name).map(|v| (name, v.trim().to_string()))
+        };
+        let err = |var: &'static str, value: &str, expected: &str| ConfigError {
+            var,
+            value: value.to_string(),
+            expected: expected.to_string(),
+        };
+        let cpu_bytes = match get("TIERKV_CPU_BYTES") {
+            Some((var, v)) => parse_size(&v).ok_or_else(|| err(var, &v, SIZE_FORMS))?,
+            None => 1 << 30,
+        };
+        let store_name = match get("TIERKV_STORE_NAME") {
+            Some((_, v)) if valid_name(&v) => v,
+            Some((var, v)) => return Err(err(var, &v, "1-64 characters from [A-Za-z0-9_.-]")),
+            None => "default".to_string(),
+        };
+        let shm_dir = match get("TIERKV_SHM_DIR") {
+            Some((_, v)) if v.starts_with('/') => PathBuf::from(v),
+            Some((var, v)) => return Err(err(var, &v, "an absolute directory path")),
+            None => PathBuf::from("/dev/shm"),
+        };
+        let hash = match get("TIERKV_HASH") {
+            Some((var, v)) => {
+                HashAlgo::parse(&v).ok_or_else(|| err(var, &v, "one of xxh3_128, sha256_cbor, xxhash_cbor"))?
+            }
+            None => HashAlgo::Xxh3_128,
+        };
+        let namespace = get("TIERKV_NAMESPACE").map(|(_, v)| v).unwrap_or_default();
+        let metrics_addr = match get("TIERKV_METRICS_ADDR") {
+            Some((_, v)) if v.is_empty() => None,
+            Some((var, v)) => Some(parse_addr(&v).ok_or_else(|| {
+                err(
+                    var,
+                    &v,
+                    "a port (bound on 127.0.0.1) or an address such as 127.0.0.1:9400",
+                )
+            })?),
+            None => None,
+        };
+        let log = match get("TIERKV_LOG") {
+            Some((var, v)) => {
+                parse_log(&v).ok_or_else(|| err(var, &v, "one of off, error, warn, info, debug, trace"))?
+            }
+            None => LogLevel::Warn,
+        };
+        let eviction = match get("TIERKV_EVICTION") {
+            Some((_, v)) if v.eq_ignore_ascii_case("lru") => EvictionKind::Lru,
+            Some((var, v)) => return Err(err(var, &v, "lru")),
+            None => EvictionKind::Lru,
+        };
+        let lock_timeout = match get("TIERKV_LOCK_TIMEOUT") {
+            Some((var, v)) => parse_duration(&v).ok_or_else(|| err(var, &v, DURATION_FORMS))?,
+            None => Duration::from_secs(10),
+        };
+        let store_decode = match get("TIERKV_STORE_DECODE") {
+            Some((var, v)) => parse_bool(&v).ok_or_else(|| err(var, &v, BOOL_FORMS))?,
+            None => true,
+        };
+        let cfg = Config {
+            cpu_bytes,
+            store_name,
+            shm_dir,
+            hash,
+            namespace,
+            metrics_addr,
+            log,
+            eviction,
+            lock_timeout,
+            store_decode,
+        };
+        cfg.sanitize()?;
+        Ok(cfg)
+    }
+
+    /// Rejects values that parse but cannot work.
+    pub fn sanitize(&self) -> Result<(), ConfigError> {
+        if self.cpu_bytes < 4096 {
+            return Err(ConfigError {
+                var: "TIERKV_CPU_BYTES",
+                value: self.cpu_bytes.to_string(),
+                expected: "at least 4KiB (one page); the arena must also hold one block".into(),
+            });
+        }
+        if self.lock_timeout.is_zero() {
+            return Err(ConfigError {
+                var: "TIERKV_LOCK_TIMEOUT",
+                value: "0".into(),
+                expected: "a duration above zero".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+const SIZE_FORMS: &str = "a byte size such as 4096, 512MB, 8GiB (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)";
+const DURATION_FORMS: &str = "a duration such as 250ms, 10s, 2m (units us, ms, s, m, h)";
+const BOOL_FORMS: &str = "one of 1, 0, true, false, yes, no, on, off";
+
+fn valid_name(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && v != "."
+        && v != ".."
+}
+
+fn split_number(s: &str) -> Option<(u64, f64, &str)> {
+    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(end);
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1 {
+        return None;
+    }
+    let int = num.split('.').next()?.parse::<u64>().ok()?;
+    let float = num.parse::<f64>().ok()?;
+    Some((int, float, unit.trim()))
+}
+
+/// Parses a byte size: `4096`, `512MB`, `8GiB`, `1.5GiB`. Returns `None` when invalid
+/// or above `u64::MAX`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let (int, float, unit) = split_number(s.trim())?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    if s.contains('.') {
+        let v = float * mult as f64;
+        (v.is_finite() && v < u64::MAX as f64).then_some(v as u64)
+    } else {
+        int.checked_mul(mult)
+    }
+}
+
+/// Parses a duration: `500us`, `250ms`, `10s`, `2m`, `1h`. A unit is required.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let (_, float, unit) = split_number(s.trim())?;
+    let secs = match unit {
+        "us" => float / 1e6,
+        "ms" => float / 1e3,
+        "s" => float,
+        "m" => float * 60.0,
+        "h" => float * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// Parses a boolean: `1/0`, `true/false`, `yes/no`, `on/off` (any case).
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_log(s: &str) -> Option<LogLevel> {
+    Some(match s.to_ascii_lowercase().as_str() {
+        "off" => LogLevel::Off,
+        "error" => LogLevel::Error,
+        "warn" | "warning" => LogLevel::Warn,
+        "info" => LogLevel::Info,
+        "debug" => LogLevel::Debug,
+        "trace" => LogLevel::Trace,
+        _ => return None,
+    })
+}
+
+fn parse_addr(s: &str) -> Option<SocketAddr> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Some(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,103 @@
+use super::*;
+use std::collections::HashMap;
+
+fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Config::from_lookup(|k| map.get(k).cloned())
+}
+
+#[test]
+fn defaults_work_out_of_the_box() {
+    let c = cfg(&[]).unwrap();
+    assert_eq!(c.cpu_bytes, 1 << 30);
+    assert_eq!(c.store_name, "default");
+    assert_eq!(c.hash, HashAlgo::Xxh3_128);
+    assert_eq!(c.metrics_addr, None);
+    assert_eq!(c.log, LogLevel::Warn);
+    assert!(c.store_decode);
+}
+
+#[test]
+fn sizes_with_units() {
+    assert_eq!(parse_size("4096"), Some(4096));
+    assert_eq!(parse_size("512MB"), Some(512_000_000));
+    assert_eq!(parse_size("8GiB"), Some(8 << 30));
+    assert_eq!(parse_size("1.5KiB"), Some(1536));
+    assert_eq!(parse_size(" 2 TiB "), Some(2 << 40));
+    for bad in ["", "GiB", "12XB", "-1", "1..2GiB", ".5GiB", "99999999999TiB"] {
+        assert_eq!(parse_size(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn durations_and_bools() {
+    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+    assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+    assert_eq!(parse_duration("500us"), Some(Duration::from_micros(500)));
+    assert_eq!(parse_duration("10"), None);
+    for t in ["1", "TRUE", "yes", "On"] {
+        assert_eq!(parse_bool(t), Some(true));
+    }
+    for f in ["0", "false", "NO", "off"] {
+        assert_eq!(parse_bool(f), Some(false));
+    }
+    assert_eq!(parse_bool("maybe"), None);
+}
+
+#[test]
+fn bad_values_name_variable_value_and_accepted_forms() {
+    let e = cfg(&[("TIERKV_CPU_BYTES", "lots")]).unwrap_err();
+    assert_eq!(e.var, "TIERKV_CPU_BYTES");
+    let msg = e.to_string();
+    assert!(msg.contains("TIERKV_CPU_BYTES=\"lots\""), "{msg}");
+    assert!(msg.contains("GiB"), "{msg}");
+    let e = cfg(&[("TIERKV_HASH", "md5")]).unwrap_err();
+    assert!(e.to_string().contains("sha256_cbor"));
+    let e = cfg(&[("TIERKV_STORE_NAME", "../etc")]).unwrap_err();
+    assert_eq!(e.var, "TIERKV_STORE_NAME");
+    let e = cfg(&[("TIERKV_SHM_DIR", "relative")]).unwrap_err();
+    assert_eq!(e.var, "TIERKV_SHM_DIR");
+    let e = cfg(&[("TIERKV_CPU_BYTES", "100")]).unwrap_err();
+    assert!(e.to_string().contains("at least 4KiB"));
+    let e = cfg(&[("TIERKV_LOCK_TIMEOUT", "0s")]).unwrap_err();
+    assert_eq!(e.var, "TIERKV_LOCK_TIMEOUT");
+    let e = cfg(&[("TIERKV_METRICS_ADDR", "nowhere")]).unwrap_err();
+    assert_eq!(e.var, "TIERKV_METRICS_ADDR");
+    let e = cfg(&[("TIERKV_STORE_DECODE", "sometimes")]).unwrap_err();
+    assert_eq!(e.var, "TIERKV_STORE_DECODE");
+}
+
+#[test]
+fn metrics_port_alone_binds_loopback() {
+    let c = cfg(&[("TIERKV_METRICS_ADDR", "9400")]).unwrap();
+    assert_eq!(c.metrics_addr, Some("127.0.0.1:9400".parse().unwrap()));
+}
+
+/// `docs/configuration.md` lists exactly the variables of [`VARS`], with the same defaults.
+#[test]
+fn docs_and_code_agree() {
+    let doc_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
+    let doc = std::fs::read_to_string(doc_path).unwrap();
+    let mut documented = Vec::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() > 3 && cells[1].starts_with("`TIERKV_") {
+            let name = cells[1].trim_matches('`').to_string();
+            let default = cells[2].trim_matches('`').to_string();
+            documented.push((name, default));
+        }
+    }
+    let code: Vec<(String, String)> = VARS
+        .iter()
+        .map(|v| (v.name.to_string(), v.default.to_string()))
+        .collect();
+    assert_eq!(documented, code, "docs/configuration.md and config::VARS differ");
+    // Every variable in the table is read by the parser: setting a bad value fails.
+    for v in VARS {
+        if ["TIERKV_NAMESPACE"].contains(&v.name) {
+            continue;
+        }
+        assert!(cfg(&[(v.name, "\u{1}bad")]).is_err(), "{} accepts anything", v.name);
+    }
+}

@@ -1,0 +1,582 @@
+//! The exported functions. Each one validates everything it is given and returns a
+//! [`TierkvStatus`]; see `plugin/include/tierkv.h` for the C view.
+
+use std::ffi::{c_char, CStr};
+use std::sync::Arc;
+
+use super::{guard, manager, out_ptr, slice_in, slice_out, FfiError, TierkvManager, TierkvStatus};
+use crate::block::CowOutcome;
+use crate::config::Config;
+use crate::prefix::{BlockHash, HashAlgo};
+use crate::tier::layout::Region;
+use crate::tier::{LoadOutcome, StoreOutcome, TierId};
+use crate::{Manager, ManagerParams};
+
+/// Version of this C ABI. Bumped on any incompatible change.
+pub const TIERKV_ABI_VERSION: u32 = 1;
+
+/// A 128-bit block identity as two 64-bit halves.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TierkvHash {
+    /// Low 64 bits.
+    pub lo: u64,
+    /// High 64 bits.
+    pub hi: u64,
+}
+
+impl From<TierkvHash> for BlockHash {
+    fn from(h: TierkvHash) -> Self {
+        BlockHash::from_parts([h.lo, h.hi])
+    }
+}
+
+impl From<BlockHash> for TierkvHash {
+    fn from(h: BlockHash) -> Self {
+        let [lo, hi] = h.to_parts();
+        TierkvHash { lo, hi }
+    }
+}
+
+/// Parameters of `tierkv_manager_create`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct TierkvManagerParams {
+    /// Tokens per block (at least 1).
+    pub block_tokens: u32,
+    /// Engine block pool size to manage; 0 when the engine keeps its own.
+    pub pool_blocks: u32,
+    /// Payload bytes of one block across all layers (at least 1).
+    pub block_bytes: u64,
+    /// NUL-terminated namespace (model, LoRA, tenant), or null for
+    /// `TIERKV_NAMESPACE`.
+    pub namespace_: *const c_char,
+}
+
+/// A region of engine KV memory: block `b` is at `base + b * block_stride`, with
+/// `bytes_per_block` bytes.
+pub type TierkvRegion = Region;
+
+/// What `tierkv_manager_info` reports.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TierkvManagerInfo {
+    /// `TIERKV_ABI_VERSION`.
+    pub abi_version: u32,
+    /// Tokens per block.
+    pub block_tokens: u32,
+    /// Payload bytes per block.
+    pub block_bytes: u64,
+    /// Host tier capacity in blocks.
+    pub host_capacity_blocks: u64,
+    /// Blocks held by the host tier now.
+    pub host_blocks: u64,
+    /// Port of the running metrics exporter, 0 when off.
+    pub metrics_port: u16,
+    /// 1 when `TIERKV_STORE_DECODE` is on.
+    pub store_decode: u8,
+    /// 0: xxh3_128, 1: sha256_cbor, 2: xxhash_cbor.
+    pub hash_algo: u8,
+}
+
+/// Result of storing one block (`out_results` of `tierkv_store_blocks`).
+pub const TIERKV_STORE_STORED: u8 = 0;
+/// The block was already present (or being written): nothing copied.
+pub const TIERKV_STORE_PRESENT: u8 = 1;
+/// No room: every block of the tier is pinned. Not stored.
+pub const TIERKV_STORE_NO_SPACE: u8 = 2;
+
+/// Result of loading one block (`out_results` of `tierkv_load_blocks`).
+pub const TIERKV_LOAD_LOADED: u8 = 0;
+/// Not present (never stored or evicted): recompute.
+pub const TIERKV_LOAD_MISS: u8 = 1;
+/// Failed verification: the block was dropped; its engine slot holds garbage and
+/// must be recomputed.
+pub const TIERKV_LOAD_CORRUPT: u8 = 2;
+/// Too many concurrent readers of this block: recompute.
+pub const TIERKV_LOAD_BUSY: u8 = 3;
+
+/// Tier codes written by `tierkv_lookup`.
+pub const TIERKV_TIER_ENGINE: u8 = 1;
+/// The host-memory tier.
+pub const TIERKV_TIER_HOST: u8 = 2;
+
+/// The ABI version of the loaded library. Never fails.
+#[no_mangle]
+pub extern "C" fn tierkv_abi_version() -> u32 {
+    TIERKV_ABI_VERSION
+}
+
+/// The message of the calling thread's last failed call, or "" after a success.
+///
+/// # Safety
+/// The returned pointer is owned by tierkv and valid until the calling thread makes
+/// its next tierkv call; copy it to keep it. Never null.
+#[no_mangle]
+pub extern "C" fn tierkv_last_error() -> *const c_char {
+    super::last_error_ptr()
+}
+
+/// Creates a manager from `TIERKV_*` variables and `params`; writes the handle to
+/// `*out`.
+///
+/// # Safety
+/// `params` must point to a valid `TierkvManagerParams`, whose `namespace_` is null
+/// or a NUL-terminated string; `out` must be valid for one pointer write. The
+/// handle must be freed with `tierkv_manager_destroy`. Blocks while another process
+/// initialises the same shared arena (at most `TIERKV_LOCK_TIMEOUT`).
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_manager_create(
+    params: *const TierkvManagerParams,
+    out: *mut *mut TierkvManager,
+) -> TierkvStatus {
+    guard(|| {
+        // SAFETY: validated pointers; contents per the caller contract.
+        let out = unsafe { out_ptr(out, "out") }?;
+        *out = std::ptr::null_mut();
+        // SAFETY: as above.
+        let p = unsafe { slice_in(params, 1, "params") }?[0];
+        let namespace = if p.namespace_.is_null() {
+            None
+        } else {
+            // SAFETY: non-null and NUL-terminated per the contract.
+            let s = unsafe { CStr::from_ptr(p.namespace_) };
+            Some(
+                s.to_str()
+                    .map_err(|_| FfiError::invalid("namespace is not valid UTF-8"))?
+                    .to_string(),
+            )
+        };
+        let config = Config::from_env().map_err(|e| FfiError {
+            status: TierkvStatus::Config,
+            message: e.to_string(),
+        })?;
+        let mgr = Arc::new(Manager::new(
+            config,
+            ManagerParams {
+                block_tokens: p.block_tokens,
+                block_bytes: p.block_bytes,
+                namespace,
+                pool_blocks: p.pool_blocks,
+            },
+        )?);
+        mgr.start_exporter();
+        *out = super::register_handle(mgr);
+        Ok(())
+    })
+}
+
+/// Destroys a manager: stops its exporter thread and unmaps its arena once no call
+/// on another thread still uses it. The shared arena file stays for other
+/// processes.
+///
+/// # Safety
+/// `mgr` must be a handle from `tierkv_manager_create` (an unknown or already
+/// destroyed handle returns `INVALID_ARGUMENT`). Do not use it afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_manager_destroy(mgr: *mut TierkvManager) -> TierkvStatus {
+    guard(|| {
+        if mgr.is_null() {
+            return Err(FfiError::invalid("manager handle is null"));
+        }
+        let m = super::unregister_handle(mgr)?;
+        m.stop_exporter();
+        drop(m);
+        Ok(())
+    })
+}
+
+/// Writes what the manager is configured with to `*out`.
+///
+/// # Safety
+/// `mgr` a live handle; `out` valid for one write. Does not block.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_manager_info(mgr: *const TierkvManager, out: *mut TierkvManagerInfo) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointer, caller contract.
+        let out = unsafe { out_ptr(out, "out") }?;
+        let g = m.host().arena().geometry();
+        *out = TierkvManagerInfo {
+            abi_version: TIERKV_ABI_VERSION,
+            block_tokens: m.block_tokens() as u32,
+            block_bytes: g.slot_bytes,
+            host_capacity_blocks: u64::from(g.n_slots),
+            host_blocks: m.host().len(),
+            metrics_port: m.exporter_addr().map_or(0, |a| a.port()),
+            store_decode: u8::from(m.config().store_decode),
+            hash_algo: match m.hash_algo() {
+                HashAlgo::Xxh3_128 => 0,
+                HashAlgo::Sha256Cbor => 1,
+                HashAlgo::XxhashCbor => 2,
+            },
+        };
+        Ok(())
+    })
+}
+
+/// Computes the identities of the full blocks of `tokens[0..n_tokens]`, chained from
+/// `*parent` (or from the start of a sequence when `parent` is null). Writes
+/// `n_tokens / block_tokens` hashes to `out` and that count to `*out_n`; a trailing
+/// partial block has no identity.
+///
+/// # Safety
+/// `tokens` valid for `n_tokens` reads (any pointer when 0); `out` valid for
+/// `out_cap` writes; `out_n` valid for one write; `parent` null or valid. If
+/// `out_cap` is too small, returns `BUFFER_TOO_SMALL` with the needed count in
+/// `*out_n`. Does not block.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_hash_tokens(
+    mgr: *const TierkvManager,
+    parent: *const TierkvHash,
+    tokens: *const u32,
+    n_tokens: usize,
+    out: *mut TierkvHash,
+    out_cap: usize,
+    out_n: *mut usize,
+) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointers, caller contract.
+        let out_n = unsafe { out_ptr(out_n, "out_n") }?;
+        // SAFETY: as above.
+        let tokens = unsafe { slice_in(tokens, n_tokens, "tokens") }?;
+        let parent = if parent.is_null() {
+            None
+        } else {
+            // SAFETY: as above.
+            Some(BlockHash::from(unsafe { slice_in(parent, 1, "parent") }?[0]))
+        };
+        let need = n_tokens / m.block_tokens();
+        *out_n = need;
+        if need > out_cap {
+            return Err(FfiError {
+                status: TierkvStatus::BufferTooSmall,
+                message: format!("out has room for {out_cap} hashes, {need} needed"),
+            });
+        }
+        // SAFETY: as above.
+        let out = unsafe { slice_out(out, need, "out") }?;
+        let mut hashes = Vec::with_capacity(need);
+        m.hash_tokens(parent, tokens, &mut hashes)?;
+        for (o, h) in out.iter_mut().zip(hashes) {
+            *o = h.into();
+        }
+        Ok(())
+    })
+}
+
+/// Finds the longest run of leading `hashes` held by a tier. Writes the run length to
+/// `*out_hits` and, if `out_tiers` is not null, the tier of each hit block
+/// (`TIERKV_TIER_*`) to `out_tiers[0..*out_hits]`.
+///
+/// # Safety
+/// `hashes` valid for `n` reads; `out_tiers` null or valid for `n` writes;
+/// `out_hits` valid for one write. Takes the arena lock briefly.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_lookup(
+    mgr: *const TierkvManager,
+    hashes: *const TierkvHash,
+    n: usize,
+    out_tiers: *mut u8,
+    out_hits: *mut usize,
+) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointers, caller contract.
+        let out_hits = unsafe { out_ptr(out_hits, "out_hits") }?;
+        // SAFETY: as above.
+        let hs = unsafe { slice_in(hashes, n, "hashes") }?;
+        let hs: Vec<BlockHash> = hs.iter().map(|&h| h.into()).collect();
+        let mut tiers = vec![TierId::Host; n];
+        let hits = m.in_scope(|| m.lookup(&hs, &mut tiers));
+        if !out_tiers.is_null() {
+            // SAFETY: as above.
+            let o = unsafe { slice_out(out_tiers, n, "out_tiers") }?;
+            for (o, t) in o.iter_mut().zip(&tiers[..hits]) {
+                *o = *t as u8;
+            }
+        }
+        *out_hits = hits;
+        Ok(())
+    })
+}
+
+/// Registers the engine's KV memory: `n_regions` regions of `num_blocks` blocks whose
+/// `bytes_per_block` add up to the manager's `block_bytes`. Replaces any earlier
+/// layout.
+///
+/// # Safety
+/// `regions` valid for `n_regions` reads. The memory the regions describe must stay
+/// valid until it is replaced or the manager destroyed; store and load calls access
+/// it. Does not block.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_register_layout(
+    mgr: *const TierkvManager,
+    regions: *const TierkvRegion,
+    n_regions: usize,
+    num_blocks: u64,
+) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        if n_regions == 0 {
+            return Err(FfiError::invalid("n_regions is zero"));
+        }
+        // SAFETY: validated pointer, caller contract.
+        let regions = unsafe { slice_in(regions, n_regions, "regions") }?;
+        m.register_layout(regions, num_blocks)?;
+        Ok(())
+    })
+}
+
+/// Copies engine blocks `block_ids[i]` to the host tier under `hashes[i]`, checksummed.
+/// If `out_results` is not null, writes a `TIERKV_STORE_*` code per block.
+///
+/// # Safety
+/// `hashes`, `block_ids` valid for `n` reads; `out_results` null or valid for `n`
+/// writes. The blocks' engine memory must not be written during the call. Blocks
+/// for the duration of the copies (no disk or network).
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_store_blocks(
+    mgr: *const TierkvManager,
+    hashes: *const TierkvHash,
+    block_ids: *const u64,
+    n: usize,
+    out_results: *mut u8,
+) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointers, caller contract.
+        let (hs, ids) = unsafe { (slice_in(hashes, n, "hashes")?, slice_in(block_ids, n, "block_ids")?) };
+        let hs: Vec<BlockHash> = hs.iter().map(|&h| h.into()).collect();
+        let mut outcomes = vec![StoreOutcome::NoSpace; n];
+        // SAFETY: the layout's memory is valid per tierkv_register_layout's contract and
+        // not written concurrently per this function's contract.
+        m.in_scope(|| unsafe { m.store_blocks(&hs, ids, &mut outcomes) })?;
+        if !out_results.is_null() {
+            // SAFETY: validated pointer, caller contract.
+            let o = unsafe { slice_out(out_results, n, "out_results") }?;
+            for (o, r) in o.iter_mut().zip(&outcomes) {
+                *o = match r {
+                    StoreOutcome::Stored => TIERKV_STORE_STORED,
+                    StoreOutcome::AlreadyPresent => TIERKV_STORE_PRESENT,
+                    StoreOutcome::NoSpace => TIERKV_STORE_NO_SPACE,
+                };
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Copies host-tier blocks `hashes[i]` into engine blocks `block_ids[i]` and verifies
+/// each. Writes a `TIERKV_LOAD_*` code per block to `out_results` and the number
+/// loaded to `*out_loaded`. A block not `LOADED` must be recomputed by the engine.
+///
+/// # Safety
+/// `hashes`, `block_ids` valid for `n` reads; `out_results` valid for `n` writes;
+/// `out_loaded` valid for one write. Nothing else may access the blocks' engine
+/// memory during the call. Blocks for the duration of the copies.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_load_blocks(
+    mgr: *const TierkvManager,
+    hashes: *const TierkvHash,
+    block_ids: *const u64,
+    n: usize,
+    out_results: *mut u8,
+    out_loaded: *mut usize,
+) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointers, caller contract.
+        let out_loaded = unsafe { out_ptr(out_loaded, "out_loaded") }?;
+        *out_loaded = 0;
+        // SAFETY: as above.
+        let (hs, ids) = unsafe { (slice_in(hashes, n, "hashes")?, slice_in(block_ids, n, "block_ids")?) };
+        // SAFETY: as above.
+        let out = unsafe { slice_out(out_results, n, "out_results") }?;
+        let hs: Vec<BlockHash> = hs.iter().map(|&h| h.into()).collect();
+        let mut outcomes = vec![LoadOutcome::Miss; n];
+        // SAFETY: the layout's memory is valid per tierkv_register_layout's contract and
+        // exclusively ours during the call per this function's contract.
+        m.in_scope(|| unsafe { m.load_blocks(&hs, ids, &mut outcomes) })?;
+        for (o, r) in out.iter_mut().zip(&outcomes) {
+            *o = match r {
+                LoadOutcome::Loaded => TIERKV_LOAD_LOADED,
+                LoadOutcome::Miss => TIERKV_LOAD_MISS,
+                LoadOutcome::Corrupt => TIERKV_LOAD_CORRUPT,
+                LoadOutcome::Busy => TIERKV_LOAD_BUSY,
+            };
+        }
+        *out_loaded = outcomes.iter().filter(|&&o| o == LoadOutcome::Loaded).count();
+        Ok(())
+    })
+}
+
+/// Writes the Prometheus text of all metrics, NUL-terminated, to `buf`. Writes the
+/// needed size (text plus NUL) to `*out_len`; if `cap` is smaller, returns
+/// `BUFFER_TOO_SMALL` and writes nothing else (call again with a larger buffer).
+///
+/// # Safety
+/// `buf` valid for `cap` writes (any pointer when `cap` is 0); `out_len` valid for
+/// one write. Takes the arena lock briefly.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_metrics_text(
+    mgr: *const TierkvManager,
+    buf: *mut c_char,
+    cap: usize,
+    out_len: *mut usize,
+) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointer, caller contract.
+        let out_len = unsafe { out_ptr(out_len, "out_len") }?;
+        let text = m.metrics_text();
+        *out_len = text.len() + 1;
+        if cap < text.len() + 1 {
+            return Err(FfiError {
+                status: TierkvStatus::BufferTooSmall,
+                message: format!("buffer of {cap} bytes, {} needed", text.len() + 1),
+            });
+        }
+        // SAFETY: as above.
+        let out = unsafe { slice_out(buf.cast::<u8>(), text.len() + 1, "buf") }?;
+        out[..text.len()].copy_from_slice(text.as_bytes());
+        out[text.len()] = 0;
+        Ok(())
+    })
+}
+
+fn pool_of(m: &Manager) -> Result<&parking_lot::Mutex<crate::block::BlockPool>, FfiError> {
+    m.pool().ok_or(FfiError {
+        status: TierkvStatus::State,
+        message: "this manager has no engine block pool (create it with pool_blocks > 0)".into(),
+    })
+}
+
+/// Allocates `n` engine blocks, all or nothing, writing their ids to `out_ids`.
+/// Returns `INSUFFICIENT` (changing nothing) when fewer than `n` are free.
+///
+/// # Safety
+/// `out_ids` valid for `n` writes. Takes the pool lock.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_pool_allocate(mgr: *const TierkvManager, n: usize, out_ids: *mut u32) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointer, caller contract.
+        let out = unsafe { slice_out(out_ids, n, "out_ids") }?;
+        let mut ids = Vec::with_capacity(n);
+        pool_of(&m)?
+            .lock()
+            .allocate(n, &mut ids)
+            .map_err(crate::block::PoolError::from)?;
+        out.copy_from_slice(&ids);
+        Ok(())
+    })
+}
+
+/// Releases one reference to each of `ids` (pass a request's blocks last first).
+/// Validates all first: on error nothing changes.
+///
+/// # Safety
+/// `ids` valid for `n` reads. Takes the pool lock.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_pool_free(mgr: *const TierkvManager, ids: *const u32, n: usize) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointer, caller contract.
+        let ids = unsafe { slice_in(ids, n, "ids") }?;
+        pool_of(&m)?.lock().free(ids)?;
+        Ok(())
+    })
+}
+
+/// Adds one reference to each of `ids` (sharing a prefix with a forked sequence).
+///
+/// # Safety
+/// `ids` valid for `n` reads. Takes the pool lock.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_pool_fork(mgr: *const TierkvManager, ids: *const u32, n: usize) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointer, caller contract.
+        let ids = unsafe { slice_in(ids, n, "ids") }?;
+        pool_of(&m)?.lock().fork(ids)?;
+        Ok(())
+    })
+}
+
+/// Prepares block `id` for writing. Writes the block to write to `*out_id`, and 1 to
+/// `*out_copy` when the engine must first copy the KV of `id` into `*out_id` (the
+/// block was shared), else 0.
+///
+/// # Safety
+/// `out_id`, `out_copy` valid for one write each. Takes the pool lock.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_pool_copy_on_write(
+    mgr: *const TierkvManager,
+    id: u32,
+    out_id: *mut u32,
+    out_copy: *mut u8,
+) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointers, caller contract.
+        let (out_id, out_copy) = unsafe { (out_ptr(out_id, "out_id")?, out_ptr(out_copy, "out_copy")?) };
+        match pool_of(&m)?.lock().copy_on_write(id)? {
+            CowOutcome::Exclusive(b) => (*out_id, *out_copy) = (b, 0),
+            CowOutcome::Copied { dst, .. } => (*out_id, *out_copy) = (dst, 1),
+        }
+        Ok(())
+    })
+}
+
+/// Records that held block `id` holds the computed full block `*hash`. Writes 1 to
+/// `*out_indexed` when it is now findable, 0 when another block already holds it.
+///
+/// # Safety
+/// `hash` valid for one read; `out_indexed` valid for one write. Takes the pool lock.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_pool_register(
+    mgr: *const TierkvManager,
+    id: u32,
+    hash: *const TierkvHash,
+    out_indexed: *mut u8,
+) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointers, caller contract.
+        let (h, out) = unsafe { (slice_in(hash, 1, "hash")?[0], out_ptr(out_indexed, "out_indexed")?) };
+        *out = u8::from(pool_of(&m)?.lock().register(id, h.into())?);
+        Ok(())
+    })
+}
+
+/// References the engine blocks of the longest leading run of `hashes` the pool
+/// holds (a prefix hit), writing their ids to `out_ids` and the count to `*out_n`.
+///
+/// # Safety
+/// `hashes` valid for `n` reads; `out_ids` valid for `n` writes; `out_n` for one.
+/// Takes the pool lock.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_pool_acquire_cached(
+    mgr: *const TierkvManager,
+    hashes: *const TierkvHash,
+    n: usize,
+    out_ids: *mut u32,
+    out_n: *mut usize,
+) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointers, caller contract.
+        let out_n = unsafe { out_ptr(out_n, "out_n") }?;
+        *out_n = 0;
+        // SAFETY: as above.
+        let (hs, out) = unsafe { (slice_in(hashes, n, "hashes")?, slice_out(out_ids, n, "out_ids")?) };
+        let hs: Vec<BlockHash> = hs.iter().map(|&h| h.into()).collect();
+        let mut ids = Vec::with_capacity(n);
+        let got = pool_of(&m)?.lock().acquire_cached(&hs, &mut ids);
+        out[..got].copy_from_slice(&ids);
+        *out_n = got;
+        Ok(())
+    })
+}

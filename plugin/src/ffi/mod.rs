@@ -1,0 +1,254 @@
+//! The C ABI: the wall between tierkv and its host.
+//!
+//! Core types: [`TierkvStatus`] (every export returns one), opaque
+//! `TierkvManager` handles, and the thread-local last error.
+//!
+//! Workflow of every export:
+//! 1. [`guard`] runs the body under `catch_unwind`: a panic becomes
+//!    `TIERKV_STATUS_INTERNAL` with its message, never an unwind into C.
+//! 2. The body validates each pointer and length ([`slice_in`], [`slice_out`],
+//!    [`out_ptr`]): null, misaligned, or a length whose byte size overflows is
+//!    `TIERKV_STATUS_INVALID_ARGUMENT`; a handle that is not live is too.
+//! 3. The body clones the manager's `Arc` out of the handle table, so a concurrent
+//!    `tierkv_manager_destroy` cannot free it mid-call; it runs with the manager's
+//!    log subscriber in scope.
+//! 4. On error, the message is stored for the calling thread
+//!    (`tierkv_last_error`); on success the last error is cleared.
+//!
+//! The handle table maps live handle addresses to managers. It holds no state of
+//! its own: two managers in one process (or the library loaded twice) are
+//! independent.
+
+mod api;
+
+pub use api::*;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{c_char, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::RwLock;
+
+use crate::Manager;
+
+/// Status code of every export.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierkvStatus {
+    /// Success.
+    Ok = 0,
+    /// A pointer, length, handle or value is invalid; nothing was changed.
+    InvalidArgument = 1,
+    /// A `TIERKV_*` variable is invalid (the message names it).
+    Config = 2,
+    /// A tier has no room (for example the shared-memory filesystem is full).
+    NoSpace = 3,
+    /// An OS resource is unavailable (file, mapping, lock timeout).
+    Unavailable = 4,
+    /// Not enough free engine blocks: nothing was changed.
+    Insufficient = 5,
+    /// The call needs state that is missing (for example no layout registered).
+    State = 6,
+    /// The output buffer is too small; the needed size was written.
+    BufferTooSmall = 7,
+    /// A bug inside tierkv (a caught panic); the host is unaffected.
+    Internal = 8,
+}
+
+/// An error on its way out through the ABI.
+#[derive(Debug)]
+pub struct FfiError {
+    /// The status to return.
+    pub status: TierkvStatus,
+    /// The message for `tierkv_last_error`.
+    pub message: String,
+}
+
+impl FfiError {
+    /// An invalid-argument error.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            status: TierkvStatus::InvalidArgument,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::ManagerError> for FfiError {
+    fn from(e: crate::ManagerError) -> Self {
+        use crate::tier::arena::ArenaError;
+        use crate::tier::TierError;
+        use crate::ManagerError as M;
+        let status = match &e {
+            M::Config(_) => TierkvStatus::Config,
+            M::InvalidArgument(_) | M::Layout(_) => TierkvStatus::InvalidArgument,
+            M::Tier(TierError::SizeMismatch { .. }) => TierkvStatus::InvalidArgument,
+            M::Tier(TierError::Arena(ArenaError::NoSpace { .. } | ArenaError::TooSmall { .. })) => {
+                TierkvStatus::NoSpace
+            }
+            M::Tier(TierError::Arena(ArenaError::Mismatch { .. })) => TierkvStatus::Config,
+            M::Tier(TierError::Arena(_)) => TierkvStatus::Unavailable,
+            M::State(_) => TierkvStatus::State,
+        };
+        Self {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<crate::block::PoolError> for FfiError {
+    fn from(e: crate::block::PoolError) -> Self {
+        let status = match e {
+            crate::block::PoolError::Insufficient(_) => TierkvStatus::Insufficient,
+            _ => TierkvStatus::InvalidArgument,
+        };
+        Self {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(msg: &str) {
+    let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+/// Pointer to the calling thread's last error text (empty if the last call
+/// succeeded). Valid until the thread's next tierkv call.
+pub(crate) fn last_error_ptr() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// Runs an export body: catches panics, records the error text, returns the status.
+pub(crate) fn guard(body: impl FnOnce() -> Result<(), FfiError>) -> TierkvStatus {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => {
+            set_last_error("");
+            TierkvStatus::Ok
+        }
+        Ok(Err(e)) => {
+            set_last_error(&e.message);
+            e.status
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            set_last_error(&format!("internal error in tierkv: {msg}"));
+            TierkvStatus::Internal
+        }
+    }
+}
+
+type Handles = RwLock<HashMap<usize, Arc<Manager>>>;
+
+fn handles() -> &'static Handles {
+    static HANDLES: OnceLock<Handles> = OnceLock::new();
+    HANDLES.get_or_init(|| RwLock::new(HashMap::new()))
+}
+
+/// An opaque manager handle. Created by `tierkv_manager_create`, freed by
+/// `tierkv_manager_destroy`. Never dereferenced: its address is a key into the
+/// handle table.
+pub struct TierkvManager {
+    _private: [u8; 0],
+}
+
+pub(crate) fn register_handle(mgr: Arc<Manager>) -> *mut TierkvManager {
+    // A distinct, never-dereferenced address per handle: a one-byte heap cell that
+    // lives until destroy, so addresses are not reused while a handle is live.
+    let cell = Box::into_raw(Box::new(0u8)) as usize;
+    handles().write().insert(cell, mgr);
+    cell as *mut TierkvManager
+}
+
+pub(crate) fn unregister_handle(h: *mut TierkvManager) -> Result<Arc<Manager>, FfiError> {
+    let mgr = handles()
+        .write()
+        .remove(&(h as usize))
+        .ok_or_else(|| FfiError::invalid("unknown or already destroyed manager handle"))?;
+    // SAFETY: the address came from Box::into_raw(Box<u8>) in register_handle and was
+    // just removed from the table, so it is freed exactly once.
+    drop(unsafe { Box::from_raw(h as *mut u8) });
+    Ok(mgr)
+}
+
+pub(crate) fn manager(h: *const TierkvManager) -> Result<Arc<Manager>, FfiError> {
+    if h.is_null() {
+        return Err(FfiError::invalid("manager handle is null"));
+    }
+    handles()
+        .read()
+        .get(&(h as usize))
+        .cloned()
+        .ok_or_else(|| FfiError::invalid("unknown or already destroyed manager handle"))
+}
+
+fn check_ptr<T>(p: *const T, what: &str) -> Result<(), FfiError> {
+    if p.is_null() {
+        return Err(FfiError::invalid(format!("{what} is null")));
+    }
+    if !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
+        return Err(FfiError::invalid(format!(
+            "{what} is misaligned (needs {}-byte alignment)",
+            std::mem::align_of::<T>()
+        )));
+    }
+    Ok(())
+}
+
+fn check_len<T>(n: usize, what: &str) -> Result<(), FfiError> {
+    if n > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return Err(FfiError::invalid(format!("{what} length {n} overflows")));
+    }
+    Ok(())
+}
+
+/// Borrows `n` elements at `p` for reading. `n == 0` accepts any pointer.
+///
+/// # Safety
+/// If `n > 0`, `p` must point to `n` initialised elements valid for the call.
+pub(crate) unsafe fn slice_in<'a, T>(p: *const T, n: usize, what: &str) -> Result<&'a [T], FfiError> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    check_ptr(p, what)?;
+    check_len::<T>(n, what)?;
+    // SAFETY: non-null, aligned, size does not overflow; validity is the caller's
+    // contract.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
+/// Borrows `n` elements at `p` for writing. `n == 0` accepts any pointer.
+///
+/// # Safety
+/// If `n > 0`, `p` must point to `n` elements valid for writes during the call.
+pub(crate) unsafe fn slice_out<'a, T>(p: *mut T, n: usize, what: &str) -> Result<&'a mut [T], FfiError> {
+    if n == 0 {
+        return Ok(&mut []);
+    }
+    check_ptr(p, what)?;
+    check_len::<T>(n, what)?;
+    // SAFETY: as in slice_in, for writes.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p, n) })
+}
+
+/// Borrows one output value.
+///
+/// # Safety
+/// `p` must be valid for writes of one `T` during the call.
+pub(crate) unsafe fn out_ptr<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, FfiError> {
+    check_ptr(p, what)?;
+    // SAFETY: non-null and aligned; validity is the caller's contract.
+    Ok(unsafe { &mut *p })
+}

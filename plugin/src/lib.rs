@@ -1,0 +1,21 @@
+//! tierkv: a tiered KV cache manager that LLM serving engines load as a shared
+//! library (`libtierkv.so`).
+//!
+//! Layers, top to bottom:
+//! 1. [`ffi`]: the C ABI (opaque handles, status codes, per-thread last error).
+//! 2. [`Manager`]: the one facade an engine sees.
+//! 3. [`prefix`] (block identity), [`block`] (the engine block pool),
+//!    [`tier`] (host tier over a shared arena), [`metrics`], [`config`].
+//!
+//! See `docs/architecture.md` for the design and its failure modes.
+
+pub mod block;
+pub mod config;
+pub mod ffi;
+mod log;
+mod manager;
+pub mod metrics;
+pub mod prefix;
+pub mod tier;
+
+pub use manager::{Manager, ManagerError, ManagerParams};

@@ -1,0 +1,313 @@
+//! Counters and histograms as plain atomics, and their Prometheus text form.
+//!
+//! Core types: [`SharedStats`] (the host tier's counters; they live in the shared
+//! arena, so every process that maps a store sees and adds to the same totals),
+//! [`Histogram`] (fixed log-spaced latency buckets), [`render`] (text exposition
+//! format 0.0.4) and [`exporter::Exporter`] (an optional HTTP endpoint).
+//!
+//! Workflow:
+//! 1. Hot paths add to atomics with `Relaxed` ordering (no locks, no allocation).
+//! 2. A scrape (HTTP or `tierkv_metrics_text`) reads them and renders text.
+//!
+//! Names are an API: renaming one is a breaking change recorded in the CHANGELOG.
+
+pub mod exporter;
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bucket upper bounds of the latency histograms, in seconds: 1 us to ~8.4 s,
+/// doubling (24 buckets), plus `+Inf`. Covers a single small block copy up to a
+/// stalled load.
+pub const LATENCY_BUCKETS: usize = 24;
+
+fn bucket_bound(i: usize) -> f64 {
+    1e-6 * f64::from(1u32 << i)
+}
+
+/// A latency histogram of atomics.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe_ns(&self, ns: u64) {
+        let us = ns / 1000;
+        let i = if us == 0 { 0 } else { (64 - us.leading_zeros()) as usize };
+        self.buckets[i.min(LATENCY_BUCKETS)].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cum = 0;
+        for i in 0..LATENCY_BUCKETS {
+            cum += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{:e}\"}} {cum}", bucket_bound(i));
+        }
+        cum += self.buckets[LATENCY_BUCKETS].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cum}");
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cum}");
+    }
+}
+
+/// The host tier's counters, shared by every process mapping the same arena.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct SharedStats {
+    /// Prefix lookups.
+    pub lookups: AtomicU64,
+    /// Leading blocks found by lookups.
+    pub hit_blocks: AtomicU64,
+    /// Blocks asked for by lookups and not found (everything after the first miss).
+    pub miss_blocks: AtomicU64,
+    /// Tokens of the hit blocks.
+    pub hit_tokens: AtomicU64,
+    /// Tokens of the missed blocks.
+    pub miss_tokens: AtomicU64,
+    /// Blocks written.
+    pub stored_blocks: AtomicU64,
+    /// Bytes written.
+    pub stored_bytes: AtomicU64,
+    /// Stores skipped because the block was already present or being written.
+    pub store_dedup: AtomicU64,
+    /// Stores refused because nothing could be evicted.
+    pub store_rejected: AtomicU64,
+    /// Blocks loaded and verified.
+    pub loaded_blocks: AtomicU64,
+    /// Bytes loaded and verified.
+    pub loaded_bytes: AtomicU64,
+    /// Loads of blocks that were not present (evicted since the lookup).
+    pub load_misses: AtomicU64,
+    /// Loads whose checksum did not match: counted as misses, never served.
+    pub checksum_failures: AtomicU64,
+    /// Blocks evicted.
+    pub evictions: AtomicU64,
+    /// Times a process found the arena lock owned by a dead process and repaired it.
+    pub lock_recoveries: AtomicU64,
+    /// Slots reclaimed from writers that died.
+    pub dead_writer_reclaims: AtomicU64,
+    /// Store latency (one block).
+    pub store_latency: Histogram,
+    /// Load latency (one block).
+    pub load_latency: Histogram,
+}
+
+/// Gauges read at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// Ready blocks in the host tier.
+    pub host_blocks: u64,
+    /// Host tier capacity in blocks.
+    pub host_capacity_blocks: u64,
+    /// Host tier capacity in bytes (the arena file).
+    pub host_capacity_bytes: u64,
+    /// Payload bytes per block.
+    pub block_bytes: u64,
+    /// Engine pool blocks in use (0 without a pool).
+    pub pool_used_blocks: u64,
+    /// Engine pool size (0 without a pool).
+    pub pool_blocks: u64,
+    /// Engine pool counters.
+    pub pool: crate::block::PoolStats,
+}
+
+fn counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (labels, v) in series {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, labels: &str, v: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name} {v}");
+    } else {
+        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+    }
+}
+
+/// Renders every metric in the Prometheus text format.
+pub fn render(s: &SharedStats, g: &Gauges) -> String {
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut o = String::with_capacity(8192);
+    counter(
+        &mut o,
+        "tierkv_lookups_total",
+        "Prefix lookups.",
+        &[("", r(&s.lookups))],
+    );
+    counter(
+        &mut o,
+        "tierkv_lookup_blocks_total",
+        "Blocks asked for by lookups, by tier and result.",
+        &[
+            ("tier=\"host\",result=\"hit\"", r(&s.hit_blocks)),
+            ("tier=\"host\",result=\"miss\"", r(&s.miss_blocks)),
+        ],
+    );
+    counter(
+        &mut o,
+        "tierkv_lookup_tokens_total",
+        "Tokens of the blocks asked for by lookups, by tier and result.",
+        &[
+            ("tier=\"host\",result=\"hit\"", r(&s.hit_tokens)),
+            ("tier=\"host\",result=\"miss\"", r(&s.miss_tokens)),
+        ],
+    );
+    counter(
+        &mut o,
+        "tierkv_block_ops_total",
+        "Block operations by tier and op.",
+        &[
+            ("tier=\"host\",op=\"store\"", r(&s.stored_blocks)),
+            ("tier=\"host\",op=\"store_dedup\"", r(&s.store_dedup)),
+            ("tier=\"host\",op=\"store_rejected\"", r(&s.store_rejected)),
+            ("tier=\"host\",op=\"load\"", r(&s.loaded_blocks)),
+            ("tier=\"host\",op=\"load_miss\"", r(&s.load_misses)),
+            ("tier=\"host\",op=\"evict\"", r(&s.evictions)),
+            ("tier=\"engine\",op=\"allocate\"", g.pool.allocated),
+            ("tier=\"engine\",op=\"free\"", g.pool.freed),
+            ("tier=\"engine\",op=\"hit\"", g.pool.hits),
+            ("tier=\"engine\",op=\"evict\"", g.pool.evictions),
+        ],
+    );
+    counter(
+        &mut o,
+        "tierkv_transfer_bytes_total",
+        "Bytes copied between the engine and a tier.",
+        &[
+            ("src=\"engine\",dst=\"host\"", r(&s.stored_bytes)),
+            ("src=\"host\",dst=\"engine\"", r(&s.loaded_bytes)),
+        ],
+    );
+    counter(
+        &mut o,
+        "tierkv_checksum_failures_total",
+        "Loaded blocks whose checksum or identity did not verify (served as misses).",
+        &[("tier=\"host\"", r(&s.checksum_failures))],
+    );
+    counter(
+        &mut o,
+        "tierkv_recoveries_total",
+        "Repairs after a process died: lock owner or writer.",
+        &[
+            ("kind=\"lock_owner\"", r(&s.lock_recoveries)),
+            ("kind=\"dead_writer\"", r(&s.dead_writer_reclaims)),
+        ],
+    );
+    gauge(
+        &mut o,
+        "tierkv_tier_blocks",
+        "Blocks held by the tier.",
+        "tier=\"host\"",
+        g.host_blocks,
+    );
+    gauge(
+        &mut o,
+        "tierkv_tier_capacity_blocks",
+        "Tier capacity in blocks.",
+        "tier=\"host\"",
+        g.host_capacity_blocks,
+    );
+    gauge(
+        &mut o,
+        "tierkv_tier_capacity_bytes",
+        "Tier capacity in bytes, metadata included.",
+        "tier=\"host\"",
+        g.host_capacity_bytes,
+    );
+    gauge(
+        &mut o,
+        "tierkv_block_bytes",
+        "Payload bytes of one block.",
+        "",
+        g.block_bytes,
+    );
+    gauge(
+        &mut o,
+        "tierkv_engine_pool_used_blocks",
+        "Engine pool blocks in use.",
+        "",
+        g.pool_used_blocks,
+    );
+    gauge(
+        &mut o,
+        "tierkv_engine_pool_blocks",
+        "Engine pool size.",
+        "",
+        g.pool_blocks,
+    );
+    gauge(
+        &mut o,
+        "tierkv_gpu_available",
+        "Whether a GPU data path is active.",
+        "",
+        0,
+    );
+    let _ = writeln!(
+        o,
+        "# HELP tierkv_transfer_seconds Latency of one block copy with its checksum.\n# TYPE tierkv_transfer_seconds histogram"
+    );
+    s.store_latency
+        .render(&mut o, "tierkv_transfer_seconds", "src=\"engine\",dst=\"host\"");
+    s.load_latency
+        .render(&mut o, "tierkv_transfer_seconds", "src=\"host\",dst=\"engine\"");
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe_ns(500); // < 1us -> bucket 0
+        h.observe_ns(3_000); // 3us -> le 4us
+        h.observe_ns(20_000_000_000); // 20 s -> +Inf
+        let mut o = String::new();
+        h.render(&mut o, "x", "a=\"b\"");
+        assert!(o.contains("x_bucket{a=\"b\",le=\"1e-6\"} 1"), "{o}");
+        assert!(o.contains("x_bucket{a=\"b\",le=\"4e-6\"} 2"), "{o}");
+        assert!(o.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3"), "{o}");
+        assert!(o.contains("x_count{a=\"b\"} 3"));
+    }
+
+    /// Every sample line parses as `name{labels} value` and every family has TYPE.
+    #[test]
+    fn exposition_is_well_formed() {
+        let s = SharedStats::default();
+        s.hit_blocks.fetch_add(3, Ordering::Relaxed);
+        let text = render(&s, &Gauges::default());
+        let mut typed = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.insert(rest.split(' ').next().unwrap().to_string());
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            value.parse::<f64>().unwrap();
+            let name = series.split('{').next().unwrap();
+            let family = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(typed.contains(family) || typed.contains(name), "{line}");
+        }
+        assert!(text.contains("tierkv_lookup_blocks_total{tier=\"host\",result=\"hit\"} 3"));
+    }
+}

@@ -1,0 +1,274 @@
+//! G2: the host-memory tier over a shared [`Arena`].
+//!
+//! Workflow of a store (engine -> host):
+//! 1. Under the arena lock: skip if the identity is present (or being written);
+//!    otherwise take a free slot or evict the LRU unpinned block, and mark the slot
+//!    `Writing` (indexed, so a concurrent store of the same block skips).
+//! 2. Without the lock: copy the segments in, 64 KiB at a time, checksumming each
+//!    chunk while it is in cache (xxh3-64 seeded with the identity).
+//! 3. Under the lock: record checksum and length, mark `Ready`, append to the LRU.
+//!
+//! Workflow of a load (host -> engine):
+//! 1. Under the lock: find the identity `Ready`, pin it (this process's pid in a
+//!    reader entry) and mark it recently used.
+//! 2. Without the lock: copy out, checksumming what was delivered.
+//! 3. Under the lock: unpin; on a mismatch drop the block and report
+//!    [`LoadOutcome::Corrupt`] (the caller recomputes; nothing wrong is served).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use xxhash_rust::xxh3::Xxh3;
+
+use super::arena::{Arena, ArenaError, SlotState};
+use crate::config::Config;
+use crate::metrics::SharedStats;
+use crate::prefix::BlockHash;
+
+/// How many LRU entries a store inspects for an unpinned victim before giving up.
+const EVICTION_SCAN: usize = 64;
+/// Bytes copied between checksum updates.
+const CHUNK: usize = 64 * 1024;
+
+/// Errors of the host tier.
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    /// The arena could not be opened.
+    #[error(transparent)]
+    Arena(#[from] ArenaError),
+    /// The caller's buffers do not add up to one block.
+    #[error("segments hold {got} bytes but a block is {want} bytes")]
+    SizeMismatch {
+        /// Sum of segment lengths.
+        got: u64,
+        /// Block bytes.
+        want: u64,
+    },
+}
+
+/// Result of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// Written and published.
+    Stored,
+    /// Already present or being written by someone else: nothing to do.
+    AlreadyPresent,
+    /// Every block is pinned: not stored (the tier is never grown).
+    NoSpace,
+}
+
+/// Result of a load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadOutcome {
+    /// Copied and verified.
+    Loaded,
+    /// Not present (never stored, or evicted since a lookup).
+    Miss,
+    /// Present but failed verification: dropped, the destination must be recomputed.
+    Corrupt,
+    /// Too many concurrent readers of this block: treat as a miss.
+    Busy,
+}
+
+/// The host tier of one manager.
+pub struct HostTier {
+    arena: Arena,
+    block_tokens: u64,
+}
+
+impl HostTier {
+    /// Opens the shared arena named by `cfg` for blocks of `block_bytes` bytes and
+    /// `block_tokens` tokens.
+    pub fn open(cfg: &Config, block_bytes: u64, block_tokens: u64) -> Result<Self, TierError> {
+        let path: PathBuf = cfg.shm_dir.join(format!("tierkv-{}.arena", cfg.store_name));
+        let arena = Arena::open(&path, block_bytes, cfg.cpu_bytes, cfg.lock_timeout)?;
+        let reclaimed = arena.lock().sweep_dead();
+        if reclaimed > 0 {
+            arena
+                .stats()
+                .dead_writer_reclaims
+                .fetch_add(u64::from(reclaimed), Ordering::Relaxed);
+            tracing::warn!(reclaimed, "reclaimed host-tier slots of writers that died");
+        }
+        let g = arena.geometry();
+        tracing::info!(path = %path.display(), blocks = g.n_slots, block_bytes, "host tier open");
+        Ok(Self { arena, block_tokens })
+    }
+
+    /// The arena (geometry, path, stats).
+    pub fn arena(&self) -> &Arena {
+        &self.arena
+    }
+
+    /// Shared counters.
+    pub fn stats(&self) -> &SharedStats {
+        self.arena.stats()
+    }
+
+    /// Payload bytes of one block.
+    pub fn block_bytes(&self) -> u64 {
+        self.arena.geometry().slot_bytes
+    }
+
+    /// Blocks currently held.
+    pub fn len(&self) -> u64 {
+        u64::from(self.arena.lock().ready_count())
+    }
+
+    /// Whether the tier holds no block.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of leading `hashes` held (ready to load). Counts hit and miss blocks
+    /// and tokens.
+    pub fn lookup(&self, hashes: &[BlockHash]) -> usize {
+        let n = {
+            let mut l = self.arena.lock();
+            hashes
+                .iter()
+                .take_while(|&&h| l.find(h).is_some_and(|s| l.meta(s).state == SlotState::Ready as u32))
+                .count()
+        };
+        let s = self.stats();
+        let miss = (hashes.len() - n) as u64;
+        s.lookups.fetch_add(1, Ordering::Relaxed);
+        s.hit_blocks.fetch_add(n as u64, Ordering::Relaxed);
+        s.miss_blocks.fetch_add(miss, Ordering::Relaxed);
+        s.hit_tokens.fetch_add(n as u64 * self.block_tokens, Ordering::Relaxed);
+        s.miss_tokens.fetch_add(miss * self.block_tokens, Ordering::Relaxed);
+        n
+    }
+
+    fn check_len(&self, got: u64) -> Result<(), TierError> {
+        let want = self.block_bytes();
+        if got == want {
+            Ok(())
+        } else {
+            Err(TierError::SizeMismatch { got, want })
+        }
+    }
+
+    /// Stores one block given as segments (their concatenation is the payload).
+    pub fn store(&self, hash: BlockHash, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
+        self.check_len(segs.iter().map(|s| s.len() as u64).sum())?;
+        let start = Instant::now();
+        let slot = {
+            let mut l = self.arena.lock();
+            if l.find(hash).is_some() {
+                drop(l);
+                self.stats().store_dedup.fetch_add(1, Ordering::Relaxed);
+                return Ok(StoreOutcome::AlreadyPresent);
+            }
+            let taken = match l.take_slot(EVICTION_SCAN) {
+                Some(t) => Some(t),
+                None => {
+                    let reclaimed = l.sweep_dead();
+                    self.stats()
+                        .dead_writer_reclaims
+                        .fetch_add(u64::from(reclaimed), Ordering::Relaxed);
+                    l.take_slot(EVICTION_SCAN)
+                }
+            };
+            let Some((slot, evicted)) = taken else {
+                drop(l);
+                self.stats().store_rejected.fetch_add(1, Ordering::Relaxed);
+                return Ok(StoreOutcome::NoSpace);
+            };
+            if evicted.is_some() {
+                self.stats().evictions.fetch_add(1, Ordering::Relaxed);
+            }
+            l.begin_write(slot, hash);
+            slot
+        };
+        let dst = self.arena.payload_ptr(slot);
+        let mut hasher = Xxh3::with_seed(seed(hash));
+        let mut off = 0usize;
+        for seg in segs {
+            for chunk in seg.chunks(CHUNK) {
+                // SAFETY: the slot is ours in the Writing state (no reader pins it, no
+                // other writer takes it), its payload has block_bytes bytes and the
+                // segments add up to exactly that (checked above).
+                let d = unsafe {
+                    std::ptr::copy_nonoverlapping(chunk.as_ptr(), dst.add(off), chunk.len());
+                    std::slice::from_raw_parts(dst.add(off), chunk.len())
+                };
+                hasher.update(d);
+                off += chunk.len();
+            }
+        }
+        self.arena.lock().commit_write(slot, hasher.digest(), off as u64);
+        let s = self.stats();
+        s.stored_blocks.fetch_add(1, Ordering::Relaxed);
+        s.stored_bytes.fetch_add(off as u64, Ordering::Relaxed);
+        s.store_latency.observe_ns(start.elapsed().as_nanos() as u64);
+        Ok(StoreOutcome::Stored)
+    }
+
+    /// Loads one block into `segs` and verifies it. On [`LoadOutcome::Corrupt`] the
+    /// destination holds unverified bytes and must be recomputed.
+    pub fn load(&self, hash: BlockHash, segs: &mut [&mut [u8]]) -> Result<LoadOutcome, TierError> {
+        self.check_len(segs.iter().map(|s| s.len() as u64).sum())?;
+        let start = Instant::now();
+        let (slot, want_sum, len) = {
+            let mut l = self.arena.lock();
+            let Some(slot) = l.find(hash).filter(|&s| l.meta(s).state == SlotState::Ready as u32) else {
+                drop(l);
+                self.stats().load_misses.fetch_add(1, Ordering::Relaxed);
+                return Ok(LoadOutcome::Miss);
+            };
+            if !l.pin(slot) {
+                return Ok(LoadOutcome::Busy);
+            }
+            let m = l.meta(slot);
+            (slot, m.checksum, m.len)
+        };
+        let src = self.arena.payload_ptr(slot);
+        let mut hasher = Xxh3::with_seed(seed(hash));
+        let mut off = 0usize;
+        for seg in segs.iter_mut() {
+            for chunk in seg.chunks_mut(CHUNK) {
+                // SAFETY: the slot is pinned (it cannot be evicted or rewritten while
+                // pinned) and holds block_bytes bytes, which the segments add up to.
+                unsafe { std::ptr::copy_nonoverlapping(src.add(off), chunk.as_mut_ptr(), chunk.len()) };
+                hasher.update(chunk);
+                off += chunk.len();
+            }
+        }
+        let ok = hasher.digest() == want_sum && len == off as u64;
+        {
+            let mut l = self.arena.lock();
+            l.unpin(slot);
+            if !ok && l.meta(slot).block_hash() == hash {
+                l.discard(slot);
+            }
+        }
+        let s = self.stats();
+        if !ok {
+            s.checksum_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                hash = format_args!("{:032x}", hash.0),
+                "host-tier block failed verification; dropped"
+            );
+            return Ok(LoadOutcome::Corrupt);
+        }
+        s.loaded_blocks.fetch_add(1, Ordering::Relaxed);
+        s.loaded_bytes.fetch_add(off as u64, Ordering::Relaxed);
+        s.load_latency.observe_ns(start.elapsed().as_nanos() as u64);
+        Ok(LoadOutcome::Loaded)
+    }
+
+    /// Identities in eviction order, first victim first.
+    pub fn eviction_order(&self) -> Vec<BlockHash> {
+        self.arena.lock().eviction_order()
+    }
+}
+
+fn seed(hash: BlockHash) -> u64 {
+    let [lo, hi] = hash.to_parts();
+    lo ^ hi.rotate_left(29)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,201 @@
+use super::*;
+use crate::config::Config;
+use std::sync::Arc;
+
+fn cfg(dir: &std::path::Path, bytes: u64) -> Config {
+    Config {
+        cpu_bytes: bytes,
+        shm_dir: dir.to_path_buf(),
+        store_name: "t".into(),
+        ..Config::default()
+    }
+}
+
+fn block(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| seed.wrapping_mul(31).wrapping_add(i as u8)).collect()
+}
+
+/// A tier with room for exactly `n` blocks of `len` bytes.
+fn tier_for(dir: &std::path::Path, len: u64, n: u32) -> HostTier {
+    let mut bytes = 4096;
+    while crate::tier::arena::Geometry::fit(len, bytes).map_or(0, |g| g.n_slots) < n {
+        bytes += 4096;
+    }
+    let t = HostTier::open(&cfg(dir, bytes), len, 16).unwrap();
+    assert_eq!(t.arena().geometry().n_slots, n);
+    t
+}
+
+#[test]
+fn store_then_load_round_trips_through_segments() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tier_for(d.path(), 10_000, 4);
+    let data = block(1, 10_000);
+    let (a, b) = data.split_at(3_000);
+    assert_eq!(t.store(BlockHash(7), &[a, b]).unwrap(), StoreOutcome::Stored);
+    assert_eq!(t.store(BlockHash(7), &[a, b]).unwrap(), StoreOutcome::AlreadyPresent);
+    let mut out = vec![0u8; 10_000];
+    let (x, y) = out.split_at_mut(6_000);
+    assert_eq!(t.load(BlockHash(7), &mut [x, y]).unwrap(), LoadOutcome::Loaded);
+    assert_eq!(out, data);
+    let mut out2 = vec![0u8; 10_000];
+    assert_eq!(t.load(BlockHash(8), &mut [&mut out2]).unwrap(), LoadOutcome::Miss);
+    assert!(matches!(
+        t.load(BlockHash(7), &mut [&mut out2[..5]]),
+        Err(TierError::SizeMismatch { got: 5, want: 10_000 })
+    ));
+    assert_eq!(t.lookup(&[BlockHash(7), BlockHash(8), BlockHash(7)]), 1);
+}
+
+#[test]
+fn capacity_is_hard_and_eviction_is_lru() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tier_for(d.path(), 4096, 3);
+    let file_len = t.arena().geometry().file_len;
+    for h in 1..=3u128 {
+        t.store(BlockHash(h), &[&block(h as u8, 4096)]).unwrap();
+    }
+    // Expected order (first victim first): 1, 2, 3. Loading 1 makes it most recent.
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(t.load(BlockHash(1), &mut [&mut buf]).unwrap(), LoadOutcome::Loaded);
+    assert_eq!(t.eviction_order(), [BlockHash(2), BlockHash(3), BlockHash(1)]);
+    // Storing 4 evicts 2, the least recently used.
+    t.store(BlockHash(4), &[&block(4, 4096)]).unwrap();
+    assert_eq!(t.eviction_order(), [BlockHash(3), BlockHash(1), BlockHash(4)]);
+    assert_eq!(t.lookup(&[BlockHash(2)]), 0);
+    assert_eq!(t.len(), 3);
+    assert_eq!(t.stats().evictions.load(Ordering::Relaxed), 1);
+    let on_disk = std::fs::metadata(t.arena().path()).unwrap().len();
+    assert_eq!(on_disk, file_len);
+    assert!(on_disk <= cfg(d.path(), 0).cpu_bytes.max(file_len));
+}
+
+#[test]
+fn flipped_payload_byte_is_a_miss_never_served() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tier_for(d.path(), 8192, 2);
+    t.store(BlockHash(5), &[&block(5, 8192)]).unwrap();
+    // Flip one byte of the payload behind the tier's back.
+    let g = t.arena().geometry();
+    let mut f = std::fs::read(t.arena().path()).unwrap();
+    f[g.data_off as usize + 100] ^= 0x40;
+    std::fs::write(t.arena().path(), &f).unwrap();
+    let mut out = vec![0u8; 8192];
+    assert_eq!(t.load(BlockHash(5), &mut [&mut out]).unwrap(), LoadOutcome::Corrupt);
+    assert_eq!(t.stats().checksum_failures.load(Ordering::Relaxed), 1);
+    // The bad block was dropped: the next load is a plain miss.
+    assert_eq!(t.load(BlockHash(5), &mut [&mut out]).unwrap(), LoadOutcome::Miss);
+}
+
+#[test]
+fn pinned_block_is_not_evicted() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tier_for(d.path(), 4096, 1);
+    t.store(BlockHash(1), &[&block(1, 4096)]).unwrap();
+    let slot = {
+        let mut l = t.arena().lock();
+        let s = l.find(BlockHash(1)).unwrap();
+        assert!(l.pin(s));
+        s
+    };
+    assert_eq!(
+        t.store(BlockHash(2), &[&block(2, 4096)]).unwrap(),
+        StoreOutcome::NoSpace
+    );
+    t.arena().lock().unpin(slot);
+    assert_eq!(t.store(BlockHash(2), &[&block(2, 4096)]).unwrap(), StoreOutcome::Stored);
+    assert_eq!(t.lookup(&[BlockHash(1)]), 0);
+}
+
+#[test]
+fn two_opens_share_one_store_and_geometry_mismatch_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    let a = HostTier::open(&cfg(d.path(), 1 << 20), 4096, 16).unwrap();
+    let b = HostTier::open(&cfg(d.path(), 1 << 20), 4096, 16).unwrap();
+    a.store(BlockHash(3), &[&block(3, 4096)]).unwrap();
+    let mut out = vec![0u8; 4096];
+    assert_eq!(b.load(BlockHash(3), &mut [&mut out]).unwrap(), LoadOutcome::Loaded);
+    assert_eq!(out, block(3, 4096));
+    let e = HostTier::open(&cfg(d.path(), 1 << 20), 8192, 16).err().unwrap();
+    assert!(e.to_string().contains("TIERKV_STORE_NAME"), "{e}");
+    let e = HostTier::open(&cfg(d.path(), 8192), 1 << 20, 16).err().unwrap();
+    assert!(e.to_string().contains("TIERKV_CPU_BYTES"), "{e}");
+}
+
+#[test]
+fn many_threads_store_and_load_without_wrong_data() {
+    let d = tempfile::tempdir().unwrap();
+    let t = Arc::new(tier_for(d.path(), 4096, 16));
+    let threads: Vec<_> = (0..8u8)
+        .map(|k| {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                let mut out = vec![0u8; 4096];
+                for i in 0..400u32 {
+                    let id = (i * 7 + u32::from(k)) % 40;
+                    let h = BlockHash(u128::from(id) + 1);
+                    let want = block(id as u8, 4096);
+                    if i % 3 == 0 {
+                        t.store(h, &[&want]).unwrap();
+                    } else if t.load(h, &mut [&mut out]).unwrap() == LoadOutcome::Loaded {
+                        assert_eq!(out, want, "wrong bytes served for block {id}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    assert!(t.len() <= 16);
+    assert_eq!(t.stats().checksum_failures.load(Ordering::Relaxed), 0);
+}
+
+/// A process that dies holding the arena lock, or in the middle of a write, leaves
+/// neither a stuck lock nor a lost slot.
+#[test]
+fn crashed_process_leaves_store_usable() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tier_for(d.path(), 4096, 2);
+    t.store(BlockHash(1), &[&block(1, 4096)]).unwrap();
+    // SAFETY: the child only takes a lock, reserves a slot and exits with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let child = HostTier::open(&cfg(d.path(), 0).clone_with(t.arena().geometry().file_len), 4096, 16);
+        if let Ok(c) = child {
+            let mut l = c.arena().lock();
+            if let Some((s, _)) = l.take_slot(8) {
+                l.begin_write(s, BlockHash(99));
+            }
+            std::mem::forget(l);
+            // Keep the mapping: a crashing process dies with its mappings in place,
+            // which is what lets the kernel mark the robust mutex's owner dead.
+            std::mem::forget(c);
+        }
+        // SAFETY: terminate the child immediately, holding the lock.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    // The lock is recovered, the dead writer's slot reclaimed, block 1 still served.
+    let mut out = vec![0u8; 4096];
+    assert_eq!(t.load(BlockHash(1), &mut [&mut out]).unwrap(), LoadOutcome::Loaded);
+    assert_eq!(t.stats().lock_recoveries.load(Ordering::Relaxed), 1);
+    assert_eq!(t.lookup(&[BlockHash(99)]), 0);
+    assert_eq!(t.store(BlockHash(2), &[&block(2, 4096)]).unwrap(), StoreOutcome::Stored);
+    assert_eq!(t.len(), 2);
+}
+
+trait CloneWith {
+    fn clone_with(&self, bytes: u64) -> Config;
+}
+
+impl CloneWith for Config {
+    fn clone_with(&self, bytes: u64) -> Config {
+        Config {
+            cpu_bytes: bytes,
+            ..self.clone()
+        }
+    }
+}
