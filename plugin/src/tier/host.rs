@@ -4,14 +4,14 @@
 //! 1. Under the arena lock: skip if the identity is present (or being written);
 //!    otherwise take a free slot or evict the LRU unpinned block, and mark the slot
 //!    `Writing` (indexed, so a concurrent store of the same block skips).
-//! 2. Without the lock: copy the segments in, 64 KiB at a time, checksumming each
-//!    chunk while it is in cache (xxh3-64 seeded with the identity).
+//! 2. Without the lock: copy the segments in, checksumming in the same pass
+//!    ([`FusedHasher`], keyed by the identity).
 //! 3. Under the lock: record checksum and length, mark `Ready`, append to the LRU.
 //!
 //! Workflow of a load (host -> engine):
 //! 1. Under the lock: find the identity `Ready`, pin it (this process's pid in a
 //!    reader entry) and mark it recently used.
-//! 2. Without the lock: copy out, checksumming what was delivered.
+//! 2. Without the lock: copy out, checksumming the very words delivered.
 //! 3. Under the lock: unpin; on a mismatch drop the block and report
 //!    [`LoadOutcome::Corrupt`] (the caller recomputes; nothing wrong is served).
 
@@ -19,17 +19,14 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use xxhash_rust::xxh3::Xxh3;
-
 use super::arena::{Arena, ArenaError, SlotState};
+use super::checksum::FusedHasher;
 use crate::config::Config;
 use crate::metrics::SharedStats;
 use crate::prefix::BlockHash;
 
 /// How many LRU entries a store inspects for an unpinned victim before giving up.
 const EVICTION_SCAN: usize = 64;
-/// Bytes copied between checksum updates.
-const CHUNK: usize = 64 * 1024;
 
 /// Errors of the host tier.
 #[derive(Debug, thiserror::Error)]
@@ -183,20 +180,15 @@ impl HostTier {
             slot
         };
         let dst = self.arena.payload_ptr(slot);
-        let mut hasher = Xxh3::with_seed(seed(hash));
+        let mut hasher = FusedHasher::new(seed(hash));
         let mut off = 0usize;
         for seg in segs {
-            for chunk in seg.chunks(CHUNK) {
-                // SAFETY: the slot is ours in the Writing state (no reader pins it, no
-                // other writer takes it), its payload has block_bytes bytes and the
-                // segments add up to exactly that (checked above).
-                let d = unsafe {
-                    std::ptr::copy_nonoverlapping(chunk.as_ptr(), dst.add(off), chunk.len());
-                    std::slice::from_raw_parts(dst.add(off), chunk.len())
-                };
-                hasher.update(d);
-                off += chunk.len();
-            }
+            // SAFETY: the slot is ours in the Writing state (no reader pins it, no
+            // other writer takes it), its payload has block_bytes bytes and the
+            // segments add up to exactly that (checked above); engine memory and the
+            // arena never overlap.
+            unsafe { hasher.copy_raw(dst.add(off), seg.as_ptr(), seg.len()) };
+            off += seg.len();
         }
         self.arena.lock().commit_write(slot, hasher.digest(), off as u64);
         let s = self.stats();
@@ -225,16 +217,13 @@ impl HostTier {
             (slot, m.checksum, m.len)
         };
         let src = self.arena.payload_ptr(slot);
-        let mut hasher = Xxh3::with_seed(seed(hash));
+        let mut hasher = FusedHasher::new(seed(hash));
         let mut off = 0usize;
         for seg in segs.iter_mut() {
-            for chunk in seg.chunks_mut(CHUNK) {
-                // SAFETY: the slot is pinned (it cannot be evicted or rewritten while
-                // pinned) and holds block_bytes bytes, which the segments add up to.
-                unsafe { std::ptr::copy_nonoverlapping(src.add(off), chunk.as_mut_ptr(), chunk.len()) };
-                hasher.update(chunk);
-                off += chunk.len();
-            }
+            // SAFETY: the slot is pinned (it cannot be evicted or rewritten while
+            // pinned) and holds block_bytes bytes, which the segments add up to.
+            unsafe { hasher.copy_raw(seg.as_mut_ptr(), src.add(off), seg.len()) };
+            off += seg.len();
         }
         let ok = hasher.digest() == want_sum && len == off as u64;
         {

@@ -8,6 +8,7 @@
 //! it back into an engine slot and verifies it; a mismatch is a miss, never served.
 
 pub mod arena;
+pub mod checksum;
 mod host;
 pub mod layout;
 
