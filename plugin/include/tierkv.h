@@ -10,6 +10,10 @@
 // Version of this C ABI. Bumped on any incompatible change.
 #define TIERKV_ABI_VERSION 1
 
+// `flags` bit: do not start the metrics exporter even if `TIERKV_METRICS_ADDR` is
+// set (for a second manager in a process that already serves metrics).
+#define TIERKV_CREATE_NO_EXPORTER 1
+
 // Result of storing one block (`out_results` of `tierkv_store_blocks`).
 #define TIERKV_STORE_STORED 0
 
@@ -76,6 +80,8 @@ typedef struct TierkvManagerParams {
   // NUL-terminated namespace (model, LoRA, tenant), or null for
   // `TIERKV_NAMESPACE`.
   const char *namespace_;
+  // `TIERKV_CREATE_*` bits; 0 for defaults.
+  uint32_t flags;
 } TierkvManagerParams;
 
 // What `tierkv_manager_info` reports.

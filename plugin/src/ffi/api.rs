@@ -51,7 +51,13 @@ pub struct TierkvManagerParams {
     /// NUL-terminated namespace (model, LoRA, tenant), or null for
     /// `TIERKV_NAMESPACE`.
     pub namespace_: *const c_char,
+    /// `TIERKV_CREATE_*` bits; 0 for defaults.
+    pub flags: u32,
 }
+
+/// `flags` bit: do not start the metrics exporter even if `TIERKV_METRICS_ADDR` is
+/// set (for a second manager in a process that already serves metrics).
+pub const TIERKV_CREATE_NO_EXPORTER: u32 = 1;
 
 /// A region of engine KV memory: block `b` is at `base + b * block_stride`, with
 /// `bytes_per_block` bytes.
@@ -136,6 +142,9 @@ pub unsafe extern "C" fn tierkv_manager_create(
         *out = std::ptr::null_mut();
         // SAFETY: as above.
         let p = unsafe { slice_in(params, 1, "params") }?[0];
+        if p.flags & !TIERKV_CREATE_NO_EXPORTER != 0 {
+            return Err(FfiError::invalid(format!("unknown flags {:#x}", p.flags)));
+        }
         let namespace = if p.namespace_.is_null() {
             None
         } else {
@@ -160,7 +169,9 @@ pub unsafe extern "C" fn tierkv_manager_create(
                 pool_blocks: p.pool_blocks,
             },
         )?);
-        mgr.start_exporter();
+        if p.flags & TIERKV_CREATE_NO_EXPORTER == 0 {
+            mgr.start_exporter();
+        }
         *out = super::register_handle(mgr);
         Ok(())
     })

@@ -1,0 +1,268 @@
+"""``TierKVConnector``: vLLM's KV connector (``KVConnectorBase_V1``) over tierkv.
+
+One instance runs in the scheduler process and one in each worker process. They
+share no Python state: both open the same tierkv store (a shared-memory arena named
+by ``TIERKV_STORE_NAME``), so what a worker stores, the scheduler finds.
+
+Scheduler side, per request:
+1. ``get_num_new_matched_tokens`` hashes the prompt's full blocks and asks tierkv for
+   the longest run it holds beyond what vLLM has locally.
+2. ``update_state_after_alloc`` records which engine blocks receive those blocks.
+3. ``build_connector_meta`` (each step) sends the worker the loads to do now, and the
+   blocks that become full and computed in this step (prompt and, with
+   ``TIERKV_STORE_DECODE``, decode) to store after it.
+
+Worker side, per step:
+1. ``start_load_kv`` copies the planned blocks into vLLM's KV tensors, verifying
+   each; a block that fails (evicted since the lookup, or corrupt) is reported by
+   ``get_block_ids_with_load_errors`` and vLLM recomputes it.
+2. ``wait_for_save`` copies the finished blocks out, by pointer, once the forward
+   pass has written every layer.
+
+Token positions and blocks (block_size 4 here)::
+
+    prompt:   [t0 t1 t2 t3][t4 t5 t6 t7][t8 t9]      hashes h0, h1 (t8.. partial)
+    lookup:   at most (len(prompt) - 1) // block_size blocks: the last prompt
+              token is always computed by vLLM, so it can produce logits.
+    loads:    blocks [num_computed // bs, hits)
+    stores:   blocks [stored, (num_computed + num_scheduled) // bs) after the step
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+
+from .lib import HASH_BYTES, LOAD_LOADED, TierKV
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.request import Request
+
+logger = logging.getLogger("tierkv_vllm")
+
+
+@dataclass
+class TierKVMetadata(KVConnectorMetadata):
+    """What the worker does this step: (hashes, engine block ids) pairs."""
+
+    loads: list[tuple[bytes, list[int]]] = field(default_factory=list)
+    stores: list[tuple[bytes, list[int]]] = field(default_factory=list)
+
+
+@dataclass
+class _ReqState:
+    request: Any
+    prompt_len: int
+    hashes: bytes = b""  # identities of the hashed full blocks, in order
+    block_ids: list[int] = field(default_factory=list)
+    stored: int = 0  # leading blocks already in tierkv (stored or loaded)
+    pending_load: tuple[int, int] | None = None  # (first block, end block)
+
+
+def _block_bytes(kv_cache_config: "KVCacheConfig") -> int:
+    total = sum(t.size for t in kv_cache_config.kv_cache_tensors)
+    if kv_cache_config.num_blocks <= 0 or total % kv_cache_config.num_blocks:
+        raise ValueError(
+            f"tierkv: KV cache of {total} bytes does not split into "
+            f"{kv_cache_config.num_blocks} equal blocks"
+        )
+    return total // kv_cache_config.num_blocks
+
+
+class TierKVConnector(KVConnectorBase_V1):
+    """vLLM KV connector backed by libtierkv.so."""
+
+    def __init__(
+        self,
+        vllm_config: "VllmConfig",
+        role: KVConnectorRole,
+        kv_cache_config: "KVCacheConfig",
+    ):
+        super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        tp = vllm_config.parallel_config.tensor_parallel_size
+        pp = vllm_config.parallel_config.pipeline_parallel_size
+        if tp != 1 or pp != 1:
+            raise ValueError(
+                f"tierkv: tensor_parallel_size={tp}, pipeline_parallel_size={pp}: only 1 and 1 are supported"
+            )
+        self._bs = vllm_config.cache_config.block_size
+        self._num_blocks = kv_cache_config.num_blocks
+        namespace = os.environ.get("TIERKV_NAMESPACE") or str(vllm_config.model_config.model)
+        is_scheduler = role == KVConnectorRole.SCHEDULER
+        self._tkv = TierKV(
+            block_tokens=self._bs,
+            block_bytes=_block_bytes(kv_cache_config),
+            namespace=namespace,
+            exporter=is_scheduler,
+        )
+        info = self._tkv.info()
+        self._store_decode = bool(info["store_decode"])
+        # sha256_cbor identities cannot be continued from a truncated parent.
+        self._rehash_from_start = info["hash_algo"] == 1
+        self._reqs: dict[str, _ReqState] = {}
+        self._load_errors: set[int] = set()
+        if is_scheduler and self._kv_transfer_config.kv_load_failure_policy != "recompute":
+            # A block that fails verification must be recomputed, never fail the
+            # request: tierkv's loads are best effort by design.
+            logger.info("tierkv: setting kv_load_failure_policy='recompute'")
+            self._kv_transfer_config.kv_load_failure_policy = "recompute"
+        logger.info(
+            "tierkv connector (%s): block_size=%d block_bytes=%d host blocks=%d",
+            role.name,
+            self._bs,
+            info["block_bytes"],
+            info["host_capacity_blocks"],
+        )
+
+    # ------------------------------------------------------------------ worker side
+
+    def register_kv_caches(self, kv_caches: dict[str, Any]) -> None:
+        regions = []
+        for name, t in kv_caches.items():
+            if not t.is_contiguous():
+                raise ValueError(f"tierkv: KV cache of {name} is not contiguous")
+            item = t.element_size()
+            if t.shape[0] == self._num_blocks:
+                stride = t.stride(0) * item
+                regions.append((t.data_ptr(), stride, stride))
+            elif t.dim() > 1 and t.shape[0] == 2 and t.shape[1] == self._num_blocks:
+                # Separate K and V halves: [2, num_blocks, ...].
+                stride = t.stride(1) * item
+                regions.append((t.data_ptr(), stride, stride))
+                regions.append((t.data_ptr() + t.stride(0) * item, stride, stride))
+            else:
+                raise ValueError(
+                    f"tierkv: unsupported KV cache layout for {name}: shape {tuple(t.shape)}, "
+                    f"{self._num_blocks} blocks"
+                )
+        self._tkv.register_layout(regions, self._num_blocks)
+
+    def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
+        if not self.has_connector_metadata():
+            return
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, TierKVMetadata)
+        for hashes, block_ids in meta.loads:
+            results = self._tkv.load_blocks(hashes, block_ids)
+            for block_id, r in zip(block_ids, results):
+                if r != LOAD_LOADED:
+                    self._load_errors.add(block_id)
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        return
+
+    def save_kv_layer(self, layer_name: str, kv_layer: Any, attn_metadata: Any, **kwargs: Any) -> None:
+        # Whole blocks are copied once every layer is written (wait_for_save).
+        return
+
+    def wait_for_save(self) -> None:
+        if not self.has_connector_metadata():
+            return
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, TierKVMetadata)
+        for hashes, block_ids in meta.stores:
+            self._tkv.store_blocks(hashes, block_ids)
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        errors, self._load_errors = self._load_errors, set()
+        return errors
+
+    def shutdown(self) -> None:
+        self._tkv.close()
+
+    # --------------------------------------------------------------- scheduler side
+
+    def _state(self, request: "Request") -> _ReqState:
+        st = self._reqs.get(request.request_id)
+        if st is None:
+            prompt = request.prompt_token_ids or []
+            st = _ReqState(request=request, prompt_len=len(prompt))
+            st.hashes = self._tkv.hash_tokens(prompt)
+            self._reqs[request.request_id] = st
+        return st
+
+    def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int | None, bool]:
+        st = self._state(request)
+        st.pending_load = None
+        max_blocks = max(st.prompt_len - 1, 0) // self._bs
+        start = num_computed_tokens // self._bs
+        if max_blocks <= start:
+            return 0, False
+        hits = self._tkv.lookup(st.hashes[: max_blocks * HASH_BYTES])
+        if hits <= start:
+            return 0, False
+        st.pending_load = (start, hits)
+        return (hits - start) * self._bs, False
+
+    def update_state_after_alloc(self, request: "Request", blocks: "KVCacheBlocks", num_external_tokens: int) -> None:
+        st = self._reqs.get(request.request_id)
+        if st is None or num_external_tokens == 0 or st.pending_load is None:
+            return
+        start, end = st.pending_load
+        if (end - start) * self._bs != num_external_tokens:
+            raise AssertionError(f"tierkv: planned {end - start} blocks, vLLM allocated for {num_external_tokens} tokens")
+        st.block_ids = list(blocks.get_block_ids()[0])
+
+    def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> KVConnectorMetadata:
+        meta = TierKVMetadata()
+        so = scheduler_output
+        for new_req in so.scheduled_new_reqs:
+            st = self._reqs.get(new_req.req_id)
+            if st is None:
+                continue
+            st.block_ids = list(new_req.block_ids[0])
+            if st.pending_load is not None:
+                start, end = st.pending_load
+                meta.loads.append((st.hashes[start * HASH_BYTES : end * HASH_BYTES], st.block_ids[start:end]))
+                st.stored = max(st.stored, end)
+                st.pending_load = None
+            done = new_req.num_computed_tokens + so.num_scheduled_tokens.get(new_req.req_id, 0)
+            self._plan_stores(st, done, meta)
+        cached = so.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            st = self._reqs.get(req_id)
+            if st is None:
+                continue
+            new_ids = cached.new_block_ids[i]
+            if req_id in cached.resumed_req_ids:
+                st.block_ids = list(new_ids[0]) if new_ids else []
+                st.stored = 0
+            elif new_ids:
+                st.block_ids.extend(new_ids[0])
+            done = cached.num_computed_tokens[i] + so.num_scheduled_tokens.get(req_id, 0)
+            self._plan_stores(st, done, meta)
+        return meta
+
+    def _plan_stores(self, st: _ReqState, computed_tokens: int, meta: TierKVMetadata) -> None:
+        limit = computed_tokens if self._store_decode else min(computed_tokens, st.prompt_len)
+        n_full = min(limit // self._bs, len(st.block_ids))
+        if n_full <= st.stored:
+            return
+        have = len(st.hashes) // HASH_BYTES
+        if n_full > have:
+            tokens = st.request.all_token_ids
+            if self._rehash_from_start:
+                st.hashes = self._tkv.hash_tokens(list(tokens[: n_full * self._bs]))
+            else:
+                parent = st.hashes[-HASH_BYTES:] if have else None
+                st.hashes += self._tkv.hash_tokens(list(tokens[have * self._bs : n_full * self._bs]), parent)
+        meta.stores.append(
+            (st.hashes[st.stored * HASH_BYTES : n_full * HASH_BYTES], st.block_ids[st.stored : n_full])
+        )
+        st.stored = n_full
+
+    def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        self._reqs.pop(request.request_id, None)
+        return False, None

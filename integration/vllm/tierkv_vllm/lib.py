@@ -1,0 +1,240 @@
+"""ctypes binding of the tierkv C ABI (``plugin/include/tierkv.h``).
+
+Block identities travel as ``bytes`` of 16 bytes per block (low then high 64-bit
+half, little-endian), so lists of them slice and pickle cheaply.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+ABI_VERSION = 1
+HASH_BYTES = 16
+
+STATUS_NAMES = {
+    0: "OK",
+    1: "INVALID_ARGUMENT",
+    2: "CONFIG",
+    3: "NO_SPACE",
+    4: "UNAVAILABLE",
+    5: "INSUFFICIENT",
+    6: "STATE",
+    7: "BUFFER_TOO_SMALL",
+    8: "INTERNAL",
+}
+STATUS_BUFFER_TOO_SMALL = 7
+
+LOAD_LOADED, LOAD_MISS, LOAD_CORRUPT, LOAD_BUSY = 0, 1, 2, 3
+STORE_STORED, STORE_PRESENT, STORE_NO_SPACE = 0, 1, 2
+CREATE_NO_EXPORTER = 1
+
+
+class TierKVError(RuntimeError):
+    """A tierkv call failed; ``status`` is the C status name."""
+
+    def __init__(self, status: int, message: str):
+        self.status = STATUS_NAMES.get(status, str(status))
+        super().__init__(f"tierkv: {self.status}: {message}")
+
+
+class _Hash(ctypes.Structure):
+    _fields_ = [("lo", ctypes.c_uint64), ("hi", ctypes.c_uint64)]
+
+
+class _Params(ctypes.Structure):
+    _fields_ = [
+        ("block_tokens", ctypes.c_uint32),
+        ("pool_blocks", ctypes.c_uint32),
+        ("block_bytes", ctypes.c_uint64),
+        ("namespace_", ctypes.c_char_p),
+        ("flags", ctypes.c_uint32),
+    ]
+
+
+class _Region(ctypes.Structure):
+    _fields_ = [
+        ("base", ctypes.c_uint64),
+        ("block_stride", ctypes.c_uint64),
+        ("bytes_per_block", ctypes.c_uint64),
+    ]
+
+
+class _Info(ctypes.Structure):
+    _fields_ = [
+        ("abi_version", ctypes.c_uint32),
+        ("block_tokens", ctypes.c_uint32),
+        ("block_bytes", ctypes.c_uint64),
+        ("host_capacity_blocks", ctypes.c_uint64),
+        ("host_blocks", ctypes.c_uint64),
+        ("metrics_port", ctypes.c_uint16),
+        ("store_decode", ctypes.c_uint8),
+        ("hash_algo", ctypes.c_uint8),
+    ]
+
+
+def find_library() -> str:
+    """``TIERKV_LIB`` if set, else ``libtierkv.so`` next to this package."""
+    env = os.environ.get("TIERKV_LIB")
+    if env:
+        if not os.path.isfile(env):
+            raise TierKVError(1, f"TIERKV_LIB={env!r} is not a file")
+        return env
+    here = Path(__file__).resolve().parent / "libtierkv.so"
+    if here.is_file():
+        return str(here)
+    raise TierKVError(
+        4,
+        "libtierkv.so not found: set TIERKV_LIB to its path, or install the package "
+        "with the library copied next to it (scripts/install-vllm-connector.sh)",
+    )
+
+
+_LIBS: dict[str, ctypes.CDLL] = {}
+
+
+def _load(path: str) -> ctypes.CDLL:
+    if path in _LIBS:
+        return _LIBS[path]
+    lib = ctypes.CDLL(path)
+    u64p, szp = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_size_t)
+    hp, vp, u8p = ctypes.POINTER(_Hash), ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint8)
+    sigs = {
+        "tierkv_abi_version": ([], ctypes.c_uint32),
+        "tierkv_last_error": ([], ctypes.c_char_p),
+        "tierkv_manager_create": ([ctypes.POINTER(_Params), ctypes.POINTER(vp)], ctypes.c_int),
+        "tierkv_manager_destroy": ([vp], ctypes.c_int),
+        "tierkv_manager_info": ([vp, ctypes.POINTER(_Info)], ctypes.c_int),
+        "tierkv_hash_tokens": ([vp, hp, vp, ctypes.c_size_t, hp, ctypes.c_size_t, szp], ctypes.c_int),
+        "tierkv_lookup": ([vp, hp, ctypes.c_size_t, u8p, szp], ctypes.c_int),
+        "tierkv_register_layout": ([vp, ctypes.POINTER(_Region), ctypes.c_size_t, ctypes.c_uint64], ctypes.c_int),
+        "tierkv_store_blocks": ([vp, hp, u64p, ctypes.c_size_t, u8p], ctypes.c_int),
+        "tierkv_load_blocks": ([vp, hp, u64p, ctypes.c_size_t, u8p, szp], ctypes.c_int),
+        "tierkv_metrics_text": ([vp, ctypes.c_char_p, ctypes.c_size_t, szp], ctypes.c_int),
+    }
+    for name, (args, res) in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+    version = lib.tierkv_abi_version()
+    if version != ABI_VERSION:
+        raise TierKVError(2, f"{path} has C ABI {version}, this binding needs {ABI_VERSION}")
+    _LIBS[path] = lib
+    return lib
+
+
+def _hash_array(hashes: bytes):
+    n = len(hashes) // HASH_BYTES
+    if n == 0:
+        return None, 0
+    return (_Hash * n).from_buffer_copy(hashes), n
+
+
+class TierKV:
+    """One tierkv manager (``TierkvManager*``)."""
+
+    def __init__(
+        self,
+        block_tokens: int,
+        block_bytes: int,
+        namespace: str | None = None,
+        pool_blocks: int = 0,
+        lib_path: str | None = None,
+        exporter: bool = True,
+    ):
+        self._lib = _load(lib_path or find_library())
+        self._h = ctypes.c_void_p()
+        ns = namespace.encode() if namespace is not None else None
+        params = _Params(block_tokens, pool_blocks, block_bytes, ns, 0 if exporter else CREATE_NO_EXPORTER)
+        self._check(self._lib.tierkv_manager_create(ctypes.byref(params), ctypes.byref(self._h)))
+        self.block_tokens = block_tokens
+        self.block_bytes = block_bytes
+
+    def _check(self, status: int) -> None:
+        if status != 0:
+            msg = self._lib.tierkv_last_error() or b""
+            raise TierKVError(status, msg.decode(errors="replace"))
+
+    def close(self) -> None:
+        if self._h:
+            self._check(self._lib.tierkv_manager_destroy(self._h))
+            self._h = ctypes.c_void_p()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def info(self) -> dict:
+        i = _Info()
+        self._check(self._lib.tierkv_manager_info(self._h, ctypes.byref(i)))
+        return {name: getattr(i, name) for name, _ in _Info._fields_}
+
+    def hash_tokens(self, tokens: Sequence[int], parent: bytes | None = None) -> bytes:
+        """Identities of the full blocks of ``tokens`` (16 bytes each)."""
+        toks = array.array("I", tokens)
+        n_out = len(toks) // self.block_tokens
+        out = (_Hash * max(n_out, 1))()
+        got = ctypes.c_size_t()
+        par = _Hash.from_buffer_copy(parent) if parent else None
+        addr, _ = toks.buffer_info()
+        self._check(
+            self._lib.tierkv_hash_tokens(
+                self._h,
+                ctypes.byref(par) if par is not None else None,
+                addr,
+                len(toks),
+                out,
+                n_out,
+                ctypes.byref(got),
+            )
+        )
+        return bytes(out)[: got.value * HASH_BYTES]
+
+    def lookup(self, hashes: bytes) -> int:
+        """Number of leading blocks held by a tier."""
+        arr, n = _hash_array(hashes)
+        if n == 0:
+            return 0
+        hits = ctypes.c_size_t()
+        self._check(self._lib.tierkv_lookup(self._h, arr, n, None, ctypes.byref(hits)))
+        return hits.value
+
+    def register_layout(self, regions: Iterable[tuple[int, int, int]], num_blocks: int) -> None:
+        regs = [_Region(*r) for r in regions]
+        arr = (_Region * len(regs))(*regs)
+        self._check(self._lib.tierkv_register_layout(self._h, arr, len(regs), num_blocks))
+
+    def store_blocks(self, hashes: bytes, block_ids: Sequence[int]) -> list[int]:
+        arr, n = _hash_array(hashes)
+        if n == 0:
+            return []
+        ids = (ctypes.c_uint64 * n)(*block_ids)
+        res = (ctypes.c_uint8 * n)()
+        self._check(self._lib.tierkv_store_blocks(self._h, arr, ids, n, res))
+        return list(res)
+
+    def load_blocks(self, hashes: bytes, block_ids: Sequence[int]) -> list[int]:
+        arr, n = _hash_array(hashes)
+        if n == 0:
+            return []
+        ids = (ctypes.c_uint64 * n)(*block_ids)
+        res = (ctypes.c_uint8 * n)()
+        loaded = ctypes.c_size_t()
+        self._check(self._lib.tierkv_load_blocks(self._h, arr, ids, n, res, ctypes.byref(loaded)))
+        return list(res)
+
+    def metrics_text(self) -> str:
+        need = ctypes.c_size_t()
+        size = 16384
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            st = self._lib.tierkv_metrics_text(self._h, buf, size, ctypes.byref(need))
+            if st == STATUS_BUFFER_TOO_SMALL:
+                size = need.value
+                continue
+            self._check(st)
+            return buf.value.decode()

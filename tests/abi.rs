@@ -1,0 +1,631 @@
+//! The built `libtierkv.so`, loaded with dlopen and driven only through its C ABI:
+//! every kind of bad argument, many threads at once, corruption, metrics.
+
+use std::ffi::c_char;
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tierkv_abi_tests::{status, Api, Hash, Info, Mgr, Params, Region};
+
+fn api() -> &'static Api {
+    static API: OnceLock<Api> = OnceLock::new();
+    API.get_or_init(Api::load)
+}
+
+/// Serialises environment changes (creation reads `TIERKV_*`).
+static ENV: Mutex<()> = Mutex::new(());
+
+struct Store {
+    dir: tempfile::TempDir,
+}
+
+/// A manager in a fresh shared-memory directory, created with `vars` set.
+fn create(block_tokens: u32, block_bytes: u64, pool: u32, vars: &[(&str, &str)]) -> (Mgr, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, st) = create_in(dir.path(), block_tokens, block_bytes, pool, vars);
+    assert_eq!(st, status::OK, "{}", api().last_error());
+    (m, Store { dir })
+}
+
+fn create_in(
+    dir: &std::path::Path,
+    block_tokens: u32,
+    block_bytes: u64,
+    pool: u32,
+    vars: &[(&str, &str)],
+) -> (Mgr, i32) {
+    let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all: Vec<(&str, String)> = vec![
+        ("TIERKV_SHM_DIR", dir.display().to_string()),
+        ("TIERKV_CPU_BYTES", "8MiB".into()),
+        ("TIERKV_LOG", "off".into()),
+    ];
+    all.extend(vars.iter().map(|(k, v)| (*k, v.to_string())));
+    for (k, v) in &all {
+        std::env::set_var(k, v);
+    }
+    let params = Params {
+        block_tokens,
+        pool_blocks: pool,
+        block_bytes,
+        namespace_: std::ptr::null(),
+        flags: 0,
+    };
+    let mut m: Mgr = std::ptr::null_mut();
+    // SAFETY: valid params and out pointer.
+    let st = unsafe { (api().tierkv_manager_create)(&params, &mut m) };
+    for (k, _) in &all {
+        std::env::remove_var(k);
+    }
+    (m, st)
+}
+
+fn destroy(m: Mgr) {
+    // SAFETY: a live handle.
+    assert_eq!(unsafe { (api().tierkv_manager_destroy)(m) }, status::OK);
+}
+
+fn hashes(m: Mgr, tokens: &[u32]) -> Vec<Hash> {
+    let mut out = vec![Hash::default(); tokens.len()];
+    let mut n = 0usize;
+    // SAFETY: valid buffers of the stated lengths.
+    let st = unsafe {
+        (api().tierkv_hash_tokens)(
+            m,
+            std::ptr::null(),
+            tokens.as_ptr(),
+            tokens.len(),
+            out.as_mut_ptr(),
+            out.len(),
+            &mut n,
+        )
+    };
+    assert_eq!(st, status::OK, "{}", api().last_error());
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn version_and_info() {
+    // SAFETY: no arguments.
+    assert_eq!(unsafe { (api().tierkv_abi_version)() }, 1);
+    let (m, _s) = create(16, 4096, 0, &[]);
+    let mut info = Info::default();
+    // SAFETY: valid out pointer.
+    assert_eq!(unsafe { (api().tierkv_manager_info)(m, &mut info) }, status::OK);
+    assert_eq!((info.abi_version, info.block_tokens, info.block_bytes), (1, 16, 4096));
+    assert!(info.host_capacity_blocks > 100);
+    assert_eq!(info.metrics_port, 0);
+    destroy(m);
+}
+
+#[test]
+fn bad_handles_and_pointers_are_errors_not_crashes() {
+    let a = api();
+    let (m, _s) = create(4, 4096, 8, &[]);
+    let tokens = [1u32; 8];
+    let mut out = [Hash::default(); 2];
+    let mut n = 0usize;
+    // SAFETY: (all calls below) tierkv validates every pointer it is given; the bad
+    // ones are exactly what is under test and are never dereferenced by it.
+    unsafe {
+        let bogus = 0x1000 as Mgr;
+        assert_eq!(
+            (a.tierkv_hash_tokens)(
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                tokens.as_ptr(),
+                8,
+                out.as_mut_ptr(),
+                2,
+                &mut n
+            ),
+            status::INVALID_ARGUMENT
+        );
+        assert!(a.last_error().contains("null"), "{}", a.last_error());
+        assert_eq!(
+            (a.tierkv_hash_tokens)(bogus, std::ptr::null(), tokens.as_ptr(), 8, out.as_mut_ptr(), 2, &mut n),
+            status::INVALID_ARGUMENT
+        );
+        assert!(a.last_error().contains("unknown"), "{}", a.last_error());
+        assert_eq!(
+            (a.tierkv_hash_tokens)(m, std::ptr::null(), std::ptr::null(), 8, out.as_mut_ptr(), 2, &mut n),
+            status::INVALID_ARGUMENT
+        );
+        assert!(a.last_error().contains("tokens is null"));
+        let misaligned = (tokens.as_ptr() as *const u8).add(1) as *const u32;
+        assert_eq!(
+            (a.tierkv_hash_tokens)(m, std::ptr::null(), misaligned, 4, out.as_mut_ptr(), 2, &mut n),
+            status::INVALID_ARGUMENT
+        );
+        assert!(a.last_error().contains("misaligned"));
+        assert_eq!(
+            (a.tierkv_hash_tokens)(
+                m,
+                std::ptr::null(),
+                tokens.as_ptr(),
+                usize::MAX,
+                out.as_mut_ptr(),
+                2,
+                &mut n
+            ),
+            status::INVALID_ARGUMENT
+        );
+        assert!(a.last_error().contains("overflows"), "{}", a.last_error());
+        assert_eq!(
+            (a.tierkv_hash_tokens)(m, std::ptr::null(), tokens.as_ptr(), 8, out.as_mut_ptr(), 1, &mut n),
+            status::BUFFER_TOO_SMALL
+        );
+        assert_eq!(n, 2);
+        assert_eq!(
+            (a.tierkv_hash_tokens)(
+                m,
+                std::ptr::null(),
+                tokens.as_ptr(),
+                8,
+                out.as_mut_ptr(),
+                2,
+                std::ptr::null_mut()
+            ),
+            status::INVALID_ARGUMENT
+        );
+        // Success clears the last error.
+        assert_eq!(
+            (a.tierkv_hash_tokens)(m, std::ptr::null(), tokens.as_ptr(), 8, out.as_mut_ptr(), 2, &mut n),
+            status::OK
+        );
+        assert_eq!(a.last_error(), "");
+        // Store/load without a layout; bad layouts.
+        let ids = [0u64; 2];
+        assert_eq!(
+            (a.tierkv_store_blocks)(m, out.as_ptr(), ids.as_ptr(), 2, std::ptr::null_mut()),
+            status::STATE
+        );
+        let r = Region {
+            base: 0,
+            block_stride: 4096,
+            bytes_per_block: 4096,
+        };
+        assert_eq!((a.tierkv_register_layout)(m, &r, 1, 4), status::INVALID_ARGUMENT);
+        assert!(a.last_error().contains("null"));
+        let buf = vec![0u8; 4096 * 4];
+        let r = Region {
+            base: buf.as_ptr() as u64,
+            block_stride: 2048,
+            bytes_per_block: 4096,
+        };
+        assert_eq!((a.tierkv_register_layout)(m, &r, 1, 4), status::INVALID_ARGUMENT);
+        let r = Region {
+            base: buf.as_ptr() as u64,
+            block_stride: 2048,
+            bytes_per_block: 2048,
+        };
+        assert_eq!((a.tierkv_register_layout)(m, &r, 1, 4), status::INVALID_ARGUMENT);
+        assert!(a.last_error().contains("4096"), "{}", a.last_error());
+        assert_eq!((a.tierkv_register_layout)(m, &r, 0, 4), status::INVALID_ARGUMENT);
+        let r = Region {
+            base: buf.as_ptr() as u64,
+            block_stride: 4096,
+            bytes_per_block: 4096,
+        };
+        assert_eq!((a.tierkv_register_layout)(m, &r, 1, 4), status::OK);
+        let far = [7u64, 0];
+        assert_eq!(
+            (a.tierkv_store_blocks)(m, out.as_ptr(), far.as_ptr(), 2, std::ptr::null_mut()),
+            status::INVALID_ARGUMENT
+        );
+        assert!(a.last_error().contains("out of range"));
+        let mut res = [0u8; 2];
+        let mut loaded = 0usize;
+        assert_eq!(
+            (a.tierkv_load_blocks)(m, out.as_ptr(), ids.as_ptr(), 2, std::ptr::null_mut(), &mut loaded),
+            status::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            (a.tierkv_load_blocks)(m, out.as_ptr(), ids.as_ptr(), 2, res.as_mut_ptr(), &mut loaded),
+            status::OK
+        );
+        assert_eq!((res, loaded), ([1, 1], 0), "nothing stored yet: misses");
+        // Pool contract violations.
+        let mut got = [0u32; 16];
+        assert_eq!((a.tierkv_pool_allocate)(m, 9, got.as_mut_ptr()), status::INSUFFICIENT);
+        assert!(
+            a.last_error().contains("requested 9, available 8"),
+            "{}",
+            a.last_error()
+        );
+        assert_eq!((a.tierkv_pool_free)(m, [3u32].as_ptr(), 1), status::INVALID_ARGUMENT);
+        assert_eq!((a.tierkv_pool_free)(m, [99u32].as_ptr(), 1), status::INVALID_ARGUMENT);
+        assert!(a.last_error().contains("out of range"));
+        // Destroyed handles are unknown.
+        destroy(m);
+        assert_eq!((a.tierkv_manager_destroy)(m), status::INVALID_ARGUMENT);
+        assert_eq!(
+            (a.tierkv_lookup)(m, out.as_ptr(), 2, std::ptr::null_mut(), &mut n),
+            status::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            (a.tierkv_manager_destroy)(std::ptr::null_mut()),
+            status::INVALID_ARGUMENT
+        );
+    }
+}
+
+#[test]
+fn bad_configuration_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, st) = create_in(dir.path(), 16, 4096, 0, &[("TIERKV_CPU_BYTES", "lots")]);
+    assert_eq!(st, status::CONFIG);
+    assert!(m.is_null());
+    let e = api().last_error();
+    assert!(
+        e.contains("TIERKV_CPU_BYTES") && e.contains("lots") && e.contains("GiB"),
+        "{e}"
+    );
+    let (_, st) = create_in(dir.path(), 16, 1 << 30, 0, &[("TIERKV_CPU_BYTES", "1MiB")]);
+    assert_eq!(st, status::NO_SPACE);
+    assert!(api().last_error().contains("TIERKV_CPU_BYTES"));
+    let (_, st) = create_in(dir.path(), 0, 4096, 0, &[]);
+    assert_eq!(st, status::INVALID_ARGUMENT);
+    let (m, st) = create_in(dir.path(), 16, 4096, 0, &[("TIERKV_STORE_NAME", "s")]);
+    assert_eq!(st, status::OK);
+    // The same store with another block size is refused with a clear message.
+    let (_, st) = create_in(dir.path(), 16, 8192, 0, &[("TIERKV_STORE_NAME", "s")]);
+    assert_eq!(st, status::CONFIG);
+    assert!(api().last_error().contains("TIERKV_STORE_NAME"));
+    destroy(m);
+    let bad_ns = [0xffu8, 0];
+    let params = Params {
+        block_tokens: 16,
+        pool_blocks: 0,
+        block_bytes: 4096,
+        namespace_: bad_ns.as_ptr() as *const c_char,
+        flags: 0,
+    };
+    let mut out: Mgr = std::ptr::null_mut();
+    assert_eq!(
+        // SAFETY: valid pointers; the namespace is NUL-terminated (but not UTF-8).
+        unsafe { (api().tierkv_manager_create)(&params, &mut out) },
+        status::INVALID_ARGUMENT
+    );
+    let params = Params {
+        flags: 0x80,
+        namespace_: std::ptr::null(),
+        ..params
+    };
+    assert_eq!(
+        // SAFETY: as above.
+        unsafe { (api().tierkv_manager_create)(&params, &mut out) },
+        status::INVALID_ARGUMENT
+    );
+    assert_eq!(
+        // SAFETY: null params are rejected.
+        unsafe { (api().tierkv_manager_create)(std::ptr::null(), &mut out) },
+        status::INVALID_ARGUMENT
+    );
+}
+
+/// Engine memory as a layer-major layout: `layers` regions of `blocks` blocks.
+struct Engine {
+    layers: Vec<Vec<u8>>,
+    seg: usize,
+}
+
+impl Engine {
+    fn new(layers: usize, blocks: usize, seg: usize) -> Self {
+        Self {
+            layers: (0..layers).map(|_| vec![0u8; blocks * seg]).collect(),
+            seg,
+        }
+    }
+    fn regions(&self) -> Vec<Region> {
+        self.layers
+            .iter()
+            .map(|l| Region {
+                base: l.as_ptr() as u64,
+                block_stride: self.seg as u64,
+                bytes_per_block: self.seg as u64,
+            })
+            .collect()
+    }
+    fn fill(&mut self, block: usize, seed: u32) {
+        let seg = self.seg;
+        for (li, l) in self.layers.iter_mut().enumerate() {
+            for (i, b) in l[block * seg..(block + 1) * seg].iter_mut().enumerate() {
+                *b = (seed.wrapping_mul(2_654_435_761).wrapping_add((li * 977 + i) as u32) >> 7) as u8;
+            }
+        }
+    }
+    fn block(&self, block: usize) -> Vec<u8> {
+        self.layers
+            .iter()
+            .flat_map(|l| l[block * self.seg..(block + 1) * self.seg].to_vec())
+            .collect()
+    }
+}
+
+#[test]
+fn many_threads_store_and_load_through_the_abi() {
+    let (layers, seg, blocks_per_thread, threads) = (4usize, 1024usize, 16usize, 8usize);
+    // One manager, one layout over shared engine memory, many threads storing and
+    // loading disjoint block ranges through a tier too small for all of them.
+    let (m, _s) = create(16, (layers * seg) as u64, 0, &[("TIERKV_CPU_BYTES", "2MiB")]);
+    let engine = Arc::new(Mutex::new(Engine::new(layers, blocks_per_thread * threads, seg)));
+    {
+        let regions = engine.lock().unwrap().regions();
+        assert_eq!(
+            // SAFETY: regions describe live buffers that outlive the manager's use.
+            unsafe {
+                (api().tierkv_register_layout)(m, regions.as_ptr(), regions.len(), (blocks_per_thread * threads) as u64)
+            },
+            status::OK
+        );
+    }
+    let m_addr = m as usize;
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                let a = api();
+                let m = m_addr as Mgr;
+                let base = t * blocks_per_thread;
+                let tokens: Vec<u32> = (0..(blocks_per_thread * 16) as u32)
+                    .map(|i| i + 100_000 * t as u32)
+                    .collect();
+                let hs = hashes(m, &tokens);
+                let ids: Vec<u64> = (base..base + blocks_per_thread).map(|b| b as u64).collect();
+                let want: Vec<Vec<u8>> = {
+                    let mut e = engine.lock().unwrap();
+                    for b in base..base + blocks_per_thread {
+                        e.fill(b, (b * 31 + 7) as u32);
+                    }
+                    (base..base + blocks_per_thread).map(|b| e.block(b)).collect()
+                };
+                for round in 0..20 {
+                    let mut res = vec![9u8; ids.len()];
+                    // SAFETY: this thread's blocks are written by no one else during the call.
+                    let st =
+                        unsafe { (a.tierkv_store_blocks)(m, hs.as_ptr(), ids.as_ptr(), ids.len(), res.as_mut_ptr()) };
+                    assert_eq!(st, status::OK, "{}", a.last_error());
+                    assert!(res.iter().all(|&r| r <= 2));
+                    {
+                        // Scribble over our blocks, then load them back.
+                        let mut e = engine.lock().unwrap();
+                        for b in base..base + blocks_per_thread {
+                            e.fill(b, round + 1_000_000);
+                        }
+                    }
+                    let mut loaded = 0usize;
+                    // SAFETY: as above.
+                    let st = unsafe {
+                        (a.tierkv_load_blocks)(m, hs.as_ptr(), ids.as_ptr(), ids.len(), res.as_mut_ptr(), &mut loaded)
+                    };
+                    assert_eq!(st, status::OK, "{}", a.last_error());
+                    let e = engine.lock().unwrap();
+                    for (i, b) in (base..base + blocks_per_thread).enumerate() {
+                        match res[i] {
+                            0 => assert_eq!(e.block(b), want[i], "thread {t} block {b}: wrong bytes served"),
+                            1 | 3 => {} // evicted by other threads (the tier is small) or busy
+                            r => panic!("unexpected load result {r}"),
+                        }
+                    }
+                    drop(e);
+                    let mut e = engine.lock().unwrap();
+                    for b in base..base + blocks_per_thread {
+                        e.fill(b, (b * 31 + 7) as u32);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let text = metrics(m);
+    assert!(
+        text.contains("tierkv_checksum_failures_total{tier=\"host\"} 0"),
+        "{text}"
+    );
+    destroy(m);
+}
+
+fn metrics(m: Mgr) -> String {
+    let a = api();
+    let mut need = 0usize;
+    assert_eq!(
+        // SAFETY: a zero-capacity probe: buf is never written.
+        unsafe { (a.tierkv_metrics_text)(m, std::ptr::null_mut(), 0, &mut need) },
+        status::BUFFER_TOO_SMALL
+    );
+    let mut buf = vec![0u8; need];
+    assert_eq!(
+        // SAFETY: buf has `need` bytes.
+        unsafe { (a.tierkv_metrics_text)(m, buf.as_mut_ptr() as *mut c_char, buf.len(), &mut need) },
+        status::OK
+    );
+    assert_eq!(buf.last(), Some(&0));
+    String::from_utf8(buf[..need - 1].to_vec()).unwrap()
+}
+
+#[test]
+fn flipped_byte_in_the_shared_arena_is_reported_never_served() {
+    let a = api();
+    let seg = 4096;
+    let (m, s) = create(4, seg as u64, 0, &[("TIERKV_STORE_NAME", "flip")]);
+    let mut engine = Engine::new(1, 4, seg);
+    engine.fill(0, 1);
+    engine.fill(1, 2);
+    let regions = engine.regions();
+    let hs = hashes(m, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    let ids = [0u64, 1];
+    // SAFETY: live buffers, not accessed concurrently.
+    unsafe {
+        assert_eq!((a.tierkv_register_layout)(m, regions.as_ptr(), 1, 4), status::OK);
+        assert_eq!(
+            (a.tierkv_store_blocks)(m, hs.as_ptr(), ids.as_ptr(), 2, std::ptr::null_mut()),
+            status::OK
+        );
+    }
+    let mut tiers = [0u8; 2];
+    let mut hits = 0usize;
+    assert_eq!(
+        // SAFETY: valid buffers.
+        unsafe { (a.tierkv_lookup)(m, hs.as_ptr(), 2, tiers.as_mut_ptr(), &mut hits) },
+        status::OK
+    );
+    assert_eq!((hits, tiers), (2, [2, 2]));
+    // Flip one byte of the second block's payload in the file.
+    let path = s.dir.path().join("tierkv-flip.arena");
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut data = Vec::new();
+    f.read_to_end(&mut data).unwrap();
+    let want0 = engine.block(0);
+    let want1 = engine.block(1);
+    let pos = data
+        .windows(64)
+        .position(|w| w == &want1[..64])
+        .expect("payload in arena");
+    data[pos + 10] ^= 1;
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(0)).unwrap();
+    f.write_all(&data).unwrap();
+    engine.fill(0, 99);
+    engine.fill(1, 99);
+    let mut res = [9u8; 2];
+    let mut loaded = 0usize;
+    assert_eq!(
+        // SAFETY: as above.
+        unsafe { (a.tierkv_load_blocks)(m, hs.as_ptr(), ids.as_ptr(), 2, res.as_mut_ptr(), &mut loaded) },
+        status::OK
+    );
+    assert_eq!((res, loaded), ([0, 2], 1), "block 1 is corrupt");
+    assert_eq!(engine.block(0), want0);
+    let text = metrics(m);
+    assert!(
+        text.contains("tierkv_checksum_failures_total{tier=\"host\"} 1"),
+        "{text}"
+    );
+    // A corrupt block is dropped: the next lookup stops before it.
+    assert_eq!(
+        // SAFETY: valid buffers.
+        unsafe { (a.tierkv_lookup)(m, hs.as_ptr(), 2, std::ptr::null_mut(), &mut hits) },
+        status::OK
+    );
+    assert_eq!(hits, 1);
+    destroy(m);
+}
+
+#[test]
+fn exporter_serves_metrics_and_a_taken_port_is_only_a_warning() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (m, _s) = create(16, 4096, 0, &[("TIERKV_METRICS_ADDR", &port)]);
+    let mut info = Info::default();
+    // SAFETY: valid out pointer.
+    assert_eq!(unsafe { (api().tierkv_manager_info)(m, &mut info) }, status::OK);
+    assert_eq!(info.metrics_port, 0, "port in use: no exporter, but the manager works");
+    destroy(m);
+    let (m, _s) = create(16, 4096, 0, &[("TIERKV_METRICS_ADDR", "127.0.0.1:0")]);
+    // SAFETY: valid out pointer.
+    assert_eq!(unsafe { (api().tierkv_manager_info)(m, &mut info) }, status::OK);
+    assert_ne!(info.metrics_port, 0);
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", info.metrics_port)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains("# TYPE tierkv_lookups_total counter"));
+    destroy(m);
+}
+
+#[test]
+fn engine_pool_through_the_abi() {
+    let a = api();
+    let (m, _s) = create(4, 4096, 4, &[]);
+    let mut ids = [0u32; 4];
+    let h = Hash { lo: 5, hi: 6 };
+    let mut flag = 0u8;
+    let mut n = 0usize;
+    // SAFETY: valid buffers throughout.
+    unsafe {
+        assert_eq!((a.tierkv_pool_allocate)(m, 2, ids.as_mut_ptr()), status::OK);
+        assert_eq!(&ids[..2], &[0, 1]);
+        assert_eq!((a.tierkv_pool_register)(m, 0, &h, &mut flag), status::OK);
+        assert_eq!(flag, 1);
+        assert_eq!((a.tierkv_pool_fork)(m, ids.as_ptr(), 1), status::OK);
+        let mut dst = 0u32;
+        assert_eq!((a.tierkv_pool_copy_on_write)(m, 0, &mut dst, &mut flag), status::OK);
+        assert_eq!((dst, flag), (2, 1));
+        assert_eq!((a.tierkv_pool_free)(m, [0u32, 1].as_ptr(), 2), status::OK);
+        let mut tiers = [0u8; 1];
+        assert_eq!((a.tierkv_lookup)(m, &h, 1, tiers.as_mut_ptr(), &mut n), status::OK);
+        assert_eq!((n, tiers[0]), (1, 1), "found in the engine tier");
+        let mut got = [0u32; 1];
+        assert_eq!(
+            (a.tierkv_pool_acquire_cached)(m, &h, 1, got.as_mut_ptr(), &mut n),
+            status::OK
+        );
+        assert_eq!((n, got[0]), (1, 0));
+    }
+    destroy(m);
+    let (m, _s) = create(4, 4096, 0, &[]);
+    assert_eq!(
+        // SAFETY: valid buffer.
+        unsafe { (a.tierkv_pool_allocate)(m, 1, ids.as_mut_ptr()) },
+        status::STATE
+    );
+    destroy(m);
+}
+
+#[test]
+fn two_managers_in_one_process_share_a_store_and_destroy_races_safely() {
+    let a = api();
+    let (m1, s) = create(4, 4096, 0, &[("TIERKV_STORE_NAME", "pair")]);
+    let (m2, st) = create_in(s.dir.path(), 4, 4096, 0, &[("TIERKV_STORE_NAME", "pair")]);
+    assert_eq!(st, status::OK);
+    let mut engine = Engine::new(1, 1, 4096);
+    engine.fill(0, 5);
+    let regions = engine.regions();
+    let hs = hashes(m1, &[9, 9, 9, 9]);
+    assert_eq!(hs, hashes(m2, &[9, 9, 9, 9]), "same namespace, same identity");
+    // SAFETY: live buffers.
+    unsafe {
+        assert_eq!((a.tierkv_register_layout)(m1, regions.as_ptr(), 1, 1), status::OK);
+        assert_eq!(
+            (a.tierkv_store_blocks)(m1, hs.as_ptr(), [0u64].as_ptr(), 1, std::ptr::null_mut()),
+            status::OK
+        );
+    }
+    let mut n = 0usize;
+    assert_eq!(
+        // SAFETY: valid buffers.
+        unsafe { (a.tierkv_lookup)(m2, hs.as_ptr(), 1, std::ptr::null_mut(), &mut n) },
+        status::OK
+    );
+    assert_eq!(n, 1);
+    // Many threads call m2 while it is destroyed: each call either works or reports
+    // an unknown handle; nothing crashes.
+    let addr = m2 as usize;
+    let h0 = hs[0];
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut ok = 0;
+                for _ in 0..2000 {
+                    let mut n = 0usize;
+                    // SAFETY: the handle may be destroyed concurrently: that is the test.
+                    let st = unsafe { (api().tierkv_lookup)(addr as Mgr, &h0, 1, std::ptr::null_mut(), &mut n) };
+                    assert!(st == status::OK || st == status::INVALID_ARGUMENT);
+                    ok += usize::from(st == status::OK);
+                }
+                ok
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    destroy(m2);
+    for c in callers {
+        c.join().unwrap();
+    }
+    destroy(m1);
+}
