@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--block-size", type=int, default=32)
+    ap.add_argument("--dtype", default="float32", help="fp32 keeps greedy outputs comparable across runs")
     ap.add_argument("--kv-bytes", type=int, default=1 << 30)
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--storage", default="/tmp/tierkv-example-storage")
@@ -113,6 +114,7 @@ def main() -> None:
         max_model_len=args.max_model_len,
         max_num_seqs=8,
         enforce_eager=True,
+        dtype=args.dtype,
         seed=0,
     )
     start_s = time.perf_counter() - t0

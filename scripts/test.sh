@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit, property and header tests, the C ABI tests that
+# dlopen the built library, the Python binding tests, and the end-to-end tests in
+# real vLLM with SmolLM2-135M (setting up the vLLM environment first if needed).
+#
+# Usage: scripts/test.sh            everything
+#        TIERKV_SKIP_VLLM=1 scripts/test.sh   Rust and C ABI tests only
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+echo "== build libtierkv.so (debug, for the C ABI tests)"
+cargo build -p tierkv
+
+echo "== Rust and C ABI tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
+
+if [ "${TIERKV_SKIP_VLLM:-0}" = "1" ]; then
+  echo "== vLLM tests skipped (TIERKV_SKIP_VLLM=1)"
+  exit 0
+fi
+
+echo "== build libtierkv.so (release, for vLLM)"
+cargo build --release -p tierkv
+venv=$(scripts/vllm-env.sh | tail -n 1)
+
+echo "== Python binding and end-to-end tests in real vLLM"
+export TIERKV_VLLM_PYTHON="$venv/bin/python"
+export TIERKV_LIB="$root/target/release/libtierkv.so"
+"$venv/bin/python" -m pytest -v -p no:cacheprovider tests/python tests/e2e
