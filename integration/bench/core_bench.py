@@ -59,7 +59,7 @@ def vllm_side(quick: bool) -> dict[str, float]:
     blocks = pool.get_new_blocks(n_blocks)
     for b, h in zip(blocks, hashes):
         key = kcu.make_block_hash_with_group_id(h, 0)
-        b.block_hash = key
+        b.set_block_hash(key, bs)
         pool.cached_block_hash_to_block.insert(key, b)
 
     def hash_and_lookup():

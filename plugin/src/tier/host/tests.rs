@@ -199,3 +199,61 @@ impl CloneWith for Config {
         }
     }
 }
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Identities that collide in the index's home slot (low bits 0..3), so probing
+    /// and backward-shift deletion are exercised.
+    fn key(h: u128) -> BlockHash {
+        BlockHash((h << 64) | (h % 3))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Random stores, loads and lookups on a 4-block tier agree with a reference
+        /// model (a vector in LRU order): same hits, same victims, same bytes.
+        #[test]
+        fn matches_lru_model(ops in proptest::collection::vec((0u8..3, 1u128..9), 1..120)) {
+            let d = tempfile::tempdir().unwrap();
+            let t = tier_for(d.path(), 4096, 4);
+            let mut lru: Vec<u128> = Vec::new(); // first = next victim
+            let mut out = vec![0u8; 4096];
+            for (op, h) in ops {
+                match op {
+                    0 => {
+                        let r = t.store(key(h), &[&block(h as u8, 4096)]).unwrap();
+                        if lru.contains(&h) {
+                            prop_assert_eq!(r, StoreOutcome::AlreadyPresent);
+                        } else {
+                            prop_assert_eq!(r, StoreOutcome::Stored);
+                            if lru.len() == 4 {
+                                lru.remove(0);
+                            }
+                            lru.push(h);
+                        }
+                    }
+                    1 => {
+                        let r = t.load(key(h), &mut [&mut out]).unwrap();
+                        if let Some(i) = lru.iter().position(|&x| x == h) {
+                            prop_assert_eq!(r, LoadOutcome::Loaded);
+                            prop_assert_eq!(&out, &block(h as u8, 4096));
+                            lru.remove(i);
+                            lru.push(h);
+                        } else {
+                            prop_assert_eq!(r, LoadOutcome::Miss);
+                        }
+                    }
+                    _ => {
+                        let want = usize::from(lru.contains(&h));
+                        prop_assert_eq!(t.lookup(&[key(h)]), want);
+                    }
+                }
+                let order: Vec<u128> = t.eviction_order().iter().map(|b| b.0).collect();
+                let lru_keys: Vec<u128> = lru.iter().map(|&h| key(h).0).collect();
+                prop_assert_eq!(&order, &lru_keys);
+            }
+        }
+    }
+}

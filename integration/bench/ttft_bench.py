@@ -1,0 +1,148 @@
+"""Time to first token in real vLLM (CPU, SmolLM2-135M fp32), tierkv next to the
+alternatives that run on this machine, in one run.
+
+Run (inside the vLLM environment, after scripts/install-vllm-connector.sh or with
+TIERKV_LIB set):
+    python integration/bench/ttft_bench.py --model DIR [--lmcache-site DIR]
+
+Workload: 8 prompts of about 900 tokens: the help-desk system prompt of
+tests/e2e/prompts.py followed by a distinct document (the docstring of a standard
+library module, real text that ships with Python) and a question.
+
+Cases (every engine with VLLM_CPU_OMP_THREADS_BIND=0, the same for all, since vLLM
+changes its thread binding when a connector is configured):
+  none            no cache: every prompt computed (cold)
+  vllm-prefix     vLLM's own prefix cache: each prompt run once, then timed again
+  tierkv-fresh    tierkv: one engine stores the prompts; a *fresh engine process*
+                  times them (nothing in vLLM's own cache)
+  tierkv-repeat   tierkv: each prompt run once, vLLM's cache flushed, timed again
+  example         vLLM's ExampleConnector (shared storage), run/flush/time
+  lmcache         LMCache 0.5.6 multiprocess server (only with --lmcache-site)
+
+Reports the median and mean time to first token per case, the ratio to `none`, and
+whether every case's greedy outputs equal the cold run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+import prompts as prompt_sets  # noqa: E402
+
+DOC_MODULES = ["argparse", "collections", "json", "logging", "pathlib", "statistics", "textwrap", "zipfile"]
+
+
+def workload(model: str, target_tokens: int = 900) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    out = []
+    for name in DOC_MODULES:
+        doc = " ".join((importlib.import_module(name).__doc__ or "").split())
+        head = tok(f"{prompt_sets.SYSTEM}\n\nDocument:\n")["input_ids"]
+        tail = tok(f"\n\nQuestion: What is the document above about?\nAnswer:")["input_ids"]
+        body = tok(doc + " " + doc)["input_ids"][: max(0, target_tokens - len(head) - len(tail))]
+        out.append(head + body + tail)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def engine(model: str, mode: str, prompts: Path, tmp: Path, extra: list[str], env_extra: dict) -> dict:
+    out = tmp / f"{mode}-{uuid.uuid4().hex[:6]}.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_OMP_THREADS_BIND="0", **env_extra)
+    cmd = [sys.executable, str(ROOT / "tests/e2e/vllm_driver.py"), "--model", model, "--mode", mode]
+    cmd += ["--prompts", str(prompts), "--out", str(out), "--max-tokens", "8", *extra]
+    with open(tmp / "engines.log", "a") as log:
+        log.write(f"\n=== {' '.join(cmd)}\n")
+        log.flush()
+        subprocess.run(cmd, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return json.loads(out.read_text())
+
+
+def start_lmcache(site: str, tmp: Path) -> tuple[subprocess.Popen, int]:
+    port, http = free_port(), free_port()
+    env = dict(os.environ, LMCACHE_TRACK_USAGE="false", PYTHONPATH=site, VLLM_CPU_OMP_THREADS_BIND="0")
+    cmd = [sys.executable, "-m", "lmcache.v1.multiprocess.http_server", "--host", "localhost", "--port", str(port)]
+    cmd += ["--http-host", "127.0.0.1", "--http-port", str(http), "--l1-size-gb", "4", "--eviction-policy", "LRU"]
+    cmd += ["--chunk-size", "32", "--supported-transfer-mode", "auto", "--disable-observability"]
+    log = open(tmp / "lmcache.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port
+        if proc.poll() is not None:
+            raise RuntimeError(f"LMCache server exited: {(tmp / 'lmcache.log').read_text()[-2000:]}")
+        time.sleep(1)
+    raise RuntimeError("LMCache server did not start")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--lmcache-site", help="a folder with lmcache 0.5.6 installed (--target)")
+    ap.add_argument("--keep", help="keep engine logs in this folder")
+    args = ap.parse_args()
+    tmp = Path(args.keep or tempfile.mkdtemp(prefix="tierkv-ttft-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    prompts = tmp / "prompts.json"
+    ps = workload(args.model)
+    prompts.write_text(json.dumps(ps))
+    store = f"ttft-{uuid.uuid4().hex[:8]}"
+    tkv_env = {"TIERKV_STORE_NAME": store, "TIERKV_CPU_BYTES": "2GiB"}
+    results: dict[str, dict] = {}
+    results["none"] = engine(args.model, "none", prompts, tmp, [], {})
+    results["vllm-prefix"] = engine(args.model, "prefix", prompts, tmp, ["--repeat"], {})
+    engine(args.model, "tierkv", prompts, tmp, ["--no-timing"], tkv_env)
+    results["tierkv-fresh"] = engine(args.model, "tierkv", prompts, tmp, [], tkv_env)
+    store2 = dict(tkv_env, TIERKV_STORE_NAME=store + "-r")
+    results["tierkv-repeat"] = engine(args.model, "tierkv", prompts, tmp, ["--repeat"], store2)
+    storage = tmp / "example-storage"
+    storage.mkdir(exist_ok=True)
+    results["example"] = engine(args.model, "example", prompts, tmp, ["--repeat", "--storage", str(storage)], {})
+    if args.lmcache_site:
+        server, port = start_lmcache(args.lmcache_site, tmp)
+        try:
+            env = {"PYTHONPATH": args.lmcache_site, "LMCACHE_TRACK_USAGE": "false"}
+            results["lmcache"] = engine(args.model, "lmcache", prompts, tmp, ["--repeat", "--lmcache-port", str(port)], env)
+        finally:
+            server.terminate()
+            server.wait(30)
+    for s in (store, store + "-r"):
+        Path(f"/dev/shm/tierkv-{s}.arena").unlink(missing_ok=True)
+    shutil.rmtree(storage, ignore_errors=True)
+
+    cold = results["none"]
+    base = statistics.median(cold["ttft_s"])
+    print(f"8 prompts, {min(map(len, ps))}-{max(map(len, ps))} tokens; SmolLM2-135M fp32; vLLM 0.32 CPU; 1 engine thread")
+    print(f"{'case':16}{'median TTFT s':>15}{'mean TTFT s':>13}{'vs none':>9}  outputs = cold run")
+    for name, r in results.items():
+        med, mean = statistics.median(r["ttft_s"]), statistics.mean(r["ttft_s"])
+        same = r["outputs"] == cold["outputs"]
+        print(f"{name:16}{med:>15.3f}{mean:>13.3f}{base / med:>8.1f}x  {same}")
+    (tmp / "results.json").write_text(json.dumps(results))
+    print(f"\nraw results: {tmp / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
