@@ -629,3 +629,37 @@ fn two_managers_in_one_process_share_a_store_and_destroy_races_safely() {
     }
     destroy(m1);
 }
+
+/// The generated header compiles as C11 with warnings as errors, and a C host
+/// that dlopens the library works through it.
+#[test]
+fn c_host_compiles_and_runs() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = tempfile::tempdir().unwrap();
+    let exe = out.path().join("smoke");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let build = std::process::Command::new(&cc)
+        .args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(root.join("plugin/include"))
+        .arg(root.join("tests/c/smoke.c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg("-ldl")
+        .output()
+        .expect("a C compiler (cc) is needed for this test");
+    assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+    let shm = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(&exe)
+        .arg(tierkv_abi_tests::lib_path())
+        .arg(shm.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "C host failed ({:?}): {}{}",
+        run.status.code(),
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "ok");
+}

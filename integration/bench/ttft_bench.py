@@ -50,12 +50,15 @@ def workload(model: str, target_tokens: int = 900) -> list[list[int]]:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)
+    docs = [" ".join((importlib.import_module(m).__doc__ or "").split()) for m in DOC_MODULES]
+    head = tok(f"{prompt_sets.SYSTEM}\n\nDocument:\n")["input_ids"]
+    tail = tok("\n\nQuestion: What is the document above about?\nAnswer:")["input_ids"]
+    room = target_tokens - len(head) - len(tail)
     out = []
-    for name in DOC_MODULES:
-        doc = " ".join((importlib.import_module(name).__doc__ or "").split())
-        head = tok(f"{prompt_sets.SYSTEM}\n\nDocument:\n")["input_ids"]
-        tail = tok(f"\n\nQuestion: What is the document above about?\nAnswer:")["input_ids"]
-        body = tok(doc + " " + doc)["input_ids"][: max(0, target_tokens - len(head) - len(tail))]
+    for i in range(len(docs)):
+        # Document i first, then the others in turn until the prompt is full.
+        text = " ".join(docs[i:] + docs[:i])
+        body = tok(text)["input_ids"][:room]
         out.append(head + body + tail)
     return out
 
