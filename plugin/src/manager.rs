@@ -172,16 +172,16 @@ impl Manager {
 
     /// Longest run of leading `hashes` held by a tier, with the tier of each
     /// (written to `tiers`, which must be at least as long as the run).
-    pub fn lookup(&self, hashes: &[BlockHash], tiers: &mut [TierId]) -> usize {
+    pub fn lookup(&self, hashes: &[BlockHash], tiers: &mut [TierId]) -> Result<usize, ManagerError> {
         let mut n_engine = 0;
         if let Some(pool) = &self.pool {
             n_engine = pool.lock().lookup(hashes);
         }
-        let n = n_engine + self.host.lookup(&hashes[n_engine..]);
+        let n = n_engine + self.host.lookup(&hashes[n_engine..])?;
         for (i, t) in tiers.iter_mut().take(n).enumerate() {
             *t = if i < n_engine { TierId::Engine } else { TierId::Host };
         }
-        n
+        Ok(n)
     }
 
     /// Records the engine's KV memory layout (replacing any earlier one).
@@ -225,13 +225,11 @@ impl Manager {
         let mut segs: Vec<&[u8]> = Vec::with_capacity(layout.regions().len());
         for (i, (&h, &b)) in hashes.iter().zip(block_ids).enumerate() {
             segs.clear();
-            // SAFETY: the layout was validated (in-range, non-overlapping, no overflow)
-            // and the caller guarantees the memory is readable and not being written.
-            segs.extend(
-                layout
-                    .ranges(b)
-                    .map(|(p, n)| unsafe { std::slice::from_raw_parts(p as *const u8, n) }),
-            );
+            segs.extend(layout.ranges(b).map(|(p, n)| {
+                // SAFETY: the layout is validated (in range, no overflow) and the
+                // caller guarantees the memory is readable and not being written.
+                unsafe { std::slice::from_raw_parts(p as *const u8, n) }
+            }));
             let o = self.host.store(h, &segs)?;
             if let Some(slot) = outcomes.get_mut(i) {
                 *slot = o;
@@ -260,15 +258,11 @@ impl Manager {
         let mut segs: Vec<&mut [u8]> = Vec::with_capacity(layout.regions().len());
         for (i, (&h, &b)) in hashes.iter().zip(block_ids).enumerate() {
             segs.clear();
-            // SAFETY: as for store_blocks; the caller guarantees exclusive write access
-            // to these ranges, and distinct regions of one block never overlap
-            // (validated strides keep blocks apart within a region; regions are
-            // separate tensors by contract).
-            segs.extend(
-                layout
-                    .ranges(b)
-                    .map(|(p, n)| unsafe { std::slice::from_raw_parts_mut(p as *mut u8, n) }),
-            );
+            segs.extend(layout.ranges(b).map(|(p, n)| {
+                // SAFETY: as in store_blocks, and the caller guarantees exclusive write
+                // access; regions of one block never overlap (separate tensors).
+                unsafe { std::slice::from_raw_parts_mut(p as *mut u8, n) }
+            }));
             let o = self.host.load(h, &mut segs)?;
             if let Some(slot) = outcomes.get_mut(i) {
                 *slot = o;
@@ -281,7 +275,7 @@ impl Manager {
     fn gauges(&self) -> Gauges {
         let g = self.host.arena().geometry();
         let mut out = Gauges {
-            host_blocks: self.host.len(),
+            host_blocks: self.host.block_count().unwrap_or(0),
             host_capacity_blocks: u64::from(g.n_slots),
             host_capacity_bytes: g.file_len,
             block_bytes: g.slot_bytes,

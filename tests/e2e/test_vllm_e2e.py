@@ -86,8 +86,8 @@ def finish(handle, timeout: int = 900) -> dict:
     return json.loads(out.read_text())
 
 
-def run(tmp: Path, mode: str, texts: list[str], store: str | None = None) -> dict:
-    return finish(driver(tmp, mode, texts, store))
+def run(tmp: Path, mode: str, texts: list[str], store: str | None = None, args: tuple = ()) -> dict:
+    return finish(driver(tmp, mode, texts, store, args))
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -192,4 +192,23 @@ def test_c_two_engines_at_once_share_one_store(tmp, baseline):
     finally:
         x_done.touch()
         y_done.touch()
+        Path(f"/dev/shm/tierkv-{name}.arena").unlink(missing_ok=True)
+
+
+def test_d_preempted_requests_reload_and_stay_identical(tmp, baseline):
+    """A KV cache of 42 blocks for four requests that grow to 23 blocks each: vLLM preempts and
+    resumes requests; a resumed request gets its prefix from tierkv again (through
+    the resumed-request path of the connector) and outputs stay identical."""
+    name = f"e2e-preempt-{uuid.uuid4().hex[:8]}"
+    try:
+        run(tmp, "tierkv", prompt_sets.set_a(), name)
+        args = ("--kv-bytes", str(60 << 20), "--max-model-len", "1024", "--max-tokens", "200", "--ignore-eos")
+        handle = driver(tmp, "tierkv", prompt_sets.set_b(), name, args)
+        result = finish(handle)
+        log = Path(handle[2].name).read_text()
+        assert "resumed after preemption" in log, "the scenario did not preempt: shrink --kv-bytes"
+        # Longer generations (more preemption); their first tokens are the baseline's.
+        got = [o[: len(b)] for o, b in zip(result["outputs"], baseline["outputs"])]
+        assert got == baseline["outputs"]
+    finally:
         Path(f"/dev/shm/tierkv-{name}.arena").unlink(missing_ok=True)

@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--lmcache-port", type=int, default=5555)
     ap.add_argument("--repeat", action="store_true")
     ap.add_argument("--no-timing", action="store_true", help="skip the per-prompt max_tokens=1 runs")
+    ap.add_argument("--ignore-eos", action="store_true", help="always generate --max-tokens tokens")
     ap.add_argument("--wait-for", help="wait for this file to exist before generating")
     ap.add_argument("--signal", help="create this file after generating")
     ap.add_argument("--hold-until", help="after --signal, wait for this file before exiting")
@@ -120,7 +121,7 @@ def main() -> None:
     )
     start_s = time.perf_counter() - t0
     one = SamplingParams(temperature=0.0, max_tokens=1)
-    greedy = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
+    greedy = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
 
     wait_for(args.wait_for)
     metrics_before = scrape(os.environ.get("TIERKV_METRICS_ADDR")) if args.mode == "tierkv" else None

@@ -30,11 +30,11 @@ Token positions and blocks (block_size 4 here)::
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from vllm.logger import init_logger
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorBase_V1,
     KVConnectorMetadata,
@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from vllm.v1.kv_cache_interface import KVCacheConfig
     from vllm.v1.request import Request
 
-logger = logging.getLogger("tierkv_vllm")
+# Under vLLM's logger so that its handlers and level apply.
+logger = init_logger("vllm.tierkv")
 
 
 @dataclass
@@ -96,6 +97,11 @@ class TierKVConnector(KVConnectorBase_V1):
         if tp != 1 or pp != 1:
             raise ValueError(
                 f"tierkv: tensor_parallel_size={tp}, pipeline_parallel_size={pp}: only 1 and 1 are supported"
+            )
+        if len(kv_cache_config.kv_cache_groups) != 1:
+            raise ValueError(
+                f"tierkv: {len(kv_cache_config.kv_cache_groups)} KV cache groups (hybrid attention) "
+                "are not supported yet; models with one attention type are"
             )
         self._bs = vllm_config.cache_config.block_size
         self._num_blocks = kv_cache_config.num_blocks
@@ -208,11 +214,14 @@ class TierKVConnector(KVConnectorBase_V1):
 
     def update_state_after_alloc(self, request: "Request", blocks: "KVCacheBlocks", num_external_tokens: int) -> None:
         st = self._reqs.get(request.request_id)
-        if st is None or num_external_tokens == 0 or st.pending_load is None:
+        if st is None:
+            return
+        if num_external_tokens == 0 or st.pending_load is None:
+            st.pending_load = None  # vLLM chose not to load: plan nothing
             return
         start, end = st.pending_load
-        if (end - start) * self._bs != num_external_tokens:
-            raise AssertionError(f"tierkv: planned {end - start} blocks, vLLM allocated for {num_external_tokens} tokens")
+        # vLLM may accept fewer external tokens than offered: load only those.
+        st.pending_load = (start, min(end, start + num_external_tokens // self._bs))
         st.block_ids = list(blocks.get_block_ids()[0])
 
     def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> KVConnectorMetadata:
@@ -223,11 +232,7 @@ class TierKVConnector(KVConnectorBase_V1):
             if st is None:
                 continue
             st.block_ids = list(new_req.block_ids[0])
-            if st.pending_load is not None:
-                start, end = st.pending_load
-                meta.loads.append((st.hashes[start * HASH_BYTES : end * HASH_BYTES], st.block_ids[start:end]))
-                st.stored = max(st.stored, end)
-                st.pending_load = None
+            self._plan_load(st, meta)
             done = new_req.num_computed_tokens + so.num_scheduled_tokens.get(new_req.req_id, 0)
             self._plan_stores(st, done, meta)
         cached = so.scheduled_cached_reqs
@@ -237,13 +242,30 @@ class TierKVConnector(KVConnectorBase_V1):
                 continue
             new_ids = cached.new_block_ids[i]
             if req_id in cached.resumed_req_ids:
+                # Back from preemption: a new block table, and possibly a new load
+                # planned by get_num_new_matched_tokens.
                 st.block_ids = list(new_ids[0]) if new_ids else []
                 st.stored = 0
+                if st.pending_load is not None:
+                    logger.info(
+                        "tierkv: request %s resumed after preemption; loading %d blocks",
+                        req_id,
+                        st.pending_load[1] - st.pending_load[0],
+                    )
+                self._plan_load(st, meta)
             elif new_ids:
                 st.block_ids.extend(new_ids[0])
             done = cached.num_computed_tokens[i] + so.num_scheduled_tokens.get(req_id, 0)
             self._plan_stores(st, done, meta)
         return meta
+
+    def _plan_load(self, st: _ReqState, meta: TierKVMetadata) -> None:
+        if st.pending_load is None:
+            return
+        start, end = st.pending_load
+        meta.loads.append((st.hashes[start * HASH_BYTES : end * HASH_BYTES], st.block_ids[start:end]))
+        st.stored = max(st.stored, end)
+        st.pending_load = None
 
     def _plan_stores(self, st: _ReqState, computed_tokens: int, meta: TierKVMetadata) -> None:
         limit = computed_tokens if self._store_decode else min(computed_tokens, st.prompt_len)

@@ -213,7 +213,7 @@ pub unsafe extern "C" fn tierkv_manager_info(mgr: *const TierkvManager, out: *mu
             block_tokens: m.block_tokens() as u32,
             block_bytes: g.slot_bytes,
             host_capacity_blocks: u64::from(g.n_slots),
-            host_blocks: m.host().len(),
+            host_blocks: m.host().block_count().map_err(crate::ManagerError::from)?,
             metrics_port: m.exporter_addr().map_or(0, |a| a.port()),
             store_decode: u8::from(m.config().store_decode),
             hash_algo: match m.hash_algo() {
@@ -300,7 +300,7 @@ pub unsafe extern "C" fn tierkv_lookup(
         let hs = unsafe { slice_in(hashes, n, "hashes") }?;
         let hs: Vec<BlockHash> = hs.iter().map(|&h| h.into()).collect();
         let mut tiers = vec![TierId::Host; n];
-        let hits = m.in_scope(|| m.lookup(&hs, &mut tiers));
+        let hits = m.in_scope(|| m.lookup(&hs, &mut tiers))?;
         if !out_tiers.is_null() {
             // SAFETY: as above.
             let o = unsafe { slice_out(out_tiers, n, "out_tiers") }?;

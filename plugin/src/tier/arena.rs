@@ -207,6 +207,9 @@ pub enum ArenaError {
         /// Requested block size.
         wanted: u64,
     },
+    /// The index mutex cannot be taken.
+    #[error("the lock of arena {0} is unusable: {1}; delete the file to start the store anew")]
+    Lock(PathBuf, io::Error),
     /// Another process held the creation lock too long.
     #[error("timed out after {0:?} waiting for another process to initialise {1} (TIERKV_LOCK_TIMEOUT)")]
     Timeout(Duration, PathBuf),
@@ -386,11 +389,16 @@ impl Arena {
     }
 
     /// Takes the index mutex. Repairs the index first if its last owner died.
-    pub fn lock(&self) -> Locked<'_> {
+    /// Fails only if the mutex is unusable (`ENOTRECOVERABLE`: a repair itself was
+    /// interrupted), in which case the tier is reported down and callers recompute.
+    pub fn lock(&self) -> Result<Locked<'_>, ArenaError> {
         let m = self.mutex_ptr();
         // SAFETY: the mutex was initialised as process-shared and robust before the
         // magic was published, and stays mapped while self lives.
         let rc = unsafe { libc::pthread_mutex_lock(m) };
+        if rc != 0 && rc != libc::EOWNERDEAD {
+            return Err(ArenaError::Lock(self.path.clone(), io::Error::from_raw_os_error(rc)));
+        }
         let mut locked = Locked { arena: self };
         if rc == libc::EOWNERDEAD {
             tracing::warn!(path = %self.path.display(), "a process died holding the arena lock; repairing the index");
@@ -398,11 +406,8 @@ impl Arena {
             self.stats().lock_recoveries.fetch_add(1, Ordering::Relaxed);
             // SAFETY: we own the mutex (EOWNERDEAD hands it over) and repaired the state.
             unsafe { pthread_mutex_consistent(m) };
-        } else if rc != 0 {
-            // Only ENOTRECOVERABLE or EDEADLK remain; both are bugs of ours.
-            panic!("arena mutex lock failed: {}", io::Error::from_raw_os_error(rc));
         }
-        locked
+        Ok(locked)
     }
 
     fn mutex_ptr(&self) -> *mut libc::pthread_mutex_t {

@@ -80,7 +80,7 @@ impl HostTier {
     pub fn open(cfg: &Config, block_bytes: u64, block_tokens: u64) -> Result<Self, TierError> {
         let path: PathBuf = cfg.shm_dir.join(format!("tierkv-{}.arena", cfg.store_name));
         let arena = Arena::open(&path, block_bytes, cfg.cpu_bytes, cfg.lock_timeout)?;
-        let reclaimed = arena.lock().sweep_dead();
+        let reclaimed = arena.lock()?.sweep_dead();
         if reclaimed > 0 {
             arena
                 .stats()
@@ -109,20 +109,15 @@ impl HostTier {
     }
 
     /// Blocks currently held.
-    pub fn len(&self) -> u64 {
-        u64::from(self.arena.lock().ready_count())
-    }
-
-    /// Whether the tier holds no block.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub fn block_count(&self) -> Result<u64, TierError> {
+        Ok(u64::from(self.arena.lock()?.ready_count()))
     }
 
     /// Number of leading `hashes` held (ready to load). Counts hit and miss blocks
     /// and tokens.
-    pub fn lookup(&self, hashes: &[BlockHash]) -> usize {
+    pub fn lookup(&self, hashes: &[BlockHash]) -> Result<usize, TierError> {
         let n = {
-            let mut l = self.arena.lock();
+            let mut l = self.arena.lock()?;
             hashes
                 .iter()
                 .take_while(|&&h| l.find(h).is_some_and(|s| l.meta(s).state == SlotState::Ready as u32))
@@ -135,7 +130,7 @@ impl HostTier {
         s.miss_blocks.fetch_add(miss, Ordering::Relaxed);
         s.hit_tokens.fetch_add(n as u64 * self.block_tokens, Ordering::Relaxed);
         s.miss_tokens.fetch_add(miss * self.block_tokens, Ordering::Relaxed);
-        n
+        Ok(n)
     }
 
     fn check_len(&self, got: u64) -> Result<(), TierError> {
@@ -152,7 +147,7 @@ impl HostTier {
         self.check_len(segs.iter().map(|s| s.len() as u64).sum())?;
         let start = Instant::now();
         let slot = {
-            let mut l = self.arena.lock();
+            let mut l = self.arena.lock()?;
             if l.find(hash).is_some() {
                 drop(l);
                 self.stats().store_dedup.fetch_add(1, Ordering::Relaxed);
@@ -183,14 +178,12 @@ impl HostTier {
         let mut hasher = FusedHasher::new(seed(hash));
         let mut off = 0usize;
         for seg in segs {
-            // SAFETY: the slot is ours in the Writing state (no reader pins it, no
-            // other writer takes it), its payload has block_bytes bytes and the
-            // segments add up to exactly that (checked above); engine memory and the
-            // arena never overlap.
+            // SAFETY: our Writing slot (no reader, no other writer) of block_bytes, which
+            // the segments fill exactly (checked above); engine memory is not the arena.
             unsafe { hasher.copy_raw(dst.add(off), seg.as_ptr(), seg.len()) };
             off += seg.len();
         }
-        self.arena.lock().commit_write(slot, hasher.digest(), off as u64);
+        self.arena.lock()?.commit_write(slot, hasher.digest(), off as u64);
         let s = self.stats();
         s.stored_blocks.fetch_add(1, Ordering::Relaxed);
         s.stored_bytes.fetch_add(off as u64, Ordering::Relaxed);
@@ -204,7 +197,7 @@ impl HostTier {
         self.check_len(segs.iter().map(|s| s.len() as u64).sum())?;
         let start = Instant::now();
         let (slot, want_sum, len) = {
-            let mut l = self.arena.lock();
+            let mut l = self.arena.lock()?;
             let Some(slot) = l.find(hash).filter(|&s| l.meta(s).state == SlotState::Ready as u32) else {
                 drop(l);
                 self.stats().load_misses.fetch_add(1, Ordering::Relaxed);
@@ -227,7 +220,7 @@ impl HostTier {
         }
         let ok = hasher.digest() == want_sum && len == off as u64;
         {
-            let mut l = self.arena.lock();
+            let mut l = self.arena.lock()?;
             l.unpin(slot);
             if !ok && l.meta(slot).block_hash() == hash {
                 l.discard(slot);
@@ -249,8 +242,8 @@ impl HostTier {
     }
 
     /// Identities in eviction order, first victim first.
-    pub fn eviction_order(&self) -> Vec<BlockHash> {
-        self.arena.lock().eviction_order()
+    pub fn eviction_order(&self) -> Result<Vec<BlockHash>, TierError> {
+        Ok(self.arena.lock()?.eviction_order())
     }
 }
 

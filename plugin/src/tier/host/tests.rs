@@ -44,7 +44,7 @@ fn store_then_load_round_trips_through_segments() {
         t.load(BlockHash(7), &mut [&mut out2[..5]]),
         Err(TierError::SizeMismatch { got: 5, want: 10_000 })
     ));
-    assert_eq!(t.lookup(&[BlockHash(7), BlockHash(8), BlockHash(7)]), 1);
+    assert_eq!(t.lookup(&[BlockHash(7), BlockHash(8), BlockHash(7)]).unwrap(), 1);
 }
 
 #[test]
@@ -58,12 +58,12 @@ fn capacity_is_hard_and_eviction_is_lru() {
     // Expected order (first victim first): 1, 2, 3. Loading 1 makes it most recent.
     let mut buf = vec![0u8; 4096];
     assert_eq!(t.load(BlockHash(1), &mut [&mut buf]).unwrap(), LoadOutcome::Loaded);
-    assert_eq!(t.eviction_order(), [BlockHash(2), BlockHash(3), BlockHash(1)]);
+    assert_eq!(t.eviction_order().unwrap(), [BlockHash(2), BlockHash(3), BlockHash(1)]);
     // Storing 4 evicts 2, the least recently used.
     t.store(BlockHash(4), &[&block(4, 4096)]).unwrap();
-    assert_eq!(t.eviction_order(), [BlockHash(3), BlockHash(1), BlockHash(4)]);
-    assert_eq!(t.lookup(&[BlockHash(2)]), 0);
-    assert_eq!(t.len(), 3);
+    assert_eq!(t.eviction_order().unwrap(), [BlockHash(3), BlockHash(1), BlockHash(4)]);
+    assert_eq!(t.lookup(&[BlockHash(2)]).unwrap(), 0);
+    assert_eq!(t.block_count().unwrap(), 3);
     assert_eq!(t.stats().evictions.load(Ordering::Relaxed), 1);
     let on_disk = std::fs::metadata(t.arena().path()).unwrap().len();
     assert_eq!(on_disk, file_len);
@@ -93,7 +93,7 @@ fn pinned_block_is_not_evicted() {
     let t = tier_for(d.path(), 4096, 1);
     t.store(BlockHash(1), &[&block(1, 4096)]).unwrap();
     let slot = {
-        let mut l = t.arena().lock();
+        let mut l = t.arena().lock().unwrap();
         let s = l.find(BlockHash(1)).unwrap();
         assert!(l.pin(s));
         s
@@ -102,9 +102,9 @@ fn pinned_block_is_not_evicted() {
         t.store(BlockHash(2), &[&block(2, 4096)]).unwrap(),
         StoreOutcome::NoSpace
     );
-    t.arena().lock().unpin(slot);
+    t.arena().lock().unwrap().unpin(slot);
     assert_eq!(t.store(BlockHash(2), &[&block(2, 4096)]).unwrap(), StoreOutcome::Stored);
-    assert_eq!(t.lookup(&[BlockHash(1)]), 0);
+    assert_eq!(t.lookup(&[BlockHash(1)]).unwrap(), 0);
 }
 
 #[test]
@@ -147,7 +147,7 @@ fn many_threads_store_and_load_without_wrong_data() {
     for th in threads {
         th.join().unwrap();
     }
-    assert!(t.len() <= 16);
+    assert!(t.block_count().unwrap() <= 16);
     assert_eq!(t.stats().checksum_failures.load(Ordering::Relaxed), 0);
 }
 
@@ -163,7 +163,7 @@ fn crashed_process_leaves_store_usable() {
     if pid == 0 {
         let child = HostTier::open(&cfg(d.path(), 0).clone_with(t.arena().geometry().file_len), 4096, 16);
         if let Ok(c) = child {
-            let mut l = c.arena().lock();
+            let mut l = c.arena().lock().unwrap();
             if let Some((s, _)) = l.take_slot(8) {
                 l.begin_write(s, BlockHash(99));
             }
@@ -182,9 +182,9 @@ fn crashed_process_leaves_store_usable() {
     let mut out = vec![0u8; 4096];
     assert_eq!(t.load(BlockHash(1), &mut [&mut out]).unwrap(), LoadOutcome::Loaded);
     assert_eq!(t.stats().lock_recoveries.load(Ordering::Relaxed), 1);
-    assert_eq!(t.lookup(&[BlockHash(99)]), 0);
+    assert_eq!(t.lookup(&[BlockHash(99)]).unwrap(), 0);
     assert_eq!(t.store(BlockHash(2), &[&block(2, 4096)]).unwrap(), StoreOutcome::Stored);
-    assert_eq!(t.len(), 2);
+    assert_eq!(t.block_count().unwrap(), 2);
 }
 
 trait CloneWith {
@@ -247,10 +247,10 @@ mod model {
                     }
                     _ => {
                         let want = usize::from(lru.contains(&h));
-                        prop_assert_eq!(t.lookup(&[key(h)]), want);
+                        prop_assert_eq!(t.lookup(&[key(h)]).unwrap(), want);
                     }
                 }
-                let order: Vec<u128> = t.eviction_order().iter().map(|b| b.0).collect();
+                let order: Vec<u128> = t.eviction_order().unwrap().iter().map(|b| b.0).collect();
                 let lru_keys: Vec<u128> = lru.iter().map(|&h| key(h).0).collect();
                 prop_assert_eq!(&order, &lru_keys);
             }
