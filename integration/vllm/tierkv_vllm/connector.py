@@ -202,7 +202,10 @@ class TierKVConnector(KVConnectorBase_V1):
     def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int | None, bool]:
         st = self._state(request)
         st.pending_load = None
-        max_blocks = max(st.prompt_len - 1, 0) // self._bs
+        # All known tokens: the prompt, plus the output so far for a request that
+        # resumes after preemption (its decode blocks were stored too).
+        max_blocks = max(len(request.all_token_ids) - 1, 0) // self._bs
+        self._hash_upto(st, max_blocks)
         start = num_computed_tokens // self._bs
         if max_blocks <= start:
             return 0, False
@@ -259,6 +262,18 @@ class TierKVConnector(KVConnectorBase_V1):
             self._plan_stores(st, done, meta)
         return meta
 
+    def _hash_upto(self, st: _ReqState, n_blocks: int) -> None:
+        """Extends st.hashes to the first n_blocks full blocks of the request."""
+        have = len(st.hashes) // HASH_BYTES
+        if n_blocks <= have:
+            return
+        tokens = st.request.all_token_ids
+        if self._rehash_from_start:
+            st.hashes = self._tkv.hash_tokens(list(tokens[: n_blocks * self._bs]))
+        else:
+            parent = st.hashes[-HASH_BYTES:] if have else None
+            st.hashes += self._tkv.hash_tokens(list(tokens[have * self._bs : n_blocks * self._bs]), parent)
+
     def _plan_load(self, st: _ReqState, meta: TierKVMetadata) -> None:
         if st.pending_load is None:
             return
@@ -272,14 +287,7 @@ class TierKVConnector(KVConnectorBase_V1):
         n_full = min(limit // self._bs, len(st.block_ids))
         if n_full <= st.stored:
             return
-        have = len(st.hashes) // HASH_BYTES
-        if n_full > have:
-            tokens = st.request.all_token_ids
-            if self._rehash_from_start:
-                st.hashes = self._tkv.hash_tokens(list(tokens[: n_full * self._bs]))
-            else:
-                parent = st.hashes[-HASH_BYTES:] if have else None
-                st.hashes += self._tkv.hash_tokens(list(tokens[have * self._bs : n_full * self._bs]), parent)
+        self._hash_upto(st, n_full)
         meta.stores.append(
             (st.hashes[st.stored * HASH_BYTES : n_full * HASH_BYTES], st.block_ids[st.stored : n_full])
         )
