@@ -9,6 +9,6 @@ python=${1:-python3}
 cd "$root"
 cargo build --release -p tierkv
 cp target/release/libtierkv.so integration/vllm/tierkv_vllm/libtierkv.so
-"$python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall ./integration/vllm
+"$python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall ./integration/vllm
 rm -rf integration/vllm/build integration/vllm/*.egg-info
 echo "installed tierkv_vllm into $("$python" -c 'import sys; print(sys.prefix)')"
