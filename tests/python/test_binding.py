@@ -126,3 +126,16 @@ def test_sha256_cbor_identities_match_vllm_live(env, monkeypatch, namespace):
         hi = int.from_bytes(ours[i * 16 + 8 : i * 16 + 16], "little")
         ours_hex.append(((hi << 64) | lo).to_bytes(16, "big").hex())
     assert ours_hex == theirs
+
+
+def test_requests_whose_kv_is_not_a_function_of_tokens_are_not_cached():
+    from types import SimpleNamespace
+
+    from tierkv_vllm.connector import _cacheable
+
+    plain = dict(lora_request=None, cache_salt=None, mm_features=[], prompt_embeds=None)
+    assert _cacheable(SimpleNamespace(**plain))
+    assert not _cacheable(SimpleNamespace(**dict(plain, lora_request=object())))
+    assert not _cacheable(SimpleNamespace(**dict(plain, cache_salt="tenant-1")))
+    assert not _cacheable(SimpleNamespace(**dict(plain, mm_features=[object()])))
+    assert not _cacheable(SimpleNamespace(**dict(plain, prompt_embeds=object())))

@@ -70,6 +70,20 @@ class _ReqState:
     block_ids: list[int] = field(default_factory=list)
     stored: int = 0  # leading blocks already in tierkv (stored or loaded)
     pending_load: tuple[int, int] | None = None  # (first block, end block)
+    cacheable: bool = True
+
+
+def _cacheable(request: "Request") -> bool:
+    """Whether a request's KV is a function of its token ids alone. A LoRA adapter,
+    a cache salt, multimodal inputs (placeholder tokens stand for different images)
+    or prompt embeddings change the KV of the same tokens: such requests are neither
+    looked up nor stored, rather than risk serving another request's KV."""
+    return not (
+        getattr(request, "lora_request", None)
+        or getattr(request, "cache_salt", None)
+        or getattr(request, "mm_features", None)
+        or getattr(request, "prompt_embeds", None) is not None
+    )
 
 
 def _block_bytes(kv_cache_config: "KVCacheConfig") -> int:
@@ -105,7 +119,17 @@ class TierKVConnector(KVConnectorBase_V1):
             )
         self._bs = vllm_config.cache_config.block_size
         self._num_blocks = kv_cache_config.num_blocks
-        namespace = os.environ.get("TIERKV_NAMESPACE") or str(vllm_config.model_config.model)
+        # Everything that changes the bytes of a block for the same tokens is part of
+        # its identity: model, compute dtype, KV cache dtype, and the operator's
+        # namespace (tenant, salt). Same-size dtypes (fp16, bf16) must never share.
+        namespace = "|".join(
+            [
+                str(vllm_config.model_config.model),
+                f"dtype={vllm_config.model_config.dtype}",
+                f"kv={vllm_config.cache_config.cache_dtype}",
+                os.environ.get("TIERKV_NAMESPACE", ""),
+            ]
+        )
         is_scheduler = role == KVConnectorRole.SCHEDULER
         self._tkv = TierKV(
             block_tokens=self._bs,
@@ -194,14 +218,17 @@ class TierKVConnector(KVConnectorBase_V1):
         st = self._reqs.get(request.request_id)
         if st is None:
             prompt = request.prompt_token_ids or []
-            st = _ReqState(request=request, prompt_len=len(prompt))
-            st.hashes = self._tkv.hash_tokens(prompt)
+            st = _ReqState(request=request, prompt_len=len(prompt), cacheable=_cacheable(request))
+            if st.cacheable:
+                st.hashes = self._tkv.hash_tokens(prompt)
             self._reqs[request.request_id] = st
         return st
 
     def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int | None, bool]:
         st = self._state(request)
         st.pending_load = None
+        if not st.cacheable:
+            return 0, False
         # All known tokens: the prompt, plus the output so far for a request that
         # resumes after preemption (its decode blocks were stored too).
         max_blocks = max(len(request.all_token_ids) - 1, 0) // self._bs
@@ -283,6 +310,8 @@ class TierKVConnector(KVConnectorBase_V1):
         st.pending_load = None
 
     def _plan_stores(self, st: _ReqState, computed_tokens: int, meta: TierKVMetadata) -> None:
+        if not st.cacheable:
+            return
         limit = computed_tokens if self._store_decode else min(computed_tokens, st.prompt_len)
         n_full = min(limit // self._bs, len(st.block_ids))
         if n_full <= st.stored:
