@@ -3,9 +3,10 @@
 //! Workflow:
 //! 1. [`Exporter::start`] binds `TIERKV_METRICS_ADDR`. A bind failure (port in use)
 //!    is a logged warning and no exporter: the engine never fails because of it.
-//! 2. The thread accepts connections with a short poll, answers each with the text
-//!    from the render callback, and closes it.
-//! 3. Dropping the exporter stops and joins the thread.
+//! 2. The thread blocks in `accept` (no polling: an idle engine pays nothing),
+//!    answers each connection with the text from the render callback, and closes it.
+//! 3. Dropping the exporter sets the stop flag, wakes `accept` with a connection of
+//!    its own, and joins the thread.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -37,7 +38,6 @@ impl Exporter {
             }
         };
         let bound = listener.local_addr().ok()?;
-        listener.set_nonblocking(true).ok()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -62,7 +62,15 @@ impl Exporter {
 
 impl Drop for Exporter {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Release);
+        // Wake the blocking accept; if the connection fails, the listener is gone
+        // and the thread is already leaving.
+        let wake = if self.addr.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), self.addr.port())
+        } else {
+            self.addr
+        };
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -70,14 +78,17 @@ impl Drop for Exporter {
 }
 
 fn serve(listener: &TcpListener, stop: &AtomicBool, render: &dyn Fn() -> String) {
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
+    loop {
+        let accepted = listener.accept();
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        match accepted {
             Ok((stream, _)) => {
                 if let Err(e) = answer(stream, render) {
                     tracing::debug!(error = %e, "metrics request failed");
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => {
                 tracing::warn!(error = %e, "metrics accept failed");
                 std::thread::sleep(Duration::from_millis(200));
@@ -87,7 +98,6 @@ fn serve(listener: &TcpListener, stop: &AtomicBool, render: &dyn Fn() -> String)
 }
 
 fn answer(mut stream: TcpStream, render: &dyn Fn() -> String) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut buf = [0u8; 2048];
     let mut req = Vec::new();

@@ -39,7 +39,8 @@ use crate::metrics::SharedStats;
 use crate::prefix::BlockHash;
 
 const MAGIC: u64 = 0x7469_6572_6b76_4152; // "tierkvAR"
-const VERSION: u32 = 1;
+                                          // 2: the header no longer keeps a separate count of ready slots.
+const VERSION: u32 = 2;
 const PAGE: u64 = 4096;
 const HEADER_BYTES: u64 = 4 * PAGE;
 /// Most processes that can pin one slot for reading at once.
@@ -162,7 +163,6 @@ struct Header {
     clock: u64,
     free: ListEnds,
     lru: ListEnds,
-    ready: u32,
     mutex: libc::pthread_mutex_t,
     stats: SharedStats,
 }

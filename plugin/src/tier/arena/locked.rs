@@ -79,7 +79,8 @@ impl Locked<'_> {
 
     /// Number of slots in the `Ready` state.
     pub fn ready_count(&self) -> u32 {
-        self.header().ready
+        // The eviction list holds exactly the Ready slots.
+        self.header().lru.len
     }
 
     /// Advances and returns the logical clock.
@@ -202,7 +203,6 @@ impl Locked<'_> {
         let mut lru = Lru(self.header().lru);
         lru.inserted(self, slot);
         self.header().lru = lru.0;
-        self.header().ready += 1;
     }
 
     /// Abandons a `Writing` slot: unindexes it and returns it to the free list.
@@ -223,7 +223,6 @@ impl Locked<'_> {
         let mut lru = Lru(self.header().lru);
         lru.removed(self, slot);
         self.header().lru = lru.0;
-        self.header().ready -= 1;
         let hash = self.meta(slot).block_hash();
         self.table_remove(hash);
         self.meta_mut(slot).state = SlotState::Free as u32;
@@ -325,7 +324,6 @@ impl Locked<'_> {
         let h = self.header();
         h.lru = lru.0;
         h.free = free;
-        h.ready = ready.len() as u32;
         h.clock = h.clock.max(ready.last().map_or(0, |r| r.0));
     }
 
