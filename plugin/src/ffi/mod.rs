@@ -88,7 +88,7 @@ impl From<crate::ManagerError> for FfiError {
             M::Tier(TierError::Arena(ArenaError::NoSpace { .. } | ArenaError::TooSmall { .. })) => {
                 TierkvStatus::NoSpace
             }
-            M::Tier(TierError::Arena(ArenaError::Mismatch { .. })) => TierkvStatus::Config,
+            M::Tier(TierError::Arena(ArenaError::Mismatch { .. } | ArenaError::Version { .. })) => TierkvStatus::Config,
             M::Tier(TierError::Arena(_)) => TierkvStatus::Unavailable,
             M::State(_) => TierkvStatus::State,
         };

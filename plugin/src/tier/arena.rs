@@ -206,6 +206,14 @@ pub enum ArenaError {
         /// Requested block size.
         wanted: u64,
     },
+    /// An existing arena has another format version.
+    #[error("arena {path} has format version {found}, this library uses {VERSION}; use another TIERKV_STORE_NAME or delete the file once no engine uses it")]
+    Version {
+        /// The arena file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
     /// The index mutex cannot be taken.
     #[error("the lock of arena {0} is unusable: {1}; delete the file to start the store anew")]
     Lock(PathBuf, io::Error),
@@ -276,10 +284,18 @@ impl Arena {
             let probe = map(&fd, HEADER_BYTES, path)?;
             // SAFETY: the first HEADER_BYTES are mapped; Header fits in them.
             let h = unsafe { &*(probe as *const Header) };
-            let ready = h.magic.load(Ordering::Acquire) == MAGIC && h.version == VERSION;
-            let (found, n_slots, file_len) = (h.slot_bytes, h.n_slots, h.file_len);
+            let initialised = h.magic.load(Ordering::Acquire) == MAGIC;
+            let (version, found, n_slots, file_len) = (h.version, h.slot_bytes, h.n_slots, h.file_len);
             // SAFETY: probe was mapped above with this length.
             unsafe { libc::munmap(probe.cast(), HEADER_BYTES as usize) };
+            if initialised && version != VERSION {
+                // Another library version may be using it: never re-initialise it.
+                return Err(ArenaError::Version {
+                    path: path.to_path_buf(),
+                    found: version,
+                });
+            }
+            let ready = initialised;
             if ready {
                 if found != want.slot_bytes {
                     return Err(ArenaError::Mismatch {

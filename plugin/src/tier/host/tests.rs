@@ -257,3 +257,19 @@ mod model {
         }
     }
 }
+
+/// An arena written by another format version is refused, never re-initialised
+/// under the processes that may be using it.
+#[test]
+fn other_format_version_is_refused_not_overwritten() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tier_for(d.path(), 4096, 2);
+    t.store(BlockHash(1), &[&block(1, 4096)]).unwrap();
+    let path = t.arena().path().to_path_buf();
+    let mut f = std::fs::read(&path).unwrap();
+    f[8..12].copy_from_slice(&1u32.to_le_bytes()); // header.version
+    std::fs::write(&path, &f).unwrap();
+    let e = HostTier::open(&cfg(d.path(), 1 << 20), 4096, 16).err().unwrap();
+    assert!(e.to_string().contains("format version 1"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), f, "the file was left as it was");
+}
