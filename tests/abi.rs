@@ -3,97 +3,23 @@
 
 use std::ffi::c_char;
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-use tierkv_abi_tests::{status, Api, Hash, Info, Mgr, Params, Region};
+#[path = "common.rs"]
+mod common;
 
-fn api() -> &'static Api {
-    static API: OnceLock<Api> = OnceLock::new();
-    API.get_or_init(Api::load)
-}
-
-/// Serialises environment changes (creation reads `TIERKV_*`).
-static ENV: Mutex<()> = Mutex::new(());
-
-struct Store {
-    dir: tempfile::TempDir,
-}
-
-/// A manager in a fresh shared-memory directory, created with `vars` set.
-fn create(block_tokens: u32, block_bytes: u64, pool: u32, vars: &[(&str, &str)]) -> (Mgr, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let (m, st) = create_in(dir.path(), block_tokens, block_bytes, pool, vars);
-    assert_eq!(st, status::OK, "{}", api().last_error());
-    (m, Store { dir })
-}
-
-fn create_in(
-    dir: &std::path::Path,
-    block_tokens: u32,
-    block_bytes: u64,
-    pool: u32,
-    vars: &[(&str, &str)],
-) -> (Mgr, i32) {
-    let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
-    let mut all: Vec<(&str, String)> = vec![
-        ("TIERKV_SHM_DIR", dir.display().to_string()),
-        ("TIERKV_CPU_BYTES", "8MiB".into()),
-        ("TIERKV_LOG", "off".into()),
-    ];
-    all.extend(vars.iter().map(|(k, v)| (*k, v.to_string())));
-    for (k, v) in &all {
-        std::env::set_var(k, v);
-    }
-    let params = Params {
-        block_tokens,
-        pool_blocks: pool,
-        block_bytes,
-        namespace_: std::ptr::null(),
-        flags: 0,
-    };
-    let mut m: Mgr = std::ptr::null_mut();
-    // SAFETY: valid params and out pointer.
-    let st = unsafe { (api().tierkv_manager_create)(&params, &mut m) };
-    for (k, _) in &all {
-        std::env::remove_var(k);
-    }
-    (m, st)
-}
-
-fn destroy(m: Mgr) {
-    // SAFETY: a live handle.
-    assert_eq!(unsafe { (api().tierkv_manager_destroy)(m) }, status::OK);
-}
-
-fn hashes(m: Mgr, tokens: &[u32]) -> Vec<Hash> {
-    let mut out = vec![Hash::default(); tokens.len()];
-    let mut n = 0usize;
-    // SAFETY: valid buffers of the stated lengths.
-    let st = unsafe {
-        (api().tierkv_hash_tokens)(
-            m,
-            std::ptr::null(),
-            tokens.as_ptr(),
-            tokens.len(),
-            out.as_mut_ptr(),
-            out.len(),
-            &mut n,
-        )
-    };
-    assert_eq!(st, status::OK, "{}", api().last_error());
-    out.truncate(n);
-    out
-}
+use common::{api, create, create_in, destroy, hashes, metrics};
+use tierkv_abi_tests::{status, Hash, Info, Mgr, Params, Region};
 
 #[test]
 fn version_and_info() {
     // SAFETY: no arguments.
-    assert_eq!(unsafe { (api().tierkv_abi_version)() }, 1);
+    assert_eq!(unsafe { (api().tierkv_abi_version)() }, 2);
     let (m, _s) = create(16, 4096, 0, &[]);
     let mut info = Info::default();
     // SAFETY: valid out pointer.
     assert_eq!(unsafe { (api().tierkv_manager_info)(m, &mut info) }, status::OK);
-    assert_eq!((info.abi_version, info.block_tokens, info.block_bytes), (1, 16, 4096));
+    assert_eq!((info.abi_version, info.block_tokens, info.block_bytes), (2, 16, 4096));
     assert!(info.host_capacity_blocks > 100);
     assert_eq!(info.metrics_port, 0);
     destroy(m);
@@ -427,24 +353,6 @@ fn many_threads_store_and_load_through_the_abi() {
         "{text}"
     );
     destroy(m);
-}
-
-fn metrics(m: Mgr) -> String {
-    let a = api();
-    let mut need = 0usize;
-    assert_eq!(
-        // SAFETY: a zero-capacity probe: buf is never written.
-        unsafe { (a.tierkv_metrics_text)(m, std::ptr::null_mut(), 0, &mut need) },
-        status::BUFFER_TOO_SMALL
-    );
-    let mut buf = vec![0u8; need];
-    assert_eq!(
-        // SAFETY: buf has `need` bytes.
-        unsafe { (a.tierkv_metrics_text)(m, buf.as_mut_ptr() as *mut c_char, buf.len(), &mut need) },
-        status::OK
-    );
-    assert_eq!(buf.last(), Some(&0));
-    String::from_utf8(buf[..need - 1].to_vec()).unwrap()
 }
 
 #[test]

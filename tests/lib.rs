@@ -77,12 +77,38 @@ pub mod status {
     pub const CONFIG: i32 = 2;
     /// No space.
     pub const NO_SPACE: i32 = 3;
+    /// `TIERKV_UNAVAILABLE`.
+    pub const UNAVAILABLE: i32 = 4;
     /// Insufficient blocks.
     pub const INSUFFICIENT: i32 = 5;
     /// Missing state.
     pub const STATE: i32 = 6;
     /// Buffer too small.
     pub const BUFFER_TOO_SMALL: i32 = 7;
+}
+
+/// `TierkvDiskStatus`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiskStatus {
+    /// 1 when configured.
+    pub configured: u8,
+    /// 1 when serving.
+    pub up: u8,
+    /// 1 with O_DIRECT.
+    pub direct_io: u8,
+    /// Blocks on disk.
+    pub blocks: u64,
+    /// Capacity in blocks.
+    pub capacity_blocks: u64,
+    /// Capacity in bytes.
+    pub capacity_bytes: u64,
+    /// Blocks kept by recovery.
+    pub recovered_blocks: u64,
+    /// Slots dropped by recovery.
+    pub recovery_dropped: u64,
+    /// Writes queued.
+    pub pending_writes: u64,
 }
 
 /// Opaque manager pointer.
@@ -131,6 +157,8 @@ api! {
     tierkv_store_blocks: fn(Mgr, *const Hash, *const u64, usize, *mut u8) -> i32;
     tierkv_load_blocks: fn(Mgr, *const Hash, *const u64, usize, *mut u8, *mut usize) -> i32;
     tierkv_metrics_text: fn(Mgr, *mut c_char, usize, *mut usize) -> i32;
+    tierkv_disk_status: fn(Mgr, *mut DiskStatus) -> i32;
+    tierkv_disk_flush: fn(Mgr, u64, *mut u8) -> i32;
     tierkv_pool_allocate: fn(Mgr, usize, *mut u32) -> i32;
     tierkv_pool_free: fn(Mgr, *const u32, usize) -> i32;
     tierkv_pool_fork: fn(Mgr, *const u32, usize) -> i32;

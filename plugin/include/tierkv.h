@@ -8,7 +8,7 @@
 #include <stddef.h>
 
 // Version of this C ABI. Bumped on any incompatible change.
-#define TIERKV_ABI_VERSION 1
+#define TIERKV_ABI_VERSION 2
 
 // `flags` bit: do not start the metrics exporter even if `TIERKV_METRICS_ADDR` is
 // set (for a second manager in a process that already serves metrics).
@@ -36,11 +36,23 @@
 // Too many concurrent readers of this block: recompute.
 #define TIERKV_LOAD_BUSY 3
 
+// Reading it from disk failed: the block was dropped; recompute.
+#define TIERKV_LOAD_IO_ERROR 4
+
 // Tier codes written by `tierkv_lookup`.
 #define TIERKV_TIER_ENGINE 1
 
 // The host-memory tier.
 #define TIERKV_TIER_HOST 2
+
+// The disk tier.
+#define TIERKV_TIER_DISK 3
+
+// I/O alignment and header size.
+#define SECTOR 4096
+
+// On-disk format version; another version is refused, never rewritten.
+#define FORMAT_VERSION 1
 
 // Status code of every export.
 typedef enum TierkvStatus {
@@ -125,6 +137,28 @@ typedef struct TierkvRegion {
 // A region of engine KV memory: block `b` is at `base + b * block_stride`, with
 // `bytes_per_block` bytes.
 typedef struct TierkvRegion TierkvRegion;
+
+// What `tierkv_disk_status` reports.
+typedef struct TierkvDiskStatus {
+  // 1 when `TIERKV_DISK_PATH` is set.
+  uint8_t configured;
+  // 1 when the disk tier is serving.
+  uint8_t up;
+  // 1 when it uses O_DIRECT.
+  uint8_t direct_io;
+  // Blocks on disk.
+  uint64_t blocks;
+  // Capacity in blocks.
+  uint64_t capacity_blocks;
+  // Capacity in bytes (the file, headers included).
+  uint64_t capacity_bytes;
+  // Blocks kept by the start-up recovery.
+  uint64_t recovered_blocks;
+  // Slots dropped by the start-up recovery (did not verify).
+  uint64_t recovery_dropped;
+  // Offloads queued and not yet written.
+  uint64_t pending_writes;
+} TierkvDiskStatus;
 
 #ifdef __cplusplus
 extern "C" {
@@ -305,6 +339,25 @@ enum TierkvStatus tierkv_pool_acquire_cached(const struct TierkvManager *mgr,
                                              size_t n,
                                              uint32_t *out_ids,
                                              size_t *out_n);
+
+// Writes the disk tier's state to `*out`. Returns `TIERKV_OK` when the tier serves
+// or is not configured, and `TIERKV_UNAVAILABLE` (with the reason in
+// `tierkv_last_error`) when it is configured but failed to open or went down; `*out`
+// is written in both cases.
+//
+// # Safety
+// `mgr` a live handle; `out` valid for one write. Does not block on I/O.
+enum TierkvStatus tierkv_disk_status(const struct TierkvManager *mgr, struct TierkvDiskStatus *out);
+
+// Waits until every queued disk offload has been written (or dropped), for at most
+// `timeout_ms` milliseconds. Writes 1 to `*out_idle` if it got there, 0 on time-out.
+// Engines call it before a planned shutdown so that nothing queued is lost.
+//
+// # Safety
+// `mgr` a live handle; `out_idle` valid for one write. Blocks up to `timeout_ms`.
+enum TierkvStatus tierkv_disk_flush(const struct TierkvManager *mgr,
+                                    uint64_t timeout_ms,
+                                    uint8_t *out_idle);
 
 extern int pthread_mutexattr_setrobust(pthread_mutexattr_t *attr, int robust);
 

@@ -15,6 +15,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::offload::policy::PolicyKind;
+use crate::offload::AdmitMode;
 use crate::prefix::HashAlgo;
 
 /// One documented variable: name, default as written in the docs, and meaning.
@@ -76,6 +78,51 @@ pub const VARS: &[VarDoc] = &[
         meaning: "How long to wait for another process that is initialising the shared arena.",
     },
     VarDoc {
+        name: "TIERKV_DISK_PATH",
+        default: "unset",
+        meaning: "Directory of the disk tier (G3); off when unset. Created (0700) if missing; the file inside is 0600.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_BYTES",
+        default: "unset",
+        meaning: "Capacity of the disk tier, a hard limit including headers; required with TIERKV_DISK_PATH. Preallocated.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_ADMIT",
+        default: "reuse",
+        meaning: "Which blocks go to disk: reuse (used TIERKV_DISK_ADMIT_USES times) or always (write-through).",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_ADMIT_USES",
+        default: "2",
+        meaning: "Uses (stores and hits) before a block is written to disk under reuse admission. 1-15.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_EVICTION",
+        default: "chat",
+        meaning: "Eviction policy of the disk tier: lru, s3fifo or chat.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_THREADS",
+        default: "4",
+        meaning: "Disk I/O worker threads. 1-64.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_QUEUE",
+        default: "256",
+        meaning: "Bound of the disk read and write queues, in blocks; a full write queue drops offloads. 1-65536.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_DIRECT",
+        default: "true",
+        meaning: "Use O_DIRECT (bypass the page cache); falls back to buffered I/O where the filesystem refuses it.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_RECOVERY",
+        default: "headers",
+        meaning: "Restart recovery: headers (read each block's header; payloads verified on load) or full (verify every payload).",
+    },
+    VarDoc {
         name: "TIERKV_STORE_DECODE",
         default: "true",
         meaning: "Also store blocks filled during decode (a chat's next turn repeats the reply).",
@@ -106,6 +153,15 @@ pub enum EvictionKind {
     Lru,
 }
 
+/// How much a restart reads to rebuild the disk tier's index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Each block's header sector (checksummed); payloads are verified on load.
+    Headers,
+    /// Every block whole, verifying each payload.
+    Full,
+}
+
 /// The validated configuration of one manager.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -129,6 +185,22 @@ pub struct Config {
     pub lock_timeout: Duration,
     /// Store decode blocks too (`TIERKV_STORE_DECODE`).
     pub store_decode: bool,
+    /// Disk tier directory, `None` when off (`TIERKV_DISK_PATH`).
+    pub disk_path: Option<PathBuf>,
+    /// Disk tier budget in bytes (`TIERKV_DISK_BYTES`).
+    pub disk_bytes: u64,
+    /// Disk admission (`TIERKV_DISK_ADMIT`, `TIERKV_DISK_ADMIT_USES`).
+    pub disk_admit: AdmitMode,
+    /// Disk eviction policy (`TIERKV_DISK_EVICTION`).
+    pub disk_eviction: PolicyKind,
+    /// Disk I/O threads (`TIERKV_DISK_THREADS`).
+    pub disk_threads: usize,
+    /// Disk queue bound (`TIERKV_DISK_QUEUE`).
+    pub disk_queue: usize,
+    /// O_DIRECT (`TIERKV_DISK_DIRECT`).
+    pub disk_direct: bool,
+    /// Recovery depth (`TIERKV_DISK_RECOVERY`).
+    pub disk_recovery: RecoveryMode,
 }
 
 /// A variable with a value that is not accepted.
@@ -216,6 +288,56 @@ impl Config {
             Some((var, v)) => parse_bool(&v).ok_or_else(|| err(var, &v, BOOL_FORMS))?,
             None => true,
         };
+        let disk_path = match get("TIERKV_DISK_PATH") {
+            Some((_, v)) if v.is_empty() => None,
+            Some((_, v)) if v.starts_with('/') => Some(PathBuf::from(v)),
+            Some((var, v)) => return Err(err(var, &v, "an absolute directory path")),
+            None => None,
+        };
+        let disk_bytes = match get("TIERKV_DISK_BYTES") {
+            Some((var, v)) => parse_size(&v).ok_or_else(|| err(var, &v, SIZE_FORMS))?,
+            None => 0,
+        };
+        let uses = match get("TIERKV_DISK_ADMIT_USES") {
+            Some((var, v)) => v
+                .parse::<u8>()
+                .ok()
+                .filter(|n| (1..=15).contains(n))
+                .ok_or_else(|| err(var, &v, "an integer from 1 to 15"))?,
+            None => 2,
+        };
+        let disk_admit = match get("TIERKV_DISK_ADMIT") {
+            Some((_, v)) if v.eq_ignore_ascii_case("always") => AdmitMode::Always,
+            Some((_, v)) if v.eq_ignore_ascii_case("reuse") => AdmitMode::Reuse(uses),
+            Some((var, v)) => return Err(err(var, &v, "reuse or always")),
+            None => AdmitMode::Reuse(uses),
+        };
+        let disk_eviction = match get("TIERKV_DISK_EVICTION") {
+            Some((var, v)) => PolicyKind::parse(&v).ok_or_else(|| err(var, &v, "one of lru, s3fifo, chat"))?,
+            None => PolicyKind::Chat,
+        };
+        let int = |name: &'static str, default: usize, max: usize| -> Result<usize, ConfigError> {
+            match get(name) {
+                Some((var, v)) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| err(var, &v, &format!("an integer from 1 to {max}"))),
+                None => Ok(default),
+            }
+        };
+        let disk_threads = int("TIERKV_DISK_THREADS", 4, 64)?;
+        let disk_queue = int("TIERKV_DISK_QUEUE", 256, 65536)?;
+        let disk_direct = match get("TIERKV_DISK_DIRECT") {
+            Some((var, v)) => parse_bool(&v).ok_or_else(|| err(var, &v, BOOL_FORMS))?,
+            None => true,
+        };
+        let disk_recovery = match get("TIERKV_DISK_RECOVERY") {
+            Some((_, v)) if v.eq_ignore_ascii_case("headers") => RecoveryMode::Headers,
+            Some((_, v)) if v.eq_ignore_ascii_case("full") => RecoveryMode::Full,
+            Some((var, v)) => return Err(err(var, &v, "headers or full")),
+            None => RecoveryMode::Headers,
+        };
         let cfg = Config {
             cpu_bytes,
             store_name,
@@ -227,6 +349,14 @@ impl Config {
             eviction,
             lock_timeout,
             store_decode,
+            disk_path,
+            disk_bytes,
+            disk_admit,
+            disk_eviction,
+            disk_threads,
+            disk_queue,
+            disk_direct,
+            disk_recovery,
         };
         cfg.sanitize()?;
         Ok(cfg)
@@ -239,6 +369,13 @@ impl Config {
                 var: "TIERKV_CPU_BYTES",
                 value: self.cpu_bytes.to_string(),
                 expected: "at least 4KiB (one page); the arena must also hold one block".into(),
+            });
+        }
+        if self.disk_path.is_some() && self.disk_bytes == 0 {
+            return Err(ConfigError {
+                var: "TIERKV_DISK_BYTES",
+                value: "unset".into(),
+                expected: "a byte size (the disk tier's hard limit) whenever TIERKV_DISK_PATH is set".into(),
             });
         }
         if self.lock_timeout.is_zero() {

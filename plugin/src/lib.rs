@@ -5,7 +5,8 @@
 //! 1. [`ffi`]: the C ABI (opaque handles, status codes, per-thread last error).
 //! 2. [`Manager`]: the one facade an engine sees.
 //! 3. [`prefix`] (block identity), [`block`] (the engine block pool),
-//!    [`tier`] (host tier over a shared arena), [`metrics`], [`config`].
+//!    [`tier`] (host tier over a shared arena, disk tier), [`offload`] (admission,
+//!    eviction policies, trace replay), [`metrics`], [`config`].
 //!
 //! See `docs/architecture.md` for the design and its failure modes.
 
@@ -15,6 +16,7 @@ pub mod ffi;
 mod log;
 mod manager;
 pub mod metrics;
+pub mod offload;
 pub mod prefix;
 pub mod tier;
 

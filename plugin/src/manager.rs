@@ -5,10 +5,17 @@
 //!
 //! Workflow (an engine step):
 //! 1. [`Manager::hash_tokens`] turns a prompt into block identities.
-//! 2. [`Manager::lookup`] finds the longest run of leading blocks held by a tier.
+//! 2. [`Manager::lookup`] finds the longest run of leading blocks held by a tier
+//!    (engine pool, host, disk), with the tier of each.
 //! 3. After allocating engine slots for them, [`Manager::load_blocks`] copies them in
-//!    (each verified; failures are reported per block, for recompute).
-//! 4. As blocks are computed, [`Manager::store_blocks`] copies them out.
+//!    from the host tier, or reads them from disk (in parallel, on the disk tier's
+//!    workers) and onboards them into the host tier on the way; each is verified,
+//!    failures are reported per block, for recompute. A disk load blocks its caller:
+//!    engines call it from a loader thread, never from the forward pass.
+//! 4. As blocks are computed, [`Manager::store_blocks`] copies them out to the host
+//!    tier and queues the ones admission accepts for the disk tier (never waiting).
+
+use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -16,6 +23,7 @@ use crate::block::BlockPool;
 use crate::config::Config;
 use crate::metrics::{self, exporter::Exporter, Gauges};
 use crate::prefix::{BlockHash, BlockHasher, HashAlgo, VLLM_DEFAULT_SEED};
+use crate::tier::disk::{DiskRead, DiskTier, SECTOR};
 use crate::tier::layout::{EngineLayout, LayoutError, Region};
 use crate::tier::{HostTier, LoadOutcome, StoreOutcome, TierError, TierId};
 
@@ -56,7 +64,12 @@ pub enum ManagerError {
 pub struct Manager {
     config: Config,
     hasher: BlockHasher,
-    host: HostTier,
+    host: Arc<HostTier>,
+    disk: Option<Arc<DiskTier>>,
+    /// Why the configured disk tier is not open, if it is not.
+    disk_error: Option<String>,
+    /// Digest of the namespace, written into disk-tier headers.
+    namespace_digest: u64,
     layout: RwLock<Option<EngineLayout>>,
     pool: Option<Mutex<BlockPool>>,
     exporter: Mutex<Option<Exporter>>,
@@ -87,12 +100,29 @@ impl Manager {
         let seed = std::env::var("PYTHONHASHSEED").unwrap_or_else(|_| VLLM_DEFAULT_SEED.to_string());
         let hasher = BlockHasher::new(config.hash, params.block_tokens as usize, &namespace, &seed)
             .ok_or(ManagerError::InvalidArgument("block_tokens must be at least 1".into()))?;
-        let host = HostTier::open(&config, params.block_bytes, u64::from(params.block_tokens))?;
+        let host = Arc::new(HostTier::open(
+            &config,
+            params.block_bytes,
+            u64::from(params.block_tokens),
+        )?);
+        let (disk, disk_error) = match &config.disk_path {
+            None => (None, None),
+            Some(_) => match DiskTier::open(&config, params.block_bytes, &dispatch) {
+                Ok(d) => (Some(d), None),
+                Err(e) => {
+                    tracing::error!(error = %e, "disk tier unavailable; running on the host tier only");
+                    (None, Some(e.to_string()))
+                }
+            },
+        };
         let pool = (params.pool_blocks > 0).then(|| Mutex::new(BlockPool::new(params.pool_blocks as usize)));
         let mgr = Self {
             config,
             hasher,
             host,
+            disk,
+            disk_error,
+            namespace_digest: xxhash_rust::xxh3::xxh3_64(namespace.as_bytes()),
             layout: RwLock::new(None),
             pool,
             exporter: Mutex::new(None),
@@ -139,6 +169,20 @@ impl Manager {
         &self.host
     }
 
+    /// The disk tier, if configured and open.
+    pub fn disk(&self) -> Option<&Arc<DiskTier>> {
+        self.disk.as_ref()
+    }
+
+    /// Why the disk tier is not serving: it failed to open, or went down since.
+    /// `None` when it serves or was not configured.
+    pub fn disk_problem(&self) -> Option<String> {
+        match &self.disk {
+            Some(d) => d.down_reason(),
+            None => self.disk_error.clone(),
+        }
+    }
+
     /// The engine block pool, if one was asked for.
     pub fn pool(&self) -> Option<&Mutex<BlockPool>> {
         self.pool.as_ref()
@@ -171,15 +215,53 @@ impl Manager {
     }
 
     /// Longest run of leading `hashes` held by a tier, with the tier of each
-    /// (written to `tiers`, which must be at least as long as the run).
+    /// (written to `tiers`, which must be at least as long as the run). A block in
+    /// several tiers is reported in the fastest. Host hits count as uses for disk
+    /// admission (and may be queued for the disk tier).
     pub fn lookup(&self, hashes: &[BlockHash], tiers: &mut [TierId]) -> Result<usize, ManagerError> {
-        let mut n_engine = 0;
+        let mut n = 0;
         if let Some(pool) = &self.pool {
-            n_engine = pool.lock().lookup(hashes);
+            n = pool.lock().lookup(hashes);
         }
-        let n = n_engine + self.host.lookup(&hashes[n_engine..])?;
-        for (i, t) in tiers.iter_mut().take(n).enumerate() {
-            *t = if i < n_engine { TierId::Engine } else { TierId::Host };
+        tiers.iter_mut().take(n).for_each(|t| *t = TierId::Engine);
+        let (mut host_hits, mut disk_hits) = (0usize, 0usize);
+        loop {
+            let h = self.host.lookup_run(&hashes[n..])?;
+            for (i, &hash) in hashes[n..n + h].iter().enumerate() {
+                if let Some(t) = tiers.get_mut(n + i) {
+                    *t = TierId::Host;
+                }
+                if let Some(d) = &self.disk {
+                    d.observe(hash);
+                    d.offload(&self.host, hash, self.namespace_digest, (n + i) as u32);
+                }
+            }
+            n += h;
+            host_hits += h;
+            let Some(d) = &self.disk else { break };
+            // The disk run ends where the host tier (faster) takes over again.
+            let on_disk = d.lookup_run(&hashes[n..]);
+            let mut k = 0;
+            while k < on_disk && self.host.lookup_run(&hashes[n + k..n + k + 1])? == 0 {
+                k += 1;
+            }
+            if k == 0 {
+                break;
+            }
+            for (i, &hash) in hashes[n..n + k].iter().enumerate() {
+                if let Some(t) = tiers.get_mut(n + i) {
+                    *t = TierId::Disk;
+                }
+                d.observe(hash);
+            }
+            n += k;
+            disk_hits += k;
+        }
+        self.host.record_lookup(host_hits as u64, (hashes.len() - n) as u64);
+        if let Some(d) = &self.disk {
+            d.stats()
+                .hit_blocks
+                .fetch_add(disk_hits as u64, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(n)
     }
@@ -222,6 +304,9 @@ impl Manager {
             .as_ref()
             .ok_or(ManagerError::State("no engine layout registered"))?;
         self.check_blocks(layout, hashes, block_ids)?;
+        if let Some(d) = &self.disk {
+            d.begin_request();
+        }
         let mut segs: Vec<&[u8]> = Vec::with_capacity(layout.regions().len());
         for (i, (&h, &b)) in hashes.iter().zip(block_ids).enumerate() {
             segs.clear();
@@ -231,6 +316,10 @@ impl Manager {
                 unsafe { std::slice::from_raw_parts(p as *const u8, n) }
             }));
             let o = self.host.store(h, &segs)?;
+            if let (Some(d), StoreOutcome::Stored | StoreOutcome::AlreadyPresent) = (&self.disk, o) {
+                d.observe(h);
+                d.offload(&self.host, h, self.namespace_digest, i as u32);
+            }
             if let Some(slot) = outcomes.get_mut(i) {
                 *slot = o;
             }
@@ -255,6 +344,7 @@ impl Manager {
             .as_ref()
             .ok_or(ManagerError::State("no engine layout registered"))?;
         self.check_blocks(layout, hashes, block_ids)?;
+        let mut from_disk = Vec::new();
         let mut segs: Vec<&mut [u8]> = Vec::with_capacity(layout.regions().len());
         for (i, (&h, &b)) in hashes.iter().zip(block_ids).enumerate() {
             segs.clear();
@@ -264,6 +354,59 @@ impl Manager {
                 unsafe { std::slice::from_raw_parts_mut(p as *mut u8, n) }
             }));
             let o = self.host.load(h, &mut segs)?;
+            if let Some(slot) = outcomes.get_mut(i) {
+                *slot = o;
+            }
+            if o == LoadOutcome::Miss && self.disk.is_some() {
+                from_disk.push(i);
+            }
+        }
+        drop(segs);
+        if let Some(d) = &self.disk {
+            if !from_disk.is_empty() {
+                // SAFETY: this function's contract, passed on; no slice of the host
+                // loop is alive any more.
+                unsafe { self.load_from_disk(d, layout, hashes, block_ids, &from_disk, outcomes) }?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `which` blocks from disk into their engine slots and onboards them into
+    /// the host tier.
+    ///
+    /// # Safety
+    /// As [`Manager::load_blocks`].
+    unsafe fn load_from_disk(
+        &self,
+        d: &DiskTier,
+        layout: &EngineLayout,
+        hashes: &[BlockHash],
+        block_ids: &[u64],
+        which: &[usize],
+        outcomes: &mut [LoadOutcome],
+    ) -> Result<(), ManagerError> {
+        let want: Vec<BlockHash> = which.iter().map(|&i| hashes[i]).collect();
+        let reads = d.load_batch(&want, self.namespace_digest);
+        let block_bytes = self.host.block_bytes() as usize;
+        for (&i, r) in which.iter().zip(reads) {
+            let o = match r {
+                DiskRead::Loaded(buf) => {
+                    let payload = &buf.as_slice()[SECTOR..SECTOR + block_bytes];
+                    let mut off = 0;
+                    for (p, n) in layout.ranges(block_ids[i]) {
+                        // SAFETY: as in load_blocks: in range, exclusively ours.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, n) };
+                        dst.copy_from_slice(&payload[off..off + n]);
+                        off += n;
+                    }
+                    self.host.store(hashes[i], &[payload])?;
+                    LoadOutcome::Loaded
+                }
+                DiskRead::Miss => LoadOutcome::Miss,
+                DiskRead::Corrupt => LoadOutcome::Corrupt,
+                DiskRead::Failed => LoadOutcome::IoError,
+            };
             if let Some(slot) = outcomes.get_mut(i) {
                 *slot = o;
             }
@@ -292,7 +435,27 @@ impl Manager {
 
     /// Every metric in Prometheus text format.
     pub fn metrics_text(&self) -> String {
-        metrics::render(self.host.stats(), &self.gauges())
+        let view = self.config.disk_path.as_ref().map(|_| match &self.disk {
+            Some(d) => {
+                let g = d.geometry();
+                let (reads, writes) = d.queue_depths();
+                let (admitted, rejected) = d.admission_decisions();
+                metrics::DiskView {
+                    stats: Some(d.stats()),
+                    up: d.is_up(),
+                    direct: d.direct_io(),
+                    blocks: d.block_count(),
+                    capacity_blocks: g.n_slots,
+                    capacity_bytes: g.file_len,
+                    queued_reads: reads as u64,
+                    queued_writes: writes as u64,
+                    admitted,
+                    rejected,
+                }
+            }
+            None => metrics::DiskView::default(),
+        });
+        metrics::render(self.host.stats(), &self.gauges(), view.as_ref())
     }
 }
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 HASH_BYTES = 16
 
 STATUS_NAMES = {
@@ -28,7 +28,8 @@ STATUS_NAMES = {
 }
 STATUS_BUFFER_TOO_SMALL = 7
 
-LOAD_LOADED, LOAD_MISS, LOAD_CORRUPT, LOAD_BUSY = 0, 1, 2, 3
+LOAD_LOADED, LOAD_MISS, LOAD_CORRUPT, LOAD_BUSY, LOAD_IO_ERROR = 0, 1, 2, 3, 4
+TIER_ENGINE, TIER_HOST, TIER_DISK = 1, 2, 3
 STORE_STORED, STORE_PRESENT, STORE_NO_SPACE = 0, 1, 2
 CREATE_NO_EXPORTER = 1
 
@@ -76,6 +77,20 @@ class _Info(ctypes.Structure):
     ]
 
 
+class _DiskStatus(ctypes.Structure):
+    _fields_ = [
+        ("configured", ctypes.c_uint8),
+        ("up", ctypes.c_uint8),
+        ("direct_io", ctypes.c_uint8),
+        ("blocks", ctypes.c_uint64),
+        ("capacity_blocks", ctypes.c_uint64),
+        ("capacity_bytes", ctypes.c_uint64),
+        ("recovered_blocks", ctypes.c_uint64),
+        ("recovery_dropped", ctypes.c_uint64),
+        ("pending_writes", ctypes.c_uint64),
+    ]
+
+
 def find_library() -> str:
     """``TIERKV_LIB`` if set, else ``libtierkv.so`` next to this package."""
     env = os.environ.get("TIERKV_LIB")
@@ -114,6 +129,8 @@ def _load(path: str) -> ctypes.CDLL:
         "tierkv_store_blocks": ([vp, hp, u64p, ctypes.c_size_t, u8p], ctypes.c_int),
         "tierkv_load_blocks": ([vp, hp, u64p, ctypes.c_size_t, u8p, szp], ctypes.c_int),
         "tierkv_metrics_text": ([vp, ctypes.c_char_p, ctypes.c_size_t, szp], ctypes.c_int),
+        "tierkv_disk_status": ([vp, ctypes.POINTER(_DiskStatus)], ctypes.c_int),
+        "tierkv_disk_flush": ([vp, ctypes.c_uint64, u8p], ctypes.c_int),
     }
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)
@@ -196,12 +213,35 @@ class TierKV:
 
     def lookup(self, hashes: bytes) -> int:
         """Number of leading blocks held by a tier."""
+        return len(self.lookup_tiers(hashes))
+
+    def lookup_tiers(self, hashes: bytes) -> list[int]:
+        """The tier (``TIER_*``) of each leading block held by a tier."""
         arr, n = _hash_array(hashes)
         if n == 0:
-            return 0
+            return []
         hits = ctypes.c_size_t()
-        self._check(self._lib.tierkv_lookup(self._h, arr, n, None, ctypes.byref(hits)))
-        return hits.value
+        tiers = (ctypes.c_uint8 * n)()
+        self._check(self._lib.tierkv_lookup(self._h, arr, n, tiers, ctypes.byref(hits)))
+        return list(tiers[: hits.value])
+
+    def disk_status(self) -> dict:
+        """The disk tier's state; ``problem`` holds why it is not serving, if so."""
+        st = _DiskStatus()
+        rc = self._lib.tierkv_disk_status(self._h, ctypes.byref(st))
+        out = {name: getattr(st, name) for name, _ in _DiskStatus._fields_}
+        out["problem"] = None
+        if rc != 0:
+            if STATUS_NAMES.get(rc) != "UNAVAILABLE":
+                self._check(rc)
+            out["problem"] = (self._lib.tierkv_last_error() or b"").decode(errors="replace")
+        return out
+
+    def disk_flush(self, timeout_s: float = 30.0) -> bool:
+        """Waits for queued disk writes; True when none is left."""
+        idle = ctypes.c_uint8()
+        self._check(self._lib.tierkv_disk_flush(self._h, int(timeout_s * 1000), ctypes.byref(idle)))
+        return bool(idle.value)
 
     def register_layout(self, regions: Iterable[tuple[int, int, int]], num_blocks: int) -> None:
         regs = [_Region(*r) for r in regions]

@@ -100,6 +100,19 @@ impl ListEnds {
         self.len += 1;
     }
 
+    /// Inserts `i` (in no list) just before `at` (in this list).
+    pub fn insert_before(&mut self, s: &mut impl LinkStore, at: u32, i: u32) {
+        let (prev, _) = s.links(at);
+        s.set_links(i, prev, at);
+        s.set_prev(at, i);
+        if prev == NIL {
+            self.head = i;
+        } else {
+            s.set_next(prev, i);
+        }
+        self.len += 1;
+    }
+
     /// Unlinks `i`, which must be in this list.
     pub fn remove(&mut self, s: &mut impl LinkStore, i: u32) {
         let (prev, next) = s.links(i);

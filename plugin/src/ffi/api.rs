@@ -13,7 +13,7 @@ use crate::tier::{LoadOutcome, StoreOutcome, TierId};
 use crate::{Manager, ManagerParams};
 
 /// Version of this C ABI. Bumped on any incompatible change.
-pub const TIERKV_ABI_VERSION: u32 = 1;
+pub const TIERKV_ABI_VERSION: u32 = 2;
 
 /// A 128-bit block identity as two 64-bit halves.
 #[repr(C)]
@@ -101,11 +101,15 @@ pub const TIERKV_LOAD_MISS: u8 = 1;
 pub const TIERKV_LOAD_CORRUPT: u8 = 2;
 /// Too many concurrent readers of this block: recompute.
 pub const TIERKV_LOAD_BUSY: u8 = 3;
+/// Reading it from disk failed: the block was dropped; recompute.
+pub const TIERKV_LOAD_IO_ERROR: u8 = 4;
 
 /// Tier codes written by `tierkv_lookup`.
 pub const TIERKV_TIER_ENGINE: u8 = 1;
 /// The host-memory tier.
 pub const TIERKV_TIER_HOST: u8 = 2;
+/// The disk tier.
+pub const TIERKV_TIER_DISK: u8 = 3;
 
 /// The ABI version of the loaded library. Never fails.
 #[no_mangle]
@@ -416,6 +420,7 @@ pub unsafe extern "C" fn tierkv_load_blocks(
                 LoadOutcome::Miss => TIERKV_LOAD_MISS,
                 LoadOutcome::Corrupt => TIERKV_LOAD_CORRUPT,
                 LoadOutcome::Busy => TIERKV_LOAD_BUSY,
+                LoadOutcome::IoError => TIERKV_LOAD_IO_ERROR,
             };
         }
         *out_loaded = outcomes.iter().filter(|&&o| o == LoadOutcome::Loaded).count();

@@ -20,8 +20,10 @@
 //! independent.
 
 mod api;
+mod disk_api;
 
 pub use api::*;
+pub use disk_api::*;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

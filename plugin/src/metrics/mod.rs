@@ -16,6 +16,8 @@ pub mod exporter;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::tier::disk::DiskStats;
+
 /// Bucket upper bounds of the latency histograms, in seconds: 1 us to ~8.4 s,
 /// doubling (24 buckets), plus `+Inf`. Covers a single small block copy up to a
 /// stalled load.
@@ -128,33 +130,76 @@ fn counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
     }
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, labels: &str, v: u64) {
+fn gauge(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-    if labels.is_empty() {
-        let _ = writeln!(out, "{name} {v}");
-    } else {
-        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+    for (labels, v) in series {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
     }
 }
 
+fn gauge_f(out: &mut String, name: &str, help: &str, v: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+/// The disk tier as a scrape sees it (absent when no disk tier is configured).
+#[derive(Debug, Default)]
+pub struct DiskView<'a> {
+    /// Counters; `None` when the tier failed to open.
+    pub stats: Option<&'a DiskStats>,
+    /// Whether it is serving.
+    pub up: bool,
+    /// Whether O_DIRECT is in use.
+    pub direct: bool,
+    /// Blocks held.
+    pub blocks: u64,
+    /// Capacity in blocks.
+    pub capacity_blocks: u64,
+    /// Capacity in bytes (the file, headers included).
+    pub capacity_bytes: u64,
+    /// Reads queued.
+    pub queued_reads: u64,
+    /// Writes queued.
+    pub queued_writes: u64,
+    /// Admission decisions: admitted.
+    pub admitted: u64,
+    /// Admission decisions: rejected.
+    pub rejected: u64,
+}
+
 /// Renders every metric in the Prometheus text format.
-pub fn render(s: &SharedStats, g: &Gauges) -> String {
+pub fn render(s: &SharedStats, g: &Gauges, disk: Option<&DiskView<'_>>) -> String {
     let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let mut o = String::with_capacity(8192);
+    let zero = DiskStats::default();
+    let d = disk.map(|v| v.stats.unwrap_or(&zero));
+    let with_disk = |mut v: Vec<(&'static str, u64)>, extra: &dyn Fn(&DiskStats) -> Vec<(&'static str, u64)>| {
+        if let Some(d) = d {
+            v.extend(extra(d));
+        }
+        v
+    };
+    let mut o = String::with_capacity(16384);
     counter(
         &mut o,
         "tierkv_lookups_total",
         "Prefix lookups.",
         &[("", r(&s.lookups))],
     );
-    counter(
-        &mut o,
-        "tierkv_lookup_blocks_total",
-        "Blocks asked for by lookups, by tier and result.",
-        &[
+    let lookup = with_disk(
+        vec![
             ("tier=\"host\",result=\"hit\"", r(&s.hit_blocks)),
             ("tier=\"host\",result=\"miss\"", r(&s.miss_blocks)),
         ],
+        &|d| vec![("tier=\"disk\",result=\"hit\"", r(&d.hit_blocks))],
+    );
+    counter(
+        &mut o,
+        "tierkv_lookup_blocks_total",
+        "Blocks asked for by lookups, by tier and result (result=miss: found in no tier).",
+        &lookup,
     );
     counter(
         &mut o,
@@ -165,11 +210,8 @@ pub fn render(s: &SharedStats, g: &Gauges) -> String {
             ("tier=\"host\",result=\"miss\"", r(&s.miss_tokens)),
         ],
     );
-    counter(
-        &mut o,
-        "tierkv_block_ops_total",
-        "Block operations by tier and op.",
-        &[
+    let ops = with_disk(
+        vec![
             ("tier=\"host\",op=\"store\"", r(&s.stored_blocks)),
             ("tier=\"host\",op=\"store_dedup\"", r(&s.store_dedup)),
             ("tier=\"host\",op=\"store_rejected\"", r(&s.store_rejected)),
@@ -181,21 +223,47 @@ pub fn render(s: &SharedStats, g: &Gauges) -> String {
             ("tier=\"engine\",op=\"hit\"", g.pool.hits),
             ("tier=\"engine\",op=\"evict\"", g.pool.evictions),
         ],
+        &|d| {
+            vec![
+                ("tier=\"disk\",op=\"store\"", r(&d.written_blocks)),
+                ("tier=\"disk\",op=\"load\"", r(&d.read_blocks)),
+                ("tier=\"disk\",op=\"load_miss\"", r(&d.read_misses)),
+                ("tier=\"disk\",op=\"evict\"", r(&d.evictions)),
+            ]
+        },
+    );
+    counter(
+        &mut o,
+        "tierkv_block_ops_total",
+        "Block operations by tier and op.",
+        &ops,
+    );
+    let bytes = with_disk(
+        vec![
+            ("src=\"engine\",dst=\"host\"", r(&s.stored_bytes)),
+            ("src=\"host\",dst=\"engine\"", r(&s.loaded_bytes)),
+        ],
+        &|d| {
+            vec![
+                ("src=\"host\",dst=\"disk\"", r(&d.written_bytes)),
+                ("src=\"disk\",dst=\"engine\"", r(&d.read_bytes)),
+            ]
+        },
     );
     counter(
         &mut o,
         "tierkv_transfer_bytes_total",
-        "Bytes copied between the engine and a tier.",
-        &[
-            ("src=\"engine\",dst=\"host\"", r(&s.stored_bytes)),
-            ("src=\"host\",dst=\"engine\"", r(&s.loaded_bytes)),
-        ],
+        "Bytes copied between tiers.",
+        &bytes,
     );
+    let sums = with_disk(vec![("tier=\"host\"", r(&s.checksum_failures))], &|d| {
+        vec![("tier=\"disk\"", r(&d.checksum_failures))]
+    });
     counter(
         &mut o,
         "tierkv_checksum_failures_total",
         "Loaded blocks whose checksum or identity did not verify (served as misses).",
-        &[("tier=\"host\"", r(&s.checksum_failures))],
+        &sums,
     );
     counter(
         &mut o,
@@ -206,55 +274,65 @@ pub fn render(s: &SharedStats, g: &Gauges) -> String {
             ("kind=\"dead_writer\"", r(&s.dead_writer_reclaims)),
         ],
     );
+    let view = disk.map(|v| (v.blocks, v.capacity_blocks, v.capacity_bytes, u64::from(v.up)));
+    let tier = |host: u64, pick: fn((u64, u64, u64, u64)) -> u64| {
+        let mut v = vec![("tier=\"host\"", host)];
+        if let Some(x) = view {
+            v.push(("tier=\"disk\"", pick(x)));
+        }
+        v
+    };
     gauge(
         &mut o,
         "tierkv_tier_blocks",
         "Blocks held by the tier.",
-        "tier=\"host\"",
-        g.host_blocks,
+        &tier(g.host_blocks, |x| x.0),
     );
     gauge(
         &mut o,
         "tierkv_tier_capacity_blocks",
         "Tier capacity in blocks.",
-        "tier=\"host\"",
-        g.host_capacity_blocks,
+        &tier(g.host_capacity_blocks, |x| x.1),
     );
     gauge(
         &mut o,
         "tierkv_tier_capacity_bytes",
         "Tier capacity in bytes, metadata included.",
-        "tier=\"host\"",
-        g.host_capacity_bytes,
+        &tier(g.host_capacity_bytes, |x| x.2),
+    );
+    gauge(
+        &mut o,
+        "tierkv_tier_up",
+        "Whether the tier is serving (0: failed, see the log).",
+        &tier(1, |x| x.3),
     );
     gauge(
         &mut o,
         "tierkv_block_bytes",
         "Payload bytes of one block.",
-        "",
-        g.block_bytes,
+        &[("", g.block_bytes)],
     );
     gauge(
         &mut o,
         "tierkv_engine_pool_used_blocks",
         "Engine pool blocks in use.",
-        "",
-        g.pool_used_blocks,
+        &[("", g.pool_used_blocks)],
     );
     gauge(
         &mut o,
         "tierkv_engine_pool_blocks",
         "Engine pool size.",
-        "",
-        g.pool_blocks,
+        &[("", g.pool_blocks)],
     );
     gauge(
         &mut o,
         "tierkv_gpu_available",
         "Whether a GPU data path is active.",
-        "",
-        0,
+        &[("", 0)],
     );
+    if let (Some(v), Some(d)) = (disk, d) {
+        render_disk(&mut o, v, d);
+    }
     let _ = writeln!(
         o,
         "# HELP tierkv_transfer_seconds Latency of one block copy with its checksum.\n# TYPE tierkv_transfer_seconds histogram"
@@ -263,7 +341,70 @@ pub fn render(s: &SharedStats, g: &Gauges) -> String {
         .render(&mut o, "tierkv_transfer_seconds", "src=\"engine\",dst=\"host\"");
     s.load_latency
         .render(&mut o, "tierkv_transfer_seconds", "src=\"host\",dst=\"engine\"");
+    if let Some(d) = d {
+        d.write_latency
+            .render(&mut o, "tierkv_transfer_seconds", "src=\"host\",dst=\"disk\"");
+        d.read_latency
+            .render(&mut o, "tierkv_transfer_seconds", "src=\"disk\",dst=\"engine\"");
+    }
     o
+}
+
+fn render_disk(o: &mut String, v: &DiskView<'_>, d: &DiskStats) {
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    gauge(
+        o,
+        "tierkv_disk_direct_io",
+        "Whether the disk tier uses O_DIRECT.",
+        &[("", u64::from(v.direct))],
+    );
+    gauge(
+        o,
+        "tierkv_queue_depth",
+        "Jobs waiting in a bounded queue.",
+        &[
+            ("queue=\"disk_read\"", v.queued_reads),
+            ("queue=\"disk_write\"", v.queued_writes),
+        ],
+    );
+    counter(
+        o,
+        "tierkv_disk_admission_total",
+        "Disk admission decisions.",
+        &[("decision=\"admit\"", v.admitted), ("decision=\"reject\"", v.rejected)],
+    );
+    counter(
+        o,
+        "tierkv_offload_total",
+        "Host-to-disk offloads by outcome (queued; dropped: queue full, block gone from host, no free slot).",
+        &[
+            ("result=\"queued\"", r(&d.offload_queued)),
+            ("result=\"queue_full\"", r(&d.offload_dropped_full)),
+            ("result=\"gone\"", r(&d.offload_dropped_gone)),
+            ("result=\"no_slot\"", r(&d.offload_dropped_no_slot)),
+        ],
+    );
+    counter(
+        o,
+        "tierkv_io_errors_total",
+        "Failed disk I/Os.",
+        &[("op=\"read\"", r(&d.read_errors)), ("op=\"write\"", r(&d.write_errors))],
+    );
+    gauge(
+        o,
+        "tierkv_disk_recovery_blocks",
+        "Blocks the last restart recovery kept and dropped.",
+        &[
+            ("result=\"kept\"", r(&d.recovered_blocks)),
+            ("result=\"dropped\"", r(&d.recovery_dropped)),
+        ],
+    );
+    gauge_f(
+        o,
+        "tierkv_disk_recovery_seconds",
+        "Duration of the last restart recovery.",
+        r(&d.recovery_ns) as f64 / 1e9,
+    );
 }
 
 #[cfg(test)]
@@ -289,7 +430,7 @@ mod tests {
     fn exposition_is_well_formed() {
         let s = SharedStats::default();
         s.hit_blocks.fetch_add(3, Ordering::Relaxed);
-        let text = render(&s, &Gauges::default());
+        let text = render(&s, &Gauges::default(), None);
         let mut typed = std::collections::HashSet::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {

@@ -66,6 +66,8 @@ pub enum LoadOutcome {
     Corrupt,
     /// Too many concurrent readers of this block: treat as a miss.
     Busy,
+    /// Reading it failed (disk I/O error): dropped, recompute.
+    IoError,
 }
 
 /// The host tier of one manager.
@@ -116,21 +118,28 @@ impl HostTier {
     /// Number of leading `hashes` held (ready to load). Counts hit and miss blocks
     /// and tokens.
     pub fn lookup(&self, hashes: &[BlockHash]) -> Result<usize, TierError> {
-        let n = {
-            let mut l = self.arena.lock()?;
-            hashes
-                .iter()
-                .take_while(|&&h| l.find(h).is_some_and(|s| l.meta(s).state == SlotState::Ready as u32))
-                .count()
-        };
-        let s = self.stats();
-        let miss = (hashes.len() - n) as u64;
-        s.lookups.fetch_add(1, Ordering::Relaxed);
-        s.hit_blocks.fetch_add(n as u64, Ordering::Relaxed);
-        s.miss_blocks.fetch_add(miss, Ordering::Relaxed);
-        s.hit_tokens.fetch_add(n as u64 * self.block_tokens, Ordering::Relaxed);
-        s.miss_tokens.fetch_add(miss * self.block_tokens, Ordering::Relaxed);
+        let n = self.lookup_run(hashes)?;
+        self.record_lookup(n as u64, (hashes.len() - n) as u64);
         Ok(n)
+    }
+
+    /// Number of leading `hashes` held, without counting anything.
+    pub fn lookup_run(&self, hashes: &[BlockHash]) -> Result<usize, TierError> {
+        let mut l = self.arena.lock()?;
+        Ok(hashes
+            .iter()
+            .take_while(|&&h| l.find(h).is_some_and(|s| l.meta(s).state == SlotState::Ready as u32))
+            .count())
+    }
+
+    /// Counts one lookup that found `hit` blocks here and `miss` blocks nowhere.
+    pub fn record_lookup(&self, hit: u64, miss: u64) {
+        let s = self.stats();
+        s.lookups.fetch_add(1, Ordering::Relaxed);
+        s.hit_blocks.fetch_add(hit, Ordering::Relaxed);
+        s.miss_blocks.fetch_add(miss, Ordering::Relaxed);
+        s.hit_tokens.fetch_add(hit * self.block_tokens, Ordering::Relaxed);
+        s.miss_tokens.fetch_add(miss * self.block_tokens, Ordering::Relaxed);
     }
 
     fn check_len(&self, got: u64) -> Result<(), TierError> {

@@ -9,6 +9,7 @@
 
 pub mod arena;
 pub mod checksum;
+pub mod disk;
 mod host;
 pub mod layout;
 
@@ -24,6 +25,8 @@ pub enum TierId {
     Engine = 1,
     /// G2: host memory.
     Host = 2,
+    /// G3: the local disk.
+    Disk = 3,
 }
 
 /// An eviction policy over slots whose links live in a [`LinkStore`].

@@ -1,0 +1,510 @@
+//! Eviction policies of the disk tier, also driven by the trace replayer.
+//!
+//! Core types: [`Policy`] (the contract every policy keeps), [`Access`] (a key with
+//! the request it came in and its depth in that request's block chain),
+//! [`PolicyKind`] (the configured choice) and the implementations [`Lru`],
+//! [`S3Fifo`] and [`Chat`].
+//!
+//! Workflow (the caller is the disk tier's index, or the replayer):
+//! 1. A resident key that is used again: [`Policy::on_hit`].
+//! 2. A key that becomes resident: [`Policy::on_insert`] (after making room with
+//!    [`Policy::evict`] when full).
+//! 3. A key that leaves for another reason (corrupt, invalidated): [`Policy::on_remove`].
+//!
+//! Why depth matters: a prefix hit stops at the first missing block, so a block whose
+//! parent is gone is worth nothing. [`Chat`] orders the blocks one request touched
+//! tail first, so a chain is peeled from its end and what stays is still a prefix:
+//!
+//! ```text
+//!   request r touches b0 b1 b2 b3     plain LRU, victim first:  b0 b1 b2 b3
+//!                                     chain order, victim first: b3 b2 b1 b0
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::block::list::{LinkStore, ListEnds, NIL};
+
+/// How many candidates one eviction inspects before giving up (all pinned).
+const SCAN_LIMIT: usize = 256;
+
+/// One use of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// The block's key (its identity folded to 64 bits).
+    pub key: u64,
+    /// The request (lookup, load or store batch) it came in; consecutive accesses
+    /// with the same request are one chain.
+    pub request: u64,
+    /// Position of the block in that request's chain (0 = first block).
+    pub depth: u32,
+}
+
+/// An eviction policy over keys.
+///
+/// The caller guarantees: `on_insert` only for a key that is not resident, `on_hit`
+/// and `on_remove` only for resident keys. An implementation must: keep every call
+/// O(1) amortised (an eviction inspects at most a bounded number of candidates), and
+/// return from [`Policy::evict`] only a resident key for which `evictable` is true,
+/// which it no longer counts as resident.
+pub trait Policy: Send {
+    /// Short name (`lru`, `s3fifo`, `chat`).
+    fn name(&self) -> &'static str;
+    /// Resident keys.
+    fn len(&self) -> usize;
+    /// Whether nothing is resident.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// A resident key was used.
+    fn on_hit(&mut self, a: Access);
+    /// A key became resident.
+    fn on_insert(&mut self, a: Access);
+    /// A resident key left for another reason than eviction.
+    fn on_remove(&mut self, key: u64);
+    /// Chooses, removes and returns a victim among the keys `evictable` accepts.
+    fn evict(&mut self, evictable: &mut dyn FnMut(u64) -> bool) -> Option<u64>;
+}
+
+/// The policies by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// Least recently used.
+    Lru,
+    /// S3-FIFO (small, main and ghost FIFOs; scan resistant).
+    S3Fifo,
+    /// Chain-ordered probation/protected segments with a ghost list, for chat.
+    Chat,
+}
+
+impl PolicyKind {
+    /// Parses `lru`, `s3fifo` or `chat`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "lru" => Some(Self::Lru),
+            "s3fifo" | "s3-fifo" => Some(Self::S3Fifo),
+            "chat" => Some(Self::Chat),
+            _ => None,
+        }
+    }
+
+    /// A policy for `capacity` keys.
+    pub fn build(self, capacity: usize) -> Box<dyn Policy> {
+        match self {
+            Self::Lru => Box::new(Lru::default()),
+            Self::S3Fifo => Box::new(S3Fifo::new(capacity)),
+            Self::Chat => Box::new(Chat::new(capacity)),
+        }
+    }
+}
+
+/// Resident keys with their links and a small per-policy tag.
+#[derive(Debug, Default)]
+struct Nodes {
+    map: HashMap<u64, u32>,
+    keys: Vec<u64>,
+    links: Vec<(u32, u32)>,
+    tag: Vec<u8>,
+    free: Vec<u32>,
+}
+
+impl LinkStore for Nodes {
+    fn links(&self, i: u32) -> (u32, u32) {
+        self.links[i as usize]
+    }
+    fn set_links(&mut self, i: u32, prev: u32, next: u32) {
+        self.links[i as usize] = (prev, next);
+    }
+}
+
+impl Nodes {
+    fn get(&self, key: u64) -> Option<u32> {
+        self.map.get(&key).copied()
+    }
+
+    fn add(&mut self, key: u64, tag: u8) -> u32 {
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.keys[i as usize] = key;
+                self.tag[i as usize] = tag;
+                i
+            }
+            None => {
+                self.keys.push(key);
+                self.links.push((NIL, NIL));
+                self.tag.push(tag);
+                (self.keys.len() - 1) as u32
+            }
+        };
+        let old = self.map.insert(key, i);
+        debug_assert!(old.is_none(), "key inserted twice");
+        i
+    }
+
+    fn release(&mut self, i: u32) -> u64 {
+        let key = self.keys[i as usize];
+        self.map.remove(&key);
+        self.free.push(i);
+        key
+    }
+
+    fn key(&self, i: u32) -> u64 {
+        self.keys[i as usize]
+    }
+
+    fn tag(&self, i: u32) -> u8 {
+        self.tag[i as usize]
+    }
+
+    fn set_tag(&mut self, i: u32, t: u8) {
+        self.tag[i as usize] = t;
+    }
+}
+
+/// Keys evicted recently (no data), FIFO with a bound; a later insert of one of
+/// them is evidence of reuse.
+#[derive(Debug, Default)]
+struct Ghost {
+    order: VecDeque<(u64, u64)>,
+    live: HashMap<u64, u64>,
+    next: u64,
+    cap: usize,
+}
+
+impl Ghost {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            ..Self::default()
+        }
+    }
+
+    fn push(&mut self, key: u64) {
+        self.next += 1;
+        self.live.insert(key, self.next);
+        self.order.push_back((key, self.next));
+        while self.live.len() > self.cap {
+            let Some((k, g)) = self.order.pop_front() else { break };
+            if self.live.get(&k) == Some(&g) {
+                self.live.remove(&k);
+            }
+        }
+        // Stale entries (taken out by `take`) are bounded by twice the live count.
+        if self.order.len() > 2 * self.cap + 16 {
+            let live = &self.live;
+            self.order.retain(|(k, g)| live.get(k) == Some(g));
+        }
+    }
+
+    fn take(&mut self, key: u64) -> bool {
+        self.live.remove(&key).is_some()
+    }
+}
+
+/// Scans `list` from its head for an evictable node, at most [`SCAN_LIMIT`] nodes.
+fn find_victim(list: &ListEnds, n: &Nodes, evictable: &mut dyn FnMut(u64) -> bool) -> Option<u32> {
+    let mut cur = list.head;
+    for _ in 0..SCAN_LIMIT {
+        if cur == NIL {
+            return None;
+        }
+        if evictable(n.key(cur)) {
+            return Some(cur);
+        }
+        cur = n.links(cur).1;
+    }
+    None
+}
+
+/// Least recently used.
+#[derive(Debug, Default)]
+pub struct Lru {
+    n: Nodes,
+    list: ListEnds,
+}
+
+impl Policy for Lru {
+    fn name(&self) -> &'static str {
+        "lru"
+    }
+    fn len(&self) -> usize {
+        self.list.len as usize
+    }
+    fn on_hit(&mut self, a: Access) {
+        if let Some(i) = self.n.get(a.key) {
+            self.list.move_to_back(&mut self.n, i);
+        }
+    }
+    fn on_insert(&mut self, a: Access) {
+        let i = self.n.add(a.key, 0);
+        self.list.push_back(&mut self.n, i);
+    }
+    fn on_remove(&mut self, key: u64) {
+        if let Some(i) = self.n.get(key) {
+            self.list.remove(&mut self.n, i);
+            self.n.release(i);
+        }
+    }
+    fn evict(&mut self, evictable: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        let i = find_victim(&self.list, &self.n, evictable)?;
+        self.list.remove(&mut self.n, i);
+        Some(self.n.release(i))
+    }
+}
+
+/// S3-FIFO (Yang et al., SOSP 2023): new keys enter a small FIFO (10%); keys used
+/// while there move to the main FIFO, the others leave a ghost entry; a ghost key
+/// inserted again goes straight to main. Main reinserts keys used since their last
+/// pass (2-bit frequency).
+#[derive(Debug)]
+pub struct S3Fifo {
+    n: Nodes,
+    freq: Vec<u8>,
+    small: ListEnds,
+    main: ListEnds,
+    ghost: Ghost,
+    small_target: usize,
+}
+
+const SMALL: u8 = 1;
+const MAIN: u8 = 2;
+
+impl S3Fifo {
+    /// For `capacity` resident keys.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            n: Nodes::default(),
+            freq: Vec::new(),
+            small: ListEnds::new(),
+            main: ListEnds::new(),
+            ghost: Ghost::new(capacity.max(10) * 9 / 10),
+            small_target: (capacity / 10).max(1),
+        }
+    }
+
+    fn freq_mut(&mut self, i: u32) -> &mut u8 {
+        if self.freq.len() <= i as usize {
+            self.freq.resize(i as usize + 1, 0);
+        }
+        &mut self.freq[i as usize]
+    }
+
+    /// One step of the small queue: promote its head or evict it. Returns a victim.
+    fn step_small(&mut self, evictable: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        let i = self.small.head;
+        self.small.remove(&mut self.n, i);
+        if *self.freq_mut(i) > 0 {
+            *self.freq_mut(i) = 0;
+            self.n.set_tag(i, MAIN);
+            self.main.push_back(&mut self.n, i);
+            return None;
+        }
+        if evictable(self.n.key(i)) {
+            let key = self.n.release(i);
+            self.ghost.push(key);
+            return Some(key);
+        }
+        self.small.push_back(&mut self.n, i);
+        None
+    }
+
+    fn step_main(&mut self, evictable: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        let i = self.main.head;
+        self.main.remove(&mut self.n, i);
+        let f = self.freq_mut(i);
+        if *f > 0 {
+            *f -= 1;
+            self.main.push_back(&mut self.n, i);
+            return None;
+        }
+        if evictable(self.n.key(i)) {
+            return Some(self.n.release(i));
+        }
+        self.main.push_back(&mut self.n, i);
+        None
+    }
+}
+
+impl Policy for S3Fifo {
+    fn name(&self) -> &'static str {
+        "s3fifo"
+    }
+    fn len(&self) -> usize {
+        (self.small.len + self.main.len) as usize
+    }
+    fn on_hit(&mut self, a: Access) {
+        if let Some(i) = self.n.get(a.key) {
+            let f = self.freq_mut(i);
+            *f = (*f + 1).min(3);
+        }
+    }
+    fn on_insert(&mut self, a: Access) {
+        if self.ghost.take(a.key) {
+            let i = self.n.add(a.key, MAIN);
+            *self.freq_mut(i) = 0;
+            self.main.push_back(&mut self.n, i);
+        } else {
+            let i = self.n.add(a.key, SMALL);
+            *self.freq_mut(i) = 0;
+            self.small.push_back(&mut self.n, i);
+        }
+    }
+    fn on_remove(&mut self, key: u64) {
+        if let Some(i) = self.n.get(key) {
+            match self.n.tag(i) {
+                SMALL => self.small.remove(&mut self.n, i),
+                _ => self.main.remove(&mut self.n, i),
+            }
+            self.n.release(i);
+        }
+    }
+    fn evict(&mut self, evictable: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        // Each step either evicts, moves a key to main or lowers a frequency, so
+        // 4 passes over SCAN_LIMIT bound the work even when everything is pinned.
+        for _ in 0..SCAN_LIMIT * 4 {
+            let from_small = self.small.len as usize >= self.small_target || self.main.len == 0;
+            let victim = if from_small && self.small.len > 0 {
+                self.step_small(evictable)
+            } else if self.main.len > 0 {
+                self.step_main(evictable)
+            } else {
+                return None;
+            };
+            if victim.is_some() {
+                return victim;
+            }
+        }
+        None
+    }
+}
+
+/// A list whose members touched by one request are kept in chain order (deepest
+/// nearest the head), after everything touched before.
+#[derive(Debug, Default)]
+struct ChainList {
+    ends: ListEnds,
+    /// The current request and the member it placed nearest the head.
+    anchor: Option<(u64, u32)>,
+}
+
+impl ChainList {
+    /// Places `i` (in no list) for request `request`.
+    fn place(&mut self, n: &mut Nodes, i: u32, request: u64) {
+        match self.anchor {
+            Some((r, at)) if r == request && at != i => self.ends.insert_before(n, at, i),
+            _ => self.ends.push_back(n, i),
+        }
+        self.anchor = Some((request, i));
+    }
+
+    fn remove(&mut self, n: &mut Nodes, i: u32) {
+        if self.anchor.is_some_and(|(_, at)| at == i) {
+            self.anchor = None;
+        }
+        self.ends.remove(n, i);
+    }
+}
+
+/// For chat traffic: a probation FIFO for blocks not yet seen twice, a protected
+/// segment (chain-ordered LRU) for blocks that were reused or that extend a chain
+/// the request hit, and a ghost list of evicted probation keys (a returning key goes
+/// to protected). Interleaved conversations form a loop longer than the cache; LRU
+/// churns through it, while this keeps a stable set of conversations whole and
+/// peels chains from their tails.
+#[derive(Debug)]
+pub struct Chat {
+    n: Nodes,
+    probation: ChainList,
+    protected: ChainList,
+    ghost: Ghost,
+    probation_target: usize,
+    /// The request whose blocks hit in protected so far, and the depth reached.
+    hit_run: Option<(u64, u32)>,
+}
+
+const PROBATION: u8 = 1;
+const PROTECTED: u8 = 2;
+
+impl Chat {
+    /// For `capacity` resident keys.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            n: Nodes::default(),
+            probation: ChainList::default(),
+            protected: ChainList::default(),
+            ghost: Ghost::new(capacity.max(1) * 4),
+            probation_target: (capacity / 5).max(1),
+            hit_run: None,
+        }
+    }
+
+    fn detach(&mut self, i: u32) {
+        match self.n.tag(i) {
+            PROBATION => self.probation.remove(&mut self.n, i),
+            _ => self.protected.remove(&mut self.n, i),
+        }
+    }
+
+    fn protect(&mut self, i: u32, request: u64) {
+        self.n.set_tag(i, PROTECTED);
+        self.protected.place(&mut self.n, i, request);
+    }
+
+    /// Whether `a` continues a chain of which this request hit every earlier block.
+    fn continues_hit(&self, a: Access) -> bool {
+        a.depth > 0 && self.hit_run == Some((a.request, a.depth - 1))
+    }
+}
+
+impl Policy for Chat {
+    fn name(&self) -> &'static str {
+        "chat"
+    }
+    fn len(&self) -> usize {
+        (self.probation.ends.len + self.protected.ends.len) as usize
+    }
+    fn on_hit(&mut self, a: Access) {
+        let Some(i) = self.n.get(a.key) else { return };
+        if a.depth == 0 || self.continues_hit(a) {
+            self.hit_run = Some((a.request, a.depth));
+        }
+        self.detach(i);
+        self.protect(i, a.request);
+    }
+    fn on_insert(&mut self, a: Access) {
+        let returning = self.ghost.take(a.key);
+        if returning || self.continues_hit(a) {
+            let i = self.n.add(a.key, PROTECTED);
+            if self.continues_hit(a) {
+                self.hit_run = Some((a.request, a.depth));
+            }
+            self.protected.place(&mut self.n, i, a.request);
+        } else {
+            let i = self.n.add(a.key, PROBATION);
+            self.probation.place(&mut self.n, i, a.request);
+        }
+    }
+    fn on_remove(&mut self, key: u64) {
+        if let Some(i) = self.n.get(key) {
+            self.detach(i);
+            self.n.release(i);
+        }
+    }
+    fn evict(&mut self, evictable: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        let prefer_probation = self.probation.ends.len as usize >= self.probation_target;
+        let (first, second) = if prefer_probation || self.protected.ends.len == 0 {
+            (&self.probation, &self.protected)
+        } else {
+            (&self.protected, &self.probation)
+        };
+        let i =
+            find_victim(&first.ends, &self.n, evictable).or_else(|| find_victim(&second.ends, &self.n, evictable))?;
+        self.detach(i);
+        let key = self.n.release(i);
+        // A probation leaver or a stale protected chain alike: a return is reuse.
+        self.ghost.push(key);
+        Some(key)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,699 @@
+//! G3: the disk tier. One preallocated file per store in `TIERKV_DISK_PATH`,
+//! read and written with O_DIRECT by worker threads, every block verified on the
+//! way back, and an index rebuilt from the file after a restart or a crash.
+//!
+//! Core types: [`DiskTier`] (shared by every manager of this process that names
+//! the same file; another process holding the file's lock makes it unavailable to
+//! this one), [`DiskRead`], [`DiskStats`], [`format`] (the on-disk layout).
+//!
+//! Workflow of an offload (host -> disk), never on the engine's thread's critical
+//! path:
+//! 1. [`DiskTier::offload`]: admission says yes, the block is neither on disk nor
+//!    queued; the job goes to the bounded write queue or is dropped (counted).
+//! 2. A worker copies the block out of the host tier (verified), takes a free slot
+//!    or evicts one by policy, and writes header + payload in one O_DIRECT write.
+//! 3. Under the index lock: the slot becomes ready (or free again on an I/O error).
+//!
+//! Workflow of a load (disk -> caller), on a loader thread:
+//! 1. [`DiskTier::load_batch`] pins the ready slots of the asked identities.
+//! 2. Workers read them in parallel; each is verified (header, identity,
+//!    namespace, checksum over header and payload).
+//! 3. Unpin; a block that failed is dropped from the index and its header cleared.
+//!
+//! Failure rule: an error that concerns the whole file (disk full, read-only, the
+//! file removed or truncated underneath) takes the tier down: lookups stop seeing
+//! it, loads miss, offloads stop; the host tier keeps serving. Nothing unverified is
+//! ever returned.
+
+pub mod format;
+mod io;
+mod recovery;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use self::format::BlockHeader;
+pub use self::format::{AlignedBuf, DiskGeometry, SECTOR};
+pub use self::io::Fault;
+use self::io::{Faults, IoPool};
+use super::host::HostTier;
+use super::LoadOutcome;
+use crate::config::{Config, RecoveryMode};
+use crate::metrics::Histogram;
+use crate::offload::policy::{Access, Policy};
+use crate::offload::replay::fold_key;
+use crate::offload::Admission;
+use crate::prefix::BlockHash;
+
+/// Consecutive I/O errors after which the tier is taken down.
+const MAX_CONSECUTIVE_ERRORS: u32 = 8;
+/// How often offloads check that the file is still the one we opened.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why the disk tier could not be opened.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("disk tier {path}: {why}")]
+pub struct DiskError {
+    /// The file or directory concerned.
+    pub path: PathBuf,
+    /// What went wrong, for the log and the C ABI.
+    pub why: String,
+}
+
+/// Result of reading one block.
+pub enum DiskRead {
+    /// Verified; the payload is `buf[SECTOR..SECTOR + block_bytes]`.
+    Loaded(AlignedBuf),
+    /// Not on disk (or the tier is down).
+    Miss,
+    /// On disk but failed verification: dropped.
+    Corrupt,
+    /// The read failed (I/O error): dropped.
+    Failed,
+}
+
+/// Counters of the disk tier (per process).
+#[derive(Debug, Default)]
+pub struct DiskStats {
+    /// Lookup blocks found on disk.
+    pub hit_blocks: AtomicU64,
+    /// Offloads queued.
+    pub offload_queued: AtomicU64,
+    /// Offloads dropped because the write queue was full.
+    pub offload_dropped_full: AtomicU64,
+    /// Offloads dropped because the block had left the host tier.
+    pub offload_dropped_gone: AtomicU64,
+    /// Offloads dropped because every slot was pinned or being written.
+    pub offload_dropped_no_slot: AtomicU64,
+    /// Blocks written.
+    pub written_blocks: AtomicU64,
+    /// Payload bytes written.
+    pub written_bytes: AtomicU64,
+    /// Blocks evicted from disk.
+    pub evictions: AtomicU64,
+    /// Blocks read and verified.
+    pub read_blocks: AtomicU64,
+    /// Payload bytes read and verified.
+    pub read_bytes: AtomicU64,
+    /// Loads of identities not on disk.
+    pub read_misses: AtomicU64,
+    /// Blocks that failed verification (dropped, never served).
+    pub checksum_failures: AtomicU64,
+    /// Failed reads.
+    pub read_errors: AtomicU64,
+    /// Failed writes.
+    pub write_errors: AtomicU64,
+    /// Blocks kept by the last recovery.
+    pub recovered_blocks: AtomicU64,
+    /// Slots dropped by the last recovery (invalid header or payload, duplicates).
+    pub recovery_dropped: AtomicU64,
+    /// Duration of the last recovery.
+    pub recovery_ns: AtomicU64,
+    /// Write latency (one block, header included).
+    pub write_latency: Histogram,
+    /// Read latency (one block, with verification).
+    pub read_latency: Histogram,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    Writing,
+    Ready,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SlotEntry {
+    state: SlotState,
+    hash: BlockHash,
+    pins: u32,
+}
+
+struct Index {
+    map: HashMap<u64, u32>,
+    slots: Vec<SlotEntry>,
+    free: Vec<u32>,
+    policy: Box<dyn Policy>,
+    pending: HashSet<u64>,
+    next_gen: u64,
+}
+
+impl Index {
+    fn ready(&self, hash: BlockHash) -> Option<u32> {
+        let &s = self.map.get(&fold_key(hash.0))?;
+        let e = &self.slots[s as usize];
+        (e.state == SlotState::Ready && e.hash == hash).then_some(s)
+    }
+
+    /// A free slot, or one evicted by policy; marked `Writing`.
+    fn take_slot(&mut self, stats: &DiskStats) -> Option<u32> {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                let (map, slots) = (&self.map, &self.slots);
+                let victim = self.policy.evict(&mut |k| {
+                    map.get(&k)
+                        .is_some_and(|&s| slots[s as usize].state == SlotState::Ready && slots[s as usize].pins == 0)
+                })?;
+                stats.evictions.fetch_add(1, Ordering::Relaxed);
+                self.map.remove(&victim)?
+            }
+        };
+        self.slots[slot as usize].state = SlotState::Writing;
+        Some(slot)
+    }
+
+    fn drop_slot(&mut self, slot: u32) {
+        let e = &mut self.slots[slot as usize];
+        if e.state == SlotState::Ready {
+            let key = fold_key(e.hash.0);
+            self.map.remove(&key);
+            self.policy.on_remove(key);
+        }
+        e.state = SlotState::Free;
+        e.pins = 0;
+        self.free.push(slot);
+    }
+}
+
+/// State shared with the I/O jobs.
+struct Inner {
+    file: File,
+    path: PathBuf,
+    geo: DiskGeometry,
+    direct: bool,
+    file_id: (u64, u64),
+    index: Mutex<Index>,
+    stats: DiskStats,
+    admission: Admission,
+    faults: Faults,
+    down: AtomicBool,
+    down_reason: Mutex<Option<String>>,
+    consecutive_errors: AtomicU32,
+    last_health: Mutex<Instant>,
+    inflight: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// The disk tier of this process for one file.
+pub struct DiskTier {
+    inner: Arc<Inner>,
+    pool: IoPool,
+}
+
+/// Disk tiers open in this process, by file, so that the managers of one process
+/// (vLLM's scheduler and worker, or two engines) share one index and one lock.
+static OPEN: Mutex<Vec<(PathBuf, Weak<DiskTier>)>> = Mutex::new(Vec::new());
+
+impl DiskTier {
+    /// Opens (or joins, in this process) the disk tier `cfg` names for blocks of
+    /// `block_bytes`, recovering its index from the file. `Err` means the tier is
+    /// unavailable; the caller goes on without it.
+    pub fn open(cfg: &Config, block_bytes: u64, dispatch: &tracing::Dispatch) -> Result<Arc<Self>, DiskError> {
+        let dir = cfg
+            .disk_path
+            .clone()
+            .ok_or_else(|| unavailable(Path::new(""), "TIERKV_DISK_PATH is not set".into()))?;
+        let path = dir.join(format!("tierkv-{}.g3", cfg.store_name));
+        let mut open = OPEN.lock();
+        open.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(t) = open.iter().find(|(p, _)| *p == path).and_then(|(_, w)| w.upgrade()) {
+            if t.geometry().block_bytes != block_bytes {
+                return Err(unavailable(
+                    &path,
+                    format!(
+                        "already open in this process for blocks of {} bytes, not {block_bytes}",
+                        t.geometry().block_bytes
+                    ),
+                ));
+            }
+            return Ok(t);
+        }
+        let tier = Arc::new(Self::create(cfg, &dir, &path, block_bytes, dispatch)?);
+        open.push((path, Arc::downgrade(&tier)));
+        Ok(tier)
+    }
+
+    fn create(
+        cfg: &Config,
+        dir: &Path,
+        path: &Path,
+        block_bytes: u64,
+        dispatch: &tracing::Dispatch,
+    ) -> Result<Self, DiskError> {
+        let geo = DiskGeometry::fit(block_bytes, cfg.disk_bytes).ok_or_else(|| {
+            unavailable(
+                path,
+                format!(
+                    "TIERKV_DISK_BYTES={} cannot hold one block of {block_bytes} bytes with its header",
+                    cfg.disk_bytes
+                ),
+            )
+        })?;
+        let opened = recovery::open_file(dir, path, geo, cfg.disk_direct)?;
+        let start = Instant::now();
+        let found = recovery::scan(
+            &opened.file,
+            geo,
+            cfg.disk_threads,
+            cfg.disk_recovery == RecoveryMode::Full,
+        )
+        .map_err(|e| unavailable(path, format!("recovery read failed: {e}")))?;
+        let stats = DiskStats::default();
+        let mut policy = cfg.disk_eviction.build(geo.n_slots as usize);
+        let n = geo.n_slots as usize;
+        let mut index = Index {
+            map: HashMap::with_capacity(found.blocks.len()),
+            slots: vec![
+                SlotEntry {
+                    state: SlotState::Free,
+                    hash: BlockHash(0),
+                    pins: 0,
+                };
+                n
+            ],
+            free: Vec::new(),
+            policy: cfg.disk_eviction.build(0),
+            pending: HashSet::new(),
+            next_gen: found.max_generation + 1,
+        };
+        for (req, b) in found.blocks.iter().enumerate() {
+            let key = fold_key(b.hash.0);
+            index.map.insert(key, b.slot);
+            index.slots[b.slot as usize] = SlotEntry {
+                state: SlotState::Ready,
+                hash: b.hash,
+                pins: 0,
+            };
+            policy.on_insert(Access {
+                key,
+                request: req as u64,
+                depth: 0,
+            });
+        }
+        index.policy = policy;
+        index.free = (0..n as u32)
+            .rev()
+            .filter(|&s| index.slots[s as usize].state == SlotState::Free)
+            .collect();
+        stats
+            .recovered_blocks
+            .store(found.blocks.len() as u64, Ordering::Relaxed);
+        stats.recovery_dropped.store(found.dropped, Ordering::Relaxed);
+        stats
+            .recovery_ns
+            .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        tracing::info!(
+            path = %path.display(),
+            kept = found.blocks.len(),
+            dropped = found.dropped,
+            seconds = start.elapsed().as_secs_f64(),
+            direct_io = opened.direct,
+            "disk tier open"
+        );
+        if found.dropped > 0 {
+            tracing::warn!(
+                dropped = found.dropped,
+                "disk-tier recovery dropped slots that did not verify"
+            );
+        }
+        let admission = Admission::new(cfg.disk_admit, geo.n_slots);
+        let pool = IoPool::start(cfg.disk_threads, cfg.disk_queue, dispatch.clone())
+            .map_err(|e| unavailable(path, format!("cannot start I/O threads: {e}")))?;
+        let inner = Arc::new(Inner {
+            file: opened.file,
+            path: path.to_path_buf(),
+            geo,
+            direct: opened.direct,
+            file_id: opened.file_id,
+            index: Mutex::new(index),
+            stats,
+            admission,
+            faults: Faults::default(),
+            down: AtomicBool::new(false),
+            down_reason: Mutex::new(None),
+            consecutive_errors: AtomicU32::new(0),
+            last_health: Mutex::new(Instant::now()),
+            inflight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        });
+        Ok(Self { inner, pool })
+    }
+
+    /// The file's geometry.
+    pub fn geometry(&self) -> DiskGeometry {
+        self.inner.geo
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &DiskStats {
+        &self.inner.stats
+    }
+
+    /// Admission decisions `(admitted, rejected)`.
+    pub fn admission_decisions(&self) -> (u64, u64) {
+        self.inner.admission.decisions()
+    }
+
+    /// Whether O_DIRECT is in use (false on filesystems without it, e.g. tmpfs).
+    pub fn direct_io(&self) -> bool {
+        self.inner.direct
+    }
+
+    /// Whether the tier is serving.
+    pub fn is_up(&self) -> bool {
+        !self.inner.down.load(Ordering::Acquire)
+    }
+
+    /// Why the tier went down, if it did.
+    pub fn down_reason(&self) -> Option<String> {
+        self.inner.down_reason.lock().clone()
+    }
+
+    /// Blocks on disk.
+    pub fn block_count(&self) -> u64 {
+        self.inner.index.lock().map.len() as u64
+    }
+
+    /// `(reads, writes)` queued.
+    pub fn queue_depths(&self) -> (usize, usize) {
+        self.pool.depths()
+    }
+
+    /// Arms an injected fault (tests of the failure paths).
+    #[doc(hidden)]
+    pub fn inject(&self, f: Fault) {
+        self.inner.faults.inject(f);
+    }
+
+    /// Number of leading `hashes` on disk (none while the tier is down).
+    pub fn lookup_run(&self, hashes: &[BlockHash]) -> usize {
+        if !self.is_up() {
+            return 0;
+        }
+        let ix = self.inner.index.lock();
+        hashes.iter().take_while(|&&h| ix.ready(h).is_some()).count()
+    }
+
+    /// Whether `hash` is on disk.
+    pub fn contains(&self, hash: BlockHash) -> bool {
+        self.lookup_run(&[hash]) == 1
+    }
+
+    /// Records a use of `hash` for admission (a store or a hit elsewhere).
+    pub fn observe(&self, hash: BlockHash) {
+        self.inner.admission.observe(fold_key(hash.0));
+    }
+
+    /// Waits until no offload is queued or running, up to `timeout`. Returns whether
+    /// it got there.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while self.inner.inflight.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        true
+    }
+
+    /// Queues a copy of `hash` from `host` to disk if admission says so and it is
+    /// not there yet. Never blocks: a full queue drops the offload (counted).
+    /// `request`/`depth` place the block in its chain for the eviction policy.
+    pub fn offload(&self, host: &Arc<HostTier>, hash: BlockHash, namespace: u64, depth: u32) {
+        let inner = &self.inner;
+        inner.maybe_check_health();
+        if !self.is_up() {
+            return;
+        }
+        let key = fold_key(hash.0);
+        {
+            let mut ix = inner.index.lock();
+            if ix.map.contains_key(&key) || ix.pending.contains(&key) {
+                return;
+            }
+            if !inner.admission.admit(key) {
+                return;
+            }
+            ix.pending.insert(key);
+        }
+        inner.inflight.fetch_add(1, Ordering::AcqRel);
+        let request = inner.requests.load(Ordering::Relaxed);
+        let (job_inner, job_host) = (Arc::clone(inner), Arc::clone(host));
+        let job = Box::new(move || {
+            job_inner.write_block(&job_host, hash, namespace, request, depth);
+            job_inner.inflight.fetch_sub(1, Ordering::AcqRel);
+        });
+        if self.pool.try_submit_write(job).is_err() {
+            inner.index.lock().pending.remove(&key);
+            inner.inflight.fetch_sub(1, Ordering::AcqRel);
+            inner.stats.offload_dropped_full.fetch_add(1, Ordering::Relaxed);
+        } else {
+            inner.stats.offload_queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts a new chain for the eviction policy (one engine call).
+    pub fn begin_request(&self) {
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads `hashes` in parallel and verifies them against `namespace`.
+    pub fn load_batch(&self, hashes: &[BlockHash], namespace: u64) -> Vec<DiskRead> {
+        let inner = &self.inner;
+        let mut out: Vec<DiskRead> = hashes.iter().map(|_| DiskRead::Miss).collect();
+        if !self.is_up() || hashes.is_empty() {
+            return out;
+        }
+        let request = inner.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut slots = Vec::with_capacity(hashes.len());
+        {
+            let mut ix = inner.index.lock();
+            for (d, &h) in hashes.iter().enumerate() {
+                let s = ix.ready(h);
+                if let Some(s) = s {
+                    ix.slots[s as usize].pins += 1;
+                    ix.policy.on_hit(Access {
+                        key: fold_key(h.0),
+                        request,
+                        depth: d as u32,
+                    });
+                }
+                slots.push(s);
+            }
+        }
+        let (tx, rx) = crossbeam_channel::bounded(hashes.len());
+        let mut waiting = 0;
+        for (i, (&h, &s)) in hashes.iter().zip(&slots).enumerate() {
+            let Some(s) = s else {
+                inner.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let (job_inner, tx) = (Arc::clone(inner), tx.clone());
+            let job: io::Job = Box::new(move || {
+                let r = job_inner.read_block(s, h, namespace);
+                let _ = tx.send((i, r));
+            });
+            if self.pool.submit_read(job).is_ok() {
+                waiting += 1;
+            }
+        }
+        for (i, r) in rx.iter().take(waiting) {
+            out[i] = r;
+        }
+        let mut ix = inner.index.lock();
+        for (i, s) in slots.iter().enumerate() {
+            let Some(s) = *s else { continue };
+            let e = &mut ix.slots[s as usize];
+            e.pins = e.pins.saturating_sub(1);
+            if matches!(out[i], DiskRead::Corrupt | DiskRead::Failed) && e.hash == hashes[i] {
+                ix.drop_slot(s);
+                let job_inner = Arc::clone(inner);
+                // Best effort: clear the header so a restart does not index it again.
+                let _ = self.pool.try_submit_write(Box::new(move || job_inner.clear_header(s)));
+            }
+        }
+        out
+    }
+}
+
+impl Inner {
+    fn write_block(&self, host: &HostTier, hash: BlockHash, namespace: u64, request: u64, depth: u32) {
+        let key = fold_key(hash.0);
+        let g = self.geo;
+        let mut buf = AlignedBuf::zeroed(g.slot_bytes as usize);
+        let (hdr, rest) = buf.as_mut_slice().split_at_mut(SECTOR);
+        let payload = &mut rest[..g.block_bytes as usize];
+        let loaded = host.load(hash, &mut [payload]);
+        let slot = {
+            let mut ix = self.index.lock();
+            ix.pending.remove(&key);
+            if !matches!(loaded, Ok(LoadOutcome::Loaded)) {
+                self.stats.offload_dropped_gone.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let Some(slot) = ix.take_slot(&self.stats) else {
+                self.stats.offload_dropped_no_slot.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            ix.slots[slot as usize].hash = hash;
+            let generation = ix.next_gen;
+            ix.next_gen += 1;
+            (slot, generation)
+        };
+        let (slot, generation) = slot;
+        let mut header = BlockHeader {
+            hash,
+            namespace,
+            len: g.block_bytes,
+            generation,
+            payload_sum: 0,
+        };
+        header.encode(hdr, &rest[..g.block_bytes as usize]);
+        let start = Instant::now();
+        let res = self
+            .faults
+            .write_all_at(&self.file, buf.as_slice(), g.slot_offset(slot));
+        let mut ix = self.index.lock();
+        match res {
+            Ok(()) => {
+                self.consecutive_errors.store(0, Ordering::Relaxed);
+                ix.slots[slot as usize] = SlotEntry {
+                    state: SlotState::Ready,
+                    hash,
+                    pins: 0,
+                };
+                ix.map.insert(key, slot);
+                ix.policy.on_insert(Access { key, request, depth });
+                drop(ix);
+                self.stats.written_blocks.fetch_add(1, Ordering::Relaxed);
+                self.stats.written_bytes.fetch_add(g.block_bytes, Ordering::Relaxed);
+                self.stats.write_latency.observe_ns(start.elapsed().as_nanos() as u64);
+            }
+            Err(e) => {
+                ix.drop_slot(slot);
+                drop(ix);
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.io_error("write", &e);
+            }
+        }
+    }
+
+    fn read_block(&self, slot: u32, hash: BlockHash, namespace: u64) -> DiskRead {
+        let g = self.geo;
+        let start = Instant::now();
+        let mut buf = AlignedBuf::zeroed(g.slot_bytes as usize);
+        if let Err(e) = self
+            .faults
+            .read_exact_at(&self.file, buf.as_mut_slice(), g.slot_offset(slot))
+        {
+            self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+            self.io_error("read", &e);
+            return DiskRead::Failed;
+        }
+        let (hdr, rest) = buf.as_slice().split_at(SECTOR);
+        let payload = &rest[..g.block_bytes as usize];
+        let ok = BlockHeader::decode(hdr)
+            .is_ok_and(|h| h.hash == hash && h.namespace == namespace && h.verifies(hdr, payload));
+        if !ok {
+            self.stats.checksum_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                hash = format_args!("{:032x}", hash.0),
+                slot,
+                "disk-tier block failed verification; dropped"
+            );
+            return DiskRead::Corrupt;
+        }
+        self.consecutive_errors.store(0, Ordering::Relaxed);
+        self.stats.read_blocks.fetch_add(1, Ordering::Relaxed);
+        self.stats.read_bytes.fetch_add(g.block_bytes, Ordering::Relaxed);
+        self.stats.read_latency.observe_ns(start.elapsed().as_nanos() as u64);
+        DiskRead::Loaded(buf)
+    }
+
+    fn clear_header(&self, slot: u32) {
+        let zero = AlignedBuf::zeroed(SECTOR);
+        if let Err(e) = self
+            .faults
+            .write_all_at(&self.file, zero.as_slice(), self.geo.slot_offset(slot))
+        {
+            self.io_error("clear", &e);
+        }
+    }
+
+    /// Classifies an I/O error: whole-file conditions take the tier down at once;
+    /// others after [`MAX_CONSECUTIVE_ERRORS`] in a row.
+    fn io_error(&self, op: &str, e: &std::io::Error) {
+        tracing::warn!(op, error = %e, path = %self.path.display(), "disk-tier I/O error");
+        let fatal = matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSPC | libc::EROFS | libc::EDQUOT | libc::EBADF | libc::EFBIG)
+        );
+        let n = self.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Err(why) = self.check_file() {
+            self.take_down(why);
+        } else if fatal {
+            self.take_down(format!("{op} failed: {e}"));
+        } else if n >= MAX_CONSECUTIVE_ERRORS {
+            self.take_down(format!("{n} I/O errors in a row, last: {e}"));
+        }
+    }
+
+    fn take_down(&self, why: String) {
+        if !self.down.swap(true, Ordering::AcqRel) {
+            tracing::error!(path = %self.path.display(), reason = %why, "disk tier down; serving from the other tiers");
+            *self.down_reason.lock() = Some(why);
+        }
+    }
+
+    /// Whether the path still names our file, at its full length.
+    fn check_file(&self) -> Result<(), String> {
+        let m = std::fs::metadata(&self.path).map_err(|e| format!("file gone: {e}"))?;
+        if (m.dev(), m.ino()) != self.file_id {
+            return Err("file was replaced or removed underneath".into());
+        }
+        if m.len() < self.geo.file_len {
+            return Err(format!(
+                "file truncated to {} bytes (expected {})",
+                m.len(),
+                self.geo.file_len
+            ));
+        }
+        Ok(())
+    }
+
+    fn maybe_check_health(&self) {
+        let mut last = self.last_health.lock();
+        if last.elapsed() < HEALTH_INTERVAL {
+            return;
+        }
+        *last = Instant::now();
+        drop(last);
+        if let Err(why) = self.check_file() {
+            self.take_down(why);
+        }
+    }
+}
+
+fn unavailable(path: &Path, why: String) -> DiskError {
+    DiskError {
+        path: path.to_path_buf(),
+        why,
+    }
+}
+
+#[cfg(test)]
+mod tests;
