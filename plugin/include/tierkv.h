@@ -14,6 +14,10 @@
 // set (for a second manager in a process that already serves metrics).
 #define TIERKV_CREATE_NO_EXPORTER 1
 
+// `flags` bit: this manager only looks blocks up and loads them; it never takes
+// ownership of the disk tier's file (for a scheduler process, whose worker stores).
+#define TIERKV_CREATE_DISK_READER 2
+
 // Result of storing one block (`out_results` of `tierkv_store_blocks`).
 #define TIERKV_STORE_STORED 0
 

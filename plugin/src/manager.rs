@@ -38,6 +38,8 @@ pub struct ManagerParams {
     pub namespace: Option<String>,
     /// Size of the engine block pool to manage (0: the engine keeps its own).
     pub pool_blocks: u32,
+    /// Never own the disk tier: only look up and read (a scheduler process).
+    pub disk_reader: bool,
 }
 
 /// Errors of manager creation and use.
@@ -107,7 +109,7 @@ impl Manager {
         )?);
         let (disk, disk_error) = match &config.disk_path {
             None => (None, None),
-            Some(_) => match DiskTier::open(&config, params.block_bytes, &dispatch) {
+            Some(_) => match DiskTier::open(&config, params.block_bytes, &dispatch, params.disk_reader) {
                 Ok(d) => (Some(d), None),
                 Err(e) => {
                     tracing::error!(error = %e, "disk tier unavailable; running on the host tier only");

@@ -8,7 +8,11 @@ with ``TierKVConnector`` loading the built ``libtierkv.so``. Proves:
     token-identical to a run without any cache;
 (b) stored KV corrupted between runs is detected (checksum failures in the metrics),
     the blocks are recomputed, and outputs stay token-identical;
-(c) two engine processes running at once share one store.
+(c) two engine processes running at once share one store;
+(d) preempted requests reload from tierkv;
+(e) with a host tier far smaller than the working set, hits come from the disk tier
+    (loaded asynchronously), outputs stay token-identical, and after a full restart
+    (new engine process, host tier wiped, same disk) the disk still serves them.
 
 Needs ``TIERKV_VLLM_PYTHON`` (the vLLM environment's python, from
 ``scripts/vllm-env.sh``) and ``TIERKV_LIB``; ``scripts/test.sh`` sets both.
@@ -51,7 +55,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def driver(tmp: Path, mode: str, texts: list[str], store: str | None = None, args: tuple = ()):
+def driver(tmp: Path, mode: str, texts: list[str], store: str | None = None, args: tuple = (), extra_env=None):
     """Starts one engine process; returns (Popen, out path, metrics port)."""
     prompts = tmp / f"prompts-{uuid.uuid4().hex[:8]}.json"
     prompts.write_text(json.dumps(texts))
@@ -69,6 +73,7 @@ def driver(tmp: Path, mode: str, texts: list[str], store: str | None = None, arg
     )
     if store:
         env["TIERKV_STORE_NAME"] = store
+    env.update(extra_env or {})
     cmd = [PYTHON, str(HERE / "vllm_driver.py"), "--model", MODEL, "--mode", mode]
     cmd += ["--prompts", str(prompts), "--out", str(out), "--no-timing", "--block-size", str(BLOCK), *args]
     log = open(tmp / f"{out.stem}.log", "w")
@@ -86,8 +91,8 @@ def finish(handle, timeout: int = 900) -> dict:
     return json.loads(out.read_text())
 
 
-def run(tmp: Path, mode: str, texts: list[str], store: str | None = None, args: tuple = ()) -> dict:
-    return finish(driver(tmp, mode, texts, store, args))
+def run(tmp: Path, mode: str, texts: list[str], store: str | None = None, args: tuple = (), extra_env=None) -> dict:
+    return finish(driver(tmp, mode, texts, store, args, extra_env))
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -212,3 +217,42 @@ def test_d_preempted_requests_reload_and_stay_identical(tmp, baseline):
         assert got == baseline["outputs"]
     finally:
         Path(f"/dev/shm/tierkv-{name}.arena").unlink(missing_ok=True)
+
+
+def test_e_disk_tier_serves_beyond_the_host_tier_and_after_a_restart(tmp, baseline):
+    name = f"e2e-disk-{uuid.uuid4().hex[:8]}"
+    arena = Path(f"/dev/shm/tierkv-{name}.arena")
+    disk = tmp / f"{name}-disk"
+    # About 10 fp32 blocks in the host tier; the prompt sets need far more.
+    env = {
+        "TIERKV_CPU_BYTES": "16MiB",
+        "TIERKV_DISK_PATH": str(disk),
+        "TIERKV_DISK_BYTES": "1GiB",
+        "TIERKV_DISK_ADMIT": "always",
+    }
+
+    def disk_loads(r: dict) -> float:
+        return metric(r["metrics"], "tierkv_block_ops_total", 'tier="disk",op="load"')
+
+    try:
+        first = run(tmp, "tierkv", prompt_sets.set_a(), name, extra_env=env)
+        assert metric(first["metrics"], "tierkv_tier_up", 'tier="disk"') == 1
+        assert metric(first["metrics"], "tierkv_block_ops_total", 'tier="disk",op="store"') >= 10
+        second = run(tmp, "tierkv", prompt_sets.set_b(), name, extra_env=env)
+        shared = shared_prefix_tokens(first["prompts"], second["prompts"])
+        # Each shared block comes from disk once (then from the host tier, where the
+        # load onboarded it): together they cover the shared prefixes.
+        assert disk_loads(second) >= 10
+        got = loaded_tokens(second) + disk_loads(second) * BLOCK
+        assert got >= 0.9 * shared, f"only {got} of {shared} shared prefix tokens came from tierkv"
+        assert second["outputs"] == baseline["outputs"]
+        assert metric(second["metrics"], "tierkv_checksum_failures_total", 'tier="disk"') == 0
+        # Full restart: the host tier is gone; the disk tier rebuilds its index.
+        arena.unlink(missing_ok=True)
+        third = run(tmp, "tierkv", prompt_sets.set_b(), name, extra_env=env)
+        assert metric(third["metrics"], "tierkv_disk_recovery_blocks", 'result="kept"') >= 10
+        assert disk_loads(third) >= 10
+        assert loaded_tokens(third) + disk_loads(third) * BLOCK >= 0.9 * shared
+        assert third["outputs"] == baseline["outputs"]
+    finally:
+        arena.unlink(missing_ok=True)

@@ -15,7 +15,13 @@ Scheduler side, per request:
 Worker side, per step:
 1. ``start_load_kv`` copies the planned blocks into vLLM's KV tensors, verifying
    each; a block that fails (evicted since the lookup, or corrupt) is reported by
-   ``get_block_ids_with_load_errors`` and vLLM recomputes it.
+   ``get_block_ids_with_load_errors`` and vLLM recomputes it. A hit that reaches
+   into the disk tier is loaded asynchronously: ``get_num_new_matched_tokens``
+   answers ``(n, True)``, vLLM parks the request (``WAITING_FOR_REMOTE_KVS``) and
+   keeps running the others, a loader thread reads the blocks from disk (verified)
+   into the request's engine blocks, and ``get_finished`` reports it done, with any
+   failed blocks reported in the same step. Host-only hits load synchronously (a
+   memory copy is cheaper than a scheduling round trip).
 2. ``wait_for_save`` copies the finished blocks out, by pointer, once the forward
    pass has written every layer.
 
@@ -31,6 +37,8 @@ Token positions and blocks (block_size 4 here)::
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +49,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
 )
 
-from .lib import HASH_BYTES, LOAD_LOADED, TierKV
+from .lib import HASH_BYTES, LOAD_LOADED, TIER_DISK, TierKV
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -60,6 +68,8 @@ class TierKVMetadata(KVConnectorMetadata):
 
     loads: list[tuple[bytes, list[int]]] = field(default_factory=list)
     stores: list[tuple[bytes, list[int]]] = field(default_factory=list)
+    # (request id, hashes, engine block ids): loaded off the forward path.
+    async_loads: list[tuple[str, bytes, list[int]]] = field(default_factory=list)
 
 
 @dataclass
@@ -70,6 +80,7 @@ class _ReqState:
     block_ids: list[int] = field(default_factory=list)
     stored: int = 0  # leading blocks already in tierkv (stored or loaded)
     pending_load: tuple[int, int] | None = None  # (first block, end block)
+    pending_async: bool = False  # the pending load reaches the disk tier
     cacheable: bool = True
 
 
@@ -135,7 +146,12 @@ class TierKVConnector(KVConnectorBase_V1):
             block_tokens=self._bs,
             block_bytes=_block_bytes(kv_cache_config),
             namespace=namespace,
-            exporter=is_scheduler,
+            # The worker stores and loads, so it owns the disk tier and serves the
+            # metrics (host-tier counters are store-wide; disk-tier counters belong
+            # to the process that does the I/O). The scheduler only looks blocks up,
+            # through the owner's shared directory.
+            exporter=not is_scheduler,
+            disk_reader=is_scheduler,
         )
         info = self._tkv.info()
         self._store_decode = bool(info["store_decode"])
@@ -143,6 +159,12 @@ class TierKVConnector(KVConnectorBase_V1):
         self._rehash_from_start = info["hash_algo"] == 1
         self._reqs: dict[str, _ReqState] = {}
         self._load_errors: set[int] = set()
+        # Scheduler: async loads planned in update_state_after_alloc, sent next step.
+        self._async_planned: list[tuple[str, bytes, list[int]]] = []
+        # Worker: the loader thread and what it finished (request id, failed blocks).
+        self._loader: ThreadPoolExecutor | None = None
+        self._loads_done: list[tuple[str, set[int]]] = []
+        self._loads_lock = threading.Lock()
         if is_scheduler and self._kv_transfer_config.kv_load_failure_policy != "recompute":
             # A block that fails verification must be recomputed, never fail the
             # request: tierkv's loads are best effort by design.
@@ -189,6 +211,33 @@ class TierKVConnector(KVConnectorBase_V1):
             for block_id, r in zip(block_ids, results):
                 if r != LOAD_LOADED:
                     self._load_errors.add(block_id)
+        for req_id, hashes, block_ids in meta.async_loads:
+            if self._loader is None:
+                self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tierkv-load")
+            self._loader.submit(self._load_async, req_id, hashes, block_ids)
+
+    def _load_async(self, req_id: str, hashes: bytes, block_ids: list[int]) -> None:
+        """Loader thread: the ctypes call releases the GIL while tierkv reads."""
+        failed: set[int] = set()
+        try:
+            results = self._tkv.load_blocks(hashes, block_ids)
+            failed = {b for b, r in zip(block_ids, results) if r != LOAD_LOADED}
+        except Exception:  # report every block failed: vLLM recomputes them
+            logger.exception("tierkv: async load of request %s failed", req_id)
+            failed = set(block_ids)
+        with self._loads_lock:
+            self._loads_done.append((req_id, failed))
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        with self._loads_lock:
+            done, self._loads_done = self._loads_done, []
+        if not done:
+            return None, None
+        # Failed blocks must be reported no later than the step that reports the
+        # request finished: get_block_ids_with_load_errors runs right after this.
+        for _, failed in done:
+            self._load_errors |= failed
+        return None, {req_id for req_id, _ in done}
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         return
@@ -210,6 +259,11 @@ class TierKVConnector(KVConnectorBase_V1):
         return errors
 
     def shutdown(self) -> None:
+        if self._loader is not None:
+            self._loader.shutdown(wait=True)
+        # Queued disk writes finish before the store is closed: nothing is lost on a
+        # planned shutdown.
+        self._tkv.disk_flush(30.0)
         self._tkv.close()
 
     # --------------------------------------------------------------- scheduler side
@@ -227,6 +281,7 @@ class TierKVConnector(KVConnectorBase_V1):
     def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int | None, bool]:
         st = self._state(request)
         st.pending_load = None
+        st.pending_async = False
         if not st.cacheable:
             return 0, False
         # All known tokens: the prompt, plus the output so far for a request that
@@ -236,11 +291,13 @@ class TierKVConnector(KVConnectorBase_V1):
         start = num_computed_tokens // self._bs
         if max_blocks <= start:
             return 0, False
-        hits = self._tkv.lookup(st.hashes[: max_blocks * HASH_BYTES])
+        tiers = self._tkv.lookup_tiers(st.hashes[: max_blocks * HASH_BYTES])
+        hits = len(tiers)
         if hits <= start:
             return 0, False
         st.pending_load = (start, hits)
-        return (hits - start) * self._bs, False
+        st.pending_async = TIER_DISK in tiers[start:hits]
+        return (hits - start) * self._bs, st.pending_async
 
     def update_state_after_alloc(self, request: "Request", blocks: "KVCacheBlocks", num_external_tokens: int) -> None:
         st = self._reqs.get(request.request_id)
@@ -251,11 +308,21 @@ class TierKVConnector(KVConnectorBase_V1):
             return
         start, end = st.pending_load
         # vLLM may accept fewer external tokens than offered: load only those.
-        st.pending_load = (start, min(end, start + num_external_tokens // self._bs))
+        end = min(end, start + num_external_tokens // self._bs)
+        st.pending_load = (start, end)
         st.block_ids = list(blocks.get_block_ids()[0])
+        if st.pending_async:
+            # The request waits (not scheduled) until the worker reports the load.
+            self._async_planned.append(
+                (request.request_id, st.hashes[start * HASH_BYTES : end * HASH_BYTES], st.block_ids[start:end])
+            )
+            st.stored = max(st.stored, end)
+            st.pending_load = None
+            st.pending_async = False
 
     def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> KVConnectorMetadata:
         meta = TierKVMetadata()
+        meta.async_loads, self._async_planned = self._async_planned, []
         so = scheduler_output
         for new_req in so.scheduled_new_reqs:
             st = self._reqs.get(new_req.req_id)

@@ -32,6 +32,7 @@ LOAD_LOADED, LOAD_MISS, LOAD_CORRUPT, LOAD_BUSY, LOAD_IO_ERROR = 0, 1, 2, 3, 4
 TIER_ENGINE, TIER_HOST, TIER_DISK = 1, 2, 3
 STORE_STORED, STORE_PRESENT, STORE_NO_SPACE = 0, 1, 2
 CREATE_NO_EXPORTER = 1
+CREATE_DISK_READER = 2
 
 
 class TierKVError(RuntimeError):
@@ -160,11 +161,13 @@ class TierKV:
         pool_blocks: int = 0,
         lib_path: str | None = None,
         exporter: bool = True,
+        disk_reader: bool = False,
     ):
         self._lib = _load(lib_path or find_library())
         self._h = ctypes.c_void_p()
         ns = namespace.encode() if namespace is not None else None
-        params = _Params(block_tokens, pool_blocks, block_bytes, ns, 0 if exporter else CREATE_NO_EXPORTER)
+        flags = (0 if exporter else CREATE_NO_EXPORTER) | (CREATE_DISK_READER if disk_reader else 0)
+        params = _Params(block_tokens, pool_blocks, block_bytes, ns, flags)
         self._check(self._lib.tierkv_manager_create(ctypes.byref(params), ctypes.byref(self._h)))
         self.block_tokens = block_tokens
         self.block_bytes = block_bytes

@@ -58,6 +58,9 @@ pub struct TierkvManagerParams {
 /// `flags` bit: do not start the metrics exporter even if `TIERKV_METRICS_ADDR` is
 /// set (for a second manager in a process that already serves metrics).
 pub const TIERKV_CREATE_NO_EXPORTER: u32 = 1;
+/// `flags` bit: this manager only looks blocks up and loads them; it never takes
+/// ownership of the disk tier's file (for a scheduler process, whose worker stores).
+pub const TIERKV_CREATE_DISK_READER: u32 = 2;
 
 /// A region of engine KV memory: block `b` is at `base + b * block_stride`, with
 /// `bytes_per_block` bytes.
@@ -146,7 +149,7 @@ pub unsafe extern "C" fn tierkv_manager_create(
         *out = std::ptr::null_mut();
         // SAFETY: as above.
         let p = unsafe { slice_in(params, 1, "params") }?[0];
-        if p.flags & !TIERKV_CREATE_NO_EXPORTER != 0 {
+        if p.flags & !(TIERKV_CREATE_NO_EXPORTER | TIERKV_CREATE_DISK_READER) != 0 {
             return Err(FfiError::invalid(format!("unknown flags {:#x}", p.flags)));
         }
         let namespace = if p.namespace_.is_null() {
@@ -171,6 +174,7 @@ pub unsafe extern "C" fn tierkv_manager_create(
                 block_bytes: p.block_bytes,
                 namespace,
                 pool_blocks: p.pool_blocks,
+                disk_reader: p.flags & TIERKV_CREATE_DISK_READER != 0,
             },
         )?);
         if p.flags & TIERKV_CREATE_NO_EXPORTER == 0 {

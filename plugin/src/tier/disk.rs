@@ -25,6 +25,7 @@
 //! it, loads miss, offloads stop; the host tier keeps serving. Nothing unverified is
 //! ever returned.
 
+mod directory;
 pub mod format;
 mod io;
 mod recovery;
@@ -39,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use self::directory::Directory;
 use self::format::BlockHeader;
 pub use self::format::{AlignedBuf, DiskGeometry, SECTOR};
 pub use self::io::Fault;
@@ -143,6 +145,8 @@ struct Index {
     policy: Box<dyn Policy>,
     pending: HashSet<u64>,
     next_gen: u64,
+    /// The shared directory other processes read (owner only).
+    dir: Option<Arc<Directory>>,
 }
 
 impl Index {
@@ -163,7 +167,11 @@ impl Index {
                         .is_some_and(|&s| slots[s as usize].state == SlotState::Ready && slots[s as usize].pins == 0)
                 })?;
                 stats.evictions.fetch_add(1, Ordering::Relaxed);
-                self.map.remove(&victim)?
+                let s = self.map.remove(&victim)?;
+                if let Some(d) = &self.dir {
+                    d.remove(self.slots[s as usize].hash);
+                }
+                s
             }
         };
         self.slots[slot as usize].state = SlotState::Writing;
@@ -176,6 +184,9 @@ impl Index {
             let key = fold_key(e.hash.0);
             self.map.remove(&key);
             self.policy.on_remove(key);
+            if let Some(d) = &self.dir {
+                d.remove(e.hash);
+            }
         }
         e.state = SlotState::Free;
         e.pins = 0;
@@ -200,6 +211,12 @@ struct Inner {
     last_health: Mutex<Instant>,
     inflight: AtomicU64,
     requests: AtomicU64,
+    /// Whether this process owns the file (holds its lock, writes it). Others
+    /// only look up and read, through the shared directory.
+    owner: bool,
+    dir_path: PathBuf,
+    /// A reader's mapping of the owner's directory, attached lazily.
+    reader_dir: Mutex<(Option<Arc<Directory>>, Option<Instant>)>,
 }
 
 /// The disk tier of this process for one file.
@@ -216,7 +233,14 @@ impl DiskTier {
     /// Opens (or joins, in this process) the disk tier `cfg` names for blocks of
     /// `block_bytes`, recovering its index from the file. `Err` means the tier is
     /// unavailable; the caller goes on without it.
-    pub fn open(cfg: &Config, block_bytes: u64, dispatch: &tracing::Dispatch) -> Result<Arc<Self>, DiskError> {
+    /// With `reader_only`, this process never takes ownership: it looks blocks up
+    /// and reads them while another process (or manager) writes.
+    pub fn open(
+        cfg: &Config,
+        block_bytes: u64,
+        dispatch: &tracing::Dispatch,
+        reader_only: bool,
+    ) -> Result<Arc<Self>, DiskError> {
         let dir = cfg
             .disk_path
             .clone()
@@ -224,7 +248,12 @@ impl DiskTier {
         let path = dir.join(format!("tierkv-{}.g3", cfg.store_name));
         let mut open = OPEN.lock();
         open.retain(|(_, w)| w.strong_count() > 0);
-        if let Some(t) = open.iter().find(|(p, _)| *p == path).and_then(|(_, w)| w.upgrade()) {
+        let shared = open
+            .iter()
+            .filter(|(p, _)| *p == path)
+            .filter_map(|(_, w)| w.upgrade())
+            .find(|t| t.inner.owner || reader_only);
+        if let Some(t) = shared {
             if t.geometry().block_bytes != block_bytes {
                 return Err(unavailable(
                     &path,
@@ -236,7 +265,7 @@ impl DiskTier {
             }
             return Ok(t);
         }
-        let tier = Arc::new(Self::create(cfg, &dir, &path, block_bytes, dispatch)?);
+        let tier = Arc::new(Self::create(cfg, &dir, &path, block_bytes, dispatch, reader_only)?);
         open.push((path, Arc::downgrade(&tier)));
         Ok(tier)
     }
@@ -247,6 +276,7 @@ impl DiskTier {
         path: &Path,
         block_bytes: u64,
         dispatch: &tracing::Dispatch,
+        reader_only: bool,
     ) -> Result<Self, DiskError> {
         let geo = DiskGeometry::fit(block_bytes, cfg.disk_bytes).ok_or_else(|| {
             unavailable(
@@ -257,15 +287,24 @@ impl DiskTier {
                 ),
             )
         })?;
-        let opened = recovery::open_file(dir, path, geo, cfg.disk_direct)?;
+        let opened = recovery::open_file(dir, path, geo, cfg.disk_direct, !reader_only)?;
+        let dir_path = cfg.shm_dir.join(format!("tierkv-{}.g3dir", cfg.store_name));
         let start = Instant::now();
-        let found = recovery::scan(
-            &opened.file,
-            geo,
-            cfg.disk_threads,
-            cfg.disk_recovery == RecoveryMode::Full,
-        )
-        .map_err(|e| unavailable(path, format!("recovery read failed: {e}")))?;
+        let full = cfg.disk_recovery == RecoveryMode::Full;
+        let found = if opened.owner {
+            recovery::scan(&opened.file, geo, cfg.disk_threads, full)
+                .map_err(|e| unavailable(path, format!("recovery read failed: {e}")))?
+        } else {
+            recovery::Found::default()
+        };
+        let directory = if opened.owner {
+            let d = Directory::create(&dir_path, geo.n_slots)
+                .map_err(|e| unavailable(&dir_path, format!("cannot create the shared directory: {e}")))?;
+            found.blocks.iter().for_each(|b| d.insert(b.hash, b.slot));
+            Some(Arc::new(d))
+        } else {
+            None
+        };
         let stats = DiskStats::default();
         let mut policy = cfg.disk_eviction.build(geo.n_slots as usize);
         let n = geo.n_slots as usize;
@@ -283,6 +322,7 @@ impl DiskTier {
             policy: cfg.disk_eviction.build(0),
             pending: HashSet::new(),
             next_gen: found.max_generation + 1,
+            dir: directory,
         };
         for (req, b) in found.blocks.iter().enumerate() {
             let key = fold_key(b.hash.0);
@@ -312,6 +352,7 @@ impl DiskTier {
             .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         tracing::info!(
             path = %path.display(),
+            owner = opened.owner,
             kept = found.blocks.len(),
             dropped = found.dropped,
             seconds = start.elapsed().as_secs_f64(),
@@ -343,6 +384,9 @@ impl DiskTier {
             last_health: Mutex::new(Instant::now()),
             inflight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            owner: opened.owner,
+            dir_path,
+            reader_dir: Mutex::new((None, None)),
         });
         Ok(Self { inner, pool })
     }
@@ -403,8 +447,19 @@ impl DiskTier {
         if !self.is_up() {
             return 0;
         }
+        if !self.inner.owner {
+            return self
+                .inner
+                .directory()
+                .map_or(0, |d| hashes.iter().take_while(|&&h| d.get(h).is_some()).count());
+        }
         let ix = self.inner.index.lock();
         hashes.iter().take_while(|&&h| ix.ready(h).is_some()).count()
+    }
+
+    /// Whether this process owns (writes) the file; other processes read it.
+    pub fn is_owner(&self) -> bool {
+        self.inner.owner
     }
 
     /// Whether `hash` is on disk.
@@ -435,6 +490,9 @@ impl DiskTier {
     /// `request`/`depth` place the block in its chain for the eviction policy.
     pub fn offload(&self, host: &Arc<HostTier>, hash: BlockHash, namespace: u64, depth: u32) {
         let inner = &self.inner;
+        if !inner.owner {
+            return;
+        }
         inner.maybe_check_health();
         if !self.is_up() {
             return;
@@ -480,7 +538,12 @@ impl DiskTier {
         }
         let request = inner.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let mut slots = Vec::with_capacity(hashes.len());
-        {
+        if !inner.owner {
+            // A reader: slots from the owner's directory; the owner may rewrite a
+            // slot meanwhile, which verification turns into a miss.
+            let d = inner.directory();
+            slots.extend(hashes.iter().map(|&h| d.as_ref().and_then(|d| d.get(h))));
+        } else {
             let mut ix = inner.index.lock();
             for (d, &h) in hashes.iter().enumerate() {
                 let s = ix.ready(h);
@@ -514,6 +577,9 @@ impl DiskTier {
         for (i, r) in rx.iter().take(waiting) {
             out[i] = r;
         }
+        if !inner.owner {
+            return out;
+        }
         let mut ix = inner.index.lock();
         for (i, s) in slots.iter().enumerate() {
             let Some(s) = *s else { continue };
@@ -531,6 +597,17 @@ impl DiskTier {
 }
 
 impl Inner {
+    /// A reader's view of the owner's directory (retried at most once a second
+    /// until the owner has published one).
+    fn directory(&self) -> Option<Arc<Directory>> {
+        let mut g = self.reader_dir.lock();
+        if g.0.is_none() && g.1.is_none_or(|t| t.elapsed() >= HEALTH_INTERVAL) {
+            g.1 = Some(Instant::now());
+            g.0 = Directory::open(&self.dir_path).map(Arc::new);
+        }
+        g.0.clone()
+    }
+
     fn write_block(&self, host: &HostTier, hash: BlockHash, namespace: u64, request: u64, depth: u32) {
         let key = fold_key(hash.0);
         let g = self.geo;
@@ -578,6 +655,9 @@ impl Inner {
                 };
                 ix.map.insert(key, slot);
                 ix.policy.on_insert(Access { key, request, depth });
+                if let Some(d) = &ix.dir {
+                    d.insert(hash, slot);
+                }
                 drop(ix);
                 self.stats.written_blocks.fetch_add(1, Ordering::Relaxed);
                 self.stats.written_bytes.fetch_add(g.block_bytes, Ordering::Relaxed);

@@ -28,6 +28,8 @@ pub(super) struct Opened {
     pub file: File,
     pub direct: bool,
     pub file_id: (u64, u64),
+    /// Holds the lock and writes; otherwise a reader of another owner's file.
+    pub owner: bool,
 }
 
 /// A block found by [`scan`].
@@ -38,6 +40,7 @@ pub(super) struct FoundBlock {
 }
 
 /// What [`scan`] found: blocks oldest first.
+#[derive(Default)]
 pub(super) struct Found {
     pub blocks: Vec<FoundBlock>,
     pub dropped: u64,
@@ -48,7 +51,13 @@ fn os_err(e: &std::io::Error) -> String {
     e.to_string()
 }
 
-pub(super) fn open_file(dir: &Path, path: &Path, geo: DiskGeometry, direct: bool) -> Result<Opened, DiskError> {
+pub(super) fn open_file(
+    dir: &Path,
+    path: &Path,
+    geo: DiskGeometry,
+    direct: bool,
+    want_owner: bool,
+) -> Result<Opened, DiskError> {
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -73,14 +82,22 @@ pub(super) fn open_file(dir: &Path, path: &Path, geo: DiskGeometry, direct: bool
         Err(e) => return Err(unavailable(path, format!("cannot open: {}", os_err(&e)))),
     };
     // SAFETY: flock on a descriptor we own; no memory is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(unavailable(
-            path,
-            format!("in use by another process ({e}); give each process its own TIERKV_DISK_PATH or TIERKV_STORE_NAME"),
-        ));
-    }
+    let owner = want_owner && unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
     let meta = file.metadata().map_err(|e| unavailable(path, os_err(&e)))?;
+    if !owner {
+        // Another process owns the file: read it as it is, change nothing.
+        if meta.len() < geo.file_len {
+            return Err(unavailable(path, "not yet created by its owner process".into()));
+        }
+        read_super(&file, path, geo)?;
+        tracing::info!(path = %path.display(), "disk tier owned by another process; reading only");
+        return Ok(Opened {
+            file,
+            direct,
+            file_id: (meta.dev(), meta.ino()),
+            owner,
+        });
+    }
     if meta.len() == 0 {
         init_file(&file, path, geo)?;
     } else {
@@ -90,6 +107,7 @@ pub(super) fn open_file(dir: &Path, path: &Path, geo: DiskGeometry, direct: bool
         file,
         direct,
         file_id: (meta.dev(), meta.ino()),
+        owner,
     })
 }
 
@@ -115,6 +133,25 @@ fn init_file(file: &File, path: &Path, geo: DiskGeometry) -> Result<(), DiskErro
 }
 
 fn check_existing(file: &File, path: &Path, geo: DiskGeometry, len: u64) -> Result<(), DiskError> {
+    read_super(file, path, geo)?;
+    if len < geo.file_len {
+        tracing::warn!(path = %path.display(), len, want = geo.file_len, "disk-tier file was truncated; restoring its length");
+        // SAFETY: as in init_file.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, geo.file_len as libc::off_t) };
+        if rc != 0 {
+            return Err(unavailable(
+                path,
+                format!(
+                    "truncated and cannot be restored: {}",
+                    std::io::Error::from_raw_os_error(rc)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn read_super(file: &File, path: &Path, geo: DiskGeometry) -> Result<(), DiskError> {
     let mut sb = AlignedBuf::zeroed(SECTOR);
     std::os::unix::fs::FileExt::read_exact_at(file, sb.as_mut_slice(), 0)
         .map_err(|e| unavailable(path, format!("cannot read the superblock: {}", os_err(&e))))?;
@@ -133,20 +170,6 @@ fn check_existing(file: &File, path: &Path, geo: DiskGeometry, len: u64) -> Resu
                 found.n_slots, found.block_bytes, geo.n_slots, geo.block_bytes
             ),
         ));
-    }
-    if len < geo.file_len {
-        tracing::warn!(path = %path.display(), len, want = geo.file_len, "disk-tier file was truncated; restoring its length");
-        // SAFETY: as in init_file.
-        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, geo.file_len as libc::off_t) };
-        if rc != 0 {
-            return Err(unavailable(
-                path,
-                format!(
-                    "truncated and cannot be restored: {}",
-                    std::io::Error::from_raw_os_error(rc)
-                ),
-            ));
-        }
     }
     Ok(())
 }

@@ -63,7 +63,7 @@ fn env(slots: u64) -> Env {
 
 impl Env {
     fn open(&self) -> Result<Arc<DiskTier>, DiskError> {
-        DiskTier::open(&self.cfg, LEN, &tracing::Dispatch::none())
+        DiskTier::open(&self.cfg, LEN, &tracing::Dispatch::none(), false)
     }
 
     fn file(&self) -> PathBuf {
@@ -286,21 +286,31 @@ fn unusable_directories_and_locked_files_are_reported() {
         disk_path: Some(file.join("sub")),
         ..e.cfg.clone()
     };
-    let err = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none()).err().unwrap();
+    let err = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false)
+        .err()
+        .unwrap();
     assert!(err.why.contains("cannot create the directory"), "{err}");
-    // Another holder of the file lock (another process, as far as flock knows).
+    // Another holder of the file lock (another process, as far as flock knows):
+    // this process reads through the owner's shared directory, and writes nothing.
     let d = e.open().unwrap();
+    e.put(&d, [1, 2]);
     drop(d);
     let f = std::fs::File::open(e.file()).unwrap();
     // SAFETY: flock on our own descriptor.
     let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
     assert_eq!(rc, 0);
-    let err = e.open().err().unwrap();
-    assert!(err.why.contains("in use by another process"), "{err}");
+    let r = e.open().unwrap();
+    assert!(!r.is_owner());
+    assert_eq!(r.lookup_run(&[BlockHash(1), BlockHash(2), BlockHash(3)]), 2);
+    assert_eq!(check_loads(&r, &[1, 2]), 2);
+    e.host.store(BlockHash(5), &[&payload(5)]).unwrap();
+    r.offload(&e.host, BlockHash(5), NS, 0);
+    assert!(!r.contains(BlockHash(5)), "a reader never writes");
+    drop(r);
     drop(f);
     // Another geometry: refused, file untouched.
     let before = std::fs::read(e.file()).unwrap();
-    let err = DiskTier::open(&e.cfg, LEN + 4096, &tracing::Dispatch::none())
+    let err = DiskTier::open(&e.cfg, LEN + 4096, &tracing::Dispatch::none(), false)
         .err()
         .unwrap();
     assert!(err.why.contains("needs"), "{err}");
@@ -310,7 +320,9 @@ fn unusable_directories_and_locked_files_are_reported() {
         disk_bytes: 8192,
         ..e.cfg.clone()
     };
-    let err = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none()).err().unwrap();
+    let err = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false)
+        .err()
+        .unwrap();
     assert!(err.why.contains("cannot hold one block"), "{err}");
 }
 
@@ -334,7 +346,7 @@ fn permission_denied_is_reported() {
                 libc::_exit(2);
             }
         }
-        let code = match DiskTier::open(&cfg, LEN, &tracing::Dispatch::none()) {
+        let code = match DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false) {
             Err(e) if e.why.contains("ermission denied") => 0,
             _ => 1,
         };
@@ -358,7 +370,7 @@ fn write_queue_full_drops_offloads_without_blocking() {
         disk_threads: 1,
         ..e.cfg.clone()
     };
-    let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none()).unwrap();
+    let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false).unwrap();
     let keys: Vec<u128> = (1..=40).collect();
     for &k in &keys {
         e.host.store(BlockHash(k), &[&payload(k)]).unwrap();
@@ -389,7 +401,7 @@ fn reuse_admission_writes_only_reused_blocks() {
         disk_admit: AdmitMode::Reuse(2),
         ..e.cfg.clone()
     };
-    let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none()).unwrap();
+    let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false).unwrap();
     e.host.store(BlockHash(1), &[&payload(1)]).unwrap();
     e.host.store(BlockHash(2), &[&payload(2)]).unwrap();
     for k in [1, 2] {
@@ -419,7 +431,7 @@ fn crash_child_writer() {
     let seed: u128 = seed.parse().unwrap();
     let cfg = config(Path::new(&shm), Path::new(&disk), 24);
     let host = Arc::new(HostTier::open(&cfg, LEN, 16).unwrap());
-    let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none()).unwrap();
+    let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false).unwrap();
     for i in 0u128.. {
         let k = 1 + (seed * 7919 + i) % 60;
         host.store(BlockHash(k), &[&payload(k)]).unwrap();
@@ -458,7 +470,7 @@ fn killed_writers_leave_only_verifiable_blocks() {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().unwrap();
-        let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none()).unwrap();
+        let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false).unwrap();
         let s = d.stats();
         kept += s.recovered_blocks.load(Ordering::Relaxed);
         dropped += s.recovery_dropped.load(Ordering::Relaxed);
