@@ -99,7 +99,7 @@ pub const VARS: &[VarDoc] = &[
     },
     VarDoc {
         name: "TIERKV_DISK_EVICTION",
-        default: "chat",
+        default: "lru",
         meaning: "Eviction policy of the disk tier: lru, s3fifo or chat.",
     },
     VarDoc {
@@ -314,7 +314,7 @@ impl Config {
         };
         let disk_eviction = match get("TIERKV_DISK_EVICTION") {
             Some((var, v)) => PolicyKind::parse(&v).ok_or_else(|| err(var, &v, "one of lru, s3fifo, chat"))?,
-            None => PolicyKind::Chat,
+            None => PolicyKind::Lru,
         };
         let int = |name: &'static str, default: usize, max: usize| -> Result<usize, ConfigError> {
             match get(name) {

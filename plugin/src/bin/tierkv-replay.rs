@@ -1,0 +1,84 @@
+//! `tierkv-replay`: the hit ratio of each disk-tier eviction policy on a trace, next
+//! to Belady's optimum, at one or more capacities.
+//!
+//! Usage: `tierkv-replay TRACE [--capacity 5%[,10%,...] | --capacity 4096]`.
+//! The trace format is documented in `tierkv::offload::replay`. A capacity with `%`
+//! is a share of the trace's distinct blocks.
+
+use std::process::ExitCode;
+
+use tierkv::offload::policy::PolicyKind;
+use tierkv::offload::replay::{belady, replay, Trace};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut path = None;
+    let mut caps = "5%".to_string();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--capacity" => caps = it.next().cloned().unwrap_or_default(),
+            "-h" | "--help" => {
+                println!("usage: tierkv-replay TRACE [--capacity 5%,10% | --capacity BLOCKS]");
+                return ExitCode::SUCCESS;
+            }
+            p => path = Some(p.to_string()),
+        }
+    }
+    let Some(path) = path else {
+        eprintln!("usage: tierkv-replay TRACE [--capacity 5%]");
+        return ExitCode::from(2);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{path}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let trace = match Trace::parse(&text) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{path}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let distinct = trace.distinct_blocks();
+    println!(
+        "trace {path}: {} requests, {} block accesses, {distinct} distinct blocks",
+        trace.requests.len(),
+        trace.total_blocks()
+    );
+    println!("| capacity | policy | hit ratio | share of the LRU-to-Belady gap closed |");
+    println!("|---|---|---|---|");
+    for cap in caps.split(',') {
+        let blocks = match cap.strip_suffix('%').map(str::parse::<f64>) {
+            Some(Ok(p)) => ((distinct as f64) * p / 100.0).round() as usize,
+            Some(Err(_)) => {
+                eprintln!("bad capacity {cap}");
+                return ExitCode::from(2);
+            }
+            None => match cap.parse() {
+                Ok(n) => n,
+                Err(_) => {
+                    eprintln!("bad capacity {cap}");
+                    return ExitCode::from(2);
+                }
+            },
+        };
+        let opt = belady(&trace, blocks);
+        let lru = replay(&trace, PolicyKind::Lru.build(blocks).as_mut(), blocks);
+        for kind in [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::Chat] {
+            let r = replay(&trace, kind.build(blocks).as_mut(), blocks);
+            let gap = opt.ratio() - lru.ratio();
+            let closed = if gap > 0.0 {
+                format!("{:.0}%", 100.0 * (r.ratio() - lru.ratio()) / gap)
+            } else {
+                "-".into()
+            };
+            println!("| {cap} ({blocks}) | {} | {:.3} | {closed} |", r.policy, r.ratio());
+        }
+        println!("| {cap} ({blocks}) | belady | {:.3} | 100% |", opt.ratio());
+    }
+    ExitCode::SUCCESS
+}
