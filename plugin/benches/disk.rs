@@ -2,7 +2,8 @@
 //! same run, and restart recovery time per GB. Prints a table of medians.
 //!
 //! Run: `cargo bench -p tierkv --bench disk [-- --quick]`, with `TIERKV_BENCH_DIR`
-//! naming a directory on the disk to measure (default `target/bench-disk`).
+//! naming a directory on the disk to measure (default `target/bench-disk`) and
+//! optionally `TIERKV_DISK_THREADS` (default 4).
 //! Cases (blocks shaped like SmolLM2-135M's fp32 KV, 1,474,560 bytes):
 //! 1. `disk_write`: offload a batch of blocks host -> disk (4 I/O threads: copy out
 //!    of the host tier, verified, header, one O_DIRECT write each), against
@@ -52,6 +53,10 @@ fn config(shm: &Path, dir: &Path, blocks: u64, recovery: &str) -> Config {
         ("TIERKV_DISK_QUEUE", format!("{}", blocks)),
         ("TIERKV_DISK_RECOVERY", recovery.into()),
         ("TIERKV_LOG", "off".into()),
+        (
+            "TIERKV_DISK_THREADS",
+            std::env::var("TIERKV_DISK_THREADS").unwrap_or_else(|_| "4".into()),
+        ),
     ];
     let mut c = Config::from_lookup(|k| map.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())).unwrap();
     c.disk_admit = AdmitMode::Always;
@@ -109,11 +114,12 @@ fn main() {
         let t = Instant::now();
         let mut ok = 0;
         for chunk in keys.chunks(32) {
-            ok += d
-                .load_batch(chunk, 0)
-                .iter()
-                .filter(|x| matches!(x, DiskRead::Loaded(_)))
-                .count();
+            for r in d.load_batch(chunk, 0) {
+                if let DiskRead::Loaded(buf) = r {
+                    ok += 1;
+                    d.recycle(buf); // as Manager::load_blocks does after copying
+                }
+            }
         }
         r.push(bytes as f64 / t.elapsed().as_secs_f64());
         assert_eq!(ok as u64, blocks, "every block reads back verified");

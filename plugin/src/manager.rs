@@ -403,6 +403,7 @@ impl Manager {
                         off += n;
                     }
                     self.host.store(hashes[i], &[payload])?;
+                    d.recycle(buf);
                     LoadOutcome::Loaded
                 }
                 DiskRead::Miss => LoadOutcome::Miss,

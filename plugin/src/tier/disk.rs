@@ -214,6 +214,9 @@ struct Inner {
     /// Whether this process owns the file (holds its lock, writes it). Others
     /// only look up and read, through the shared directory.
     owner: bool,
+    /// Slot-sized read buffers handed back by callers ([`DiskTier::recycle`]):
+    /// a fresh 4 KiB-aligned buffer costs page faults and zeroing per read.
+    buffers: Mutex<Vec<AlignedBuf>>,
     dir_path: PathBuf,
     /// A reader's mapping of the owner's directory, attached lazily.
     reader_dir: Mutex<(Option<Arc<Directory>>, Option<Instant>)>,
@@ -385,6 +388,7 @@ impl DiskTier {
             inflight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             owner: opened.owner,
+            buffers: Mutex::new(Vec::new()),
             dir_path,
             reader_dir: Mutex::new((None, None)),
         });
@@ -521,6 +525,15 @@ impl DiskTier {
             inner.stats.offload_dropped_full.fetch_add(1, Ordering::Relaxed);
         } else {
             inner.stats.offload_queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands a loaded block's buffer back for reuse by later reads (at most one
+    /// per I/O queue slot is kept).
+    pub fn recycle(&self, buf: AlignedBuf) {
+        let mut pool = self.inner.buffers.lock();
+        if buf.as_slice().len() == self.inner.geo.slot_bytes as usize && pool.len() < 64 {
+            pool.push(buf);
         }
     }
 
@@ -672,10 +685,17 @@ impl Inner {
         }
     }
 
+    fn buffer(&self) -> AlignedBuf {
+        self.buffers
+            .lock()
+            .pop()
+            .unwrap_or_else(|| AlignedBuf::zeroed(self.geo.slot_bytes as usize))
+    }
+
     fn read_block(&self, slot: u32, hash: BlockHash, namespace: u64) -> DiskRead {
         let g = self.geo;
         let start = Instant::now();
-        let mut buf = AlignedBuf::zeroed(g.slot_bytes as usize);
+        let mut buf = self.buffer();
         if let Err(e) = self
             .faults
             .read_exact_at(&self.file, buf.as_mut_slice(), g.slot_offset(slot))
