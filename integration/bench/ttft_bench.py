@@ -16,6 +16,10 @@ changes its thread binding when a connector is configured):
   tierkv-fresh    tierkv: one engine stores the prompts; a *fresh engine process*
                   times them (nothing in vLLM's own cache)
   tierkv-repeat   tierkv: each prompt run once, vLLM's cache flushed, timed again
+  tierkv-disk     tierkv with the disk tier: one engine stores the prompts (write-
+                  through), the host tier is wiped (a restart), a fresh engine times
+                  them: each prompt's own blocks come from disk (the shared system
+                  prompt from disk once, then from the host tier it was onboarded to)
   example         vLLM's ExampleConnector (shared storage), run/flush/time
   lmcache         LMCache 0.5.6 multiprocess server (only with --lmcache-site)
 
@@ -120,6 +124,19 @@ def main() -> None:
     results["tierkv-fresh"] = engine(args.model, "tierkv", prompts, tmp, [], tkv_env)
     store2 = dict(tkv_env, TIERKV_STORE_NAME=store + "-r")
     results["tierkv-repeat"] = engine(args.model, "tierkv", prompts, tmp, ["--repeat"], store2)
+    # Disk hits: fill a store with the disk tier on (write-through), wipe its host
+    # tier (a restart), and run a fresh engine: every hit is read from disk.
+    disk_store = store + "-d"
+    disk_env = dict(
+        tkv_env,
+        TIERKV_STORE_NAME=disk_store,
+        TIERKV_DISK_PATH=str(tmp / "disk"),
+        TIERKV_DISK_BYTES="2GiB",
+        TIERKV_DISK_ADMIT="always",
+    )
+    engine(args.model, "tierkv", prompts, tmp, ["--no-timing"], disk_env)
+    Path(f"/dev/shm/tierkv-{disk_store}.arena").unlink(missing_ok=True)
+    results["tierkv-disk"] = engine(args.model, "tierkv", prompts, tmp, [], disk_env)
     storage = tmp / "example-storage"
     storage.mkdir(exist_ok=True)
     results["example"] = engine(args.model, "example", prompts, tmp, ["--repeat", "--storage", str(storage)], {})
@@ -131,7 +148,8 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(30)
-    for s in (store, store + "-r"):
+    shutil.rmtree(tmp / "disk", ignore_errors=True)
+    for s in (store, store + "-r", store + "-d"):
         Path(f"/dev/shm/tierkv-{s}.arena").unlink(missing_ok=True)
     shutil.rmtree(storage, ignore_errors=True)
 
