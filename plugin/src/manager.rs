@@ -218,8 +218,8 @@ impl Manager {
 
     /// Longest run of leading `hashes` held by a tier, with the tier of each
     /// (written to `tiers`, which must be at least as long as the run). A block in
-    /// several tiers is reported in the fastest. Host hits count as uses for disk
-    /// admission (and may be queued for the disk tier).
+    /// several tiers is reported in the fastest. A lookup is not a use (a scheduler
+    /// may repeat it for a waiting request): loads and stores count for admission.
     pub fn lookup(&self, hashes: &[BlockHash], tiers: &mut [TierId]) -> Result<usize, ManagerError> {
         let mut n = 0;
         if let Some(pool) = &self.pool {
@@ -229,14 +229,8 @@ impl Manager {
         let (mut host_hits, mut disk_hits) = (0usize, 0usize);
         loop {
             let h = self.host.lookup_run(&hashes[n..])?;
-            for (i, &hash) in hashes[n..n + h].iter().enumerate() {
-                if let Some(t) = tiers.get_mut(n + i) {
-                    *t = TierId::Host;
-                }
-                if let Some(d) = &self.disk {
-                    d.observe(hash);
-                    d.offload(&self.host, hash, self.namespace_digest, (n + i) as u32);
-                }
+            for t in tiers.iter_mut().skip(n).take(h) {
+                *t = TierId::Host;
             }
             n += h;
             host_hits += h;
@@ -250,11 +244,8 @@ impl Manager {
             if k == 0 {
                 break;
             }
-            for (i, &hash) in hashes[n..n + k].iter().enumerate() {
-                if let Some(t) = tiers.get_mut(n + i) {
-                    *t = TierId::Disk;
-                }
-                d.observe(hash);
+            for t in tiers.iter_mut().skip(n).take(k) {
+                *t = TierId::Disk;
             }
             n += k;
             disk_hits += k;
@@ -347,6 +338,9 @@ impl Manager {
             .ok_or(ManagerError::State("no engine layout registered"))?;
         self.check_blocks(layout, hashes, block_ids)?;
         let mut from_disk = Vec::new();
+        if let Some(d) = &self.disk {
+            d.begin_request();
+        }
         let mut segs: Vec<&mut [u8]> = Vec::with_capacity(layout.regions().len());
         for (i, (&h, &b)) in hashes.iter().zip(block_ids).enumerate() {
             segs.clear();
@@ -359,8 +353,16 @@ impl Manager {
             if let Some(slot) = outcomes.get_mut(i) {
                 *slot = o;
             }
-            if o == LoadOutcome::Miss && self.disk.is_some() {
-                from_disk.push(i);
+            if let Some(d) = &self.disk {
+                match o {
+                    // A reuse: counts for admission, and may now go to disk.
+                    LoadOutcome::Loaded => {
+                        d.observe(h);
+                        d.offload(&self.host, h, self.namespace_digest, i as u32);
+                    }
+                    LoadOutcome::Miss => from_disk.push(i),
+                    _ => {}
+                }
             }
         }
         drop(segs);

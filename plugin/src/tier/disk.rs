@@ -309,28 +309,20 @@ impl DiskTier {
             None
         };
         let stats = DiskStats::default();
-        let mut policy = cfg.disk_eviction.build(geo.n_slots as usize);
         let n = geo.n_slots as usize;
-        let mut index = Index {
-            map: HashMap::with_capacity(found.blocks.len()),
-            slots: vec![
-                SlotEntry {
-                    state: SlotState::Free,
-                    hash: BlockHash(0),
-                    pins: 0,
-                };
-                n
-            ],
-            free: Vec::new(),
-            policy: cfg.disk_eviction.build(0),
-            pending: HashSet::new(),
-            next_gen: found.max_generation + 1,
-            dir: directory,
+        let mut policy = cfg.disk_eviction.build(n);
+        let mut map = HashMap::with_capacity(found.blocks.len());
+        let free_slot = SlotEntry {
+            state: SlotState::Free,
+            hash: BlockHash(0),
+            pins: 0,
         };
+        let mut slots = vec![free_slot; n];
+        // Oldest first, so the policy's order follows the write order.
         for (req, b) in found.blocks.iter().enumerate() {
             let key = fold_key(b.hash.0);
-            index.map.insert(key, b.slot);
-            index.slots[b.slot as usize] = SlotEntry {
+            map.insert(key, b.slot);
+            slots[b.slot as usize] = SlotEntry {
                 state: SlotState::Ready,
                 hash: b.hash,
                 pins: 0,
@@ -341,7 +333,15 @@ impl DiskTier {
                 depth: 0,
             });
         }
-        index.policy = policy;
+        let mut index = Index {
+            map,
+            slots,
+            free: Vec::new(),
+            policy,
+            pending: HashSet::new(),
+            next_gen: found.max_generation + 1,
+            dir: directory,
+        };
         index.free = (0..n as u32)
             .rev()
             .filter(|&s| index.slots[s as usize].state == SlotState::Free)
@@ -491,7 +491,8 @@ impl DiskTier {
 
     /// Queues a copy of `hash` from `host` to disk if admission says so and it is
     /// not there yet. Never blocks: a full queue drops the offload (counted).
-    /// `request`/`depth` place the block in its chain for the eviction policy.
+    /// `depth` places the block in the current chain ([`DiskTier::begin_request`])
+    /// for the eviction policy.
     pub fn offload(&self, host: &Arc<HostTier>, hash: BlockHash, namespace: u64, depth: u32) {
         let inner = &self.inner;
         if !inner.owner {
