@@ -5,8 +5,9 @@
 //! naming a directory on the disk to measure (default `target/bench-disk`) and
 //! optionally `TIERKV_DISK_THREADS` (default 4).
 //! Cases (blocks shaped like SmolLM2-135M's fp32 KV, 1,474,560 bytes):
-//! 1. `disk_write`: offload a batch of blocks host -> disk (4 I/O threads: copy out
-//!    of the host tier, verified, header, one O_DIRECT write each), against
+//! 1. `disk_write`: offload a batch of blocks to disk (the caller copies each block
+//!    into a staging buffer; 4 I/O threads checksum, add the header and write it
+//!    with one O_DIRECT write each), against
 //!    `dd if=/dev/zero bs=<block> oflag=direct` of the same bytes.
 //! 2. `disk_read`: load them back in batches of 32 (parallel reads, verified),
 //!    against `dd of=/dev/null bs=<block> iflag=direct`.
@@ -14,14 +15,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tierkv::config::Config;
 use tierkv::offload::AdmitMode;
 use tierkv::prefix::BlockHash;
 use tierkv::tier::disk::{DiskGeometry, DiskRead, DiskTier};
-use tierkv::tier::HostTier;
 
 const BLOCK: u64 = 1_474_560;
 
@@ -47,7 +46,6 @@ fn config(shm: &Path, dir: &Path, blocks: u64, recovery: &str) -> Config {
     let map = [
         ("TIERKV_SHM_DIR", shm.display().to_string()),
         ("TIERKV_STORE_NAME", "bench".into()),
-        ("TIERKV_CPU_BYTES", format!("{}", (blocks + 8) * (BLOCK + 8192))),
         ("TIERKV_DISK_PATH", dir.display().to_string()),
         ("TIERKV_DISK_BYTES", format!("{}", 4096 + blocks * g.slot_bytes)),
         ("TIERKV_DISK_QUEUE", format!("{}", blocks)),
@@ -74,7 +72,6 @@ fn main() {
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
     let bytes = blocks * BLOCK;
     let cfg = config(shm.path(), dir.path(), blocks, "headers");
-    let host = Arc::new(HostTier::open(&cfg, BLOCK, 32).unwrap());
     let none = tracing::Dispatch::none();
     let mut payload = vec![0u8; BLOCK as usize];
     let ddf = dir.path().join("dd.bin").display().to_string();
@@ -84,14 +81,11 @@ fn main() {
         let keys: Vec<BlockHash> = (0..blocks)
             .map(|i| BlockHash(u128::from(rep * 1_000_000 + i + 1)))
             .collect();
-        for (i, &h) in keys.iter().enumerate() {
-            payload.iter_mut().step_by(4096).for_each(|b| *b = i as u8);
-            host.store(h, &[&payload]).unwrap();
-        }
         let t = Instant::now();
         d.begin_request();
-        for &h in &keys {
-            d.offload(&host, h, 0, 0);
+        for (i, &h) in keys.iter().enumerate() {
+            payload.iter_mut().step_by(4096).for_each(|b| *b = i as u8);
+            d.offload(h, 0, 0, &[&payload]);
         }
         assert!(d.wait_idle(Duration::from_secs(600)));
         w.push(bytes as f64 / t.elapsed().as_secs_f64());

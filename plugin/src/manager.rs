@@ -311,7 +311,7 @@ impl Manager {
             let o = self.host.store(h, &segs)?;
             if let (Some(d), StoreOutcome::Stored | StoreOutcome::AlreadyPresent) = (&self.disk, o) {
                 d.observe(h);
-                d.offload(&self.host, h, self.namespace_digest, i as u32);
+                d.offload(h, self.namespace_digest, i as u32, &segs);
             }
             if let Some(slot) = outcomes.get_mut(i) {
                 *slot = o;
@@ -358,7 +358,8 @@ impl Manager {
                     // A reuse: counts for admission, and may now go to disk.
                     LoadOutcome::Loaded => {
                         d.observe(h);
-                        d.offload(&self.host, h, self.namespace_digest, i as u32);
+                        let view: Vec<&[u8]> = segs.iter().map(|s| &**s).collect();
+                        d.offload(h, self.namespace_digest, i as u32, &view);
                     }
                     LoadOutcome::Miss => from_disk.push(i),
                     _ => {}

@@ -376,11 +376,10 @@ fn render_disk(o: &mut String, v: &DiskView<'_>, d: &DiskStats) {
     counter(
         o,
         "tierkv_offload_total",
-        "Host-to-disk offloads by outcome (queued; dropped: queue full, block gone from host, no free slot).",
+        "Host-to-disk offloads by outcome (queued; dropped: queue full, no free slot).",
         &[
             ("result=\"queued\"", r(&d.offload_queued)),
             ("result=\"queue_full\"", r(&d.offload_dropped_full)),
-            ("result=\"gone\"", r(&d.offload_dropped_gone)),
             ("result=\"no_slot\"", r(&d.offload_dropped_no_slot)),
         ],
     );

@@ -9,9 +9,11 @@
 //! Workflow of an offload (host -> disk), never on the engine's thread's critical
 //! path:
 //! 1. [`DiskTier::offload`]: admission says yes, the block is neither on disk nor
-//!    queued; the job goes to the bounded write queue or is dropped (counted).
-//! 2. A worker copies the block out of the host tier (verified), takes a free slot
-//!    or evicts one by policy, and writes header + payload in one O_DIRECT write.
+//!    queued; its bytes are copied into a staging buffer (so a host-tier eviction
+//!    before the write loses nothing) and the job goes to the bounded write queue,
+//!    or is dropped (counted) when the queue is full.
+//! 2. A worker takes a free slot or evicts one by policy, checksums, and writes
+//!    header + payload in one O_DIRECT write.
 //! 3. Under the index lock: the slot becomes ready (or free again on an I/O error).
 //!
 //! Workflow of a load (disk -> caller), on a loader thread:
@@ -45,8 +47,6 @@ use self::format::BlockHeader;
 pub use self::format::{AlignedBuf, DiskGeometry, SECTOR};
 pub use self::io::Fault;
 use self::io::{Faults, IoPool};
-use super::host::HostTier;
-use super::LoadOutcome;
 use crate::config::{Config, RecoveryMode};
 use crate::metrics::Histogram;
 use crate::offload::policy::{Access, Policy};
@@ -91,7 +91,6 @@ pub struct DiskStats {
     /// Offloads dropped because the write queue was full.
     pub offload_dropped_full: AtomicU64,
     /// Offloads dropped because the block had left the host tier.
-    pub offload_dropped_gone: AtomicU64,
     /// Offloads dropped because every slot was pinned or being written.
     pub offload_dropped_no_slot: AtomicU64,
     /// Blocks written.
@@ -489,13 +488,22 @@ impl DiskTier {
         true
     }
 
-    /// Queues a copy of `hash` from `host` to disk if admission says so and it is
-    /// not there yet. Never blocks: a full queue drops the offload (counted).
-    /// `depth` places the block in the current chain ([`DiskTier::begin_request`])
-    /// for the eviction policy.
-    pub fn offload(&self, host: &Arc<HostTier>, hash: BlockHash, namespace: u64, depth: u32) {
+    /// Queues `hash` for writing to disk if admission says so and it is not there
+    /// yet. The block's bytes (`data`, the segments of one block, `block_bytes` in
+    /// all) are copied into a staging buffer here, so the write cannot lose the
+    /// block to a host-tier eviction that happens before its turn; the caller keeps
+    /// ownership of `data`. Never blocks on the disk: a full queue drops the
+    /// offload (counted), so staged memory is bounded by `TIERKV_DISK_QUEUE`
+    /// blocks. `depth` places the block in the current chain
+    /// ([`DiskTier::begin_request`]) for the eviction policy.
+    pub fn offload(&self, hash: BlockHash, namespace: u64, depth: u32, data: &[&[u8]]) {
         let inner = &self.inner;
         if !inner.owner {
+            return;
+        }
+        let g = inner.geo;
+        if data.iter().map(|s| s.len() as u64).sum::<u64>() != g.block_bytes {
+            debug_assert!(false, "offload of a block of the wrong length");
             return;
         }
         inner.maybe_check_health();
@@ -513,11 +521,22 @@ impl DiskTier {
             }
             ix.pending.insert(key);
         }
+        let mut buf = inner.buffer();
+        {
+            let rest = &mut buf.as_mut_slice()[SECTOR..];
+            let mut at = 0;
+            for s in data {
+                rest[at..at + s.len()].copy_from_slice(s);
+                at += s.len();
+            }
+            // Padding up to the sector: zeros, never another block's bytes.
+            rest[at..].fill(0);
+        }
         inner.inflight.fetch_add(1, Ordering::AcqRel);
         let request = inner.requests.load(Ordering::Relaxed);
-        let (job_inner, job_host) = (Arc::clone(inner), Arc::clone(host));
+        let job_inner = Arc::clone(inner);
         let job = Box::new(move || {
-            job_inner.write_block(&job_host, hash, namespace, request, depth);
+            job_inner.write_block(buf, hash, namespace, request, depth);
             job_inner.inflight.fetch_sub(1, Ordering::AcqRel);
         });
         if self.pool.try_submit_write(job).is_err() {
@@ -529,13 +548,10 @@ impl DiskTier {
         }
     }
 
-    /// Hands a loaded block's buffer back for reuse by later reads (at most one
-    /// per I/O queue slot is kept).
+    /// Hands a loaded block's buffer back for reuse by later reads and offloads
+    /// (at most 64 are kept).
     pub fn recycle(&self, buf: AlignedBuf) {
-        let mut pool = self.inner.buffers.lock();
-        if buf.as_slice().len() == self.inner.geo.slot_bytes as usize && pool.len() < 64 {
-            pool.push(buf);
-        }
+        self.inner.recycle(buf);
     }
 
     /// Starts a new chain for the eviction policy (one engine call).
@@ -622,22 +638,15 @@ impl Inner {
         g.0.clone()
     }
 
-    fn write_block(&self, host: &HostTier, hash: BlockHash, namespace: u64, request: u64, depth: u32) {
+    fn write_block(&self, mut buf: AlignedBuf, hash: BlockHash, namespace: u64, request: u64, depth: u32) {
         let key = fold_key(hash.0);
         let g = self.geo;
-        let mut buf = AlignedBuf::zeroed(g.slot_bytes as usize);
-        let (hdr, rest) = buf.as_mut_slice().split_at_mut(SECTOR);
-        let payload = &mut rest[..g.block_bytes as usize];
-        let loaded = host.load(hash, &mut [payload]);
         let slot = {
             let mut ix = self.index.lock();
             ix.pending.remove(&key);
-            if !matches!(loaded, Ok(LoadOutcome::Loaded)) {
-                self.stats.offload_dropped_gone.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
             let Some(slot) = ix.take_slot(&self.stats) else {
                 self.stats.offload_dropped_no_slot.fetch_add(1, Ordering::Relaxed);
+                self.recycle(buf);
                 return;
             };
             ix.slots[slot as usize].hash = hash;
@@ -653,6 +662,7 @@ impl Inner {
             generation,
             payload_sum: 0,
         };
+        let (hdr, rest) = buf.as_mut_slice().split_at_mut(SECTOR);
         header.encode(hdr, &rest[..g.block_bytes as usize]);
         let start = Instant::now();
         let res = self
@@ -683,6 +693,14 @@ impl Inner {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 self.io_error("write", &e);
             }
+        }
+        self.recycle(buf);
+    }
+
+    fn recycle(&self, buf: AlignedBuf) {
+        let mut pool = self.buffers.lock();
+        if buf.as_slice().len() == self.geo.slot_bytes as usize && pool.len() < 64 {
+            pool.push(buf);
         }
     }
 

@@ -5,7 +5,7 @@
 use super::*;
 use crate::offload::policy::PolicyKind;
 use crate::offload::AdmitMode;
-use crate::tier::StoreOutcome;
+use crate::tier::{HostTier, LoadOutcome, StoreOutcome};
 use std::os::unix::fs::PermissionsExt;
 
 /// Payload bytes of a test block: not a multiple of the sector size.
@@ -77,7 +77,7 @@ impl Env {
             let h = BlockHash(k);
             let o = self.host.store(h, &[&payload(k)]).unwrap();
             assert_ne!(o, StoreOutcome::NoSpace);
-            d.offload(&self.host, h, NS, i as u32);
+            d.offload(h, NS, i as u32, &[&payload(k)]);
             assert!(d.wait_idle(Duration::from_secs(10)));
         }
     }
@@ -304,7 +304,7 @@ fn unusable_directories_and_locked_files_are_reported() {
     assert_eq!(r.lookup_run(&[BlockHash(1), BlockHash(2), BlockHash(3)]), 2);
     assert_eq!(check_loads(&r, &[1, 2]), 2);
     e.host.store(BlockHash(5), &[&payload(5)]).unwrap();
-    r.offload(&e.host, BlockHash(5), NS, 0);
+    r.offload(BlockHash(5), NS, 0, &[&payload(5)]);
     assert!(!r.contains(BlockHash(5)), "a reader never writes");
     drop(r);
     drop(f);
@@ -377,7 +377,7 @@ fn write_queue_full_drops_offloads_without_blocking() {
     }
     let start = Instant::now();
     for &k in &keys {
-        d.offload(&e.host, BlockHash(k), NS, 0);
+        d.offload(BlockHash(k), NS, 0, &[&payload(k)]);
     }
     let queued = start.elapsed();
     assert!(d.wait_idle(Duration::from_secs(10)));
@@ -395,6 +395,29 @@ fn write_queue_full_drops_offloads_without_blocking() {
 }
 
 #[test]
+fn offloads_are_staged_so_host_evictions_before_the_write_lose_nothing() {
+    // The host tier holds a few blocks; 12 are offloaded back to back, so most
+    // are evicted from it before a worker writes them: each must still reach disk.
+    let e = env(16);
+    let cfg = Config {
+        cpu_bytes: 100_000,
+        store_name: "small".into(),
+        ..e.cfg.clone()
+    };
+    let host = HostTier::open(&cfg, LEN, 16).unwrap();
+    let d = DiskTier::open(&e.cfg, LEN, &tracing::Dispatch::none(), false).unwrap();
+    let keys: Vec<u128> = (1..=12).collect();
+    for &k in &keys {
+        host.store(BlockHash(k), &[&payload(k)]).unwrap();
+        d.offload(BlockHash(k), NS, 0, &[&payload(k)]);
+    }
+    assert!(d.wait_idle(Duration::from_secs(10)));
+    assert!(host.lookup(&[BlockHash(1)]).unwrap() == 0, "block 1 left the host tier");
+    assert_eq!(d.stats().offload_dropped_full.load(Ordering::Relaxed), 0);
+    assert_eq!(check_loads(&d, &keys), 12);
+}
+
+#[test]
 fn reuse_admission_writes_only_reused_blocks() {
     let e = env(16);
     let cfg = Config {
@@ -406,10 +429,10 @@ fn reuse_admission_writes_only_reused_blocks() {
     e.host.store(BlockHash(2), &[&payload(2)]).unwrap();
     for k in [1, 2] {
         d.observe(BlockHash(k));
-        d.offload(&e.host, BlockHash(k), NS, 0);
+        d.offload(BlockHash(k), NS, 0, &[&payload(k)]);
     }
     d.observe(BlockHash(1)); // block 1 is used again
-    d.offload(&e.host, BlockHash(1), NS, 0);
+    d.offload(BlockHash(1), NS, 0, &[&payload(1)]);
     assert!(d.wait_idle(Duration::from_secs(5)));
     assert!(d.contains(BlockHash(1)));
     assert!(!d.contains(BlockHash(2)));
@@ -435,7 +458,7 @@ fn crash_child_writer() {
     for i in 0u128.. {
         let k = 1 + (seed * 7919 + i) % 60;
         host.store(BlockHash(k), &[&payload(k)]).unwrap();
-        d.offload(&host, BlockHash(k), NS, 0);
+        d.offload(BlockHash(k), NS, 0, &[&payload(k)]);
         if i % 8 == 0 {
             d.wait_idle(Duration::from_secs(1));
         }
