@@ -12,6 +12,11 @@ cd "$root"
 echo "== build libtierkv.so (debug, for the C ABI tests)"
 cargo build -p tierkv
 
+echo "== NVRTC from PyPI (kernels are compiled for sm_80 and sm_90 in the tests)"
+nvrtc_lib=$(scripts/nvrtc-env.sh | tail -n 1)
+export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export TIERKV_REQUIRE_NVRTC=1
+
 echo "== Rust and C ABI tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

@@ -111,6 +111,26 @@ pub struct DiskStatus {
     pub pending_writes: u64,
 }
 
+/// `TierkvHwHints`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HwHints {
+    /// 1 when NVML sees the GPU.
+    pub gpu_available: u8,
+    /// `TIERKV_TIER_HOST` or `TIERKV_TIER_DISK`.
+    pub placement: u8,
+    /// NUMA node, -1 for none.
+    pub numa_node: i32,
+    /// Offload budget, `u64::MAX` for unlimited.
+    pub offload_rate_bytes_per_s: u64,
+    /// Prefetch depth in blocks.
+    pub prefetch_depth: u64,
+    /// Free-block watermark.
+    pub watermark_blocks: u64,
+    /// Samples taken.
+    pub samples: u64,
+}
+
 /// Opaque manager pointer.
 pub type Mgr = *mut c_void;
 
@@ -159,6 +179,7 @@ api! {
     tierkv_metrics_text: fn(Mgr, *mut c_char, usize, *mut usize) -> i32;
     tierkv_disk_status: fn(Mgr, *mut DiskStatus) -> i32;
     tierkv_disk_flush: fn(Mgr, u64, *mut u8) -> i32;
+    tierkv_hw_hints: fn(Mgr, *mut HwHints) -> i32;
     tierkv_pool_allocate: fn(Mgr, usize, *mut u32) -> i32;
     tierkv_pool_free: fn(Mgr, *const u32, usize) -> i32;
     tierkv_pool_fork: fn(Mgr, *const u32, usize) -> i32;

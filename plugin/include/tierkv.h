@@ -164,6 +164,25 @@ typedef struct TierkvDiskStatus {
   uint64_t pending_writes;
 } TierkvDiskStatus;
 
+// What `tierkv_hw_hints` reports (see docs/gpu.md for the rules behind each).
+typedef struct TierkvHwHints {
+  // 1 when NVML sees the engine's GPU (`TIERKV_GPU_DEVICE`).
+  uint8_t gpu_available;
+  // Tier new blocks go to: `TIERKV_TIER_HOST` or `TIERKV_TIER_DISK`.
+  uint8_t placement;
+  // NUMA node for host memory near the GPU; -1: no preference.
+  int32_t numa_node;
+  // Offload budget in bytes/s beside the engine's PCIe traffic; `UINT64_MAX`:
+  // unlimited.
+  uint64_t offload_rate_bytes_per_s;
+  // Blocks to load ahead.
+  uint64_t prefetch_depth;
+  // Engine blocks to keep free.
+  uint64_t watermark_blocks;
+  // Telemetry samples taken so far (0: sampling is off, defaults reported).
+  uint64_t samples;
+} TierkvHwHints;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -362,6 +381,14 @@ enum TierkvStatus tierkv_disk_status(const struct TierkvManager *mgr, struct Tie
 enum TierkvStatus tierkv_disk_flush(const struct TierkvManager *mgr,
                                     uint64_t timeout_ms,
                                     uint8_t *out_idle);
+
+// Writes the scheduler's latest decisions to `*out`. With sampling off
+// (`TIERKV_HW_INTERVAL=off`) it reports the defaults: host placement, no NUMA
+// preference, unlimited rate, zero depth and watermark, zero samples.
+//
+// # Safety
+// `mgr` a live handle; `out` valid for one write. Does not block.
+enum TierkvStatus tierkv_hw_hints(const struct TierkvManager *mgr, struct TierkvHwHints *out);
 
 extern int pthread_mutexattr_setrobust(pthread_mutexattr_t *attr, int robust);
 

@@ -123,6 +123,16 @@ pub const VARS: &[VarDoc] = &[
         meaning: "Restart recovery: headers (read each block's header; payloads verified on load) or full (verify every payload).",
     },
     VarDoc {
+        name: "TIERKV_HW_INTERVAL",
+        default: "1s",
+        meaning: "Telemetry sampling interval (NVML, or /proc without a GPU) for the scheduler; 0 or off disables it.",
+    },
+    VarDoc {
+        name: "TIERKV_GPU_DEVICE",
+        default: "0",
+        meaning: "NVML index of the GPU this engine runs on (telemetry and PCIe scheduling). 0-255.",
+    },
+    VarDoc {
         name: "TIERKV_STORE_DECODE",
         default: "true",
         meaning: "Also store blocks filled during decode (a chat's next turn repeats the reply).",
@@ -183,6 +193,10 @@ pub struct Config {
     pub eviction: EvictionKind,
     /// Arena initialisation wait (`TIERKV_LOCK_TIMEOUT`).
     pub lock_timeout: Duration,
+    /// Telemetry interval, `None` when off (`TIERKV_HW_INTERVAL`).
+    pub hw_interval: Option<Duration>,
+    /// NVML index of the engine's GPU (`TIERKV_GPU_DEVICE`).
+    pub gpu_device: u32,
     /// Store decode blocks too (`TIERKV_STORE_DECODE`).
     pub store_decode: bool,
     /// Disk tier directory, `None` when off (`TIERKV_DISK_PATH`).
@@ -338,7 +352,24 @@ impl Config {
             Some((var, v)) => return Err(err(var, &v, "headers or full")),
             None => RecoveryMode::Headers,
         };
+        let hw_interval = match get("TIERKV_HW_INTERVAL") {
+            Some((_, v)) if v.eq_ignore_ascii_case("off") => None,
+            Some((var, v)) => {
+                let d = parse_duration(&v).ok_or_else(|| err(var, &v, &format!("off or {DURATION_FORMS}")))?;
+                (!d.is_zero()).then_some(d)
+            }
+            None => Some(Duration::from_secs(1)),
+        };
+        let gpu_device = match get("TIERKV_GPU_DEVICE") {
+            Some((var, v)) => v
+                .parse::<u8>()
+                .map(u32::from)
+                .map_err(|_| err(var, &v, "an integer from 0 to 255"))?,
+            None => 0,
+        };
         let cfg = Config {
+            hw_interval,
+            gpu_device,
             cpu_bytes,
             store_name,
             shm_dir,

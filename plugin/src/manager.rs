@@ -21,6 +21,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::block::BlockPool;
 use crate::config::Config;
+use crate::hw::{self, HwState, Placement, Sampler, SchedParams, Scheduler};
 use crate::metrics::{self, exporter::Exporter, Gauges};
 use crate::prefix::{BlockHash, BlockHasher, HashAlgo, VLLM_DEFAULT_SEED};
 use crate::tier::disk::{DiskRead, DiskTier, SECTOR};
@@ -76,6 +77,10 @@ pub struct Manager {
     pool: Option<Mutex<BlockPool>>,
     exporter: Mutex<Option<Exporter>>,
     dispatch: tracing::Dispatch,
+    /// Telemetry and scheduling decisions (see [`crate::hw`]).
+    hw: Arc<HwState>,
+    /// The sampling thread, `None` when `TIERKV_HW_INTERVAL` is off.
+    sampler: Mutex<Option<Sampler>>,
 }
 
 impl Manager {
@@ -118,6 +123,25 @@ impl Manager {
             },
         };
         let pool = (params.pool_blocks > 0).then(|| Mutex::new(BlockPool::new(params.pool_blocks as usize)));
+        let hw = Arc::new(HwState::default());
+        let sampler = match config.hw_interval {
+            None => None,
+            Some(every) => {
+                let (source, why) = hw::open_source(config.gpu_device);
+                if let Some(why) = why {
+                    tracing::info!(reason = %why, "no GPU telemetry; scheduling from host telemetry");
+                }
+                let can_disk = disk.as_ref().is_some_and(|d| d.is_owner());
+                let sched = Scheduler::new(SchedParams::new(params.block_bytes, can_disk));
+                match Sampler::start(source, sched, Arc::clone(&hw), every, dispatch.clone()) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "telemetry thread not started; default decisions");
+                        None
+                    }
+                }
+            }
+        };
         let mgr = Self {
             config,
             hasher,
@@ -129,6 +153,8 @@ impl Manager {
             pool,
             exporter: Mutex::new(None),
             dispatch,
+            hw,
+            sampler: Mutex::new(sampler),
         };
         Ok(mgr)
     }
@@ -300,6 +326,7 @@ impl Manager {
         if let Some(d) = &self.disk {
             d.begin_request();
         }
+        let placement = self.hw.placement();
         let mut segs: Vec<&[u8]> = Vec::with_capacity(layout.regions().len());
         for (i, (&h, &b)) in hashes.iter().zip(block_ids).enumerate() {
             segs.clear();
@@ -308,6 +335,19 @@ impl Manager {
                 // caller guarantees the memory is readable and not being written.
                 unsafe { std::slice::from_raw_parts(p as *const u8, n) }
             }));
+            if let (Some(d), Placement::Disk) = (&self.disk, placement) {
+                // Host memory is short (the scheduler says so): straight to disk.
+                d.observe(h);
+                let o = if d.offload(h, self.namespace_digest, i as u32, &segs) {
+                    StoreOutcome::Stored
+                } else {
+                    StoreOutcome::NoSpace
+                };
+                if let Some(slot) = outcomes.get_mut(i) {
+                    *slot = o;
+                }
+                continue;
+            }
             let o = self.host.store(h, &segs)?;
             if let (Some(d), StoreOutcome::Stored | StoreOutcome::AlreadyPresent) = (&self.disk, o) {
                 d.observe(h);
@@ -420,6 +460,11 @@ impl Manager {
         Ok(())
     }
 
+    /// Telemetry and the scheduler's latest decisions.
+    pub fn hw(&self) -> &HwState {
+        &self.hw
+    }
+
     /// Gauges for the exporter.
     fn gauges(&self) -> Gauges {
         let g = self.host.arena().geometry();
@@ -461,12 +506,19 @@ impl Manager {
             }
             None => metrics::DiskView::default(),
         });
-        metrics::render(self.host.stats(), &self.gauges(), view.as_ref())
+        let mut text = metrics::render(self.host.stats(), &self.gauges(), view.as_ref());
+        metrics::render_hw(&mut text, &self.hw);
+        text
     }
 }
 
 impl Drop for Manager {
     fn drop(&mut self) {
         self.stop_exporter();
+        self.sampler.lock().take();
     }
 }
+
+#[cfg(test)]
+#[path = "manager_tests.rs"]
+mod tests;

@@ -21,9 +21,11 @@
 
 mod api;
 mod disk_api;
+mod hw_api;
 
 pub use api::*;
 pub use disk_api::*;
+pub use hw_api::*;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

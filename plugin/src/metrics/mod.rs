@@ -324,12 +324,6 @@ pub fn render(s: &SharedStats, g: &Gauges, disk: Option<&DiskView<'_>>) -> Strin
         "Engine pool size.",
         &[("", g.pool_blocks)],
     );
-    gauge(
-        &mut o,
-        "tierkv_gpu_available",
-        "Whether a GPU data path is active.",
-        &[("", 0)],
-    );
     if let (Some(v), Some(d)) = (disk, d) {
         render_disk(&mut o, v, d);
     }
@@ -348,6 +342,113 @@ pub fn render(s: &SharedStats, g: &Gauges, disk: Option<&DiskView<'_>>) -> Strin
             .render(&mut o, "tierkv_transfer_seconds", "src=\"disk\",dst=\"engine\"");
     }
     o
+}
+
+/// Telemetry and scheduling decisions ([`crate::hw`]).
+pub fn render_hw(o: &mut String, hw: &crate::hw::HwState) {
+    let latest = hw.latest();
+    let gpu = latest.as_ref().and_then(|(t, _)| t.gpu.clone());
+    gauge(
+        o,
+        "tierkv_gpu_available",
+        "Whether NVML sees the engine's GPU (TIERKV_GPU_DEVICE); 0 without a driver.",
+        &[("", u64::from(gpu.is_some()))],
+    );
+    gauge(
+        o,
+        "tierkv_telemetry_source",
+        "Where telemetry comes from (nvml, host: /proc, none: sampling off).",
+        &[(&format!("source=\"{}\"", hw.source()), 1)],
+    );
+    counter(
+        o,
+        "tierkv_telemetry_samples_total",
+        "Telemetry samples taken.",
+        &[("", hw.samples())],
+    );
+    let Some((t, d)) = latest else { return };
+    gauge(
+        o,
+        "tierkv_host_memory_bytes",
+        "Host memory (/proc/meminfo).",
+        &[
+            ("kind=\"total\"", t.host_mem_total),
+            ("kind=\"available\"", t.host_mem_available),
+        ],
+    );
+    if let Some(g) = &gpu {
+        gauge(
+            o,
+            "tierkv_gpu_memory_bytes",
+            "GPU memory (NVML).",
+            &[("kind=\"total\"", g.mem_total), ("kind=\"used\"", g.mem_used)],
+        );
+        gauge(
+            o,
+            "tierkv_gpu_utilization_percent",
+            "Share of time a kernel ran (NVML).",
+            &[("", u64::from(g.util_pct))],
+        );
+        gauge(
+            o,
+            "tierkv_pcie_throughput_bytes_per_second",
+            "PCIe traffic of the GPU (NVML; tx = device to host).",
+            &[("dir=\"tx\"", g.pcie_tx), ("dir=\"rx\"", g.pcie_rx)],
+        );
+        gauge(
+            o,
+            "tierkv_pcie_link",
+            "PCIe link now: generation, lanes, usable bytes/s per direction.",
+            &[
+                ("kind=\"generation\"", u64::from(g.link_gen)),
+                ("kind=\"width\"", u64::from(g.link_width)),
+                ("kind=\"bytes_per_second\"", g.link_bytes_per_s()),
+            ],
+        );
+        gauge(
+            o,
+            "tierkv_gpu_temperature_celsius",
+            "GPU core temperature (NVML).",
+            &[("", u64::from(g.temp_c))],
+        );
+        gauge(
+            o,
+            "tierkv_gpu_throttle_reasons",
+            "NVML throttle-reason bits (0: not throttled).",
+            &[("", g.throttle)],
+        );
+    }
+    let rate = d.offload_rate.map_or_else(|| "+Inf".to_string(), |r| r.to_string());
+    let _ = writeln!(
+        o,
+        "# HELP tierkv_sched_offload_rate_bytes_per_second Offload budget the scheduler leaves beside the engine's PCIe traffic (+Inf: no link to share).\n# TYPE tierkv_sched_offload_rate_bytes_per_second gauge\ntierkv_sched_offload_rate_bytes_per_second {rate}"
+    );
+    gauge(
+        o,
+        "tierkv_sched_prefetch_depth_blocks",
+        "Blocks to load ahead.",
+        &[("", d.prefetch_depth)],
+    );
+    gauge(
+        o,
+        "tierkv_sched_watermark_blocks",
+        "Engine blocks to keep free (from measured memory headroom).",
+        &[("", d.watermark_blocks)],
+    );
+    let _ = writeln!(
+        o,
+        "# HELP tierkv_sched_numa_node NUMA node for the host tier (the GPU's; -1: no preference).\n# TYPE tierkv_sched_numa_node gauge\ntierkv_sched_numa_node {}",
+        d.numa_node.map_or(-1, i64::from)
+    );
+    gauge(
+        o,
+        "tierkv_sched_placement",
+        "Tier new blocks go to (1 = this one).",
+        &[
+            ("tier=\"host\"", u64::from(d.placement == crate::hw::Placement::Host)),
+            ("tier=\"disk\"", u64::from(d.placement == crate::hw::Placement::Disk)),
+        ],
+    );
 }
 
 fn render_disk(o: &mut String, v: &DiskView<'_>, d: &DiskStats) {

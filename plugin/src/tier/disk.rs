@@ -495,29 +495,31 @@ impl DiskTier {
     /// ownership of `data`. Never blocks on the disk: a full queue drops the
     /// offload (counted), so staged memory is bounded by `TIERKV_DISK_QUEUE`
     /// blocks. `depth` places the block in the current chain
-    /// ([`DiskTier::begin_request`]) for the eviction policy.
-    pub fn offload(&self, hash: BlockHash, namespace: u64, depth: u32, data: &[&[u8]]) {
+    /// ([`DiskTier::begin_request`]) for the eviction policy. Returns whether the
+    /// block is on disk or on its way there (false: not admitted, queue full,
+    /// tier down, or a reader).
+    pub fn offload(&self, hash: BlockHash, namespace: u64, depth: u32, data: &[&[u8]]) -> bool {
         let inner = &self.inner;
         if !inner.owner {
-            return;
+            return false;
         }
         let g = inner.geo;
         if data.iter().map(|s| s.len() as u64).sum::<u64>() != g.block_bytes {
             debug_assert!(false, "offload of a block of the wrong length");
-            return;
+            return false;
         }
         inner.maybe_check_health();
         if !self.is_up() {
-            return;
+            return false;
         }
         let key = fold_key(hash.0);
         {
             let mut ix = inner.index.lock();
             if ix.map.contains_key(&key) || ix.pending.contains(&key) {
-                return;
+                return true;
             }
             if !inner.admission.admit(key) {
-                return;
+                return false;
             }
             ix.pending.insert(key);
         }
@@ -543,8 +545,10 @@ impl DiskTier {
             inner.index.lock().pending.remove(&key);
             inner.inflight.fetch_sub(1, Ordering::AcqRel);
             inner.stats.offload_dropped_full.fetch_add(1, Ordering::Relaxed);
+            false
         } else {
             inner.stats.offload_queued.fetch_add(1, Ordering::Relaxed);
+            true
         }
     }
 
