@@ -27,7 +27,7 @@
 pub mod sched;
 pub mod sources;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -103,14 +103,11 @@ pub trait TelemetrySource: Send {
 }
 
 /// The latest sample and decisions, shared between the sampler thread, the
-/// manager's hot path (plain atomics) and the exporter (a locked copy).
+/// manager's hot path (the placement, an atomic) and the exporter and
+/// `tierkv_hw_hints` (a locked copy of the rest).
 #[derive(Debug, Default)]
 pub struct HwState {
     placement_disk: AtomicBool,
-    offload_rate: AtomicU64,
-    prefetch_depth: AtomicU64,
-    watermark_blocks: AtomicU64,
-    numa_node: AtomicI64,
     source: AtomicU8,
     samples: AtomicU64,
     last: Mutex<Option<(Telemetry, Decisions)>>,
@@ -124,12 +121,6 @@ impl HwState {
     pub fn publish(&self, source: &str, t: Telemetry, d: Decisions) {
         self.placement_disk
             .store(d.placement == Placement::Disk, Ordering::Relaxed);
-        self.offload_rate
-            .store(d.offload_rate.unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.prefetch_depth.store(d.prefetch_depth, Ordering::Relaxed);
-        self.watermark_blocks.store(d.watermark_blocks, Ordering::Relaxed);
-        self.numa_node
-            .store(d.numa_node.map_or(-1, i64::from), Ordering::Relaxed);
         let code = SOURCES.iter().position(|s| *s == source).unwrap_or(0);
         self.source.store(code as u8, Ordering::Relaxed);
         self.samples.fetch_add(1, Ordering::Relaxed);
