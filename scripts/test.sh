@@ -20,8 +20,12 @@ export TIERKV_REQUIRE_NVRTC=1
 echo "== Rust and C ABI tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
+  # The GPU build of the manager: its no-driver path here, the device round trip
+  # on a GPU machine.
+  cargo nextest run -p tierkv --features cuda --no-fail-fast
 else
   cargo test --workspace --no-fail-fast
+  cargo test -p tierkv --features cuda --no-fail-fast
 fi
 
 if [ "${TIERKV_SKIP_VLLM:-0}" = "1" ]; then

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{api, create, create_in, destroy, metrics};
-use tierkv_abi_tests::{status, HwHints, Mgr};
+use tierkv_abi_tests::{status, HwHints, Mgr, Region};
 
 fn hints(m: Mgr) -> HwHints {
     let mut h = HwHints::default();
@@ -55,4 +55,24 @@ fn sampling_can_be_turned_off_and_bad_values_name_the_variable() {
         assert_eq!(st, status::CONFIG);
         assert!(api().last_error().contains(var), "{}", api().last_error());
     }
+}
+
+#[test]
+fn a_device_layout_without_gpu_support_is_unavailable_and_says_why() {
+    let (m, _store) = create(16, 4096, 0, &[]);
+    let r = Region {
+        base: 1 << 40,
+        block_stride: 4096,
+        bytes_per_block: 4096,
+    };
+    // SAFETY: one valid region; the address is never touched (refused first).
+    let st = unsafe { (api().tierkv_register_device_layout)(m, &r, 1, 8, 0) };
+    assert_eq!(st, status::UNAVAILABLE);
+    let why = api().last_error();
+    // The default build has no GPU code; a `cuda` build without a driver says that.
+    assert!(why.contains("--features cuda") || why.contains("libcuda"), "{why}");
+    // SAFETY: zero regions is refused before any read.
+    let st = unsafe { (api().tierkv_register_device_layout)(m, &r, 0, 8, 0) };
+    assert_eq!(st, status::INVALID_ARGUMENT);
+    destroy(m);
 }

@@ -180,6 +180,7 @@ api! {
     tierkv_disk_status: fn(Mgr, *mut DiskStatus) -> i32;
     tierkv_disk_flush: fn(Mgr, u64, *mut u8) -> i32;
     tierkv_hw_hints: fn(Mgr, *mut HwHints) -> i32;
+    tierkv_register_device_layout: fn(Mgr, *const Region, usize, u64, u32) -> i32;
     tierkv_pool_allocate: fn(Mgr, usize, *mut u32) -> i32;
     tierkv_pool_free: fn(Mgr, *const u32, usize) -> i32;
     tierkv_pool_fork: fn(Mgr, *const u32, usize) -> i32;

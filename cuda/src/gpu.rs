@@ -442,6 +442,84 @@ impl Gpu {
     }
 }
 
+/// Device memory owned by tierkv (tests, benchmarks); freed on drop. Engine
+/// memory is never wrapped in one.
+pub struct DeviceBuffer {
+    ctx: Arc<CudaContext>,
+    ptr: u64,
+    len: usize,
+}
+
+impl DeviceBuffer {
+    /// Allocates `len` bytes on `gpu`'s device.
+    pub fn new(gpu: &Gpu, len: usize) -> Result<Self, CudaError> {
+        guard("alloc", || {
+            gpu.bind()?;
+            let mut p: sys::CUdeviceptr = 0;
+            // SAFETY: plain allocation with a valid out pointer.
+            drv("cuMemAlloc", unsafe { sys::cuMemAlloc_v2(&mut p, len.max(1)) })?;
+            Ok(Self {
+                ctx: Arc::clone(&gpu.ctx),
+                ptr: p,
+                len,
+            })
+        })
+    }
+
+    /// Device address.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Copies `src` to the start of the buffer (synchronous).
+    pub fn write(&self, src: &[u8]) -> Result<(), CudaError> {
+        if src.len() > self.len {
+            return Err(CudaError::InvalidArgument("write past the buffer".into()));
+        }
+        guard("write", || {
+            self.ctx.bind_to_thread().map_err(|e| CudaError::Driver {
+                op: "bind",
+                msg: e.to_string(),
+            })?;
+            // SAFETY: in range of our allocation; `src` is valid for its length.
+            drv("cuMemcpyHtoD", unsafe {
+                sys::cuMemcpyHtoD_v2(self.ptr, src.as_ptr().cast(), src.len())
+            })
+        })
+    }
+
+    /// Copies the start of the buffer into `dst` (synchronous).
+    pub fn read(&self, dst: &mut [u8]) -> Result<(), CudaError> {
+        if dst.len() > self.len {
+            return Err(CudaError::InvalidArgument("read past the buffer".into()));
+        }
+        guard("read", || {
+            self.ctx.bind_to_thread().map_err(|e| CudaError::Driver {
+                op: "bind",
+                msg: e.to_string(),
+            })?;
+            // SAFETY: in range of our allocation; `dst` is valid for its length.
+            drv("cuMemcpyDtoH", unsafe {
+                sys::cuMemcpyDtoH_v2(dst.as_mut_ptr().cast(), self.ptr, dst.len())
+            })
+        })
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        let (ctx, p) = (Arc::clone(&self.ctx), self.ptr);
+        let _ = guard("free", move || {
+            ctx.bind_to_thread().map_err(|e| CudaError::Driver {
+                op: "bind",
+                msg: e.to_string(),
+            })?;
+            // SAFETY: allocated by `new`, freed once.
+            drv("cuMemFree", unsafe { sys::cuMemFree_v2(p) })
+        });
+    }
+}
+
 /// A layer-by-layer load in flight: one event per layer.
 pub struct LayerwiseLoad {
     events: Vec<CudaEvent>,

@@ -89,6 +89,11 @@ impl PagedLayout {
         &self.regions
     }
 
+    /// Blocks per region.
+    pub fn num_blocks(&self) -> u64 {
+        self.num_blocks
+    }
+
     fn check(&self, blocks: &[u64]) -> Result<(), CudaError> {
         match blocks.iter().find(|&&b| b >= self.num_blocks) {
             Some(b) => Err(CudaError::InvalidArgument(format!(

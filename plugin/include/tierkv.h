@@ -27,6 +27,10 @@
 // No room: every block of the tier is pinned. Not stored.
 #define TIERKV_STORE_NO_SPACE 2
 
+// Not stored now: over the offload budget the scheduler leaves beside the
+// engine's PCIe traffic (device layouts only). Store it again later if wanted.
+#define TIERKV_STORE_DEFERRED 3
+
 // Result of loading one block (`out_results` of `tierkv_load_blocks`).
 #define TIERKV_LOAD_LOADED 0
 
@@ -57,6 +61,9 @@
 
 // On-disk format version; another version is refused, never rewritten.
 #define FORMAT_VERSION 1
+
+// Blocks the staging buffer holds (one chunk of a store or load).
+#define STAGING_BLOCKS 64
 
 // Status code of every export.
 typedef enum TierkvStatus {
@@ -267,6 +274,23 @@ enum TierkvStatus tierkv_register_layout(const struct TierkvManager *mgr,
                                          const TierkvRegion *regions,
                                          size_t n_regions,
                                          uint64_t num_blocks);
+
+// Registers the engine's KV layout in the GPU memory of CUDA device `device`:
+// region bases are device addresses (`CUdeviceptr`), otherwise as
+// `tierkv_register_layout`, which it replaces (and which replaces it). Stores
+// and loads then copy through a pinned staging buffer (docs/gpu.md); stores over
+// the scheduler's offload budget come back `TIERKV_STORE_DEFERRED`. Returns
+// `TIERKV_UNAVAILABLE` (with the reason) in a build without the `cuda` feature,
+// without a driver or device, or when the device cannot be opened.
+//
+// # Safety
+// `regions` valid for `n_regions` reads. The device memory must stay allocated
+// while registered. Blocks while the device is opened and kernels are compiled.
+enum TierkvStatus tierkv_register_device_layout(const struct TierkvManager *mgr,
+                                                const TierkvRegion *regions,
+                                                size_t n_regions,
+                                                uint64_t num_blocks,
+                                                uint32_t device);
 
 // Copies engine blocks `block_ids[i]` to the host tier under `hashes[i]`, checksummed.
 // If `out_results` is not null, writes a `TIERKV_STORE_*` code per block.

@@ -61,6 +61,9 @@ pub enum ManagerError {
     /// A call needs state that is missing.
     #[error("{0}")]
     State(&'static str),
+    /// A resource is not there (no GPU, no driver, a failed device copy).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// One engine's view of tierkv.
@@ -81,6 +84,11 @@ pub struct Manager {
     hw: Arc<HwState>,
     /// The sampling thread, `None` when `TIERKV_HW_INTERVAL` is off.
     sampler: Mutex<Option<Sampler>>,
+    /// Device blocks not stored because of the offload budget.
+    deferred_blocks: std::sync::atomic::AtomicU64,
+    /// The engine's layout in GPU memory, when it registered one.
+    #[cfg(feature = "cuda")]
+    device: RwLock<Option<Arc<crate::tier::gpu::DeviceLink>>>,
 }
 
 impl Manager {
@@ -155,7 +163,17 @@ impl Manager {
             dispatch,
             hw,
             sampler: Mutex::new(sampler),
+            deferred_blocks: std::sync::atomic::AtomicU64::new(0),
+            #[cfg(feature = "cuda")]
+            device: RwLock::new(None),
         };
+        if let Some(node) = mgr.hw.latest().and_then(|(_, d)| d.numa_node) {
+            // The host tier near the GPU (pages faulted from now on, by any process).
+            match mgr.host.arena().prefer_numa_node(node) {
+                Ok(()) => tracing::info!(node, "host tier placed on the GPU's NUMA node"),
+                Err(e) => tracing::info!(node, error = %e, "host tier NUMA placement not applied"),
+            }
+        }
         Ok(mgr)
     }
 
@@ -285,11 +303,127 @@ impl Manager {
         Ok(n)
     }
 
-    /// Records the engine's KV memory layout (replacing any earlier one).
+    /// Records the engine's KV memory layout in host memory (replacing any
+    /// earlier layout, host or device).
     pub fn register_layout(&self, regions: &[Region], num_blocks: u64) -> Result<(), ManagerError> {
         let layout = EngineLayout::new(regions, num_blocks, self.host.block_bytes())?;
         *self.layout.write() = Some(layout);
+        #[cfg(feature = "cuda")]
+        self.device.write().take();
         Ok(())
+    }
+
+    /// Records the engine's KV layout in the memory of CUDA device `device`
+    /// (region bases are device addresses), replacing any earlier layout. Needs a
+    /// build with the `cuda` feature and a driver; otherwise `Unavailable`.
+    pub fn register_device_layout(&self, regions: &[Region], num_blocks: u64, device: u32) -> Result<(), ManagerError> {
+        #[cfg(feature = "cuda")]
+        {
+            let numa = self.hw.latest().and_then(|(_, d)| d.numa_node);
+            let link = crate::tier::gpu::DeviceLink::open(device, regions, num_blocks, self.host.block_bytes(), numa)
+                .map_err(ManagerError::Unavailable)?;
+            *self.device.write() = Some(Arc::new(link));
+            self.layout.write().take();
+            Ok(())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (regions, num_blocks, device);
+            Err(ManagerError::Unavailable(
+                "this build has no GPU support: build tierkv with `--features cuda`".into(),
+            ))
+        }
+    }
+
+    /// Stores from device blocks through the staging buffer, paced by the
+    /// scheduler's offload rate (see [`crate::tier::gpu`]).
+    ///
+    /// # Safety
+    /// The device blocks must not be written during the call.
+    #[cfg(feature = "cuda")]
+    unsafe fn store_device(
+        &self,
+        dev: &crate::tier::gpu::DeviceLink,
+        hashes: &[BlockHash],
+        block_ids: &[u64],
+        outcomes: &mut [StoreOutcome],
+    ) -> Result<(), ManagerError> {
+        self.check_device_blocks(dev, hashes, block_ids)?;
+        let rate = self.hw.latest().and_then(|(_, d)| d.offload_rate);
+        let k = dev.admit(rate, hashes.len());
+        for o in outcomes.iter_mut().skip(k) {
+            *o = StoreOutcome::Deferred;
+        }
+        self.deferred_blocks
+            .fetch_add((hashes.len() - k) as u64, std::sync::atomic::Ordering::Relaxed);
+        for start in (0..k).step_by(crate::tier::gpu::STAGING_BLOCKS) {
+            let end = (start + crate::tier::gpu::STAGING_BLOCKS).min(k);
+            let slots: Vec<u64> = (0..(end - start) as u64).collect();
+            let mut outs = vec![StoreOutcome::NoSpace; end - start];
+            dev.with_staging(|staging, ops| {
+                ops.gather(&block_ids[start..end]).map_err(ManagerError::Unavailable)?;
+                // SAFETY: the staging buffer is ours while held and was just filled.
+                unsafe { self.store_in(staging, &hashes[start..end], &slots, &mut outs) }
+            })
+            .map_err(ManagerError::Unavailable)??;
+            for (o, r) in outcomes.iter_mut().skip(start).zip(outs) {
+                *o = r;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads into device blocks through the staging buffer.
+    ///
+    /// # Safety
+    /// Nothing else may access these device blocks during the call.
+    #[cfg(feature = "cuda")]
+    unsafe fn load_device(
+        &self,
+        dev: &crate::tier::gpu::DeviceLink,
+        hashes: &[BlockHash],
+        block_ids: &[u64],
+        outcomes: &mut [LoadOutcome],
+    ) -> Result<(), ManagerError> {
+        self.check_device_blocks(dev, hashes, block_ids)?;
+        for start in (0..hashes.len()).step_by(crate::tier::gpu::STAGING_BLOCKS) {
+            let end = (start + crate::tier::gpu::STAGING_BLOCKS).min(hashes.len());
+            let slots: Vec<u64> = (0..(end - start) as u64).collect();
+            let mut outs = vec![LoadOutcome::Miss; end - start];
+            dev.with_staging(|staging, ops| {
+                // SAFETY: the staging buffer is ours while held.
+                unsafe { self.load_in(staging, &hashes[start..end], &slots, &mut outs) }?;
+                let loaded: Vec<usize> = (0..outs.len()).filter(|&j| outs[j] == LoadOutcome::Loaded).collect();
+                ops.scatter(&block_ids[start..end], &loaded)
+                    .map_err(ManagerError::Unavailable)
+            })
+            .map_err(ManagerError::Unavailable)??;
+            for (o, r) in outcomes.iter_mut().skip(start).zip(outs) {
+                *o = r;
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn check_device_blocks(
+        &self,
+        dev: &crate::tier::gpu::DeviceLink,
+        hashes: &[BlockHash],
+        block_ids: &[u64],
+    ) -> Result<(), ManagerError> {
+        if hashes.len() != block_ids.len() {
+            return Err(ManagerError::InvalidArgument(
+                "hashes and block ids differ in length".into(),
+            ));
+        }
+        match block_ids.iter().find(|&&b| b >= dev.num_blocks()) {
+            Some(b) => Err(ManagerError::InvalidArgument(format!(
+                "block id {b} is out of range (device layout has {} blocks)",
+                dev.num_blocks()
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn check_blocks(&self, layout: &EngineLayout, hashes: &[BlockHash], block_ids: &[u64]) -> Result<(), ManagerError> {
@@ -318,11 +452,32 @@ impl Manager {
         block_ids: &[u64],
         outcomes: &mut [StoreOutcome],
     ) -> Result<(), ManagerError> {
+        #[cfg(feature = "cuda")]
+        if let Some(dev) = self.device.read().clone() {
+            // SAFETY: this function's contract, for the device layout.
+            return unsafe { self.store_device(&dev, hashes, block_ids, outcomes) };
+        }
         let guard = self.layout.read();
         let layout = guard
             .as_ref()
             .ok_or(ManagerError::State("no engine layout registered"))?;
         self.check_blocks(layout, hashes, block_ids)?;
+        // SAFETY: this function's contract, passed on.
+        unsafe { self.store_in(layout, hashes, block_ids, outcomes) }
+    }
+
+    /// [`Manager::store_blocks`] on an explicit host-memory layout (the engine's,
+    /// or a GPU link's staging buffer). Blocks are checked by the caller.
+    ///
+    /// # Safety
+    /// As [`Manager::store_blocks`], for `layout`.
+    unsafe fn store_in(
+        &self,
+        layout: &EngineLayout,
+        hashes: &[BlockHash],
+        block_ids: &[u64],
+        outcomes: &mut [StoreOutcome],
+    ) -> Result<(), ManagerError> {
         if let Some(d) = &self.disk {
             d.begin_request();
         }
@@ -372,11 +527,31 @@ impl Manager {
         block_ids: &[u64],
         outcomes: &mut [LoadOutcome],
     ) -> Result<(), ManagerError> {
+        #[cfg(feature = "cuda")]
+        if let Some(dev) = self.device.read().clone() {
+            // SAFETY: this function's contract, for the device layout.
+            return unsafe { self.load_device(&dev, hashes, block_ids, outcomes) };
+        }
         let guard = self.layout.read();
         let layout = guard
             .as_ref()
             .ok_or(ManagerError::State("no engine layout registered"))?;
         self.check_blocks(layout, hashes, block_ids)?;
+        // SAFETY: this function's contract, passed on.
+        unsafe { self.load_in(layout, hashes, block_ids, outcomes) }
+    }
+
+    /// [`Manager::load_blocks`] on an explicit host-memory layout.
+    ///
+    /// # Safety
+    /// As [`Manager::load_blocks`], for `layout`.
+    unsafe fn load_in(
+        &self,
+        layout: &EngineLayout,
+        hashes: &[BlockHash],
+        block_ids: &[u64],
+        outcomes: &mut [LoadOutcome],
+    ) -> Result<(), ManagerError> {
         let mut from_disk = Vec::new();
         if let Some(d) = &self.disk {
             d.begin_request();
@@ -460,6 +635,18 @@ impl Manager {
         Ok(())
     }
 
+    /// Whether the engine registered a layout in GPU memory.
+    pub fn device_active(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        {
+            self.device.read().is_some()
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            false
+        }
+    }
+
     /// Telemetry and the scheduler's latest decisions.
     pub fn hw(&self) -> &HwState {
         &self.hw
@@ -508,6 +695,11 @@ impl Manager {
         });
         let mut text = metrics::render(self.host.stats(), &self.gauges(), view.as_ref());
         metrics::render_hw(&mut text, &self.hw);
+        metrics::render_gpu_path(
+            &mut text,
+            self.device_active(),
+            self.deferred_blocks.load(std::sync::atomic::Ordering::Relaxed),
+        );
         text
     }
 }

@@ -4,6 +4,23 @@ use super::*;
 use crate::hw::{Decisions, Telemetry};
 use crate::offload::AdmitMode;
 
+/// A manager with telemetry off (decisions are set by hand) over `cfg`, for
+/// blocks of `bytes`.
+fn manager(cfg: Config, bytes: u64) -> Manager {
+    let cfg = Config {
+        hw_interval: None,
+        ..cfg
+    };
+    let params = ManagerParams {
+        block_tokens: 4,
+        block_bytes: bytes,
+        namespace: None,
+        pool_blocks: 0,
+        disk_reader: false,
+    };
+    Manager::new(cfg, params).unwrap()
+}
+
 #[test]
 fn under_host_memory_pressure_new_blocks_go_straight_to_disk_and_load_back() {
     let shm = tempfile::tempdir().unwrap();
@@ -14,18 +31,10 @@ fn under_host_memory_pressure_new_blocks_go_straight_to_disk_and_load_back() {
         disk_path: Some(disk.path().to_path_buf()),
         disk_bytes: 4 << 20,
         disk_admit: AdmitMode::Always,
-        hw_interval: None, // decisions are set by hand below
         ..Config::default()
     };
     const BYTES: usize = 8192;
-    let params = ManagerParams {
-        block_tokens: 4,
-        block_bytes: BYTES as u64,
-        namespace: None,
-        pool_blocks: 0,
-        disk_reader: false,
-    };
-    let m = Manager::new(cfg, params).unwrap();
+    let m = manager(cfg, BYTES as u64);
     let mut mem: Vec<u8> = (0..8 * BYTES).map(|i| (i * 7 % 253) as u8).collect();
     let region = Region {
         base: mem.as_mut_ptr() as u64,
@@ -60,4 +69,75 @@ fn under_host_memory_pressure_new_blocks_go_straight_to_disk_and_load_back() {
     // SAFETY: as above.
     unsafe { m.store_blocks(&[BlockHash(9)], &[3], &mut out[..1]) }.unwrap();
     assert_eq!(m.host().lookup(&[BlockHash(9)]).unwrap(), 1);
+}
+
+/// With the `cuda` feature: without a driver, a device layout is refused with the
+/// reason and the host layout keeps working; with a GPU, blocks stored from device
+/// memory come back into other device blocks byte for byte (set
+/// `TIERKV_REQUIRE_GPU=1` on a GPU machine so that a missing GPU fails).
+#[cfg(feature = "cuda")]
+#[test]
+fn device_layouts_round_trip_on_a_gpu_and_are_refused_without_one() {
+    use tierkv_cuda::gpu::{probe, DeviceBuffer, Gpu};
+    let shm = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        shm_dir: shm.path().to_path_buf(),
+        cpu_bytes: 4 << 20,
+        ..Config::default()
+    };
+    const BYTES: usize = 16384;
+    let m = manager(cfg, BYTES as u64);
+    if !probe().available {
+        assert!(
+            std::env::var("TIERKV_REQUIRE_GPU").as_deref() != Ok("1"),
+            "TIERKV_REQUIRE_GPU=1 but no GPU: {}",
+            probe().reason
+        );
+        let r = Region {
+            base: 1 << 40,
+            block_stride: BYTES as u64,
+            bytes_per_block: BYTES as u64,
+        };
+        match m.register_device_layout(&[r], 8, 0) {
+            Err(ManagerError::Unavailable(why)) => assert!(why.contains("libcuda"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        return;
+    }
+    // K and V regions of 8 blocks each, 8 KiB per block per region.
+    let gpu = Gpu::open(0, None).unwrap();
+    let dev = DeviceBuffer::new(&gpu, 2 * 8 * BYTES / 2 * 2).unwrap();
+    let pattern: Vec<u8> = (0..8 * BYTES).map(|i| (i * 31 % 251) as u8).collect();
+    dev.write(&pattern).unwrap();
+    let half = (BYTES / 2) as u64;
+    let regions = [
+        Region {
+            base: dev.ptr(),
+            block_stride: half,
+            bytes_per_block: half,
+        },
+        Region {
+            base: dev.ptr() + 8 * half,
+            block_stride: half,
+            bytes_per_block: half,
+        },
+    ];
+    m.register_device_layout(&regions, 8, 0).unwrap();
+    let hs: Vec<BlockHash> = (1..=3u128).map(BlockHash).collect();
+    let mut out = vec![StoreOutcome::NoSpace; 3];
+    // SAFETY: the device blocks are not written meanwhile.
+    unsafe { m.store_blocks(&hs, &[0, 1, 2], &mut out) }.unwrap();
+    assert_eq!(out, vec![StoreOutcome::Stored; 3]);
+    let mut loaded = vec![LoadOutcome::Miss; 3];
+    // SAFETY: blocks 5..8 are ours.
+    unsafe { m.load_blocks(&hs, &[5, 6, 7], &mut loaded) }.unwrap();
+    assert_eq!(loaded, vec![LoadOutcome::Loaded; 3]);
+    let mut back = vec![0u8; 8 * BYTES];
+    dev.read(&mut back).unwrap();
+    for (src, dst) in [(0usize, 5usize), (1, 6), (2, 7)] {
+        for r in 0..2 {
+            let (a, b) = (r * 8 * BYTES / 2 + src * BYTES / 2, r * 8 * BYTES / 2 + dst * BYTES / 2);
+            assert_eq!(back[a..a + BYTES / 2], back[b..b + BYTES / 2], "block {src} region {r}");
+        }
+    }
 }

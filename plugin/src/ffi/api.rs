@@ -94,6 +94,9 @@ pub const TIERKV_STORE_STORED: u8 = 0;
 pub const TIERKV_STORE_PRESENT: u8 = 1;
 /// No room: every block of the tier is pinned. Not stored.
 pub const TIERKV_STORE_NO_SPACE: u8 = 2;
+/// Not stored now: over the offload budget the scheduler leaves beside the
+/// engine's PCIe traffic (device layouts only). Store it again later if wanted.
+pub const TIERKV_STORE_DEFERRED: u8 = 3;
 
 /// Result of loading one block (`out_results` of `tierkv_load_blocks`).
 pub const TIERKV_LOAD_LOADED: u8 = 0;
@@ -338,12 +341,47 @@ pub unsafe extern "C" fn tierkv_register_layout(
 ) -> TierkvStatus {
     guard(|| {
         let m = manager(mgr)?;
-        if n_regions == 0 {
-            return Err(FfiError::invalid("n_regions is zero"));
-        }
-        // SAFETY: validated pointer, caller contract.
-        let regions = unsafe { slice_in(regions, n_regions, "regions") }?;
-        m.register_layout(regions, num_blocks)?;
+        // SAFETY: the caller's contract, passed on.
+        m.register_layout(unsafe { regions_in(regions, n_regions) }?, num_blocks)?;
+        Ok(())
+    })
+}
+
+/// The `regions` argument of the layout calls: at least one, pointer validated.
+///
+/// # Safety
+/// `regions` valid for `n` reads (checked for null and alignment here).
+unsafe fn regions_in<'a>(regions: *const TierkvRegion, n: usize) -> Result<&'a [TierkvRegion], FfiError> {
+    if n == 0 {
+        return Err(FfiError::invalid("n_regions is zero"));
+    }
+    // SAFETY: validated pointer, caller contract.
+    unsafe { slice_in(regions, n, "regions") }
+}
+
+/// Registers the engine's KV layout in the GPU memory of CUDA device `device`:
+/// region bases are device addresses (`CUdeviceptr`), otherwise as
+/// `tierkv_register_layout`, which it replaces (and which replaces it). Stores
+/// and loads then copy through a pinned staging buffer (docs/gpu.md); stores over
+/// the scheduler's offload budget come back `TIERKV_STORE_DEFERRED`. Returns
+/// `TIERKV_UNAVAILABLE` (with the reason) in a build without the `cuda` feature,
+/// without a driver or device, or when the device cannot be opened.
+///
+/// # Safety
+/// `regions` valid for `n_regions` reads. The device memory must stay allocated
+/// while registered. Blocks while the device is opened and kernels are compiled.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_register_device_layout(
+    mgr: *const TierkvManager,
+    regions: *const TierkvRegion,
+    n_regions: usize,
+    num_blocks: u64,
+    device: u32,
+) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: the caller's contract, passed on.
+        m.register_device_layout(unsafe { regions_in(regions, n_regions) }?, num_blocks, device)?;
         Ok(())
     })
 }
@@ -380,6 +418,7 @@ pub unsafe extern "C" fn tierkv_store_blocks(
                     StoreOutcome::Stored => TIERKV_STORE_STORED,
                     StoreOutcome::AlreadyPresent => TIERKV_STORE_PRESENT,
                     StoreOutcome::NoSpace => TIERKV_STORE_NO_SPACE,
+                    StoreOutcome::Deferred => TIERKV_STORE_DEFERRED,
                 };
             }
         }

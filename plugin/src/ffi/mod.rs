@@ -95,6 +95,7 @@ impl From<crate::ManagerError> for FfiError {
             M::Tier(TierError::Arena(ArenaError::Mismatch { .. } | ArenaError::Version { .. })) => TierkvStatus::Config,
             M::Tier(TierError::Arena(_)) => TierkvStatus::Unavailable,
             M::State(_) => TierkvStatus::State,
+            M::Unavailable(_) => TierkvStatus::Unavailable,
         };
         Self {
             status,

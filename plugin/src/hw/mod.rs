@@ -24,6 +24,8 @@
 //!    `tierkv_hw_hints`; the exporter renders them all;
 //! 4. dropping the manager stops the thread.
 
+pub mod numa;
+pub mod pace;
 pub mod sched;
 pub mod sources;
 

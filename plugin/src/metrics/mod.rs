@@ -451,6 +451,23 @@ pub fn render_hw(o: &mut String, hw: &crate::hw::HwState) {
     );
 }
 
+/// The GPU data path: whether a device layout is in use, and stores deferred by
+/// the offload budget.
+pub fn render_gpu_path(o: &mut String, active: bool, deferred: u64) {
+    gauge(
+        o,
+        "tierkv_gpu_data_path",
+        "Whether the engine's KV is registered in GPU memory (tierkv_register_device_layout).",
+        &[("", u64::from(active))],
+    );
+    counter(
+        o,
+        "tierkv_store_deferred_blocks_total",
+        "Device blocks not stored because the engine was saturating the PCIe link (offload budget).",
+        &[("", deferred)],
+    );
+}
+
 fn render_disk(o: &mut String, v: &DiskView<'_>, d: &DiskStats) {
     let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
     gauge(

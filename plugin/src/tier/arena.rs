@@ -430,6 +430,13 @@ impl Arena {
         unsafe { std::ptr::addr_of_mut!((*(self.base as *mut Header)).mutex) }
     }
 
+    /// Prefers NUMA node `node` for the arena's pages, including those other
+    /// processes fault in later (the policy belongs to the shared file).
+    pub fn prefer_numa_node(&self, node: u32) -> io::Result<()> {
+        // SAFETY: base/len describe this arena's own mapping.
+        unsafe { crate::hw::numa::prefer_node(self.base, self.geo.file_len as usize, node) }
+    }
+
     /// Raw pointer to the payload of `slot`.
     ///
     /// The caller may read it only while it pins the slot, and write it only while

@@ -53,6 +53,9 @@ pub enum StoreOutcome {
     AlreadyPresent,
     /// Every block is pinned: not stored (the tier is never grown).
     NoSpace,
+    /// Not stored now: over the offload budget while the engine saturates the
+    /// PCIe link (GPU layouts only); the engine may store it later.
+    Deferred,
 }
 
 /// Result of a load.

@@ -10,6 +10,8 @@
 pub mod arena;
 pub mod checksum;
 pub mod disk;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 mod host;
 pub mod layout;
 
