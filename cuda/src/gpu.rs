@@ -53,8 +53,13 @@ pub struct Probe {
     pub devices: i32,
 }
 
+/// Turns a driver error of operation `op` into [`CudaError::Driver`].
+fn derr(op: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> CudaError {
+    move |e| CudaError::Driver { op, msg: e.to_string() }
+}
+
 fn drv(op: &'static str, r: sys::CUresult) -> Result<(), CudaError> {
-    r.result().map_err(|e| CudaError::Driver { op, msg: e.to_string() })
+    r.result().map_err(derr(op))
 }
 
 /// Looks for a driver and devices. Never panics; no driver is a value.
@@ -137,10 +142,7 @@ impl Drop for PinnedRegion {
         let ptr = self.ptr;
         let ctx = Arc::clone(&self.ctx);
         let _ = guard("unregister", move || {
-            ctx.bind_to_thread().map_err(|e| CudaError::Driver {
-                op: "bind",
-                msg: e.to_string(),
-            })?;
+            ctx.bind_to_thread().map_err(derr("bind"))?;
             // SAFETY: `ptr` was registered by `Gpu::register_host` and not since.
             drv("cuMemHostUnregister", unsafe { sys::cuMemHostUnregister(ptr) })
         });
@@ -168,21 +170,19 @@ impl Gpu {
             return Err(CudaError::Unavailable(p.reason));
         }
         guard("open", || {
-            let dr =
-                |op: &'static str| move |e: cudarc::driver::DriverError| CudaError::Driver { op, msg: e.to_string() };
-            let ctx = CudaContext::new(ordinal).map_err(dr("context"))?;
-            let copy_stream = ctx.new_stream().map_err(dr("stream"))?;
+            let ctx = CudaContext::new(ordinal).map_err(derr("context"))?;
+            let copy_stream = ctx.new_stream().map_err(derr("stream"))?;
             let major = ctx
                 .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
-                .map_err(dr("attribute"))?;
+                .map_err(derr("attribute"))?;
             let minor = ctx
                 .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
-                .map_err(dr("attribute"))?;
+                .map_err(derr("attribute"))?;
             let arch = format!("compute_{major}{minor}");
             let load = |k: &crate::Kernel| -> Result<CudaFunction, CudaError> {
                 let ptx = compile_ptx(k, &arch)?;
-                let m = ctx.load_module(Ptx::from_src(ptx)).map_err(dr("load_module"))?;
-                m.load_function(k.functions[0]).map_err(dr("load_function"))
+                let m = ctx.load_module(Ptx::from_src(ptx)).map_err(derr("load_module"))?;
+                m.load_function(k.functions[0]).map_err(derr("load_function"))
             };
             let (copy_fn, rope_fn) = (load(&BLOCK_COPY), load(&ROPE));
             let kernel_error = copy_fn.as_ref().err().map(|e| e.to_string());
@@ -274,10 +274,7 @@ impl Gpu {
     }
 
     fn bind(&self) -> Result<(), CudaError> {
-        self.ctx.bind_to_thread().map_err(|e| CudaError::Driver {
-            op: "bind",
-            msg: e.to_string(),
-        })
+        self.ctx.bind_to_thread().map_err(derr("bind"))
     }
 
     /// Queues the copies of `segs` on the copy stream with [`Gpu::method`].
@@ -326,12 +323,7 @@ impl Gpu {
             }
             (CopyMethod::Kernel, Some(f)) => {
                 let n = segs.len() as u32;
-                let mk = |v: Vec<u64>| {
-                    stream.clone_htod(&v).map_err(|e| CudaError::Driver {
-                        op: "upload segments",
-                        msg: e.to_string(),
-                    })
-                };
+                let mk = |v: Vec<u64>| stream.clone_htod(&v).map_err(derr("upload segments"));
                 let src = mk(segs.iter().map(|x| x.src).collect())?;
                 let dst = mk(segs.iter().map(|x| x.dst).collect())?;
                 let len = mk(segs.iter().map(|x| x.len).collect())?;
@@ -344,10 +336,7 @@ impl Gpu {
                 b.arg(&src).arg(&dst).arg(&len).arg(&n);
                 // SAFETY: argument types match the kernel's signature; the caller
                 // guarantees the addresses.
-                unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| CudaError::Driver {
-                    op: "launch copy",
-                    msg: e.to_string(),
-                })
+                unsafe { b.launch(cfg) }.map(|_| ()).map_err(derr("launch copy"))
             }
             _ => {
                 for x in segs {
@@ -364,10 +353,7 @@ impl Gpu {
     /// Waits for everything queued on the copy stream.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         guard("synchronize", || {
-            self.copy_stream.synchronize().map_err(|e| CudaError::Driver {
-                op: "synchronize",
-                msg: e.to_string(),
-            })
+            self.copy_stream.synchronize().map_err(derr("synchronize"))
         })
     }
 
@@ -384,10 +370,7 @@ impl Gpu {
             for segs in layers {
                 // SAFETY: the caller's contract.
                 unsafe { self.copy_on(&self.copy_stream, segs) }?;
-                let ev = self.copy_stream.record_event(None).map_err(|e| CudaError::Driver {
-                    op: "record event",
-                    msg: e.to_string(),
-                })?;
+                let ev = self.copy_stream.record_event(None).map_err(derr("record event"))?;
                 events.push(ev);
             }
             Ok(LayerwiseLoad { events })
@@ -414,10 +397,8 @@ impl Gpu {
         guard("rerotate", || {
             self.bind()?;
             let st = &self.copy_stream;
-            let dr =
-                |op: &'static str| move |e: cudarc::driver::DriverError| CudaError::Driver { op, msg: e.to_string() };
-            let d = st.clone_htod(delta).map_err(dr("upload deltas"))?;
-            let fr = st.clone_htod(&spec.inv_freq).map_err(dr("upload freqs"))?;
+            let d = st.clone_htod(delta).map_err(derr("upload deltas"))?;
+            let fr = st.clone_htod(&spec.inv_freq).map_err(derr("upload freqs"))?;
             let (tokens, neox, code) = (delta.len() as u32, i32::from(spec.neox), dtype.code());
             let pairs = u64::from(tokens) * u64::from(spec.heads) * u64::from(spec.rot_dim / 2);
             let cfg = LaunchConfig {
@@ -436,8 +417,8 @@ impl Gpu {
                 .arg(&neox)
                 .arg(&code);
             // SAFETY: argument types match the kernel; the caller guarantees `keys`.
-            unsafe { b.launch(cfg) }.map_err(dr("launch rope"))?;
-            st.synchronize().map_err(dr("synchronize"))
+            unsafe { b.launch(cfg) }.map_err(derr("launch rope"))?;
+            st.synchronize().map_err(derr("synchronize"))
         })
     }
 }
@@ -477,10 +458,7 @@ impl DeviceBuffer {
             return Err(CudaError::InvalidArgument("write past the buffer".into()));
         }
         guard("write", || {
-            self.ctx.bind_to_thread().map_err(|e| CudaError::Driver {
-                op: "bind",
-                msg: e.to_string(),
-            })?;
+            self.ctx.bind_to_thread().map_err(derr("bind"))?;
             // SAFETY: in range of our allocation; `src` is valid for its length.
             drv("cuMemcpyHtoD", unsafe {
                 sys::cuMemcpyHtoD_v2(self.ptr, src.as_ptr().cast(), src.len())
@@ -494,10 +472,7 @@ impl DeviceBuffer {
             return Err(CudaError::InvalidArgument("read past the buffer".into()));
         }
         guard("read", || {
-            self.ctx.bind_to_thread().map_err(|e| CudaError::Driver {
-                op: "bind",
-                msg: e.to_string(),
-            })?;
+            self.ctx.bind_to_thread().map_err(derr("bind"))?;
             // SAFETY: in range of our allocation; `dst` is valid for its length.
             drv("cuMemcpyDtoH", unsafe {
                 sys::cuMemcpyDtoH_v2(dst.as_mut_ptr().cast(), self.ptr, dst.len())
@@ -510,10 +485,7 @@ impl Drop for DeviceBuffer {
     fn drop(&mut self) {
         let (ctx, p) = (Arc::clone(&self.ctx), self.ptr);
         let _ = guard("free", move || {
-            ctx.bind_to_thread().map_err(|e| CudaError::Driver {
-                op: "bind",
-                msg: e.to_string(),
-            })?;
+            ctx.bind_to_thread().map_err(derr("bind"))?;
             // SAFETY: allocated by `new`, freed once.
             drv("cuMemFree", unsafe { sys::cuMemFree_v2(p) })
         });
@@ -538,12 +510,7 @@ impl LayerwiseLoad {
             .events
             .get(l)
             .ok_or_else(|| CudaError::InvalidArgument(format!("layer {l} of {}", self.events.len())))?;
-        guard("wait", || {
-            stream.wait(ev).map_err(|e| CudaError::Driver {
-                op: "stream wait",
-                msg: e.to_string(),
-            })
-        })
+        guard("wait", || stream.wait(ev).map_err(derr("stream wait")))
     }
 
     /// Blocks the host until layer `l` has arrived.
@@ -552,12 +519,7 @@ impl LayerwiseLoad {
             .events
             .get(l)
             .ok_or_else(|| CudaError::InvalidArgument(format!("layer {l} of {}", self.events.len())))?;
-        guard("wait", || {
-            ev.synchronize().map_err(|e| CudaError::Driver {
-                op: "event sync",
-                msg: e.to_string(),
-            })
-        })
+        guard("wait", || ev.synchronize().map_err(derr("event sync")))
     }
 }
 
