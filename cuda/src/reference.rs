@@ -148,26 +148,37 @@ pub fn rerotate_keys(keys: &mut [u8], dtype: KeyDtype, spec: &RopeSpec, delta: &
             dtype.size()
         )));
     }
-    let half = spec.rot_dim as usize / 2;
     let dim = spec.dim as usize;
+    let row = dim * dtype.size();
     for (t, &d) in delta.iter().enumerate() {
+        let table = rotation_table(spec, d);
         for h in 0..spec.heads as usize {
-            let base = (t * spec.heads as usize + h) * dim;
-            for (i, &f) in spec.inv_freq.iter().enumerate().take(half) {
-                let (ia, ib) = if spec.neox {
-                    (base + i, base + i + half)
-                } else {
-                    (base + 2 * i, base + 2 * i + 1)
-                };
-                let angle = d as f32 * f;
-                let (s, c) = angle.sin_cos();
-                let (x, y) = (load(keys, ia, dtype), load(keys, ib, dtype));
-                store(keys, ia, dtype, x * c - y * s);
-                store(keys, ib, dtype, x * s + y * c);
-            }
+            let at = (t * spec.heads as usize + h) * row;
+            rotate_row(&mut keys[at..at + row], dtype, spec, &table);
         }
     }
     Ok(())
+}
+
+/// `(sin, cos)` of `delta * inv_freq[i]` for each pair `i`, in fp32: what
+/// [`rerotate_keys`] computes per token, for callers that rotate many rows by one
+/// delta (a reused run of tokens shares its shift).
+pub fn rotation_table(spec: &RopeSpec, delta: i32) -> Vec<(f32, f32)> {
+    spec.inv_freq.iter().map(|&f| (delta as f32 * f).sin_cos()).collect()
+}
+
+/// Rotates one key row (`dim` elements of one head of one token) by the angles of
+/// `table` (from [`rotation_table`]); the dims past `rot_dim` are left as they are.
+/// `row` must hold exactly `spec.dim` elements of `dtype` (checked by callers;
+/// a short row panics).
+pub fn rotate_row(row: &mut [u8], dtype: KeyDtype, spec: &RopeSpec, table: &[(f32, f32)]) {
+    let half = spec.rot_dim as usize / 2;
+    for (i, &(s, c)) in table.iter().enumerate().take(half) {
+        let (ia, ib) = if spec.neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+        let (x, y) = (load(row, ia, dtype), load(row, ib, dtype));
+        store(row, ia, dtype, x * c - y * s);
+        store(row, ib, dtype, x * s + y * c);
+    }
 }
 
 fn load(keys: &[u8], i: usize, dtype: KeyDtype) -> f32 {

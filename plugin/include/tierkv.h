@@ -56,6 +56,54 @@
 // The disk tier.
 #define TIERKV_TIER_DISK 3
 
+// `out_reason` of `tierkv_semantic_lookup`: a plan was returned.
+#define TIERKV_SEMANTIC_ACCEPTED 0
+
+// Not consulted: sharing is off for the namespace, or the exact hit is long.
+#define TIERKV_SEMANTIC_NOT_CONSULTED 1
+
+// No indexed prompt is similar.
+#define TIERKV_SEMANTIC_NO_CANDIDATE 2
+
+// The best candidate covers less than `TIERKV_SEMANTIC_MIN_SIMILARITY`.
+#define TIERKV_SEMANTIC_BELOW_SIMILARITY 3
+
+// The best plan recomputes more than `TIERKV_SEMANTIC_MAX_RECOMPUTE`.
+#define TIERKV_SEMANTIC_TOO_MUCH_RECOMPUTE 4
+
+// The plan adds nothing beyond the exact prefix hit.
+#define TIERKV_SEMANTIC_NO_GAIN 5
+
+// Key element types of `TierkvRope::dtype`.
+#define TIERKV_DTYPE_F32 0
+
+// IEEE half.
+#define TIERKV_DTYPE_F16 1
+
+// bfloat16.
+#define TIERKV_DTYPE_BF16 2
+
+// Candidates aligned per lookup (best estimated similarity first).
+#define CANDIDATES 4
+
+// Runs shorter than this are not reused.
+#define MIN_RUN 8
+
+// Tokens per anchor of the move search.
+#define ANCHOR 8
+
+// Tokens per shingle.
+#define SHINGLE 4
+
+// Bins of a signature.
+#define BINS 64
+
+// Bins per LSH band.
+#define ROWS 4
+
+// LSH bands.
+#define BANDS (BINS / ROWS)
+
 // I/O alignment and header size.
 #define SECTOR 4096
 
@@ -91,6 +139,9 @@ typedef enum TierkvStatus {
 // `tierkv_manager_destroy`. Never dereferenced: its address is a key into the
 // handle table.
 typedef struct TierkvManager TierkvManager;
+
+// A reuse plan (opaque; free with `tierkv_plan_destroy`).
+typedef struct TierkvPlan TierkvPlan;
 
 // Parameters of `tierkv_manager_create`.
 typedef struct TierkvManagerParams {
@@ -189,6 +240,88 @@ typedef struct TierkvHwHints {
   // Telemetry samples taken so far (0: sampling is off, defaults reported).
   uint64_t samples;
 } TierkvHwHints;
+
+// Summary of a plan.
+typedef struct TierkvPlanSummary {
+  // Target prompt length.
+  uint32_t target_len;
+  // Tokens loaded from the source (the runs).
+  uint32_t reused_tokens;
+  // Tokens to recompute (differences and blend).
+  uint32_t recompute_tokens;
+  // Entries of `tierkv_plan_runs`.
+  uint32_t n_runs;
+  // Entries of `tierkv_plan_recompute`.
+  uint32_t n_recompute;
+  // Stored full blocks of the source.
+  uint32_t source_blocks;
+  // Fraction of the target the source covers.
+  float coverage;
+  // MinHash estimate of the similarity.
+  float estimate;
+} TierkvPlanSummary;
+
+// `len` target positions from `target` take KV from source positions `source..`.
+typedef struct TierkvReuseRun {
+  // First target position.
+  uint32_t target;
+  // First source position.
+  uint32_t source;
+  // Tokens.
+  uint32_t len;
+} TierkvReuseRun;
+
+// Target positions `[start, end)`.
+typedef struct TierkvRange {
+  // First position.
+  uint32_t start;
+  // One past the last.
+  uint32_t end;
+} TierkvRange;
+
+// Where one target position's KV comes from (for [`crate::Manager::load_tokens`]).
+typedef struct TierkvTokenSource {
+  // Index into the source block identities passed with the map.
+  uint32_t block;
+  // Token slot in that block.
+  uint32_t slot;
+  // Target position minus source position (RoPE re-rotation).
+  int32_t delta;
+} TierkvTokenSource;
+
+// The rows of one kind in one region of a block.
+typedef struct TierkvTokenRows {
+  // Region index (as registered with the layout).
+  uint32_t region;
+  // 1 for keys (re-rotated), 0 for values.
+  uint32_t is_key;
+  // Byte offset of token 0, head 0 in the region's block.
+  uint64_t offset;
+  // Bytes between consecutive tokens.
+  uint64_t token_stride;
+  // Bytes between consecutive heads.
+  uint64_t head_stride;
+  // Heads.
+  uint32_t heads;
+  // Bytes of one row (one token, one head).
+  uint32_t row_bytes;
+} TierkvTokenRows;
+
+// The model's rotary embedding, as re-rotation needs it.
+typedef struct TierkvRope {
+  // `TIERKV_DTYPE_*` of the cached keys.
+  uint32_t dtype;
+  // Head size in elements.
+  uint32_t head_dim;
+  // Rotated dims (even, at most `head_dim`).
+  uint32_t rot_dim;
+  // 1: rotate-half pairing (Llama, Qwen, SmolLM2); 0: interleaved (GPT-J).
+  uint32_t neox;
+  // Base of standard RoPE (`rope_theta`); ignored when `inv_freq` is given.
+  float base;
+  // `rot_dim / 2` frequencies for scaled variants, or null for standard RoPE.
+  const float *inv_freq;
+} TierkvRope;
 
 #ifdef __cplusplus
 extern "C" {
@@ -413,6 +546,141 @@ enum TierkvStatus tierkv_disk_flush(const struct TierkvManager *mgr,
 // # Safety
 // `mgr` a live handle; `out` valid for one write. Does not block.
 enum TierkvStatus tierkv_hw_hints(const struct TierkvManager *mgr, struct TierkvHwHints *out);
+
+// Writes 1 to `*out_enabled` if semantic sharing is on for this manager's
+// namespace (`TIERKV_SEMANTIC`, `TIERKV_SEMANTIC_NAMESPACES`), else 0.
+//
+// # Safety
+// `out_enabled` valid for one write. Does not block.
+enum TierkvStatus tierkv_semantic_enabled(const struct TierkvManager *mgr, uint8_t *out_enabled);
+
+// Indexes a prompt whose full blocks the engine has stored, for semantic lookups;
+// `*out_indexed` is 1 if it was (0: sharing off for the namespace, or the prompt
+// is shorter than a block). Never index a prompt whose KV was itself built from a
+// near-duplicate (its blocks are not stored under exact identities either).
+//
+// # Safety
+// `tokens` valid for `n` reads; `out_indexed` null or valid for one write. Takes
+// the index lock briefly.
+enum TierkvStatus tierkv_semantic_insert(const struct TierkvManager *mgr,
+                                         const uint32_t *tokens,
+                                         size_t n,
+                                         uint8_t *out_indexed);
+
+// Looks up a plan to build the KV of `tokens` (a prompt whose exact prefix hit
+// covers `exact_tokens`) from a cached near-duplicate. On success `*out_plan`
+// is a plan (free with `tierkv_plan_destroy`) and `*out_reason` is
+// `TIERKV_SEMANTIC_ACCEPTED`, or `*out_plan` is null and `*out_reason` says why
+// not (`TIERKV_SEMANTIC_*`).
+//
+// # Safety
+// `tokens` valid for `n` reads; `out_plan` and `out_reason` valid for one write.
+// Costs one pass over the tokens plus up to 4 alignments (each bounded by 5 ms).
+enum TierkvStatus tierkv_semantic_lookup(const struct TierkvManager *mgr,
+                                         const uint32_t *tokens,
+                                         size_t n,
+                                         size_t exact_tokens,
+                                         struct TierkvPlan **out_plan,
+                                         int32_t *out_reason);
+
+// Frees a plan. Null is a no-op.
+//
+// # Safety
+// `plan` null or from `tierkv_semantic_lookup`, not yet destroyed; not used after.
+void tierkv_plan_destroy(struct TierkvPlan *plan);
+
+// Writes the plan's summary to `*out`.
+//
+// # Safety
+// `plan` live; `out` valid for one write.
+enum TierkvStatus tierkv_plan_summary(const struct TierkvPlan *plan, struct TierkvPlanSummary *out);
+
+// Copies the plan's runs (sorted by target) and recompute ranges (sorted,
+// disjoint) out: `cap_runs` and `cap_recompute` entries at most; the counts are in
+// the summary (`BUFFER_TOO_SMALL` if a capacity is short, nothing written).
+//
+// # Safety
+// `plan` live; `runs` valid for `cap_runs` writes, `recompute` for
+// `cap_recompute` (null when the capacity is 0).
+enum TierkvStatus tierkv_plan_full(const struct TierkvPlan *plan,
+                                   struct TierkvReuseRun *runs,
+                                   size_t cap_runs,
+                                   struct TierkvRange *recompute,
+                                   size_t cap_recompute);
+
+// For an engine that can only load a prefix (vLLM): the longest block-aligned
+// `[0, L)`, at most `limit` tokens, whose every position beyond `exact_tokens`
+// can be taken from the source (with at most `TIERKV_SEMANTIC_SUBSTITUTE`
+// differing tokens). `*out_tokens` is L, or 0 when that adds nothing.
+//
+// # Safety
+// `plan` live; `out_tokens` valid for one write.
+enum TierkvStatus tierkv_plan_approximate_prefix(const struct TierkvManager *mgr,
+                                                 const struct TierkvPlan *plan,
+                                                 uint32_t exact_tokens,
+                                                 uint32_t limit,
+                                                 uint32_t *out_tokens);
+
+// The token map of target blocks `[first_block, first_block + n_blocks)` within
+// the approximate prefix: `n_blocks * block_tokens` entries to `map`, and the
+// distinct source block identities they name to `sources` (`*out_sources` of
+// them, at most `n_blocks * block_tokens`). Pass both to `tierkv_load_tokens`.
+// `STATE` if a position has no source (past the approximate prefix).
+//
+// # Safety
+// `plan` live; `map` valid for `n_blocks * block_tokens` writes, `sources` for
+// `cap_sources`; `out_sources` for one write.
+enum TierkvStatus tierkv_plan_token_map(const struct TierkvManager *mgr,
+                                        const struct TierkvPlan *plan,
+                                        uint32_t first_block,
+                                        uint32_t n_blocks,
+                                        struct TierkvHash *sources,
+                                        size_t cap_sources,
+                                        size_t *out_sources,
+                                        struct TierkvTokenSource *map);
+
+// Describes where the K and V rows of each token lie in the registered layout
+// (rows must tile every region's block exactly) and the RoPE of the keys. Call
+// after `tierkv_register_layout` (which clears it).
+//
+// # Safety
+// `rows` valid for `n_rows` reads; `rope` valid for one read, its `inv_freq` null
+// or valid for `rot_dim / 2` reads.
+enum TierkvStatus tierkv_register_token_layout(const struct TierkvManager *mgr,
+                                               const struct TierkvTokenRows *rows,
+                                               size_t n_rows,
+                                               const struct TierkvRope *rope);
+
+// Builds engine blocks `block_ids` token by token from `sources` (host-tier
+// identities, each verified when read) along `map` (`n_blocks * block_tokens`
+// entries), re-rotating keys by each entry's delta. `out_results[i]` is a
+// `TIERKV_LOAD_*` code; a block whose sources are missing or corrupt is not
+// written: recompute it.
+//
+// # Safety
+// As `tierkv_load_blocks`: the registered layout's memory is valid and the caller
+// has exclusive write access to those blocks during the call. `sources` valid
+// for `n_sources` reads, `map` for `n_blocks * block_tokens`, `block_ids` for
+// `n_blocks`, `out_results` for `n_blocks` writes. Blocks while it copies.
+enum TierkvStatus tierkv_load_tokens(const struct TierkvManager *mgr,
+                                     const struct TierkvHash *sources,
+                                     size_t n_sources,
+                                     const struct TierkvTokenSource *map,
+                                     const uint64_t *block_ids,
+                                     size_t n_blocks,
+                                     uint8_t *out_results);
+
+// Re-rotates `n_rows` key rows (`[row][head_dim]` of `rope.dtype`, native endian)
+// in place, row i by `deltas[i]` positions: what `tierkv_load_tokens` does to
+// reused keys, for engines that move KV themselves. Needs no manager.
+//
+// # Safety
+// `keys` valid for `n_rows * head_dim * element size` reads and writes; `deltas`
+// for `n_rows` reads; `rope` as in `tierkv_register_token_layout`.
+enum TierkvStatus tierkv_rerotate_keys(const struct TierkvRope *rope,
+                                       uint8_t *keys,
+                                       size_t n_rows,
+                                       const int32_t *deltas);
 
 extern int pthread_mutexattr_setrobust(pthread_mutexattr_t *attr, int robust);
 

@@ -137,6 +137,51 @@ pub const VARS: &[VarDoc] = &[
         default: "true",
         meaning: "Also store blocks filled during decode (a chat's next turn repeats the reply).",
     },
+    VarDoc {
+        name: "TIERKV_SEMANTIC",
+        default: "false",
+        meaning: "Semantic sharing: reuse KV of cached near-duplicate prompts (docs/semantic.md). Never across namespaces.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_NAMESPACES",
+        default: "unset",
+        meaning: "Comma-separated namespaces semantic sharing is on for (a manager's namespace or its last |-separated field); unset: all.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_MIN_SIMILARITY",
+        default: "0.5",
+        meaning: "Least fraction of the prompt a cached near-duplicate must cover. 0-1.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_MAX_RECOMPUTE",
+        default: "0.3",
+        meaning: "Most fraction of the prompt a reuse plan may recompute (differing tokens plus blend). 0-1.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_BLEND",
+        default: "0.15",
+        meaning: "Fraction of the prompt recomputed after edits (the tokens right after each difference). 0-1.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_MAX_SHIFT",
+        default: "4096",
+        meaning: "Largest position shift of reused KV (keys are re-rotated by it). 0-16777216.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_BELOW",
+        default: "0.5",
+        meaning: "Consult the index only when the exact prefix hit covers less than this fraction of the prompt. 0-1.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_SUBSTITUTE",
+        default: "0",
+        meaning: "Differing tokens a prefix-only engine (vLLM) may take from the near-duplicate's KV. 0-65536.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_PROMPTS",
+        default: "10000",
+        meaning: "Prompts the semantic index holds per manager; the oldest leaves first. 1-10000000.",
+    },
 ];
 
 /// Log levels accepted by `TIERKV_LOG`.
@@ -215,6 +260,8 @@ pub struct Config {
     pub disk_direct: bool,
     /// Recovery depth (`TIERKV_DISK_RECOVERY`).
     pub disk_recovery: RecoveryMode,
+    /// Semantic sharing (`TIERKV_SEMANTIC*`).
+    pub semantic: crate::semantic::SemanticPolicy,
 }
 
 /// A variable with a value that is not accepted.
@@ -367,7 +414,9 @@ impl Config {
                 .map_err(|_| err(var, &v, "an integer from 0 to 255"))?,
             None => 0,
         };
+        let semantic = crate::semantic::SemanticPolicy::from_lookup(get)?;
         let cfg = Config {
+            semantic,
             hw_interval,
             gpu_device,
             cpu_bytes,
@@ -422,7 +471,7 @@ impl Config {
 
 const SIZE_FORMS: &str = "a byte size such as 4096, 512MB, 8GiB (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)";
 const DURATION_FORMS: &str = "a duration such as 250ms, 10s, 2m (units us, ms, s, m, h)";
-const BOOL_FORMS: &str = "one of 1, 0, true, false, yes, no, on, off";
+pub(crate) const BOOL_FORMS: &str = "one of 1, 0, true, false, yes, no, on, off";
 
 fn valid_name(v: &str) -> bool {
     !v.is_empty()

@@ -6,7 +6,8 @@
 //! 2. [`Manager`]: the one facade an engine sees.
 //! 3. [`prefix`] (block identity), [`block`] (the engine block pool),
 //!    [`tier`] (host tier over a shared arena, disk tier), [`offload`] (admission,
-//!    eviction policies, trace replay), [`metrics`], [`config`].
+//!    eviction policies, trace replay), [`semantic`] (near-duplicate reuse plans),
+//!    [`metrics`], [`config`].
 //!
 //! See `docs/architecture.md` for the design and its failure modes.
 
@@ -19,6 +20,7 @@ mod manager;
 pub mod metrics;
 pub mod offload;
 pub mod prefix;
+pub mod semantic;
 pub mod tier;
 
 pub use manager::{Manager, ManagerError, ManagerParams};

@@ -86,6 +86,10 @@ pub struct Manager {
     sampler: Mutex<Option<Sampler>>,
     /// Device blocks not stored because of the offload budget.
     deferred_blocks: std::sync::atomic::AtomicU64,
+    /// The near-duplicate index, when semantic sharing is on for this namespace.
+    semantic: Option<crate::semantic::SemanticIndex>,
+    /// Token rows and RoPE of the engine layout (for semantic loads).
+    token_layout: RwLock<Option<crate::semantic::synth::TokenLayout>>,
     /// The engine's layout in GPU memory, when it registered one.
     #[cfg(feature = "cuda")]
     device: RwLock<Option<Arc<crate::tier::gpu::DeviceLink>>>,
@@ -150,6 +154,10 @@ impl Manager {
                 }
             }
         };
+        let semantic = config
+            .semantic
+            .on_for(&namespace)
+            .then(|| crate::semantic::SemanticIndex::new(config.semantic.prompts));
         let mgr = Self {
             config,
             hasher,
@@ -164,6 +172,8 @@ impl Manager {
             hw,
             sampler: Mutex::new(sampler),
             deferred_blocks: std::sync::atomic::AtomicU64::new(0),
+            semantic,
+            token_layout: RwLock::new(None),
             #[cfg(feature = "cuda")]
             device: RwLock::new(None),
         };
@@ -308,6 +318,8 @@ impl Manager {
     pub fn register_layout(&self, regions: &[Region], num_blocks: u64) -> Result<(), ManagerError> {
         let layout = EngineLayout::new(regions, num_blocks, self.host.block_bytes())?;
         *self.layout.write() = Some(layout);
+        // Token rows describe the old regions: the engine registers them again.
+        self.token_layout.write().take();
         #[cfg(feature = "cuda")]
         self.device.write().take();
         Ok(())
@@ -700,6 +712,9 @@ impl Manager {
             self.device_active(),
             self.deferred_blocks.load(std::sync::atomic::Ordering::Relaxed),
         );
+        if let Some(ix) = &self.semantic {
+            metrics::render_semantic(&mut text, ix);
+        }
         text
     }
 }
@@ -710,6 +725,9 @@ impl Drop for Manager {
         self.sampler.lock().take();
     }
 }
+
+#[path = "manager_semantic.rs"]
+mod semantic_api;
 
 #[cfg(test)]
 #[path = "manager_tests.rs"]

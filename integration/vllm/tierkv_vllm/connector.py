@@ -25,6 +25,16 @@ Worker side, per step:
 2. ``wait_for_save`` copies the finished blocks out, by pointer, once the forward
    pass has written every layer.
 
+Semantic sharing (``TIERKV_SEMANTIC``, docs/semantic.md): when the exact hit of a
+prompt is short, the scheduler asks tierkv for a reuse plan from a cached
+near-duplicate and turns it into an *approximate prefix*: the blocks after the
+exact hit that can be built from the near-duplicate's KV (keys re-rotated to their
+new positions), up to the first difference the policy does not allow. vLLM loads
+them as if they were a prefix hit and computes the rest. Such a request's KV is
+not exact, so it is never stored or indexed, and semantic sharing needs vLLM's own
+prefix cache off (``enable_prefix_caching=False``): vLLM would otherwise register
+the approximate blocks under the prompt's exact identity.
+
 Token positions and blocks (block_size 4 here)::
 
     prompt:   [t0 t1 t2 t3][t4 t5 t6 t7][t8 t9]      hashes h0, h1 (t8.. partial)
@@ -49,7 +59,17 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
 )
 
-from .lib import HASH_BYTES, LOAD_LOADED, TIER_DISK, TierKV
+from .lib import (
+    DTYPE_BF16,
+    DTYPE_F16,
+    DTYPE_F32,
+    HASH_BYTES,
+    LOAD_LOADED,
+    TIER_DISK,
+    TOKEN_SOURCE_BYTES,
+    TierKV,
+    _rope,
+)
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -70,6 +90,8 @@ class TierKVMetadata(KVConnectorMetadata):
     stores: list[tuple[bytes, list[int]]] = field(default_factory=list)
     # (request id, hashes, engine block ids): loaded off the forward path.
     async_loads: list[tuple[str, bytes, list[int]]] = field(default_factory=list)
+    # (source identities, token map, engine block ids): built from a near-duplicate.
+    semantic_loads: list[tuple[bytes, bytes, list[int]]] = field(default_factory=list)
 
 
 @dataclass
@@ -82,6 +104,31 @@ class _ReqState:
     pending_load: tuple[int, int] | None = None  # (first block, end block)
     pending_async: bool = False  # the pending load reaches the disk tier
     cacheable: bool = True
+    # (first block, end block, source identities, token map) of a semantic load.
+    semantic: tuple[int, int, bytes, bytes] | None = None
+    approximate: bool = False  # KV built from a near-duplicate: never stored
+
+
+# Models whose rotary embedding pairs dims as rotate-half (vLLM's is_neox_style).
+_NEOX_MODELS = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "granite", "olmo2"}
+
+
+def _rope_params(vllm_config: "VllmConfig") -> tuple[int, int, float] | None:
+    """(head_dim, rot_dim, rope_theta) for plain rotate-half RoPE; None otherwise
+    (semantic sharing then stays off: re-rotation would be wrong)."""
+    hf = vllm_config.model_config.hf_config
+    if getattr(hf, "model_type", None) not in _NEOX_MODELS:
+        return None
+    rp = getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {}
+    if rp.get("rope_type", rp.get("type", "default")) != "default":
+        return None
+    base = rp.get("rope_theta", getattr(hf, "rope_theta", None))
+    heads = getattr(hf, "num_attention_heads", 0)
+    head_dim = getattr(hf, "head_dim", None) or (hf.hidden_size // heads if heads else 0)
+    partial = rp.get("partial_rotary_factor", getattr(hf, "partial_rotary_factor", 1.0))
+    if not base or not head_dim:
+        return None
+    return int(head_dim), int(head_dim * partial), float(base)
 
 
 def _cacheable(request: "Request") -> bool:
@@ -154,6 +201,17 @@ class TierKVConnector(KVConnectorBase_V1):
             disk_reader=is_scheduler,
         )
         info = self._tkv.info()
+        self._rope = _rope_params(vllm_config)
+        self._semantic = self._tkv.semantic_enabled()
+        if self._semantic and vllm_config.cache_config.enable_prefix_caching:
+            logger.warning(
+                "tierkv: semantic sharing is off: it needs enable_prefix_caching=False "
+                "(vLLM would cache KV built from a near-duplicate under the prompt's exact identity)"
+            )
+            self._semantic = False
+        if self._semantic and self._rope is None:
+            logger.warning("tierkv: semantic sharing is off: this model's rotary embedding is not plain RoPE")
+            self._semantic = False
         self._store_decode = bool(info["store_decode"])
         # sha256_cbor identities cannot be continued from a truncated parent.
         self._rehash_from_start = info["hash_algo"] == 1
@@ -200,6 +258,40 @@ class TierKVConnector(KVConnectorBase_V1):
                     f"{self._num_blocks} blocks"
                 )
         self._tkv.register_layout(regions, self._num_blocks)
+        if self._semantic:
+            self._register_token_rows(kv_caches)
+
+    def _register_token_rows(self, kv_caches: dict[str, Any]) -> None:
+        """Where each token's K and V rows lie, for blocks built from a near-duplicate."""
+        import torch
+
+        head_dim, rot_dim, base = self._rope
+        rows = []
+        region = 0
+        dtype = None
+        for t in kv_caches.values():
+            item = t.element_size()
+            dtype = {torch.float32: DTYPE_F32, torch.float16: DTYPE_F16, torch.bfloat16: DTYPE_BF16}.get(t.dtype)
+            row = head_dim * item
+            if t.shape[0] == self._num_blocks and t.dim() == 4 and t.shape[3] == 2 * head_dim:
+                # CPU: [num_blocks, kv_heads, block_size, 2 * head] = per head, K rows then V rows.
+                heads, bs = t.shape[1], t.shape[2]
+                for is_key, off in ((1, 0), (0, bs * row)):
+                    rows.append((region, is_key, off, row, 2 * bs * row, heads, row))
+                region += 1
+            elif t.dim() == 5 and t.shape[0] == 2 and t.shape[1] == self._num_blocks and t.shape[4] == head_dim:
+                # [2, num_blocks, block_size, kv_heads, head]: a K region and a V region.
+                heads = t.shape[3]
+                for is_key in (1, 0):
+                    rows.append((region, is_key, 0, heads * row, row, heads, row))
+                    region += 1
+            else:
+                dtype = None
+            if dtype is None:
+                logger.warning("tierkv: semantic sharing is off: KV layout %s not supported", tuple(t.shape))
+                self._semantic = False
+                return
+        self._tkv.register_token_layout(rows, _rope(dtype, head_dim, rot_dim, base, True))
 
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
         if not self.has_connector_metadata():
@@ -208,6 +300,15 @@ class TierKVConnector(KVConnectorBase_V1):
         assert isinstance(meta, TierKVMetadata)
         for hashes, block_ids in meta.loads:
             results = self._tkv.load_blocks(hashes, block_ids)
+            for block_id, r in zip(block_ids, results):
+                if r != LOAD_LOADED:
+                    self._load_errors.add(block_id)
+        for srcs, token_map, block_ids in meta.semantic_loads:
+            try:
+                results = self._tkv.load_tokens(srcs, token_map, block_ids)
+            except Exception:  # every block recomputed, never a wrong one
+                logger.exception("tierkv: semantic load failed")
+                results = [None] * len(block_ids)
             for block_id, r in zip(block_ids, results):
                 if r != LOAD_LOADED:
                     self._load_errors.add(block_id)
@@ -282,6 +383,7 @@ class TierKVConnector(KVConnectorBase_V1):
         st = self._state(request)
         st.pending_load = None
         st.pending_async = False
+        st.semantic = None
         if not st.cacheable:
             return 0, False
         # All known tokens: the prompt, plus the output so far for a request that
@@ -292,12 +394,31 @@ class TierKVConnector(KVConnectorBase_V1):
         if max_blocks <= start:
             return 0, False
         tiers = self._tkv.lookup_tiers(st.hashes[: max_blocks * HASH_BYTES])
-        hits = len(tiers)
-        if hits <= start:
+        hits = max(len(tiers), start)
+        pending_async = TIER_DISK in tiers[start:hits]
+        end = hits
+        if self._semantic and not pending_async and num_computed_tokens == 0 and not st.approximate:
+            end = self._semantic_plan(st, request, hits)
+        if end <= start:
             return 0, False
         st.pending_load = (start, hits)
-        st.pending_async = TIER_DISK in tiers[start:hits]
-        return (hits - start) * self._bs, st.pending_async
+        st.pending_async = pending_async
+        return (end - start) * self._bs, st.pending_async
+
+    def _semantic_plan(self, st: _ReqState, request: "Request", hits: int) -> int:
+        """End block of an approximate prefix after ``hits`` exact blocks (a fresh
+        prompt only), recording the token map in ``st.semantic``."""
+        if len(request.all_token_ids) != st.prompt_len:
+            return hits
+        plan, _ = self._tkv.semantic_lookup(request.prompt_token_ids, hits * self._bs)
+        if plan is None:
+            return hits
+        end = plan.approximate_prefix(hits * self._bs, st.prompt_len - 1) // self._bs
+        if end <= hits:
+            return hits
+        srcs, token_map = plan.token_map(hits, end - hits)
+        st.semantic = (hits, end, srcs, token_map)
+        return end
 
     def update_state_after_alloc(self, request: "Request", blocks: "KVCacheBlocks", num_external_tokens: int) -> None:
         st = self._reqs.get(request.request_id)
@@ -305,11 +426,22 @@ class TierKVConnector(KVConnectorBase_V1):
             return
         if num_external_tokens == 0 or st.pending_load is None:
             st.pending_load = None  # vLLM chose not to load: plan nothing
+            st.semantic = None
             return
         start, end = st.pending_load
         # vLLM may accept fewer external tokens than offered: load only those.
-        end = min(end, start + num_external_tokens // self._bs)
+        accepted = start + num_external_tokens // self._bs
+        end = min(end, accepted)
         st.pending_load = (start, end)
+        if st.semantic is not None:
+            first, s_end, srcs, token_map = st.semantic
+            s_end = min(s_end, accepted)
+            st.semantic = None
+            if s_end > first:
+                n = (s_end - first) * self._bs * TOKEN_SOURCE_BYTES
+                st.semantic = (first, s_end, srcs, token_map[:n])
+                # Built from a near-duplicate: this request's KV is never stored.
+                st.approximate = True
         st.block_ids = list(blocks.get_block_ids()[0])
         if st.pending_async:
             # The request waits (not scheduled) until the worker reports the load.
@@ -369,15 +501,21 @@ class TierKVConnector(KVConnectorBase_V1):
             st.hashes += self._tkv.hash_tokens(list(tokens[have * self._bs : n_blocks * self._bs]), parent)
 
     def _plan_load(self, st: _ReqState, meta: TierKVMetadata) -> None:
+        if st.semantic is not None:
+            first, end, srcs, token_map = st.semantic
+            meta.semantic_loads.append((srcs, token_map, st.block_ids[first:end]))
+            st.stored = max(st.stored, end)
+            st.semantic = None
         if st.pending_load is None:
             return
         start, end = st.pending_load
-        meta.loads.append((st.hashes[start * HASH_BYTES : end * HASH_BYTES], st.block_ids[start:end]))
+        if end > start:
+            meta.loads.append((st.hashes[start * HASH_BYTES : end * HASH_BYTES], st.block_ids[start:end]))
         st.stored = max(st.stored, end)
         st.pending_load = None
 
     def _plan_stores(self, st: _ReqState, computed_tokens: int, meta: TierKVMetadata) -> None:
-        if not st.cacheable:
+        if not st.cacheable or st.approximate:
             return
         limit = computed_tokens if self._store_decode else min(computed_tokens, st.prompt_len)
         n_full = min(limit // self._bs, len(st.block_ids))
@@ -390,5 +528,8 @@ class TierKVConnector(KVConnectorBase_V1):
         st.stored = n_full
 
     def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
-        self._reqs.pop(request.request_id, None)
+        st = self._reqs.pop(request.request_id, None)
+        if self._semantic and st is not None and st.cacheable and not st.approximate and st.stored > 0:
+            # Its prompt blocks are stored: a later near-duplicate may reuse them.
+            self._tkv.semantic_insert(request.prompt_token_ids)
         return False, None

@@ -31,6 +31,15 @@ STATUS_BUFFER_TOO_SMALL = 7
 LOAD_LOADED, LOAD_MISS, LOAD_CORRUPT, LOAD_BUSY, LOAD_IO_ERROR = 0, 1, 2, 3, 4
 TIER_ENGINE, TIER_HOST, TIER_DISK = 1, 2, 3
 STORE_STORED, STORE_PRESENT, STORE_NO_SPACE, STORE_DEFERRED = 0, 1, 2, 3
+SEMANTIC_REASONS = {
+    0: "accepted",
+    1: "not_consulted",
+    2: "no_candidate",
+    3: "below_similarity",
+    4: "too_much_recompute",
+    5: "no_gain",
+}
+DTYPE_F32, DTYPE_F16, DTYPE_BF16 = 0, 1, 2
 CREATE_NO_EXPORTER = 1
 CREATE_DISK_READER = 2
 
@@ -92,6 +101,61 @@ class _DiskStatus(ctypes.Structure):
     ]
 
 
+class _TokenRows(ctypes.Structure):
+    _fields_ = [
+        ("region", ctypes.c_uint32),
+        ("is_key", ctypes.c_uint32),
+        ("offset", ctypes.c_uint64),
+        ("token_stride", ctypes.c_uint64),
+        ("head_stride", ctypes.c_uint64),
+        ("heads", ctypes.c_uint32),
+        ("row_bytes", ctypes.c_uint32),
+    ]
+
+
+class _TokenSource(ctypes.Structure):
+    _fields_ = [("block", ctypes.c_uint32), ("slot", ctypes.c_uint32), ("delta", ctypes.c_int32)]
+
+
+TOKEN_SOURCE_BYTES = ctypes.sizeof(_TokenSource)
+
+
+class _Rope(ctypes.Structure):
+    _fields_ = [
+        ("dtype", ctypes.c_uint32),
+        ("head_dim", ctypes.c_uint32),
+        ("rot_dim", ctypes.c_uint32),
+        ("neox", ctypes.c_uint32),
+        ("base", ctypes.c_float),
+        ("inv_freq", ctypes.POINTER(ctypes.c_float)),
+    ]
+
+
+class _PlanSummary(ctypes.Structure):
+    _fields_ = [
+        ("target_len", ctypes.c_uint32),
+        ("reused_tokens", ctypes.c_uint32),
+        ("recompute_tokens", ctypes.c_uint32),
+        ("n_runs", ctypes.c_uint32),
+        ("n_recompute", ctypes.c_uint32),
+        ("source_blocks", ctypes.c_uint32),
+        ("coverage", ctypes.c_float),
+        ("estimate", ctypes.c_float),
+    ]
+
+
+class _Run(ctypes.Structure):
+    _fields_ = [("target", ctypes.c_uint32), ("source", ctypes.c_uint32), ("len", ctypes.c_uint32)]
+
+
+class _Range(ctypes.Structure):
+    _fields_ = [("start", ctypes.c_uint32), ("end", ctypes.c_uint32)]
+
+
+def _rope(dtype: int, head_dim: int, rot_dim: int, base: float, neox: bool) -> _Rope:
+    return _Rope(dtype, head_dim, rot_dim, 1 if neox else 0, base, None)
+
+
 def find_library() -> str:
     """``TIERKV_LIB`` if set, else ``libtierkv.so`` next to this package."""
     env = os.environ.get("TIERKV_LIB")
@@ -132,6 +196,32 @@ def _load(path: str) -> ctypes.CDLL:
         "tierkv_metrics_text": ([vp, ctypes.c_char_p, ctypes.c_size_t, szp], ctypes.c_int),
         "tierkv_disk_status": ([vp, ctypes.POINTER(_DiskStatus)], ctypes.c_int),
         "tierkv_disk_flush": ([vp, ctypes.c_uint64, u8p], ctypes.c_int),
+        "tierkv_semantic_enabled": ([vp, u8p], ctypes.c_int),
+        "tierkv_semantic_insert": ([vp, vp, ctypes.c_size_t, u8p], ctypes.c_int),
+        "tierkv_semantic_lookup": (
+            [vp, vp, ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(vp), ctypes.POINTER(ctypes.c_int32)],
+            ctypes.c_int,
+        ),
+        "tierkv_plan_destroy": ([vp], None),
+        "tierkv_plan_summary": ([vp, ctypes.POINTER(_PlanSummary)], ctypes.c_int),
+        "tierkv_plan_full": (
+            [vp, ctypes.POINTER(_Run), ctypes.c_size_t, ctypes.POINTER(_Range), ctypes.c_size_t],
+            ctypes.c_int,
+        ),
+        "tierkv_plan_approximate_prefix": (
+            [vp, vp, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)],
+            ctypes.c_int,
+        ),
+        "tierkv_plan_token_map": (
+            [vp, vp, ctypes.c_uint32, ctypes.c_uint32, hp, ctypes.c_size_t, szp, vp],
+            ctypes.c_int,
+        ),
+        "tierkv_register_token_layout": (
+            [vp, ctypes.POINTER(_TokenRows), ctypes.c_size_t, ctypes.POINTER(_Rope)],
+            ctypes.c_int,
+        ),
+        "tierkv_load_tokens": ([vp, hp, ctypes.c_size_t, vp, u64p, ctypes.c_size_t, u8p], ctypes.c_int),
+        "tierkv_rerotate_keys": ([ctypes.POINTER(_Rope), vp, ctypes.c_size_t, vp], ctypes.c_int),
     }
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)
@@ -281,3 +371,117 @@ class TierKV:
                 continue
             self._check(st)
             return buf.value.decode()
+
+    # ------------------------------------------------------------ semantic sharing
+
+    def semantic_enabled(self) -> bool:
+        """Whether semantic sharing is on for this manager's namespace."""
+        on = ctypes.c_uint8()
+        self._check(self._lib.tierkv_semantic_enabled(self._h, ctypes.byref(on)))
+        return bool(on.value)
+
+    def semantic_insert(self, tokens: Sequence[int]) -> bool:
+        """Indexes a prompt whose full blocks were stored; False when sharing is off."""
+        toks = array.array("I", tokens)
+        if not toks:
+            return False
+        done = ctypes.c_uint8()
+        self._check(self._lib.tierkv_semantic_insert(self._h, toks.buffer_info()[0], len(toks), ctypes.byref(done)))
+        return bool(done.value)
+
+    def semantic_lookup(self, tokens: Sequence[int], exact_tokens: int) -> tuple["Plan | None", str]:
+        """A reuse plan for ``tokens`` (or None) and the reason (``SEMANTIC_REASONS``)."""
+        toks = array.array("I", tokens)
+        plan = ctypes.c_void_p()
+        reason = ctypes.c_int32()
+        self._check(
+            self._lib.tierkv_semantic_lookup(
+                self._h,
+                toks.buffer_info()[0] if toks else None,
+                len(toks),
+                exact_tokens,
+                ctypes.byref(plan),
+                ctypes.byref(reason),
+            )
+        )
+        why = SEMANTIC_REASONS.get(reason.value, str(reason.value))
+        return (Plan(self, plan) if plan.value else None), why
+
+    def register_token_layout(self, rows: Sequence[tuple[int, int, int, int, int, int, int]], rope: _Rope) -> None:
+        """``rows``: (region, is_key, offset, token_stride, head_stride, heads, row_bytes)."""
+        arr = (_TokenRows * len(rows))(*[_TokenRows(*r) for r in rows])
+        self._check(self._lib.tierkv_register_token_layout(self._h, arr, len(rows), ctypes.byref(rope)))
+
+    def load_tokens(self, sources: bytes, token_map: bytes, block_ids: Sequence[int]) -> list[int]:
+        """Builds engine blocks from a plan's token map (``Plan.token_map``)."""
+        arr, n_src = _hash_array(sources)
+        n = len(block_ids)
+        if n == 0:
+            return []
+        mp = ctypes.create_string_buffer(token_map, len(token_map))
+        ids = (ctypes.c_uint64 * n)(*block_ids)
+        res = (ctypes.c_uint8 * n)()
+        self._check(self._lib.tierkv_load_tokens(self._h, arr, n_src, mp, ids, n, res))
+        return list(res)
+
+
+class Plan:
+    """A semantic reuse plan (``TierkvPlan*``), freed with its object."""
+
+    def __init__(self, tkv: TierKV, handle: ctypes.c_void_p):
+        self._tkv, self._h = tkv, handle
+
+    def __del__(self):
+        if self._h:
+            self._tkv._lib.tierkv_plan_destroy(self._h)
+            self._h = None
+
+    def summary(self) -> dict:
+        s = _PlanSummary()
+        self._tkv._check(self._tkv._lib.tierkv_plan_summary(self._h, ctypes.byref(s)))
+        return {name: getattr(s, name) for name, _ in _PlanSummary._fields_}
+
+    def full(self) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+        """(runs as (target, source, len), recompute ranges as (start, end))."""
+        s = self.summary()
+        runs = (_Run * max(s["n_runs"], 1))()
+        rec = (_Range * max(s["n_recompute"], 1))()
+        self._tkv._check(self._tkv._lib.tierkv_plan_full(self._h, runs, s["n_runs"], rec, s["n_recompute"]))
+        return (
+            [(r.target, r.source, r.len) for r in runs[: s["n_runs"]]],
+            [(r.start, r.end) for r in rec[: s["n_recompute"]]],
+        )
+
+    def approximate_prefix(self, exact_tokens: int, limit: int) -> int:
+        out = ctypes.c_uint32()
+        self._tkv._check(
+            self._tkv._lib.tierkv_plan_approximate_prefix(self._tkv._h, self._h, exact_tokens, limit, ctypes.byref(out))
+        )
+        return out.value
+
+    def token_map(self, first_block: int, n_blocks: int) -> tuple[bytes, bytes]:
+        """(source identities, token map) for target blocks [first, first + n)."""
+        n = n_blocks * self._tkv.block_tokens
+        srcs = (_Hash * max(n, 1))()
+        mp = (_TokenSource * max(n, 1))()
+        got = ctypes.c_size_t()
+        self._tkv._check(
+            self._tkv._lib.tierkv_plan_token_map(
+                self._tkv._h, self._h, first_block, n_blocks, srcs, n, ctypes.byref(got), mp
+            )
+        )
+        return bytes(srcs)[: got.value * HASH_BYTES], bytes(mp)[: n * TOKEN_SOURCE_BYTES]
+
+
+def rerotate_keys(
+    keys: bytearray, deltas: Sequence[int], dtype: int, head_dim: int, rot_dim: int, base: float, neox: bool = True,
+    lib_path: str | None = None,
+) -> None:
+    """Re-rotates rows of ``head_dim`` keys in place, row i by ``deltas[i]`` positions."""
+    lib = _load(lib_path or find_library())
+    rope = _rope(dtype, head_dim, rot_dim, base, neox)
+    buf = (ctypes.c_uint8 * len(keys)).from_buffer(keys)
+    d = array.array("i", deltas)
+    status = lib.tierkv_rerotate_keys(ctypes.byref(rope), buf, len(d), d.buffer_info()[0])
+    if status != 0:
+        raise TierKVError(status, (lib.tierkv_last_error() or b"").decode(errors="replace"))

@@ -458,17 +458,22 @@ pub unsafe extern "C" fn tierkv_load_blocks(
         // exclusively ours during the call per this function's contract.
         m.in_scope(|| unsafe { m.load_blocks(&hs, ids, &mut outcomes) })?;
         for (o, r) in out.iter_mut().zip(&outcomes) {
-            *o = match r {
-                LoadOutcome::Loaded => TIERKV_LOAD_LOADED,
-                LoadOutcome::Miss => TIERKV_LOAD_MISS,
-                LoadOutcome::Corrupt => TIERKV_LOAD_CORRUPT,
-                LoadOutcome::Busy => TIERKV_LOAD_BUSY,
-                LoadOutcome::IoError => TIERKV_LOAD_IO_ERROR,
-            };
+            *o = load_code(*r);
         }
         *out_loaded = outcomes.iter().filter(|&&o| o == LoadOutcome::Loaded).count();
         Ok(())
     })
+}
+
+/// The `out_results` code of a load outcome.
+pub(crate) fn load_code(o: LoadOutcome) -> u8 {
+    match o {
+        LoadOutcome::Loaded => TIERKV_LOAD_LOADED,
+        LoadOutcome::Miss => TIERKV_LOAD_MISS,
+        LoadOutcome::Corrupt => TIERKV_LOAD_CORRUPT,
+        LoadOutcome::Busy => TIERKV_LOAD_BUSY,
+        LoadOutcome::IoError => TIERKV_LOAD_IO_ERROR,
+    }
 }
 
 /// Writes the Prometheus text of all metrics, NUL-terminated, to `buf`. Writes the

@@ -22,10 +22,12 @@
 mod api;
 mod disk_api;
 mod hw_api;
+mod semantic_api;
 
 pub use api::*;
 pub use disk_api::*;
 pub use hw_api::*;
+pub use semantic_api::*;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -45,16 +45,21 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let (sep, braces) = if labels.is_empty() {
+            ("", String::new())
+        } else {
+            (",", format!("{{{labels}}}"))
+        };
         let mut cum = 0;
         for i in 0..LATENCY_BUCKETS {
             cum += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{:e}\"}} {cum}", bucket_bound(i));
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{:e}\"}} {cum}", bucket_bound(i));
         }
         cum += self.buckets[LATENCY_BUCKETS].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cum}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
         let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {cum}");
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {cum}");
     }
 }
 
@@ -466,6 +471,73 @@ pub fn render_gpu_path(o: &mut String, active: bool, deferred: u64) {
         "Device blocks not stored because the engine was saturating the PCIe link (offload budget).",
         &[("", deferred)],
     );
+}
+
+/// Semantic sharing (present when it is on for the manager's namespace).
+pub fn render_semantic(o: &mut String, ix: &crate::semantic::SemanticIndex) {
+    use crate::semantic::Rejection;
+    let s = &ix.stats;
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    gauge(
+        o,
+        "tierkv_semantic_index_prompts",
+        "Prompts in the near-duplicate index.",
+        &[("", ix.len() as u64)],
+    );
+    counter(
+        o,
+        "tierkv_semantic_lookups_total",
+        "Lookups that consulted the near-duplicate index (the exact prefix hit was short).",
+        &[("", r(&s.lookups))],
+    );
+    counter(
+        o,
+        "tierkv_semantic_candidates_total",
+        "Candidate prompts aligned.",
+        &[("", r(&s.candidates))],
+    );
+    let rej = |k: Rejection| r(&s.rejected[k as usize]);
+    counter(
+        o,
+        "tierkv_semantic_plans_total",
+        "Reuse plans by result: accepted, or why rejected.",
+        &[
+            ("result=\"accepted\"", r(&s.accepted)),
+            ("result=\"no_candidate\"", rej(Rejection::NoCandidate)),
+            ("result=\"below_similarity\"", rej(Rejection::BelowSimilarity)),
+            ("result=\"too_much_recompute\"", rej(Rejection::TooMuchRecompute)),
+            ("result=\"no_gain\"", rej(Rejection::NoGain)),
+        ],
+    );
+    counter(
+        o,
+        "tierkv_semantic_tokens_total",
+        "Prompt tokens of accepted plans: reused from a near-duplicate, or to recompute.",
+        &[
+            ("kind=\"reused\"", r(&s.reused_tokens)),
+            ("kind=\"recompute\"", r(&s.recompute_tokens)),
+        ],
+    );
+    counter(
+        o,
+        "tierkv_semantic_load_blocks_total",
+        "Blocks built from near-duplicate sources: loaded, or failed (source gone or corrupt; recomputed).",
+        &[
+            ("result=\"loaded\"", r(&s.loaded_blocks)),
+            ("result=\"failed\"", r(&s.failed_blocks)),
+        ],
+    );
+    counter(
+        o,
+        "tierkv_semantic_removed_total",
+        "Indexed prompts removed because their blocks had left the host tier.",
+        &[("", r(&s.removed_gone))],
+    );
+    let _ = writeln!(
+        o,
+        "# HELP tierkv_semantic_lookup_seconds Time of a semantic lookup (signature, probe, alignment, plan).\n# TYPE tierkv_semantic_lookup_seconds histogram"
+    );
+    s.lookup_ns.render(o, "tierkv_semantic_lookup_seconds", "");
 }
 
 fn render_disk(o: &mut String, v: &DiskView<'_>, d: &DiskStats) {
