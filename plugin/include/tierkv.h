@@ -305,6 +305,10 @@ typedef struct TierkvTokenRows {
   uint32_t heads;
   // Bytes of one row (one token, one head).
   uint32_t row_bytes;
+  // Bytes between consecutive elements of a row; 0 (or the element size) for
+  // contiguous rows. vLLM's CPU attention keeps keys transposed per block and
+  // head (`[head, block_size]`): there it is `block_size * element size`.
+  uint64_t elem_stride;
 } TierkvTokenRows;
 
 // The model's rotary embedding, as re-rotation needs it.

@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--lmcache-port", type=int, default=5555)
     ap.add_argument("--repeat", action="store_true")
     ap.add_argument("--no-timing", action="store_true", help="skip the per-prompt max_tokens=1 runs")
+    ap.add_argument("--one-by-one", action="store_true", help="generate the prompts one at a time, in order")
     ap.add_argument("--ignore-eos", action="store_true", help="always generate --max-tokens tokens")
     ap.add_argument("--wait-for", help="wait for this file to exist before generating")
     ap.add_argument("--signal", help="create this file after generating")
@@ -139,7 +140,10 @@ def main() -> None:
             ttft.append(time.perf_counter() - t)
             llm.reset_prefix_cache()
     t = time.perf_counter()
-    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], greedy, use_tqdm=False)
+    if args.one_by_one:
+        outs = [llm.generate([TokensPrompt(prompt_token_ids=p)], greedy, use_tqdm=False)[0] for p in prompts]
+    else:
+        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], greedy, use_tqdm=False)
     gen_s = time.perf_counter() - t
     if args.signal:
         open(args.signal, "w").close()

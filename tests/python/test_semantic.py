@@ -44,7 +44,7 @@ def manager(namespace: str, blocks: int):
     t = TierKV(block_tokens=BT, block_bytes=BLOCK, namespace=namespace)
     mem = ctypes.create_string_buffer(BLOCK * blocks)
     t.register_layout([(ctypes.addressof(mem), BLOCK, BLOCK)], blocks)
-    rows = [(0, 1, 0, ROW, 2 * BT * ROW, HEADS, ROW), (0, 0, BT * ROW, ROW, 2 * BT * ROW, HEADS, ROW)]
+    rows = [(0, 1, 0, ROW, 2 * BT * ROW, HEADS, ROW, 0), (0, 0, BT * ROW, ROW, 2 * BT * ROW, HEADS, ROW, 0)]
     t.register_token_layout(rows, _rope(DTYPE_F32, DIM, DIM, 10000.0, True))
     return t, mem
 

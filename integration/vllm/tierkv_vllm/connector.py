@@ -262,35 +262,40 @@ class TierKVConnector(KVConnectorBase_V1):
             self._register_token_rows(kv_caches)
 
     def _register_token_rows(self, kv_caches: dict[str, Any]) -> None:
-        """Where each token's K and V rows lie, for blocks built from a near-duplicate."""
+        """Where each token's K and V rows lie, for blocks built from a near-duplicate.
+        Only layouts checked against the model's own KV (tests/e2e/test_semantic_e2e.py)
+        are described; any other turns semantic sharing off."""
         import torch
 
         head_dim, rot_dim, base = self._rope
+        isa = None
+        try:
+            from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+            t0 = next(iter(kv_caches.values()))
+            isa = _get_attn_isa(t0.dtype, t0.shape[2], head_dim, self._vllm_config.cache_config.cache_dtype)
+        except Exception:  # not the CPU backend, or another vLLM version
+            isa = None
         rows = []
-        region = 0
-        dtype = None
-        for t in kv_caches.values():
+        for region, t in enumerate(kv_caches.values()):
             item = t.element_size()
             dtype = {torch.float32: DTYPE_F32, torch.float16: DTYPE_F16, torch.bfloat16: DTYPE_BF16}.get(t.dtype)
             row = head_dim * item
-            if t.shape[0] == self._num_blocks and t.dim() == 4 and t.shape[3] == 2 * head_dim:
-                # CPU: [num_blocks, kv_heads, block_size, 2 * head] = per head, K rows then V rows.
-                heads, bs = t.shape[1], t.shape[2]
-                for is_key, off in ((1, 0), (0, bs * row)):
-                    rows.append((region, is_key, off, row, 2 * bs * row, heads, row))
-                region += 1
-            elif t.dim() == 5 and t.shape[0] == 2 and t.shape[1] == self._num_blocks and t.shape[4] == head_dim:
-                # [2, num_blocks, block_size, kv_heads, head]: a K region and a V region.
-                heads = t.shape[3]
-                for is_key in (1, 0):
-                    rows.append((region, is_key, 0, heads * row, row, heads, row))
-                    region += 1
-            else:
-                dtype = None
-            if dtype is None:
-                logger.warning("tierkv: semantic sharing is off: KV layout %s not supported", tuple(t.shape))
+            cpu = t.shape[0] == self._num_blocks and t.dim() == 4 and t.shape[3] == 2 * head_dim
+            if not (cpu and isa == "vec" and dtype is not None):
+                logger.warning(
+                    "tierkv: semantic sharing is off: KV layout %s (attention ISA %s) is not one whose "
+                    "token rows were checked against the model",
+                    tuple(t.shape),
+                    isa,
+                )
                 self._semantic = False
                 return
+            # CPU `vec` ISA: per (block, head) the keys transposed ([head][block_size]),
+            # then the value rows.
+            heads, bs = t.shape[1], t.shape[2]
+            rows.append((region, 1, 0, item, 2 * bs * row, heads, row, bs * item))
+            rows.append((region, 0, bs * row, row, 2 * bs * row, heads, row, 0))
         self._tkv.register_token_layout(rows, _rope(dtype, head_dim, rot_dim, base, True))
 
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:

@@ -110,6 +110,7 @@ class _TokenRows(ctypes.Structure):
         ("head_stride", ctypes.c_uint64),
         ("heads", ctypes.c_uint32),
         ("row_bytes", ctypes.c_uint32),
+        ("elem_stride", ctypes.c_uint64),
     ]
 
 
@@ -407,8 +408,9 @@ class TierKV:
         why = SEMANTIC_REASONS.get(reason.value, str(reason.value))
         return (Plan(self, plan) if plan.value else None), why
 
-    def register_token_layout(self, rows: Sequence[tuple[int, int, int, int, int, int, int]], rope: _Rope) -> None:
-        """``rows``: (region, is_key, offset, token_stride, head_stride, heads, row_bytes)."""
+    def register_token_layout(self, rows: Sequence[tuple[int, ...]], rope: _Rope) -> None:
+        """``rows``: (region, is_key, offset, token_stride, head_stride, heads, row_bytes,
+        elem_stride) (see ``TierkvTokenRows``)."""
         arr = (_TokenRows * len(rows))(*[_TokenRows(*r) for r in rows])
         self._check(self._lib.tierkv_register_token_layout(self._h, arr, len(rows), ctypes.byref(rope)))
 

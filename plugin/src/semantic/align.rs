@@ -8,11 +8,13 @@
 //! 1. Myers diff (the `similar` crate) with a deadline: the longest common
 //!    subsequence in order. Past the deadline it returns a coarser diff, never hangs.
 //! 2. Moves: a target gap (inserted or replaced tokens) of at least [`ANCHOR`]
-//!    tokens is searched for anchors (8-grams) anywhere in the source, and each
-//!    anchor is extended forward: this finds documents that moved (reordered
+//!    tokens (between the long in-order runs) is searched for anchors (8-grams)
+//!    anywhere in the source, and each anchor is extended forward: this finds documents that moved (reordered
 //!    retrieved passages), which an in-order diff reports as delete + insert.
+//!    Runs then grow backwards over equal tokens the anchors could not reach.
 //! 3. Replaced spans (same place, other tokens: a swapped name or number) are kept
-//!    apart, as candidates for substitution where a policy allows it.
+//!    apart, paired position by position, as candidates for substitution where a
+//!    policy allows it.
 //!
 //! ```text
 //!   source  [sys][doc A][doc B][q1]
@@ -57,13 +59,12 @@ pub struct Alignment {
     pub replaced: Vec<Match>,
 }
 
-/// Aligns `target` with `source`; runs shorter than `min_run` are dropped (a
-/// coincidental match of a few common tokens is not worth reusing).
+/// Aligns `target` with `source`; moved runs shorter than `min_run` are dropped (a
+/// coincidental match of a few common tokens elsewhere is not a move).
 pub fn align(source: &[u32], target: &[u32], deadline: Duration, min_run: usize) -> Alignment {
     let ops = similar::capture_diff_slices_deadline(Algorithm::Myers, source, target, Some(Instant::now() + deadline));
     let mut equal = Vec::new();
     let mut replaced = Vec::new();
-    let mut gaps = Vec::new();
     for op in ops {
         match op {
             DiffOp::Equal {
@@ -71,27 +72,94 @@ pub fn align(source: &[u32], target: &[u32], deadline: Duration, min_run: usize)
                 new_index,
                 len,
             } => equal.push(m(new_index, old_index, len)),
-            DiffOp::Insert { new_index, new_len, .. } => gaps.push((new_index, new_len)),
             DiffOp::Replace {
                 old_index,
                 old_len,
                 new_index,
                 new_len,
             } => {
-                gaps.push((new_index, new_len));
+                // Position by position; extra target tokens pair with the last
+                // source token of the span (a longer name, a longer number).
                 replaced.push(m(new_index, old_index, old_len.min(new_len)));
+                for k in old_len..new_len {
+                    replaced.push(m(new_index + k, old_index + old_len - 1, 1));
+                }
             }
-            DiffOp::Delete { .. } => {}
+            DiffOp::Insert { .. } | DiffOp::Delete { .. } => {}
         }
     }
-    let moved = find_moves(source, target, &gaps);
-    // A replaced span that a move explains is not a substitution any more.
+    // The move search looks at what the long in-order runs leave: short runs inside
+    // a moved passage (a common "Q:" line) must not cut it into pieces.
+    let long: Vec<Match> = equal.iter().filter(|x| x.len as usize >= min_run).copied().collect();
+    let gaps = complement(
+        long.iter().map(|x| (x.target as usize, x.target_end() as usize)),
+        target.len(),
+    );
+    let moved: Vec<Match> = find_moves(source, target, &gaps)
+        .into_iter()
+        .filter(|x| x.len as usize >= min_run)
+        .collect();
+    // Short in-order runs and replaced spans that a move explains give way to it.
+    equal.retain(|r| !moved.iter().any(|mv| overlaps(r, mv)));
     replaced.retain(|r| !moved.iter().any(|mv| overlaps(r, mv)));
     equal.extend(moved);
-    equal.retain(|x| x.len as usize >= min_run);
     equal.sort_unstable_by_key(|x| x.target);
+    extend_forwards(source, target, &mut equal, min_run);
+    extend_backwards(source, target, &mut equal);
+    replaced.retain(|r| !equal.iter().any(|e| overlaps(r, e)));
     replaced.sort_unstable_by_key(|x| x.target);
     Alignment { equal, replaced }
+}
+
+/// Grows each long run forwards while the tokens stay equal, up to the next long
+/// run (a move found by anchors stops where its gap ended; the passage may go on
+/// past a few tokens the diff matched elsewhere), and drops the short runs it
+/// covers.
+fn extend_forwards(source: &[u32], target: &[u32], runs: &mut Vec<Match>, min_run: usize) {
+    let long: Vec<usize> = (0..runs.len()).filter(|&i| runs[i].len as usize >= min_run).collect();
+    for (k, &i) in long.iter().enumerate() {
+        let limit = long.get(k + 1).map_or(target.len(), |&j| runs[j].target as usize);
+        let r = &mut runs[i];
+        while (r.target_end() as usize) < limit
+            && ((r.source + r.len) as usize) < source.len()
+            && target[r.target_end() as usize] == source[(r.source + r.len) as usize]
+        {
+            r.len += 1;
+        }
+    }
+    let grown: Vec<Match> = long.iter().map(|&i| runs[i]).collect();
+    runs.retain(|r| r.len as usize >= min_run || !grown.iter().any(|g| overlaps(r, g)));
+}
+
+/// Grows each run backwards over uncovered target positions whose tokens equal the
+/// source's before it: the few separator tokens ("\n\nPassage:") in front of a
+/// moved passage, too short for an anchor.
+fn extend_backwards(source: &[u32], target: &[u32], runs: &mut [Match]) {
+    let mut floor = 0;
+    for r in runs.iter_mut() {
+        while r.target > floor && r.source > 0 && target[r.target as usize - 1] == source[r.source as usize - 1] {
+            r.target -= 1;
+            r.source -= 1;
+            r.len += 1;
+        }
+        floor = r.target_end();
+    }
+}
+
+/// `(start, len)` of the gaps between sorted, disjoint `[a, b)` ranges in `[0, n)`.
+fn complement(ranges: impl Iterator<Item = (usize, usize)>, n: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for (a, b) in ranges {
+        if a > at {
+            out.push((at, a - at));
+        }
+        at = at.max(b);
+    }
+    if at < n {
+        out.push((at, n - at));
+    }
+    out
 }
 
 fn m(target: usize, source: usize, len: usize) -> Match {
@@ -106,8 +174,9 @@ fn overlaps(a: &Match, b: &Match) -> bool {
     a.target < b.target_end() && b.target < a.target_end()
 }
 
-/// Anchored search of target gaps in the whole source (first occurrence of each
-/// anchor, so the result is deterministic).
+/// Anchored search of target gaps in the whole source (a moved passage may sit
+/// where the diff matched a few common tokens); first occurrence of each anchor,
+/// so the result is deterministic.
 fn find_moves(source: &[u32], target: &[u32], gaps: &[(usize, usize)]) -> Vec<Match> {
     let mut out = Vec::new();
     if source.len() < ANCHOR || !gaps.iter().any(|&(_, n)| n >= ANCHOR) {

@@ -11,8 +11,9 @@
 //! 2. A prompt with a short exact hit is looked up ([`SemanticIndex::lookup`]):
 //!    its signature probes the LSH buckets (cost: one pass over the tokens plus
 //!    16 hash-map probes), the best candidates by estimated similarity are aligned
-//!    ([`align`]) and turned into plans ([`ReusePlan::build`]), and the plan that
-//!    covers most of the prompt is checked against the policy.
+//!    ([`align`]) and turned into plans ([`ReusePlan::build`]) until the best plan
+//!    covers more than the next candidate's estimate, and the plan that covers most
+//!    of the prompt is checked against the policy.
 //! 3. The engine loads the plan ([`crate::Manager::load_tokens`]): source blocks
 //!    are read from the host tier and verified, target blocks are written token by
 //!    token with keys re-rotated ([`synth`]).
@@ -277,6 +278,11 @@ impl SemanticIndex {
         let n = tokens.len() as u32;
         let mut best: Option<ReusePlan> = None;
         for c in self.candidates(tokens) {
+            // Candidates come best estimate first: one estimated less similar than
+            // what the best plan already covers is not worth an alignment.
+            if best.as_ref().is_some_and(|b| b.coverage() >= c.estimate) {
+                break;
+            }
             self.stats.candidates.fetch_add(1, Ordering::Relaxed);
             let al = align::align(&c.tokens, tokens, ALIGN_DEADLINE, MIN_RUN);
             let p = ReusePlan::build(&al, c.id, Arc::clone(&c.hashes), block_tokens, n, c.estimate, policy);

@@ -13,13 +13,14 @@
 //! 3. Key rows with a delta are rotated by it ([`tierkv_cuda::reference::rotate_row`],
 //!    the CPU reference of the GPU kernel; one angle table per distinct delta).
 //!
-//! vLLM's CPU layout, one region per layer, `[kv_heads, 2 * block_size, head]`:
+//! vLLM's CPU layout (the `vec` attention ISA), one region per layer,
+//! `[kv_heads, 2 * block_size, head]` bytes per block, keys stored transposed:
 //!
 //! ```text
-//!   head 0: K row t0 .. K row t(bs-1) | V row t0 .. V row t(bs-1)
-//!   head 1: ...
-//!   K rows: offset 0,       token_stride = head*e, head_stride = 2*bs*head*e
-//!   V rows: offset bs*head*e, same strides
+//!   head 0: K as [head][block_size] (element d of token t at (d*bs + t)*e)
+//!           | V rows t0 .. t(bs-1), each [head]
+//!   K rows: offset 0, token_stride = e, elem_stride = bs*e, head_stride = 2*bs*head*e
+//!   V rows: offset bs*head*e, token_stride = head*e, contiguous, same head_stride
 //! ```
 
 use std::collections::HashMap;
@@ -47,6 +48,10 @@ pub struct TokenRows {
     pub heads: u32,
     /// Bytes of one row (one token, one head).
     pub row_bytes: u32,
+    /// Bytes between consecutive elements of a row; 0 (or the element size) for
+    /// contiguous rows. vLLM's CPU attention keeps keys transposed per block and
+    /// head (`[head, block_size]`): there it is `block_size * element size`.
+    pub elem_stride: u64,
 }
 
 /// Why a token layout was refused.
@@ -88,25 +93,37 @@ impl TokenLayout {
             if r.heads == 0 || r.row_bytes == 0 || r.is_key > 1 {
                 return bad(format!("rows {i}: heads and row_bytes must be > 0, is_key 0 or 1"));
             }
-            if r.is_key == 1 && u64::from(r.row_bytes) != u64::from(rope.dim) * dtype.size() as u64 {
+            let es = dtype.size() as u64;
+            if r.is_key == 1 && u64::from(r.row_bytes) != u64::from(rope.dim) * es {
                 return bad(format!(
-                    "rows {i}: a key row of {} bytes is not {} elements of {} bytes",
-                    r.row_bytes,
-                    rope.dim,
-                    dtype.size()
+                    "rows {i}: a key row of {} bytes is not {} elements of {es} bytes",
+                    r.row_bytes, rope.dim
                 ));
             }
+            let strided = r.elem_stride != 0 && r.elem_stride != es;
+            if strided && !u64::from(r.row_bytes).is_multiple_of(es) {
+                return bad(format!("rows {i}: a strided row must be whole elements of {es} bytes"));
+            }
+            // One span per contiguous piece: the row, or each element of a strided row.
+            let (piece, pieces, step) = if strided {
+                (es, u64::from(r.row_bytes) / es, r.elem_stride)
+            } else {
+                (u64::from(r.row_bytes), 1, 0)
+            };
             for t in 0..u64::from(block_tokens) {
                 for h in 0..u64::from(r.heads) {
-                    let at = t
-                        .checked_mul(r.token_stride)
-                        .and_then(|a| a.checked_add(h.checked_mul(r.head_stride)?))
-                        .and_then(|a| a.checked_add(r.offset));
-                    match at {
-                        Some(a) if a + u64::from(r.row_bytes) <= reg.bytes_per_block => {
-                            spans[r.region as usize].push((a, a + u64::from(r.row_bytes)))
+                    for e in 0..pieces {
+                        let at = t
+                            .checked_mul(r.token_stride)
+                            .and_then(|a| a.checked_add(h.checked_mul(r.head_stride)?))
+                            .and_then(|a| a.checked_add(e.checked_mul(step)?))
+                            .and_then(|a| a.checked_add(r.offset));
+                        match at {
+                            Some(a) if a + piece <= reg.bytes_per_block => {
+                                spans[r.region as usize].push((a, a + piece))
+                            }
+                            _ => return bad(format!("rows {i}: token {t} head {h} past the region's block")),
                         }
-                        _ => return bad(format!("rows {i}: token {t} head {h} past the region's block")),
                     }
                 }
             }
@@ -158,22 +175,47 @@ impl TokenLayout {
         tables: &mut HashMap<i32, Vec<(f32, f32)>>,
     ) {
         debug_assert_eq!(map.len(), self.block_tokens as usize);
+        let es = self.dtype.size();
+        let mut scratch = Vec::new();
         for r in &self.rows {
             let dst_region = &mut out[r.region as usize];
             let base = self.region_offsets[r.region as usize];
             let n = r.row_bytes as usize;
+            let strided = r.elem_stride != 0 && r.elem_stride != es as u64;
             for (t, src) in map.iter().enumerate() {
                 let payload = &sources[src.block as usize];
                 for h in 0..u64::from(r.heads) {
                     let from = (base + r.offset + u64::from(src.slot) * r.token_stride + h * r.head_stride) as usize;
                     let to = (r.offset + t as u64 * r.token_stride + h * r.head_stride) as usize;
-                    let row = &mut dst_region[to..to + n];
-                    row.copy_from_slice(&payload[from..from + n]);
-                    if r.is_key == 1 && src.delta != 0 {
-                        let table = tables
-                            .entry(src.delta)
-                            .or_insert_with(|| rotation_table(&self.rope, src.delta));
-                        rotate_row(row, self.dtype, &self.rope, table);
+                    let rotate = r.is_key == 1 && src.delta != 0;
+                    let table = if rotate {
+                        Some(
+                            &*tables
+                                .entry(src.delta)
+                                .or_insert_with(|| rotation_table(&self.rope, src.delta)),
+                        )
+                    } else {
+                        None
+                    };
+                    if !strided {
+                        let row = &mut dst_region[to..to + n];
+                        row.copy_from_slice(&payload[from..from + n]);
+                        if let Some(table) = table {
+                            rotate_row(row, self.dtype, &self.rope, table);
+                        }
+                        continue;
+                    }
+                    // Gather the strided row, rotate it, scatter it.
+                    let step = r.elem_stride as usize;
+                    scratch.resize(n, 0);
+                    for e in 0..n / es {
+                        scratch[e * es..(e + 1) * es].copy_from_slice(&payload[from + e * step..from + e * step + es]);
+                    }
+                    if let Some(table) = table {
+                        rotate_row(&mut scratch, self.dtype, &self.rope, table);
+                    }
+                    for e in 0..n / es {
+                        dst_region[to + e * step..to + e * step + es].copy_from_slice(&scratch[e * es..(e + 1) * es]);
                     }
                 }
             }

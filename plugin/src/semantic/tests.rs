@@ -268,7 +268,8 @@ proptest! {
 }
 
 /// vLLM's CPU layout for `heads` KV heads of `dim` fp32 elements: one region per
-/// layer, `[heads, 2 * BT, dim]` per block (K rows, then V rows, per head).
+/// layer, `[heads, 2 * BT, dim]` per block: per head the keys transposed
+/// (`[dim][BT]`), then the value rows.
 fn cpu_layout_rows(layers: u32, heads: u32, dim: u32) -> (Vec<Region>, Vec<TokenRows>) {
     let row = u64::from(dim) * 4;
     let per_block = u64::from(heads) * 2 * u64::from(BT) * row;
@@ -281,17 +282,27 @@ fn cpu_layout_rows(layers: u32, heads: u32, dim: u32) -> (Vec<Region>, Vec<Token
         .collect();
     let mut rows = Vec::new();
     for l in 0..layers {
-        for (is_key, offset) in [(1, 0), (0, u64::from(BT) * row)] {
-            rows.push(TokenRows {
-                region: l,
-                is_key,
-                offset,
-                token_stride: row,
-                head_stride: 2 * u64::from(BT) * row,
-                heads,
-                row_bytes: row as u32,
-            });
-        }
+        // Keys transposed ([dim][BT] per head), values as rows.
+        rows.push(TokenRows {
+            region: l,
+            is_key: 1,
+            offset: 0,
+            token_stride: 4,
+            head_stride: 2 * u64::from(BT) * row,
+            heads,
+            row_bytes: row as u32,
+            elem_stride: u64::from(BT) * 4,
+        });
+        rows.push(TokenRows {
+            region: l,
+            is_key: 0,
+            offset: u64::from(BT) * row,
+            token_stride: row,
+            head_stride: 2 * u64::from(BT) * row,
+            heads,
+            row_bytes: row as u32,
+            elem_stride: 0,
+        });
     }
     (regions, rows)
 }
@@ -337,24 +348,29 @@ fn synthesized_blocks_copy_values_and_rerotate_keys_like_the_reference() {
     let mut out: Vec<&mut [u8]> = mem.iter_mut().map(|m| &mut m[..]).collect();
     tl.synthesize(&sources, &map, &mut out, &mut HashMap::new());
     let row = dim as usize * 4;
+    let bt = BT as usize;
+    // Key of token t, head h (transposed): element d at ((h * 2 * BT) * dim + d * BT + t) * 4.
+    let key = |buf: &[u8], h: usize, t: usize| -> Vec<u8> {
+        (0..dim as usize)
+            .flat_map(|d| {
+                let at = (h * 2 * bt * dim as usize + d * bt + t) * 4;
+                buf[at..at + 4].to_vec()
+            })
+            .collect()
+    };
     for l in 0..layers as usize {
         for h in 0..heads as usize {
             for (t, s) in map.iter().enumerate() {
                 let src = &sources[s.block as usize][l * block..(l + 1) * block];
-                let k_src = (h * 2 * BT as usize + s.slot as usize) * row;
-                let k_dst = (h * 2 * BT as usize + t) * row;
-                let mut want = src[k_src..k_src + row].to_vec();
+                let mut want = key(src, h, s.slot as usize);
                 let one = RopeSpec {
                     heads: 1,
                     ..rope.clone()
                 };
                 rerotate_keys(&mut want, KeyDtype::F32, &one, &[s.delta]).unwrap();
-                assert_eq!(
-                    &mem[l][k_dst..k_dst + row],
-                    &want[..],
-                    "key layer {l} head {h} slot {t}"
-                );
-                let (v_src, v_dst) = (k_src + BT as usize * row, k_dst + BT as usize * row);
+                assert_eq!(key(&mem[l], h, t), want, "key layer {l} head {h} slot {t}");
+                let v_src = (h * 2 * bt + bt + s.slot as usize) * row;
+                let v_dst = (h * 2 * bt + bt + t) * row;
                 assert_eq!(&mem[l][v_dst..v_dst + row], &src[v_src..v_src + row], "value");
             }
         }
