@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use tierkv::prefix::{BlockHash, BlockHasher, HashAlgo};
-use tierkv::semantic::{align, SemanticIndex, SemanticPolicy, ALIGN_DEADLINE, MIN_RUN};
+use tierkv::semantic::{align, SemanticIndex, SemanticPolicy, ALIGN_DEADLINE};
 
 fn words(seed: u64, n: usize) -> Vec<u32> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -60,6 +60,7 @@ fn case(name: &str, prompts: Vec<Vec<u32>>, queries: usize) {
     let build_s = t.elapsed().as_secs_f64();
     let policy = SemanticPolicy {
         enabled: true,
+        moves: true,
         ..SemanticPolicy::default()
     };
     let (mut look, mut al, mut hash, mut found) = (Vec::new(), Vec::new(), Vec::new(), 0);
@@ -71,7 +72,7 @@ fn case(name: &str, prompts: Vec<Vec<u32>>, queries: usize) {
         look.push(t.elapsed().as_nanos() as f64);
         found += usize::from(r.is_ok());
         let t = Instant::now();
-        black_box(align::align(src, &q, ALIGN_DEADLINE, MIN_RUN));
+        black_box(align::align(src, &q, ALIGN_DEADLINE, policy.align_options()));
         al.push(t.elapsed().as_nanos() as f64);
         let mut out = Vec::new();
         let t = Instant::now();

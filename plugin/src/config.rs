@@ -174,8 +174,18 @@ pub const VARS: &[VarDoc] = &[
     },
     VarDoc {
         name: "TIERKV_SEMANTIC_SUBSTITUTE",
-        default: "0",
-        meaning: "Differing tokens a prefix-only engine (vLLM) may take from the near-duplicate's KV. 0-65536.",
+        default: "16",
+        meaning: "Differing tokens a prefix-only engine (vLLM) may take from the near-duplicate's KV (a swapped name or number). 0-65536.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_SUBSTITUTE_SPAN",
+        default: "8",
+        meaning: "Longest run of differing tokens that may be substituted (a name or a number, not a reworded sentence). 1-65536.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_MOVES",
+        default: "false",
+        meaning: "Reuse passages that moved (reordered documents); off by default: measured to change answers without recompute.",
     },
     VarDoc {
         name: "TIERKV_SEMANTIC_PROMPTS",

@@ -110,7 +110,7 @@ def test_a_near_duplicate_is_an_approximate_prefix_and_is_never_stored(tmp_path,
     other = prompt_sets.SYSTEM.replace("Riverside", "Lakeside")
     target = tokens(f"{other}\n\nQuestion: {a}\nAnswer:")
     # One prompt at a time, so the source is stored and indexed before the target.
-    env = {"TIERKV_SEMANTIC": "1", "TIERKV_SEMANTIC_SUBSTITUTE": "32"}
+    env = {"TIERKV_SEMANTIC": "1"}  # the default policy substitutes a short name
     r = run(tmp_path, "tierkv", [source, target], store, args=("--max-tokens", "4", "--one-by-one"), extra_env=env)
     assert metric(r["metrics"], "tierkv_semantic_load_blocks_total", 'result="loaded"') > 0
     assert metric(r["metrics"], "tierkv_semantic_load_blocks_total", 'result="failed"') == 0

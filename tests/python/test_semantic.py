@@ -32,6 +32,8 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("TIERKV_CPU_BYTES", "4MiB")
     monkeypatch.setenv("TIERKV_SEMANTIC", "1")
     monkeypatch.setenv("TIERKV_SEMANTIC_BLEND", "0")
+    monkeypatch.setenv("TIERKV_SEMANTIC_MOVES", "1")
+    monkeypatch.setenv("TIERKV_SEMANTIC_SUBSTITUTE", "0")
     return tmp_path
 
 

@@ -403,7 +403,11 @@ class TierKVConnector(KVConnectorBase_V1):
         pending_async = TIER_DISK in tiers[start:hits]
         end = hits
         if self._semantic and not pending_async and num_computed_tokens == 0 and not st.approximate:
-            end = self._semantic_plan(st, request, hits)
+            try:
+                end = self._semantic_plan(st, request, hits)
+            except Exception:  # a failed lookup is a miss, never a failed request
+                logger.exception("tierkv: semantic lookup failed for request %s", request.request_id)
+                st.semantic = None
         if end <= start:
             return 0, False
         st.pending_load = (start, hits)

@@ -49,6 +49,17 @@ impl Match {
     }
 }
 
+/// What [`align`] looks for besides the in-order diff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlignOptions {
+    /// Runs shorter than this are not moves.
+    pub min_run: usize,
+    /// Search for moved passages.
+    pub moves: bool,
+    /// Longest replaced span (target tokens) kept as a substitution candidate.
+    pub max_span: usize,
+}
+
 /// The result of [`align`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Alignment {
@@ -61,7 +72,8 @@ pub struct Alignment {
 
 /// Aligns `target` with `source`; moved runs shorter than `min_run` are dropped (a
 /// coincidental match of a few common tokens elsewhere is not a move).
-pub fn align(source: &[u32], target: &[u32], deadline: Duration, min_run: usize) -> Alignment {
+pub fn align(source: &[u32], target: &[u32], deadline: Duration, opts: AlignOptions) -> Alignment {
+    let min_run = opts.min_run;
     let ops = similar::capture_diff_slices_deadline(Algorithm::Myers, source, target, Some(Instant::now() + deadline));
     let mut equal = Vec::new();
     let mut replaced = Vec::new();
@@ -77,7 +89,7 @@ pub fn align(source: &[u32], target: &[u32], deadline: Duration, min_run: usize)
                 old_len,
                 new_index,
                 new_len,
-            } => {
+            } if new_len <= opts.max_span => {
                 // Position by position; extra target tokens pair with the last
                 // source token of the span (a longer name, a longer number).
                 replaced.push(m(new_index, old_index, old_len.min(new_len)));
@@ -85,7 +97,7 @@ pub fn align(source: &[u32], target: &[u32], deadline: Duration, min_run: usize)
                     replaced.push(m(new_index + k, old_index + old_len - 1, 1));
                 }
             }
-            DiffOp::Insert { .. } | DiffOp::Delete { .. } => {}
+            DiffOp::Replace { .. } | DiffOp::Insert { .. } | DiffOp::Delete { .. } => {}
         }
     }
     // The move search looks at what the long in-order runs leave: short runs inside
@@ -95,10 +107,12 @@ pub fn align(source: &[u32], target: &[u32], deadline: Duration, min_run: usize)
         long.iter().map(|x| (x.target as usize, x.target_end() as usize)),
         target.len(),
     );
-    let moved: Vec<Match> = find_moves(source, target, &gaps)
-        .into_iter()
-        .filter(|x| x.len as usize >= min_run)
-        .collect();
+    let found = if opts.moves {
+        find_moves(source, target, &gaps)
+    } else {
+        Vec::new()
+    };
+    let moved: Vec<Match> = found.into_iter().filter(|x| x.len as usize >= min_run).collect();
     // Short in-order runs and replaced spans that a move explains give way to it.
     equal.retain(|r| !moved.iter().any(|mv| overlaps(r, mv)));
     replaced.retain(|r| !moved.iter().any(|mv| overlaps(r, mv)));

@@ -284,7 +284,7 @@ impl SemanticIndex {
                 break;
             }
             self.stats.candidates.fetch_add(1, Ordering::Relaxed);
-            let al = align::align(&c.tokens, tokens, ALIGN_DEADLINE, MIN_RUN);
+            let al = align::align(&c.tokens, tokens, ALIGN_DEADLINE, policy.align_options());
             let p = ReusePlan::build(&al, c.id, Arc::clone(&c.hashes), block_tokens, n, c.estimate, policy);
             if best.as_ref().is_none_or(|b| p.coverage() > b.coverage()) {
                 if !alive(&c.hashes) {

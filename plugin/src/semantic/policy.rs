@@ -2,6 +2,7 @@
 //! how much difference a plan may carry. Parsed from `TIERKV_SEMANTIC*` variables
 //! by [`crate::config::Config`]; every default is the safe one (off).
 
+use super::align;
 use crate::config::ConfigError;
 
 /// Policy knobs of semantic sharing.
@@ -28,8 +29,16 @@ pub struct SemanticPolicy {
     /// fraction of the prompt (`TIERKV_SEMANTIC_BELOW`). Default 0.5.
     pub consult_below: f32,
     /// Replaced tokens an approximate prefix may serve with the source's KV
-    /// (`TIERKV_SEMANTIC_SUBSTITUTE`). Default 0.
+    /// (`TIERKV_SEMANTIC_SUBSTITUTE`). Default 16.
     pub substitute: u32,
+    /// Longest replaced span that may be substituted
+    /// (`TIERKV_SEMANTIC_SUBSTITUTE_SPAN`). Default 8: a name or a number, not a
+    /// reworded sentence.
+    pub substitute_span: u32,
+    /// Reuse passages that moved (`TIERKV_SEMANTIC_MOVES`). Default false: their KV
+    /// was computed after other text, and without recomputing the tokens after
+    /// each move the answers change (docs/benchmarks.md).
+    pub moves: bool,
     /// Prompts the index holds (`TIERKV_SEMANTIC_PROMPTS`). Default 10000.
     pub prompts: usize,
 }
@@ -44,13 +53,24 @@ impl Default for SemanticPolicy {
             blend: 0.15,
             max_shift: 4096,
             consult_below: 0.5,
-            substitute: 0,
+            substitute: 16,
+            substitute_span: 8,
+            moves: false,
             prompts: 10_000,
         }
     }
 }
 
 impl SemanticPolicy {
+    /// The alignment this policy asks for.
+    pub fn align_options(&self) -> align::AlignOptions {
+        align::AlignOptions {
+            min_run: super::MIN_RUN,
+            moves: self.moves,
+            max_span: self.substitute_span as usize,
+        }
+    }
+
     /// Reads the `TIERKV_SEMANTIC*` variables through `get`.
     pub fn from_lookup(get: impl Fn(&'static str) -> Option<(&'static str, String)>) -> Result<Self, ConfigError> {
         let err = |var: &'static str, value: &str, expected: &str| ConfigError {
@@ -99,7 +119,14 @@ impl SemanticPolicy {
             blend: fraction("TIERKV_SEMANTIC_BLEND", d.blend)?,
             max_shift: int("TIERKV_SEMANTIC_MAX_SHIFT", 4096, 0, 1 << 24)? as u32,
             consult_below: fraction("TIERKV_SEMANTIC_BELOW", d.consult_below)?,
-            substitute: int("TIERKV_SEMANTIC_SUBSTITUTE", 0, 0, 1 << 16)? as u32,
+            substitute: int("TIERKV_SEMANTIC_SUBSTITUTE", 16, 0, 1 << 16)? as u32,
+            substitute_span: int("TIERKV_SEMANTIC_SUBSTITUTE_SPAN", 8, 1, 1 << 16)? as u32,
+            moves: match get("TIERKV_SEMANTIC_MOVES") {
+                Some((var, v)) => {
+                    crate::config::parse_bool(&v).ok_or_else(|| err(var, &v, crate::config::BOOL_FORMS))?
+                }
+                None => false,
+            },
             prompts: int("TIERKV_SEMANTIC_PROMPTS", 10_000, 1, 10_000_000)? as usize,
         })
     }

@@ -31,9 +31,13 @@ fn hashes_for(tokens: &[u32], tag: u128) -> Vec<BlockHash> {
         .collect()
 }
 
+/// Sharing on, every kind of reuse allowed (moves, any substitution).
 fn policy() -> SemanticPolicy {
     SemanticPolicy {
         enabled: true,
+        moves: true,
+        substitute: 64,
+        substitute_span: 64,
         ..SemanticPolicy::default()
     }
 }
@@ -236,6 +240,38 @@ fn policy_limits_reject_with_their_reason() {
     );
 }
 
+#[test]
+fn the_default_policy_reuses_neither_moved_passages_nor_reworded_spans() {
+    let defaults = SemanticPolicy {
+        enabled: true,
+        ..SemanticPolicy::default()
+    };
+    let (sys, a, b) = (words(50, 64), words(51, 300), words(52, 200));
+    let source: Vec<u32> = [&sys[..], &a, &b, &words(53, 20)].concat();
+    let target: Vec<u32> = [&sys[..], &b, &a, &words(54, 20)].concat();
+    let ix = index_with(&[(&source, 1)]);
+    // Without the moved passage the plan recomputes too much: refused.
+    assert_eq!(
+        ix.lookup(&target, 0, BT, &defaults, |_| true).unwrap_err(),
+        Rejection::TooMuchRecompute
+    );
+    // A 4-token name is substituted; a 12-token rewording is not.
+    let long_text = words(55, 400);
+    let mut name = long_text.clone();
+    name[20..24].copy_from_slice(&words(56, 4));
+    let mut reworded = long_text.clone();
+    reworded[20..32].copy_from_slice(&words(57, 12));
+    let ix = index_with(&[(&long_text, 2)]);
+    let p = ix.lookup(&name, 0, BT, &defaults, |_| true).unwrap();
+    assert_eq!(p.approximate_prefix(16, 399, defaults.substitute), 384);
+    let p = ix.lookup(&reworded, 0, BT, &defaults, |_| true).unwrap();
+    assert_eq!(
+        p.approximate_prefix(16, 399, defaults.substitute),
+        0,
+        "only the exact first block"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
@@ -252,7 +288,7 @@ proptest! {
         }
         prop_assume!(target.len() >= 64);
         let p = ReusePlan::build(
-            &align::align(&source, &target, ALIGN_DEADLINE, MIN_RUN),
+            &align::align(&source, &target, ALIGN_DEADLINE, policy().align_options()),
             0, hashes_for(&source, 1).into(), BT, target.len() as u32, 1.0, &policy(),
         );
         check_plan(&p, &source, &target);
