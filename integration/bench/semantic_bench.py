@@ -25,7 +25,7 @@ off so that hits come from tierkv):
   full        no cache: the reference outputs
   prefix      tierkv, exact prefix sharing only
   semantic    tierkv with TIERKV_SEMANTIC=1 and the default policy (substitute up
-              to 16 differing tokens in spans of at most 8, no moved passages)
+              to 8 differing tokens in spans of at most 8, no moved passages)
   semantic-all  every reuse allowed: TIERKV_SEMANTIC_MOVES=1, SUBSTITUTE=64,
               SUBSTITUTE_SPAN=64 (what the default policy refuses, measured)
 

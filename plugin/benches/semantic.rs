@@ -58,9 +58,9 @@ fn case(name: &str, prompts: Vec<Vec<u32>>, queries: usize) {
         ix.insert(p, hashes);
     }
     let build_s = t.elapsed().as_secs_f64();
+    // The default policy (no move search), as a deployment runs it.
     let policy = SemanticPolicy {
         enabled: true,
-        moves: true,
         ..SemanticPolicy::default()
     };
     let (mut look, mut al, mut hash, mut found) = (Vec::new(), Vec::new(), Vec::new(), 0);

@@ -174,7 +174,7 @@ pub const VARS: &[VarDoc] = &[
     },
     VarDoc {
         name: "TIERKV_SEMANTIC_SUBSTITUTE",
-        default: "16",
+        default: "8",
         meaning: "Differing tokens a prefix-only engine (vLLM) may take from the near-duplicate's KV (a swapped name or number). 0-65536.",
     },
     VarDoc {

@@ -32,6 +32,8 @@ pub const BINS: usize = 64;
 pub const ROWS: usize = 4;
 /// LSH bands.
 pub const BANDS: usize = BINS / ROWS;
+/// Entries of one bucket a probe looks at (the newest).
+pub const PROBE_PER_BUCKET: usize = 64;
 const SEED: u64 = 0x7469_6572_6b76_0001;
 
 /// A MinHash signature.
@@ -122,13 +124,15 @@ impl LshIndex {
     }
 
     /// Distinct prompts sharing at least one band with `sig`, in ascending id order
-    /// (deterministic).
+    /// (deterministic): the newest [`PROBE_PER_BUCKET`] of each bucket, so that a
+    /// template shared by thousands of cached prompts does not make every lookup
+    /// scan them all.
     pub fn probe(&self, sig: &Signature) -> Vec<u64> {
         let mut out: Vec<u64> = sig
             .band_keys()
             .iter()
             .filter_map(|k| self.buckets.get(k))
-            .flatten()
+            .flat_map(|v| v.iter().rev().take(PROBE_PER_BUCKET))
             .copied()
             .collect();
         out.sort_unstable();
