@@ -104,6 +104,9 @@
 // LSH bands.
 #define BANDS (BINS / ROWS)
 
+// Entries of one bucket a probe looks at (the newest).
+#define PROBE_PER_BUCKET 64
+
 // I/O alignment and header size.
 #define SECTOR 4096
 
@@ -579,7 +582,8 @@ enum TierkvStatus tierkv_semantic_insert(const struct TierkvManager *mgr,
 //
 // # Safety
 // `tokens` valid for `n` reads; `out_plan` and `out_reason` valid for one write.
-// Costs one pass over the tokens plus up to 4 alignments (each bounded by 5 ms).
+// Costs one pass over the tokens plus up to 4 alignments (each bounded by 20 ms;
+// about 50 us for a 4K-token prompt, docs/benchmarks.md).
 enum TierkvStatus tierkv_semantic_lookup(const struct TierkvManager *mgr,
                                          const uint32_t *tokens,
                                          size_t n,

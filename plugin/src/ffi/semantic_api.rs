@@ -178,7 +178,8 @@ pub unsafe extern "C" fn tierkv_semantic_insert(
 ///
 /// # Safety
 /// `tokens` valid for `n` reads; `out_plan` and `out_reason` valid for one write.
-/// Costs one pass over the tokens plus up to 4 alignments (each bounded by 5 ms).
+/// Costs one pass over the tokens plus up to 4 alignments (each bounded by 20 ms;
+/// about 50 us for a 4K-token prompt, docs/benchmarks.md).
 #[no_mangle]
 pub unsafe extern "C" fn tierkv_semantic_lookup(
     mgr: *const TierkvManager,
