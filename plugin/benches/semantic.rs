@@ -9,6 +9,10 @@
 //! 2. `length`: 10K unrelated prompts of L tokens, L = 1K, 4K, 16K, 32K.
 //! 3. `templated`: 10K prompts of 4,096 tokens that share a 3,072-token template
 //!    (every prompt is a candidate of every other: the worst case for the probe).
+//! 4. `moves`: as `length` 4K, with the moved-passage search on
+//!    (`TIERKV_SEMANTIC_MOVES=1`).
+//!
+//! Every case but `moves` runs the default policy.
 //!
 //! Columns: the whole lookup (signature, LSH probe, up to 4 alignments, plan), its
 //! alignment share, and the ratio to hashing the prompt's blocks (xxh3-128,
@@ -47,7 +51,7 @@ fn query_of(p: &[u32], seed: u64) -> Vec<u32> {
     q
 }
 
-fn case(name: &str, prompts: Vec<Vec<u32>>, queries: usize) {
+fn case(name: &str, prompts: Vec<Vec<u32>>, queries: usize, moves: bool) {
     let ix = SemanticIndex::new(prompts.len());
     let hasher = BlockHasher::new(HashAlgo::Xxh3_128, 16, "bench", "").unwrap_or_else(|| unreachable!());
     let t = Instant::now();
@@ -58,9 +62,10 @@ fn case(name: &str, prompts: Vec<Vec<u32>>, queries: usize) {
         ix.insert(p, hashes);
     }
     let build_s = t.elapsed().as_secs_f64();
-    // The default policy (no move search), as a deployment runs it.
+    // The default policy (no move search), or with TIERKV_SEMANTIC_MOVES.
     let policy = SemanticPolicy {
         enabled: true,
+        moves,
         ..SemanticPolicy::default()
     };
     let (mut look, mut al, mut hash, mut found) = (Vec::new(), Vec::new(), Vec::new(), 0);
@@ -101,6 +106,7 @@ fn main() {
             "distinct",
             (0..n / scale).map(|i| words(i as u64, 1024)).collect(),
             queries,
+            false,
         );
     }
     for len in [1024, 4096, 16_384, 32_768] {
@@ -108,6 +114,7 @@ fn main() {
             "length",
             (0..10_000 / scale).map(|i| words(i as u64, len)).collect(),
             queries,
+            false,
         );
     }
     let template = words(u64::MAX, 4096);
@@ -118,5 +125,7 @@ fn main() {
             p
         })
         .collect();
-    case("templated", templated, queries);
+    case("templated", templated, queries, false);
+    let moves = (0..10_000 / scale).map(|i| words(i as u64, 4096)).collect();
+    case("moves", moves, queries, true);
 }
