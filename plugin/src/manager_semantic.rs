@@ -45,46 +45,20 @@ impl Manager {
     }
 
     /// Registers where each token's K and V rows lie in the registered (host)
-    /// layout, the key dtype and the RoPE of the model (`inv_freq`: one frequency
-    /// per rotated pair; `None`: standard RoPE of `base`). Needed by
-    /// [`Manager::load_tokens`].
-    #[allow(clippy::too_many_arguments)]
+    /// layout, the key dtype and the RoPE of a key row
+    /// ([`crate::semantic::synth::row_rope`]). Needed by [`Manager::load_tokens`].
     pub fn register_token_layout(
         &self,
         rows: &[TokenRows],
         dtype: KeyDtype,
-        head_dim: u32,
-        rot_dim: u32,
-        base: f32,
-        neox: bool,
-        inv_freq: Option<&[f32]>,
+        rope: RopeSpec,
     ) -> Result<(), ManagerError> {
-        let bad = |e: String| ManagerError::InvalidArgument(e);
         let layout = self.layout.read();
         let Some(layout) = layout.as_ref() else {
             return Err(ManagerError::State("register the engine layout before its token rows"));
         };
-        let rope = match inv_freq {
-            Some(f) => {
-                let spec = RopeSpec {
-                    heads: 1,
-                    dim: head_dim,
-                    rot_dim,
-                    neox,
-                    inv_freq: f.to_vec(),
-                };
-                spec.validate().map_err(|e| bad(e.to_string()))?;
-                spec
-            }
-            None => {
-                if !(base.is_finite() && base > 1.0) {
-                    return Err(bad(format!("RoPE base {base} must be a finite number above 1")));
-                }
-                RopeSpec::standard(1, head_dim, rot_dim, base, neox).map_err(|e| bad(e.to_string()))?
-            }
-        };
         let tl = TokenLayout::new(layout.regions(), self.block_tokens() as u32, rows, dtype, rope)
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(|e| ManagerError::InvalidArgument(e.to_string()))?;
         *self.token_layout.write() = Some(tl);
         Ok(())
     }

@@ -18,7 +18,7 @@ use tierkv_cuda::reference::{KeyDtype, RopeSpec};
 use super::api::load_code;
 use super::{guard, manager, out_ptr, slice_in, slice_out, FfiError, TierkvHash, TierkvManager, TierkvStatus};
 use crate::prefix::BlockHash;
-use crate::semantic::synth::TokenRows;
+use crate::semantic::synth::{row_rope, TokenRows};
 use crate::semantic::{Rejection, ReusePlan, TokenSource};
 use crate::tier::LoadOutcome;
 
@@ -116,6 +116,21 @@ fn key_dtype(code: u32) -> Result<KeyDtype, FfiError> {
             "dtype {code}: expected 0 (f32), 1 (f16) or 2 (bf16)"
         ))),
     }
+}
+
+/// The key dtype and row RoPE `rope` describes.
+///
+/// # Safety
+/// `rope.inv_freq` null or valid for `rope.rot_dim / 2` reads.
+unsafe fn rope_in(rope: &TierkvRope) -> Result<(KeyDtype, RopeSpec), FfiError> {
+    let freq = if rope.inv_freq.is_null() {
+        None
+    } else {
+        // SAFETY: the caller's contract.
+        Some(unsafe { slice_in(rope.inv_freq, rope.rot_dim as usize / 2, "inv_freq") }?)
+    };
+    let spec = row_rope(rope.head_dim, rope.rot_dim, rope.base, rope.neox != 0, freq).map_err(FfiError::invalid)?;
+    Ok((key_dtype(rope.dtype)?, spec))
 }
 
 fn plan_ref<'a>(plan: *const TierkvPlan) -> Result<&'a ReusePlan, FfiError> {
@@ -408,21 +423,9 @@ pub unsafe extern "C" fn tierkv_register_token_layout(
         let m = manager(mgr)?;
         // SAFETY: validated pointers, caller contract.
         let (rows, rope) = unsafe { (slice_in(rows, n_rows, "rows")?, slice_in(rope, 1, "rope")?[0]) };
-        let freq = if rope.inv_freq.is_null() {
-            None
-        } else {
-            // SAFETY: as above.
-            Some(unsafe { slice_in(rope.inv_freq, rope.rot_dim as usize / 2, "inv_freq") }?)
-        };
-        m.register_token_layout(
-            rows,
-            key_dtype(rope.dtype)?,
-            rope.head_dim,
-            rope.rot_dim,
-            rope.base,
-            rope.neox != 0,
-            freq,
-        )?;
+        // SAFETY: as above.
+        let (dtype, spec) = unsafe { rope_in(&rope) }?;
+        m.register_token_layout(rows, dtype, spec)?;
         Ok(())
     })
 }
@@ -491,25 +494,8 @@ pub unsafe extern "C" fn tierkv_rerotate_keys(
     guard(|| {
         // SAFETY: validated pointer, caller contract.
         let rope = unsafe { slice_in(rope, 1, "rope") }?[0];
-        let dtype = key_dtype(rope.dtype)?;
-        let spec = if rope.inv_freq.is_null() {
-            if !(rope.base.is_finite() && rope.base > 1.0) {
-                return Err(FfiError::invalid(format!("RoPE base {} must be above 1", rope.base)));
-            }
-            RopeSpec::standard(1, rope.head_dim, rope.rot_dim, rope.base, rope.neox != 0)
-        } else {
-            // SAFETY: as above.
-            let f = unsafe { slice_in(rope.inv_freq, rope.rot_dim as usize / 2, "inv_freq") }?;
-            let s = RopeSpec {
-                heads: 1,
-                dim: rope.head_dim,
-                rot_dim: rope.rot_dim,
-                neox: rope.neox != 0,
-                inv_freq: f.to_vec(),
-            };
-            s.validate().map(|_| s)
-        }
-        .map_err(|e| FfiError::invalid(e.to_string()))?;
+        // SAFETY: as above.
+        let (dtype, spec) = unsafe { rope_in(&rope) }?;
         let bytes = n_rows
             .checked_mul(rope.head_dim as usize * dtype.size())
             .ok_or_else(|| FfiError::invalid("n_rows too large"))?;

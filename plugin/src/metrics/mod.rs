@@ -496,18 +496,24 @@ pub fn render_semantic(o: &mut String, ix: &crate::semantic::SemanticIndex) {
         "Candidate prompts aligned.",
         &[("", r(&s.candidates))],
     );
-    let rej = |k: Rejection| r(&s.rejected[k as usize]);
+    let results: Vec<(String, u64)> = std::iter::once(("accepted", r(&s.accepted)))
+        .chain(
+            [
+                Rejection::NoCandidate,
+                Rejection::BelowSimilarity,
+                Rejection::TooMuchRecompute,
+                Rejection::NoGain,
+            ]
+            .map(|k| (k.label(), r(&s.rejected[k as usize]))),
+        )
+        .map(|(label, v)| (format!("result=\"{label}\""), v))
+        .collect();
+    let series: Vec<(&str, u64)> = results.iter().map(|(l, v)| (l.as_str(), *v)).collect();
     counter(
         o,
         "tierkv_semantic_plans_total",
         "Reuse plans by result: accepted, or why rejected.",
-        &[
-            ("result=\"accepted\"", r(&s.accepted)),
-            ("result=\"no_candidate\"", rej(Rejection::NoCandidate)),
-            ("result=\"below_similarity\"", rej(Rejection::BelowSimilarity)),
-            ("result=\"too_much_recompute\"", rej(Rejection::TooMuchRecompute)),
-            ("result=\"no_gain\"", rej(Rejection::NoGain)),
-        ],
+        &series,
     );
     counter(
         o,

@@ -139,9 +139,4 @@ impl LshIndex {
         out.dedup();
         out
     }
-
-    /// Number of non-empty buckets.
-    pub fn buckets(&self) -> usize {
-        self.buckets.len()
-    }
 }

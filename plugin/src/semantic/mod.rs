@@ -48,9 +48,9 @@ pub const CANDIDATES: usize = 4;
 /// Runs shorter than this are not reused.
 pub const MIN_RUN: usize = 8;
 /// Time budget of one alignment: Myers coarsens past it, so it is the one thing
-/// that could make a plan depend on the machine's speed; it is about 100 times the
-/// measured alignment of a 4K-token near-duplicate (docs/benchmarks.md), so it only
-/// bounds pathological inputs.
+/// that could make a plan depend on the machine's speed; it is about 500 times the
+/// measured 35 us alignment of a 4K-token near-duplicate (docs/benchmarks.md), so
+/// it only bounds pathological inputs.
 pub const ALIGN_DEADLINE: Duration = Duration::from_millis(20);
 
 /// Why a lookup returned no plan (metric label values).

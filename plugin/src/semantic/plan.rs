@@ -21,6 +21,7 @@
 //!   prefix   L = 32 with substitute 0 (the hole at 40 stops it, aligned down)
 //! ```
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -179,24 +180,28 @@ impl ReusePlan {
         let bt = self.block_tokens;
         let (start, end) = (first * bt, (first + n) * bt);
         let mut blocks: Vec<u32> = Vec::new();
+        let mut index: HashMap<u32, u32> = HashMap::new();
         let mut map = Vec::with_capacity((end - start) as usize);
-        let sources = self.sources_in_order();
+        // Sources are sorted by target and disjoint: one pass with a cursor.
+        let sources: Vec<Match> = self
+            .sources_in_order()
+            .into_iter()
+            .filter(|(_, sub)| !sub || substitute)
+            .map(|(r, _)| r)
+            .collect();
+        let mut k = 0;
         for p in start..end {
-            let (r, _) = sources
-                .iter()
-                .filter(|(_, sub)| !sub || substitute)
-                .find(|(r, _)| r.target <= p && p < r.target_end())?;
+            while k < sources.len() && sources[k].target_end() <= p {
+                k += 1;
+            }
+            let r = sources.get(k).filter(|r| r.target <= p)?;
             let sp = r.source + (p - r.target);
-            let sb = sp / bt;
-            let idx = match blocks.iter().position(|&b| b == sb) {
-                Some(i) => i,
-                None => {
-                    blocks.push(sb);
-                    blocks.len() - 1
-                }
-            };
+            let idx = *index.entry(sp / bt).or_insert_with(|| {
+                blocks.push(sp / bt);
+                blocks.len() as u32 - 1
+            });
             map.push(TokenSource {
-                block: idx as u32,
+                block: idx,
                 slot: sp % bt,
                 delta: (i64::from(p) - i64::from(sp)) as i32,
             });

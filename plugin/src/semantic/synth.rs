@@ -59,6 +59,32 @@ pub struct TokenRows {
 #[error("token layout: {0}")]
 pub struct TokenLayoutError(pub String);
 
+/// The RoPE of one head's key row: `inv_freq` as given (scaled variants, one per
+/// rotated pair), or standard RoPE of `base` (`rope_theta`).
+pub fn row_rope(
+    head_dim: u32,
+    rot_dim: u32,
+    base: f32,
+    neox: bool,
+    inv_freq: Option<&[f32]>,
+) -> Result<RopeSpec, String> {
+    let spec = match inv_freq {
+        Some(f) => RopeSpec {
+            heads: 1,
+            dim: head_dim,
+            rot_dim,
+            neox,
+            inv_freq: f.to_vec(),
+        },
+        None if !(base.is_finite() && base > 1.0) => {
+            return Err(format!("RoPE base {base} must be a finite number above 1"));
+        }
+        None => RopeSpec::standard(1, head_dim, rot_dim, base, neox).map_err(|e| e.to_string())?,
+    };
+    spec.validate().map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
 /// Validated token rows of every region and the RoPE of the keys.
 #[derive(Debug, Clone)]
 pub struct TokenLayout {
@@ -157,11 +183,6 @@ impl TokenLayout {
             dtype,
             rope,
         })
-    }
-
-    /// Tokens per block.
-    pub fn block_tokens(&self) -> u32 {
-        self.block_tokens
     }
 
     /// Writes one target block: `out[k]` is region k's bytes of the engine block,
