@@ -6,6 +6,8 @@
 mod common;
 
 use common::{api, create, create_in, destroy, metrics};
+use std::ffi::c_void;
+
 use tierkv_abi_tests::{status, HwHints, Mgr, Region};
 
 fn hints(m: Mgr) -> HwHints {
@@ -26,7 +28,10 @@ fn without_a_driver_scheduling_runs_on_host_telemetry_and_says_so() {
         assert!(text.contains("tierkv_gpu_available 0"), "{text}");
         assert!(text.contains("tierkv_telemetry_source{source=\"host\"} 1"), "{text}");
         assert_eq!((h.offload_rate_bytes_per_s, h.numa_node), (u64::MAX, -1));
-        assert!(text.contains("tierkv_sched_offload_rate_bytes_per_second +Inf"), "{text}");
+        assert!(
+            text.contains("tierkv_sched_offload_rate_bytes_per_second +Inf"),
+            "{text}"
+        );
     } else {
         // A GPU machine: NVML numbers behind the same names.
         assert!(text.contains("tierkv_gpu_available 1"), "{text}");
@@ -74,5 +79,41 @@ fn a_device_layout_without_gpu_support_is_unavailable_and_says_why() {
     // SAFETY: zero regions is refused before any read.
     let st = unsafe { (api().tierkv_register_device_layout)(m, &r, 0, 8, 0) };
     assert_eq!(st, status::INVALID_ARGUMENT);
+    destroy(m);
+}
+
+#[test]
+fn layer_loads_need_a_device_layout_and_say_so() {
+    let (m, _store) = create(16, 4096, 0, &[]);
+    let h = tierkv_abi_tests::Hash { lo: 1, hi: 2 };
+    let ids = [0u64];
+    let mut results = [9u8];
+    let (mut loaded, mut load) = (7usize, std::ptr::NonNull::<c_void>::dangling().as_ptr());
+    // SAFETY: valid pointers for one block; the engine has no layout at all.
+    let st = unsafe {
+        (api().tierkv_load_blocks_layerwise)(m, &h, ids.as_ptr(), 1, 1, results.as_mut_ptr(), &mut loaded, &mut load)
+    };
+    let why = api().last_error();
+    if why.contains("--features cuda") {
+        // The default build: no GPU code at all.
+        assert_eq!(st, status::UNAVAILABLE);
+    } else {
+        // A `cuda` build: a host layout or none is not a device layout.
+        assert_eq!(st, status::STATE, "{why}");
+        assert!(why.contains("tierkv_register_device_layout"), "{why}");
+        assert!(load.is_null(), "no load handed out on error");
+        assert_eq!(loaded, 0);
+    }
+    // A null handle is refused by the waits; destroying null is a no-op.
+    // SAFETY: null pointers are checked before any use.
+    unsafe {
+        assert_eq!(
+            (api().tierkv_layer_load_wait)(std::ptr::null(), 0),
+            status::INVALID_ARGUMENT
+        );
+        let st = (api().tierkv_layer_load_wait_stream)(std::ptr::null(), 0, std::ptr::null_mut());
+        assert_eq!(st, status::INVALID_ARGUMENT);
+        (api().tierkv_layer_load_destroy)(std::ptr::null_mut());
+    }
     destroy(m);
 }

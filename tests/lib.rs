@@ -181,6 +181,10 @@ api! {
     tierkv_disk_flush: fn(Mgr, u64, *mut u8) -> i32;
     tierkv_hw_hints: fn(Mgr, *mut HwHints) -> i32;
     tierkv_register_device_layout: fn(Mgr, *const Region, usize, u64, u32) -> i32;
+    tierkv_load_blocks_layerwise: fn(Mgr, *const Hash, *const u64, usize, u32, *mut u8, *mut usize, *mut *mut c_void) -> i32;
+    tierkv_layer_load_wait_stream: fn(*const c_void, u32, *mut c_void) -> i32;
+    tierkv_layer_load_wait: fn(*const c_void, u32) -> i32;
+    tierkv_layer_load_destroy: fn(*mut c_void) -> ();
     tierkv_pool_allocate: fn(Mgr, usize, *mut u32) -> i32;
     tierkv_pool_free: fn(Mgr, *const u32, usize) -> i32;
     tierkv_pool_fork: fn(Mgr, *const u32, usize) -> i32;

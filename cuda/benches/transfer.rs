@@ -14,9 +14,12 @@
 
 use std::time::Instant;
 
-use cudarc::driver::sys;
+use cudarc::driver::{sys, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+use tierkv_cuda::compile::compile_ptx;
 use tierkv_cuda::gpu::{probe, CopyMethod, Gpu};
-use tierkv_cuda::segments::Segment;
+use tierkv_cuda::segments::{scatter_layers, PagedLayout, Region, Segment};
+use tierkv_cuda::SIM_COMPUTE;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -51,7 +54,110 @@ fn main() {
         };
         // SAFETY: the bench owns every buffer it allocates and frees it at the end.
         unsafe { run(&gpu, m, block) };
+        // SAFETY: as above.
+        unsafe { overlap(&gpu, m, block) };
     }
+}
+
+/// Layer-wise overlap: 32 layers of 128 scattered blocks loaded with
+/// `Gpu::load_layerwise` while a compute stream runs one simulated layer
+/// (`tierkv_sim_compute`, calibrated to one layer's copy time) after waiting for
+/// that layer's event. Hidden share = (copy + compute - both) / copy.
+unsafe fn overlap(gpu: &Gpu, m: CopyMethod, block: u64) {
+    let (layers, n, pool_blocks) = (32u64, 128u64, 4096u64);
+    let slice = block / layers;
+    gpu.context().bind_to_thread().unwrap();
+    let mut dev: sys::CUdeviceptr = 0;
+    // SAFETY: plain allocation with a valid out pointer.
+    unsafe { sys::cuMemAlloc_v2(&mut dev, (layers * pool_blocks * slice) as usize) }
+        .result()
+        .unwrap();
+    let layout = PagedLayout::new(
+        (0..layers)
+            .map(|l| Region {
+                base: dev + l * pool_blocks * slice,
+                stride: slice,
+                bytes: slice,
+            })
+            .collect(),
+        pool_blocks,
+    )
+    .unwrap();
+    let mut host = vec![1u8; (n * layout.block_bytes()) as usize];
+    // SAFETY: `host` outlives the region (dropped first below).
+    let pinned = unsafe { gpu.register_host(host.as_mut_ptr(), host.len()) }.unwrap();
+    let slots: Vec<u64> = (0..n).map(|i| (i * 2_654_435_761) % pool_blocks).collect();
+    let staging: Vec<u64> = (0..n)
+        .map(|j| {
+            gpu.copy_addr(&pinned, pinned.host_ptr() + j * layout.block_bytes())
+                .unwrap()
+        })
+        .collect();
+    let per_layer = scatter_layers(&layout, layers as usize, &slots, &staging).unwrap();
+    let ptx = compile_ptx(&SIM_COMPUTE, gpu.arch()).unwrap();
+    let module = gpu.context().load_module(Ptx::from_src(ptx)).unwrap();
+    let spin = module.load_function(SIM_COMPUTE.functions[0]).unwrap();
+    let compute = gpu.context().new_stream().unwrap();
+    let one = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (1, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let launch = |cycles: i64| {
+        let mut b = compute.launch_builder(&spin);
+        b.arg(&cycles);
+        // SAFETY: the kernel takes one `long long`.
+        unsafe { b.launch(one) }.unwrap();
+    };
+    let secs = |f: &mut dyn FnMut()| {
+        let v: Vec<f64> = (0..9)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        median(v)
+    };
+    let copy = secs(&mut || {
+        // SAFETY: segments inside `dev` and the pinned buffer.
+        let load = unsafe { gpu.load_layerwise(&per_layer) }.unwrap();
+        load.wait_all().unwrap();
+    });
+    let probe_cycles = 10_000_000i64;
+    let per_cycle = secs(&mut || {
+        launch(probe_cycles);
+        compute.synchronize().unwrap();
+    }) / probe_cycles as f64;
+    let cycles = (copy / layers as f64 / per_cycle) as i64;
+    let alone = secs(&mut || {
+        for _ in 0..layers {
+            launch(cycles);
+        }
+        compute.synchronize().unwrap();
+    });
+    let both = secs(&mut || {
+        // SAFETY: as above.
+        let load = unsafe { gpu.load_layerwise(&per_layer) }.unwrap();
+        for l in 0..layers as usize {
+            load.wait_on(l, &compute).unwrap();
+            launch(cycles);
+        }
+        compute.synchronize().unwrap();
+        load.wait_all().unwrap();
+    });
+    let hidden = ((copy + alone - both) / copy).clamp(0.0, 1.0);
+    println!(
+        "{m:?}\toverlap\t{layers} layers x {n} blocks\tcopy {:.3} ms\tcompute {:.3} ms\tboth {:.3} ms\thidden {:.2}",
+        copy * 1e3,
+        alone * 1e3,
+        both * 1e3,
+        hidden
+    );
+    drop(pinned);
+    drop(host);
+    // SAFETY: allocated above, no work pending (synchronized).
+    unsafe { sys::cuMemFree_v2(dev) };
 }
 
 unsafe fn run(gpu: &Gpu, m: CopyMethod, block: u64) {

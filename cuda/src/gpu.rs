@@ -158,6 +158,7 @@ pub struct Gpu {
     driver_version: i32,
     method: CopyMethod,
     kernel_error: Option<String>,
+    arch: String,
 }
 
 impl Gpu {
@@ -210,6 +211,7 @@ impl Gpu {
                 driver_version: p.driver_version,
                 method,
                 kernel_error,
+                arch,
             })
         })
     }
@@ -227,6 +229,36 @@ impl Gpu {
     /// Why the kernels are not available, if they are not.
     pub fn kernel_error(&self) -> Option<&str> {
         self.kernel_error.as_deref()
+    }
+
+    /// The device's virtual architecture (`compute_90` on an H100).
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// The address [`Gpu::copy`] must use for host address `host` inside
+    /// `region`: the device mapping for the kernel method (the kernel dereferences
+    /// it), the host address for the driver's copies.
+    pub fn copy_addr(&self, region: &PinnedRegion, host: u64) -> Option<u64> {
+        let inside = host >= region.host_ptr() && host < region.host_ptr() + region.len() as u64;
+        match self.method {
+            CopyMethod::Kernel => region.device_addr(host),
+            _ if inside => Some(host),
+            _ => None,
+        }
+    }
+
+    /// A stream owned by the engine (a raw `CUstream`, e.g. PyTorch's
+    /// `torch.cuda.current_stream().cuda_stream`), to make it wait for a
+    /// [`LayerwiseLoad`]. Dropping the wrapper leaves the stream alone.
+    ///
+    /// # Safety
+    /// `raw` must be a valid stream of this device's primary context (or one of
+    /// the special handles 0, `CU_STREAM_LEGACY`, `CU_STREAM_PER_THREAD`) and
+    /// outlive the wrapper.
+    pub unsafe fn borrow_stream(&self, raw: u64) -> Arc<CudaStream> {
+        // SAFETY: the caller's contract.
+        unsafe { self.ctx.wrap_borrowed_stream(raw as sys::CUstream) }
     }
 
     /// The copy stream.
@@ -511,6 +543,15 @@ impl LayerwiseLoad {
             .get(l)
             .ok_or_else(|| CudaError::InvalidArgument(format!("layer {l} of {}", self.events.len())))?;
         guard("wait", || stream.wait(ev).map_err(derr("stream wait")))
+    }
+
+    /// Blocks the host until every layer has arrived.
+    pub fn wait_all(&self) -> Result<(), CudaError> {
+        // One stream, recorded in order: the last event covers every layer.
+        match self.events.len() {
+            0 => Ok(()),
+            n => self.wait_host(n - 1),
+        }
     }
 
     /// Blocks the host until layer `l` has arrived.

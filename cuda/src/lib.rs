@@ -11,7 +11,8 @@
 //! Workflow of a load into GPU memory (host tier -> engine blocks):
 //! 1. [`gpu::Gpu::open`] probes the driver (no driver: [`CudaError::Unavailable`],
 //!    never a panic) and compiles the kernels for the device's architecture;
-//! 2. the host tier's memory is registered once ([`gpu::Gpu::register_host`]);
+//! 2. the host memory copies touch (tierkv's staging buffers) is registered once
+//!    ([`gpu::Gpu::register_host`]);
 //! 3. [`segments::scatter`] turns (tier block, engine block) pairs into segments;
 //! 4. [`gpu::Gpu::copy`] moves them with the best method the driver has
 //!    (`cuMemcpyBatchAsync`, else one gather/scatter kernel launch, else one async
@@ -54,8 +55,16 @@ pub const ROPE: Kernel = Kernel {
     functions: &["tierkv_rerotate_keys"],
 };
 
+/// Simulated per-layer compute for the transfer benchmark's overlap case (not
+/// used by the library).
+pub const SIM_COMPUTE: Kernel = Kernel {
+    file: "sim_compute.cu",
+    source: include_str!("../kernels/sim_compute.cu"),
+    functions: &["tierkv_sim_compute"],
+};
+
 /// Every kernel; CI compiles each for every architecture in [`ARCHES`].
-pub const KERNELS: &[Kernel] = &[BLOCK_COPY, ROPE];
+pub const KERNELS: &[Kernel] = &[BLOCK_COPY, ROPE, SIM_COMPUTE];
 
 /// Architectures CI compiles for (A100 and H100 class).
 pub const ARCHES: &[&str] = &["compute_80", "compute_90"];

@@ -135,6 +135,56 @@ pub fn scatter(layout: &PagedLayout, blocks: &[u64], staging: u64) -> Result<Vec
     Ok(segs)
 }
 
+/// Segments of a layer-by-layer load: `out[l]` copies layer `l`'s regions of
+/// tier block `j` (contiguous bytes at `staging[j]`) into engine block `blocks[j]`.
+///
+/// The regions split into `layers` equal consecutive groups in registration order
+/// (vLLM registers each layer's K and V, or its fused KV, in layer order), so
+/// layer `l` owns regions `l * r / layers .. (l + 1) * r / layers`.
+pub fn scatter_layers(
+    layout: &PagedLayout,
+    layers: usize,
+    blocks: &[u64],
+    staging: &[u64],
+) -> Result<Vec<Vec<Segment>>, CudaError> {
+    let r = layout.regions.len();
+    if layers == 0 || !r.is_multiple_of(layers) {
+        return Err(CudaError::InvalidArgument(format!(
+            "{r} regions do not split into {layers} layers"
+        )));
+    }
+    if blocks.len() != staging.len() {
+        return Err(CudaError::InvalidArgument(
+            "blocks and staging addresses differ in length".into(),
+        ));
+    }
+    layout.check(blocks)?;
+    let per = r / layers;
+    let mut offsets = Vec::with_capacity(r);
+    let mut off = 0;
+    for reg in &layout.regions {
+        offsets.push(off);
+        off += reg.bytes;
+    }
+    let mut out = vec![Vec::with_capacity(blocks.len() * per); layers];
+    for (l, segs) in out.iter_mut().enumerate() {
+        for (&b, &src) in blocks.iter().zip(staging) {
+            let group = l * per..(l + 1) * per;
+            for (reg, off) in layout.regions[group.clone()].iter().zip(&offsets[group]) {
+                push_merged(
+                    segs,
+                    Segment {
+                        src: src + off,
+                        dst: reg.base + b * reg.stride,
+                        len: reg.bytes,
+                    },
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn push_merged(out: &mut Vec<Segment>, s: Segment) {
     if let Some(last) = out.last_mut() {
         if last.src + last.len == s.src && last.dst + last.len == s.dst {

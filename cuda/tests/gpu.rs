@@ -7,7 +7,7 @@
 use cudarc::driver::sys;
 use tierkv_cuda::gpu::{CopyMethod, Gpu};
 use tierkv_cuda::reference::{self, KeyDtype, RopeSpec};
-use tierkv_cuda::segments::{gather, scatter, PagedLayout, Region};
+use tierkv_cuda::segments::{gather, scatter, scatter_layers, PagedLayout, Region};
 
 struct DevBuf(u64);
 
@@ -32,17 +32,23 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed)).collect()
 }
 
+/// The GPU opened once per copy method (batch copies only where the driver has
+/// them; the others must open).
+fn each_method() -> Vec<(CopyMethod, Gpu)> {
+    let mut out = Vec::new();
+    for m in [CopyMethod::Batch, CopyMethod::Kernel, CopyMethod::PerSegment] {
+        match Gpu::open(0, Some(m)) {
+            Ok(g) => out.push((m, g)),
+            Err(e) if m == CopyMethod::Batch => eprintln!("batch copies unavailable on this driver: {e}"),
+            Err(e) => panic!("{m:?}: {e}"),
+        }
+    }
+    out
+}
+
 #[test]
 fn every_copy_method_moves_scattered_blocks_exactly() {
-    for m in [CopyMethod::Batch, CopyMethod::Kernel, CopyMethod::PerSegment] {
-        let gpu = match Gpu::open(0, Some(m)) {
-            Ok(g) => g,
-            Err(e) if m == CopyMethod::Batch => {
-                eprintln!("batch copies unavailable on this driver: {e}");
-                continue;
-            }
-            Err(e) => panic!("{m:?}: {e}"),
-        };
+    for (m, gpu) in each_method() {
         // Device pool: 2 regions (K, V) of 64 blocks of 4 KiB + 8 (unaligned tail).
         let (nb, bytes) = (64u64, 4096u64 + 8);
         let dev = DevBuf::new(&gpu, (2 * nb * bytes) as usize);
@@ -130,6 +136,53 @@ fn layerwise_load_signals_each_layer() {
     gpu.synchronize().unwrap();
     drop(pinned);
     assert_eq!(host, want);
+}
+
+/// The C ABI's path: tier blocks at per-block staging addresses, K and V regions
+/// per layer, split by `scatter_layers`; an engine stream (borrowed by its raw
+/// handle) waits for each layer's event before it reads that layer.
+#[test]
+fn layer_split_load_reaches_an_engine_stream_in_order() {
+    for (m, gpu) in each_method() {
+        let (layers, nb, bytes) = (4u64, 16u64, 2048u64);
+        let dev = DevBuf::new(&gpu, (2 * layers * nb * bytes) as usize);
+        let regions: Vec<Region> = (0..2 * layers)
+            .map(|r| Region {
+                base: dev.0 + r * nb * bytes,
+                stride: bytes,
+                bytes,
+            })
+            .collect();
+        let layout = PagedLayout::new(regions, nb).unwrap();
+        let blocks = [3u64, 4, 11, 0];
+        let bb = layout.block_bytes();
+        let mut host = pattern(blocks.len() * bb as usize, 5);
+        let want = host.clone();
+        // SAFETY: `host` outlives the region.
+        let pinned = unsafe { gpu.register_host(host.as_mut_ptr(), host.len()) }.unwrap();
+        let staging: Vec<u64> = (0..blocks.len() as u64)
+            .map(|j| gpu.copy_addr(&pinned, pinned.host_ptr() + j * bb).unwrap())
+            .collect();
+        let per_layer = scatter_layers(&layout, layers as usize, &blocks, &staging).unwrap();
+        let engine = gpu.context().new_stream().unwrap();
+        // SAFETY: `engine` is a live stream of this context and outlives `borrowed`.
+        let borrowed = unsafe { gpu.borrow_stream(engine.cu_stream() as u64) };
+        // SAFETY: segments inside `dev` and the pinned buffer.
+        let load = unsafe { gpu.load_layerwise(&per_layer) }.unwrap();
+        for l in 0..layers as usize {
+            load.wait_on(l, &borrowed).unwrap();
+        }
+        borrowed.synchronize().unwrap();
+        load.wait_all().unwrap();
+        drop(borrowed);
+        host.iter_mut().for_each(|b| *b = 0);
+        let base = gpu.copy_addr(&pinned, pinned.host_ptr()).unwrap();
+        // SAFETY: as above.
+        unsafe { gpu.copy(&gather(&layout, &blocks, base).unwrap()) }.unwrap();
+        gpu.synchronize().unwrap();
+        drop(pinned);
+        assert_eq!(host, want, "{m:?}: layer-split load differs");
+    }
 }
 
 #[test]

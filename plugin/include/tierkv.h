@@ -138,6 +138,9 @@ typedef enum TierkvStatus {
   TIERKV_STATUS_INTERNAL = 8,
 } TierkvStatus;
 
+// A layer-by-layer load in flight (opaque; free with `tierkv_layer_load_destroy`).
+typedef struct TierkvLayerLoad TierkvLayerLoad;
+
 // An opaque manager handle. Created by `tierkv_manager_create`, freed by
 // `tierkv_manager_destroy`. Never dereferenced: its address is a key into the
 // handle table.
@@ -553,6 +556,53 @@ enum TierkvStatus tierkv_disk_flush(const struct TierkvManager *mgr,
 // # Safety
 // `mgr` a live handle; `out` valid for one write. Does not block.
 enum TierkvStatus tierkv_hw_hints(const struct TierkvManager *mgr, struct TierkvHwHints *out);
+
+// Loads blocks `hashes[i]` into device blocks `block_ids[i]` layer by layer. The
+// registered device layout's regions split into `layers` equal groups in
+// registration order (layer l: regions `l*r/layers .. (l+1)*r/layers`). Every
+// block is read and verified first: `out_results` gets a `TIERKV_LOAD_*` code
+// per block and `*out_loaded` the number loaded before this returns; a block not
+// `LOADED` is not written and must be recomputed. Then each layer's copies are
+// queued with an event, and `*out_load` receives the load (free it with
+// `tierkv_layer_load_destroy`). Returns `TIERKV_STATUS_STATE` without a device
+// layout, `TIERKV_STATUS_INVALID_ARGUMENT` when the regions do not split into
+// `layers`, `TIERKV_STATUS_UNAVAILABLE` in a build without the `cuda` feature.
+//
+// # Safety
+// `hashes`, `block_ids` valid for `n` reads; `out_results` valid for `n`
+// writes; `out_loaded`, `out_load` valid for one write each. Nothing else may
+// access these device blocks until the load is destroyed.
+enum TierkvStatus tierkv_load_blocks_layerwise(const struct TierkvManager *mgr,
+                                               const struct TierkvHash *hashes,
+                                               const uint64_t *block_ids,
+                                               size_t n,
+                                               uint32_t layers,
+                                               uint8_t *out_results,
+                                               size_t *out_loaded,
+                                               struct TierkvLayerLoad **out_load);
+
+// Makes the engine's CUDA stream `stream` (a `CUstream` of the device's primary
+// context, e.g. PyTorch's `torch.cuda.current_stream().cuda_stream`; 0 is the
+// legacy default stream) wait for layer `layer` of `load` without blocking the
+// host. Call it right before computing that layer.
+//
+// # Safety
+// `load` a live load; `stream` a live stream (or 0) of the load's device.
+enum TierkvStatus tierkv_layer_load_wait_stream(const struct TierkvLayerLoad *load,
+                                                uint32_t layer,
+                                                void *stream);
+
+// Blocks the calling thread until layer `layer` of `load` is in GPU memory.
+//
+// # Safety
+// `load` a live load.
+enum TierkvStatus tierkv_layer_load_wait(const struct TierkvLayerLoad *load, uint32_t layer);
+
+// Waits for the last layer's copies of `load`, then frees it. Null is a no-op.
+//
+// # Safety
+// `load` null or a live load, not used afterwards.
+void tierkv_layer_load_destroy(struct TierkvLayerLoad *load);
 
 // Writes 1 to `*out_enabled` if semantic sharing is on for this manager's
 // namespace (`TIERKV_SEMANTIC`, `TIERKV_SEMANTIC_NAMESPACES`), else 0.

@@ -325,119 +325,6 @@ impl Manager {
         Ok(())
     }
 
-    /// Records the engine's KV layout in the memory of CUDA device `device`
-    /// (region bases are device addresses), replacing any earlier layout. Needs a
-    /// build with the `cuda` feature and a driver; otherwise `Unavailable`.
-    pub fn register_device_layout(&self, regions: &[Region], num_blocks: u64, device: u32) -> Result<(), ManagerError> {
-        #[cfg(feature = "cuda")]
-        {
-            let numa = self.hw.latest().and_then(|(_, d)| d.numa_node);
-            let link = crate::tier::gpu::DeviceLink::open(device, regions, num_blocks, self.host.block_bytes(), numa)
-                .map_err(ManagerError::Unavailable)?;
-            *self.device.write() = Some(Arc::new(link));
-            self.layout.write().take();
-            Ok(())
-        }
-        #[cfg(not(feature = "cuda"))]
-        {
-            let _ = (regions, num_blocks, device);
-            Err(ManagerError::Unavailable(
-                "this build has no GPU support: build tierkv with `--features cuda`".into(),
-            ))
-        }
-    }
-
-    /// Stores from device blocks through the staging buffer, paced by the
-    /// scheduler's offload rate (see [`crate::tier::gpu`]).
-    ///
-    /// # Safety
-    /// The device blocks must not be written during the call.
-    #[cfg(feature = "cuda")]
-    unsafe fn store_device(
-        &self,
-        dev: &crate::tier::gpu::DeviceLink,
-        hashes: &[BlockHash],
-        block_ids: &[u64],
-        outcomes: &mut [StoreOutcome],
-    ) -> Result<(), ManagerError> {
-        self.check_device_blocks(dev, hashes, block_ids)?;
-        let rate = self.hw.latest().and_then(|(_, d)| d.offload_rate);
-        let k = dev.admit(rate, hashes.len());
-        for o in outcomes.iter_mut().skip(k) {
-            *o = StoreOutcome::Deferred;
-        }
-        self.deferred_blocks
-            .fetch_add((hashes.len() - k) as u64, std::sync::atomic::Ordering::Relaxed);
-        for start in (0..k).step_by(crate::tier::gpu::STAGING_BLOCKS) {
-            let end = (start + crate::tier::gpu::STAGING_BLOCKS).min(k);
-            let slots: Vec<u64> = (0..(end - start) as u64).collect();
-            let mut outs = vec![StoreOutcome::NoSpace; end - start];
-            dev.with_staging(|staging, ops| {
-                ops.gather(&block_ids[start..end]).map_err(ManagerError::Unavailable)?;
-                // SAFETY: the staging buffer is ours while held and was just filled.
-                unsafe { self.store_in(staging, &hashes[start..end], &slots, &mut outs) }
-            })
-            .map_err(ManagerError::Unavailable)??;
-            for (o, r) in outcomes.iter_mut().skip(start).zip(outs) {
-                *o = r;
-            }
-        }
-        Ok(())
-    }
-
-    /// Loads into device blocks through the staging buffer.
-    ///
-    /// # Safety
-    /// Nothing else may access these device blocks during the call.
-    #[cfg(feature = "cuda")]
-    unsafe fn load_device(
-        &self,
-        dev: &crate::tier::gpu::DeviceLink,
-        hashes: &[BlockHash],
-        block_ids: &[u64],
-        outcomes: &mut [LoadOutcome],
-    ) -> Result<(), ManagerError> {
-        self.check_device_blocks(dev, hashes, block_ids)?;
-        for start in (0..hashes.len()).step_by(crate::tier::gpu::STAGING_BLOCKS) {
-            let end = (start + crate::tier::gpu::STAGING_BLOCKS).min(hashes.len());
-            let slots: Vec<u64> = (0..(end - start) as u64).collect();
-            let mut outs = vec![LoadOutcome::Miss; end - start];
-            dev.with_staging(|staging, ops| {
-                // SAFETY: the staging buffer is ours while held.
-                unsafe { self.load_in(staging, &hashes[start..end], &slots, &mut outs) }?;
-                let loaded: Vec<usize> = (0..outs.len()).filter(|&j| outs[j] == LoadOutcome::Loaded).collect();
-                ops.scatter(&block_ids[start..end], &loaded)
-                    .map_err(ManagerError::Unavailable)
-            })
-            .map_err(ManagerError::Unavailable)??;
-            for (o, r) in outcomes.iter_mut().skip(start).zip(outs) {
-                *o = r;
-            }
-        }
-        Ok(())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn check_device_blocks(
-        &self,
-        dev: &crate::tier::gpu::DeviceLink,
-        hashes: &[BlockHash],
-        block_ids: &[u64],
-    ) -> Result<(), ManagerError> {
-        if hashes.len() != block_ids.len() {
-            return Err(ManagerError::InvalidArgument(
-                "hashes and block ids differ in length".into(),
-            ));
-        }
-        match block_ids.iter().find(|&&b| b >= dev.num_blocks()) {
-            Some(b) => Err(ManagerError::InvalidArgument(format!(
-                "block id {b} is out of range (device layout has {} blocks)",
-                dev.num_blocks()
-            ))),
-            None => Ok(()),
-        }
-    }
-
     fn check_blocks(&self, layout: &EngineLayout, hashes: &[BlockHash], block_ids: &[u64]) -> Result<(), ManagerError> {
         if hashes.len() != block_ids.len() {
             return Err(ManagerError::InvalidArgument(
@@ -728,6 +615,9 @@ impl Drop for Manager {
 
 #[path = "manager_semantic.rs"]
 mod semantic_api;
+
+#[path = "manager_device.rs"]
+mod device_api;
 
 #[cfg(test)]
 #[path = "manager_tests.rs"]

@@ -134,10 +134,40 @@ fn device_layouts_round_trip_on_a_gpu_and_are_refused_without_one() {
     assert_eq!(loaded, vec![LoadOutcome::Loaded; 3]);
     let mut back = vec![0u8; 8 * BYTES];
     dev.read(&mut back).unwrap();
-    for (src, dst) in [(0usize, 5usize), (1, 6), (2, 7)] {
-        for r in 0..2 {
-            let (a, b) = (r * 8 * BYTES / 2 + src * BYTES / 2, r * 8 * BYTES / 2 + dst * BYTES / 2);
-            assert_eq!(back[a..a + BYTES / 2], back[b..b + BYTES / 2], "block {src} region {r}");
+    let same = |back: &[u8], pairs: &[(usize, usize)]| {
+        for &(src, dst) in pairs {
+            for r in 0..2 {
+                let (a, b) = (r * 8 * BYTES / 2 + src * BYTES / 2, r * 8 * BYTES / 2 + dst * BYTES / 2);
+                assert_eq!(back[a..a + BYTES / 2], back[b..b + BYTES / 2], "block {src} region {r}");
+            }
         }
+    };
+    same(&back, &[(0, 5), (1, 6), (2, 7)]);
+    // Layer by layer (one region per layer), twice: the second load reuses the
+    // pooled staging. A missing block is reported and its device block untouched.
+    for _ in 0..2 {
+        dev.write(&pattern).unwrap();
+        let want: Vec<BlockHash> = vec![hs[1], hs[2], BlockHash(99)];
+        let mut outs = vec![LoadOutcome::Miss; 3];
+        // SAFETY: blocks 3..6 are ours until the load is dropped.
+        let load = unsafe { m.load_blocks_layerwise(&want, &[3, 4, 5], 2, &mut outs) }.unwrap();
+        assert_eq!(outs, vec![LoadOutcome::Loaded, LoadOutcome::Loaded, LoadOutcome::Miss]);
+        assert_eq!(load.layers(), 2);
+        load.wait_host(1).unwrap();
+        load.wait_host(0).unwrap();
+        drop(load);
+        dev.read(&mut back).unwrap();
+        same(&back, &[(1, 3), (2, 4)]);
+        assert_eq!(
+            back[5 * BYTES / 2..6 * BYTES / 2],
+            pattern[5 * BYTES / 2..6 * BYTES / 2]
+        );
     }
+    let mut outs = vec![LoadOutcome::Miss; 1];
+    // SAFETY: refused before any copy.
+    let three = unsafe { m.load_blocks_layerwise(&hs[..1], &[3], 3, &mut outs) };
+    assert!(
+        matches!(three, Err(ManagerError::InvalidArgument(_))),
+        "2 regions are not 3 layers"
+    );
 }

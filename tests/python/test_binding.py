@@ -7,7 +7,6 @@ import ctypes
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,6 @@ sys.path.insert(0, str(ROOT / "integration" / "vllm"))
 
 from tierkv_vllm import TierKV, TierKVError  # noqa: E402
 from tierkv_vllm.lib import LOAD_CORRUPT, LOAD_LOADED, LOAD_MISS, STORE_PRESENT, STORE_STORED  # noqa: E402
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("TIERKV_SHM_DIR", str(tmp_path))
-    monkeypatch.setenv("TIERKV_STORE_NAME", f"py-{uuid.uuid4().hex[:8]}")
-    monkeypatch.setenv("TIERKV_CPU_BYTES", "4MiB")
-    return tmp_path
 
 
 def test_store_lookup_load_round_trip(env):

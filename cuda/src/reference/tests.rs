@@ -2,7 +2,7 @@
 //! against keys computed directly at the new position, segment copies.
 
 use super::*;
-use crate::segments::{gather, scatter, PagedLayout, Region};
+use crate::segments::{gather, scatter, scatter_layers, PagedLayout, Region};
 use proptest::prelude::*;
 
 #[test]
@@ -254,4 +254,65 @@ proptest! {
             }
         }
     }
+
+    /// A layer-by-layer scatter from tier blocks at arbitrary addresses writes
+    /// exactly what one whole scatter writes, and layer l's segments only touch
+    /// layer l's regions.
+    #[test]
+    fn layerwise_scatter_equals_the_whole_scatter(
+        layers in 1usize..4,
+        per_layer in 1usize..3,
+        picks in proptest::collection::vec(0u64..16, 1..10),
+    ) {
+        let mut blocks = picks.clone();
+        blocks.sort_unstable();
+        blocks.dedup();
+        let (nblocks, bytes) = (16u64, 24u64);
+        let nregions = (layers * per_layer) as u64;
+        let regions: Vec<Region> = (0..nregions)
+            .map(|r| Region { base: r * nblocks * bytes, stride: bytes, bytes })
+            .collect();
+        let layout = PagedLayout::new(regions.clone(), nblocks).unwrap();
+        let bb = layout.block_bytes();
+        let tier: Vec<u8> = (0..blocks.len() as u64 * bb).map(|i| (i * 7 % 253) as u8).collect();
+        let mut whole = vec![0u8; (nregions * nblocks * bytes) as usize];
+        copy_segments(&tier, &mut whole, &scatter(&layout, &blocks, 0).unwrap()).unwrap();
+        // Tier blocks placed in reverse order: staging addresses are per block.
+        let n = blocks.len() as u64;
+        let mut shuffled = vec![0u8; tier.len()];
+        for j in 0..n {
+            let (from, to) = ((j * bb) as usize, ((n - 1 - j) * bb) as usize);
+            shuffled[to..to + bb as usize].copy_from_slice(&tier[from..from + bb as usize]);
+        }
+        let staging: Vec<u64> = (0..n).map(|j| (n - 1 - j) * bb).collect();
+        let per = scatter_layers(&layout, layers, &blocks, &staging).unwrap();
+        prop_assert_eq!(per.len(), layers);
+        let mut layered = vec![0u8; whole.len()];
+        for (l, segs) in per.iter().enumerate() {
+            let lo = (l * per_layer) as u64 * nblocks * bytes;
+            let hi = ((l + 1) * per_layer) as u64 * nblocks * bytes;
+            for s in segs {
+                prop_assert!(s.dst >= lo && s.dst + s.len <= hi, "layer {} wrote outside its regions", l);
+            }
+            copy_segments(&shuffled, &mut layered, segs).unwrap();
+        }
+        prop_assert_eq!(layered, whole);
+    }
+}
+
+#[test]
+fn layerwise_scatter_refuses_a_layer_count_that_does_not_divide_the_regions() {
+    let regions: Vec<Region> = (0..6)
+        .map(|r| Region {
+            base: r * 1000,
+            stride: 10,
+            bytes: 10,
+        })
+        .collect();
+    let layout = PagedLayout::new(regions, 100).unwrap();
+    assert!(scatter_layers(&layout, 4, &[1], &[0]).is_err());
+    assert!(scatter_layers(&layout, 0, &[1], &[0]).is_err());
+    assert!(scatter_layers(&layout, 3, &[1, 2], &[0]).is_err(), "lengths differ");
+    assert!(scatter_layers(&layout, 3, &[100], &[0]).is_err(), "block out of range");
+    assert_eq!(scatter_layers(&layout, 3, &[1], &[0]).unwrap().len(), 3);
 }

@@ -25,6 +25,17 @@ Worker side, per step:
 2. ``wait_for_save`` copies the finished blocks out, by pointer, once the forward
    pass has written every layer.
 
+KV in GPU memory (vLLM's CUDA backends; libtierkv.so built with ``--features
+cuda``): ``register_kv_caches`` registers the tensors as a device layout, and
+loads and stores go through tierkv's pinned staging (docs/gpu.md). Before a device
+load or store the worker waits for its current CUDA stream, so that tierkv's copy
+stream never races vLLM's own work on those blocks (block zeroing before the
+forward, the forward's writes before a store). With ``kv_connector_extra_config``
+``{"layerwise": true}``, synchronous loads go layer by layer: each attention
+layer's ``wait_for_layer_load`` makes the compute stream wait for that layer's
+copies only, so layer l computes while layer l + 1 is in flight; the connector
+then asks vLLM for PIECEWISE CUDA graphs (those waits cannot be captured).
+
 Semantic sharing (``TIERKV_SEMANTIC``, docs/semantic.md): when the exact hit of a
 prompt is short, the scheduler asks tierkv for a reuse plan from a cached
 near-duplicate and turns it into an *approximate prefix*: the blocks after the
@@ -68,6 +79,7 @@ from .lib import (
     TIER_DISK,
     TOKEN_SOURCE_BYTES,
     TierKV,
+    TierKVError,
     _rope,
 )
 
@@ -154,8 +166,64 @@ def _block_bytes(kv_cache_config: "KVCacheConfig") -> int:
     return total // kv_cache_config.num_blocks
 
 
+def _dense(sizes: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """Whether elements with these sizes and strides fill one contiguous range
+    without gaps or overlaps, in any dimension order."""
+    dims = sorted((st, sz) for sz, st in zip(sizes, strides) if sz != 1)
+    expect = 1
+    for st, sz in dims:
+        if st != expect:
+            return False
+        expect *= sz
+    return True
+
+
+def kv_regions(kv_caches: dict[str, Any], num_blocks: int) -> tuple[list[tuple[int, int, int]], int]:
+    """tierkv regions ``(base, block stride, bytes per block)`` of vLLM's per-layer
+    KV tensors, in layer order, and the number of regions per layer.
+
+    Layouts (block dimension outermost, or right after a K/V dimension of 2; any
+    order of the dimensions inside a block, e.g. FlashAttention's HND cache layout,
+    as long as one block's elements are one contiguous range):
+    ``[num_blocks, ...]`` (FlashInfer, CPU, MLA): one region per layer;
+    ``[2, num_blocks, ...]`` (FlashAttention, Triton): K and V, two regions."""
+    regions: list[tuple[int, int, int]] = []
+    per_layer: int | None = None
+    for name, t in kv_caches.items():
+        item, sizes, strides = t.element_size(), tuple(t.shape), tuple(t.stride())
+        if len(sizes) >= 2 and sizes[0] == num_blocks:
+            halves, blk = [0], 0
+        elif len(sizes) >= 3 and sizes[0] == 2 and sizes[1] == num_blocks:
+            halves, blk = [0, strides[0]], 1
+        else:
+            raise ValueError(
+                f"tierkv: unsupported KV cache layout for {name}: shape {sizes}, {num_blocks} blocks"
+            )
+        inner_sizes, inner_strides = sizes[blk + 1 :], strides[blk + 1 :]
+        inner = 1
+        for n in inner_sizes:
+            inner *= n
+        apart = len(halves) == 1 or abs(strides[0]) >= num_blocks * strides[blk]
+        if not _dense(inner_sizes, inner_strides) or strides[blk] < inner or not apart:
+            raise ValueError(
+                f"tierkv: KV cache of {name} (shape {sizes}, strides {strides}) does not keep each "
+                "block's elements in one contiguous range"
+            )
+        for h in halves:
+            regions.append((t.data_ptr() + h * item, strides[blk] * item, inner * item))
+        if per_layer not in (None, len(halves)):
+            raise ValueError("tierkv: layers with different KV layouts are not supported")
+        per_layer = len(halves)
+    return regions, per_layer or 1
+
+
 class TierKVConnector(KVConnectorBase_V1):
     """vLLM KV connector backed by libtierkv.so."""
+
+    @classmethod
+    def requires_piecewise_for_cudagraph(cls, extra_config: dict[str, Any]) -> bool:
+        # Layer-by-layer loads wait per attention layer: not capturable.
+        return bool((extra_config or {}).get("layerwise", False))
 
     def __init__(
         self,
@@ -223,6 +291,12 @@ class TierKVConnector(KVConnectorBase_V1):
         self._loader: ThreadPoolExecutor | None = None
         self._loads_done: list[tuple[str, set[int]]] = []
         self._loads_lock = threading.Lock()
+        # Worker, KV in GPU memory: the device, each layer's index, and the
+        # layer-by-layer loads of the current forward pass.
+        self._device: int | None = None
+        self._layerwise = bool(self._kv_transfer_config.kv_connector_extra_config.get("layerwise", False))
+        self._layer_index: dict[str, int] = {}
+        self._layer_loads: list[Any] = []
         if is_scheduler and self._kv_transfer_config.kv_load_failure_policy != "recompute":
             # A block that fails verification must be recomputed, never fail the
             # request: tierkv's loads are best effort by design.
@@ -239,25 +313,24 @@ class TierKVConnector(KVConnectorBase_V1):
     # ------------------------------------------------------------------ worker side
 
     def register_kv_caches(self, kv_caches: dict[str, Any]) -> None:
-        regions = []
-        for name, t in kv_caches.items():
-            if not t.is_contiguous():
-                raise ValueError(f"tierkv: KV cache of {name} is not contiguous")
-            item = t.element_size()
-            if t.shape[0] == self._num_blocks:
-                stride = t.stride(0) * item
-                regions.append((t.data_ptr(), stride, stride))
-            elif t.dim() > 1 and t.shape[0] == 2 and t.shape[1] == self._num_blocks:
-                # Separate K and V halves: [2, num_blocks, ...].
-                stride = t.stride(1) * item
-                regions.append((t.data_ptr(), stride, stride))
-                regions.append((t.data_ptr() + t.stride(0) * item, stride, stride))
-            else:
-                raise ValueError(
-                    f"tierkv: unsupported KV cache layout for {name}: shape {tuple(t.shape)}, "
-                    f"{self._num_blocks} blocks"
-                )
-        self._tkv.register_layout(regions, self._num_blocks)
+        regions, _ = kv_regions(kv_caches, self._num_blocks)
+        devices = {t.device.type for t in kv_caches.values()}
+        if devices == {"cuda"}:
+            index = next(iter(kv_caches.values())).device.index or 0
+            try:
+                self._tkv.register_device_layout(regions, self._num_blocks, index)
+            except TierKVError as e:
+                raise RuntimeError(
+                    f"tierkv: vLLM's KV cache is in GPU memory but libtierkv.so cannot reach it ({e}); "
+                    "build the library with `cargo build --release -p tierkv --features cuda`"
+                ) from e
+            self._device = index
+            self._layer_index = {name: i for i, name in enumerate(kv_caches)}
+            logger.info("tierkv: KV in GPU memory (device %d), layer-by-layer loads %s", index, self._layerwise)
+        elif devices == {"cpu"}:
+            self._tkv.register_layout(regions, self._num_blocks)
+        else:
+            raise ValueError(f"tierkv: KV cache on devices {sorted(devices)}: one device type is supported")
         if self._semantic:
             self._register_token_rows(kv_caches)
 
@@ -303,8 +376,15 @@ class TierKVConnector(KVConnectorBase_V1):
             return
         meta = self._get_connector_metadata()
         assert isinstance(meta, TierKVMetadata)
+        if self._device is not None and (meta.loads or meta.async_loads):
+            # vLLM may still zero or write these blocks on its stream.
+            self._sync_engine_stream()
         for hashes, block_ids in meta.loads:
-            results = self._tkv.load_blocks(hashes, block_ids)
+            if self._device is not None and self._layerwise:
+                results, load = self._tkv.load_blocks_layerwise(hashes, block_ids, len(self._layer_index))
+                self._layer_loads.append(load)
+            else:
+                results = self._tkv.load_blocks(hashes, block_ids)
             for block_id, r in zip(block_ids, results):
                 if r != LOAD_LOADED:
                     self._load_errors.add(block_id)
@@ -345,8 +425,21 @@ class TierKVConnector(KVConnectorBase_V1):
             self._load_errors |= failed
         return None, {req_id for req_id, _ in done}
 
+    def _sync_engine_stream(self) -> None:
+        import torch
+
+        torch.cuda.current_stream(self._device).synchronize()
+
     def wait_for_layer_load(self, layer_name: str) -> None:
-        return
+        if not self._layer_loads:
+            return
+        import torch
+
+        # A layer not registered (none expected): wait for every layer.
+        layer = self._layer_index.get(layer_name, len(self._layer_index) - 1)
+        stream = torch.cuda.current_stream(self._device).cuda_stream
+        for load in self._layer_loads:
+            load.wait_stream(layer, stream)
 
     def save_kv_layer(self, layer_name: str, kv_layer: Any, attn_metadata: Any, **kwargs: Any) -> None:
         # Whole blocks are copied once every layer is written (wait_for_save).
@@ -357,6 +450,13 @@ class TierKVConnector(KVConnectorBase_V1):
             return
         meta = self._get_connector_metadata()
         assert isinstance(meta, TierKVMetadata)
+        # The forward pass is queued, not done: its layers' waits are in the
+        # stream, so the loads' staging can be released (waits for the copies).
+        loads, self._layer_loads = self._layer_loads, []
+        for load in loads:
+            load.close()
+        if self._device is not None and meta.stores:
+            self._sync_engine_stream()  # the forward's writes before the copies out
         for hashes, block_ids in meta.stores:
             self._tkv.store_blocks(hashes, block_ids)
 

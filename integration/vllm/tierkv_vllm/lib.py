@@ -223,6 +223,17 @@ def _load(path: str) -> ctypes.CDLL:
         ),
         "tierkv_load_tokens": ([vp, hp, ctypes.c_size_t, vp, u64p, ctypes.c_size_t, u8p], ctypes.c_int),
         "tierkv_rerotate_keys": ([ctypes.POINTER(_Rope), vp, ctypes.c_size_t, vp], ctypes.c_int),
+        "tierkv_register_device_layout": (
+            [vp, ctypes.POINTER(_Region), ctypes.c_size_t, ctypes.c_uint64, ctypes.c_uint32],
+            ctypes.c_int,
+        ),
+        "tierkv_load_blocks_layerwise": (
+            [vp, hp, u64p, ctypes.c_size_t, ctypes.c_uint32, u8p, szp, ctypes.POINTER(vp)],
+            ctypes.c_int,
+        ),
+        "tierkv_layer_load_wait_stream": ([vp, ctypes.c_uint32, vp], ctypes.c_int),
+        "tierkv_layer_load_wait": ([vp, ctypes.c_uint32], ctypes.c_int),
+        "tierkv_layer_load_destroy": ([vp], None),
     }
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)
@@ -342,6 +353,32 @@ class TierKV:
         arr = (_Region * len(regs))(*regs)
         self._check(self._lib.tierkv_register_layout(self._h, arr, len(regs), num_blocks))
 
+    def register_device_layout(self, regions: Iterable[tuple[int, int, int]], num_blocks: int, device: int) -> None:
+        """KV in the GPU memory of CUDA device ``device`` (bases are device
+        addresses). Raises ``TierKVError`` with status ``UNAVAILABLE`` when the
+        library has no GPU support or no driver."""
+        regs = [_Region(*r) for r in regions]
+        arr = (_Region * len(regs))(*regs)
+        self._check(self._lib.tierkv_register_device_layout(self._h, arr, len(regs), num_blocks, device))
+
+    def load_blocks_layerwise(
+        self, hashes: bytes, block_ids: Sequence[int], layers: int
+    ) -> tuple[list[int], "LayerLoad"]:
+        """Verifies every block into staging (results now), then copies layer by
+        layer; wait per layer on the returned load (device layout only)."""
+        arr, n = _hash_array(hashes)
+        if arr is None:
+            arr = (_Hash * 1)()  # no blocks: still a load (events only), never null
+        ids = (ctypes.c_uint64 * max(n, 1))(*block_ids)
+        res = (ctypes.c_uint8 * max(n, 1))()
+        loaded, handle = ctypes.c_size_t(), ctypes.c_void_p()
+        self._check(
+            self._lib.tierkv_load_blocks_layerwise(
+                self._h, arr, ids, n, layers, res, ctypes.byref(loaded), ctypes.byref(handle)
+            )
+        )
+        return list(res)[:n], LayerLoad(self, handle)
+
     def store_blocks(self, hashes: bytes, block_ids: Sequence[int]) -> list[int]:
         arr, n = _hash_array(hashes)
         if n == 0:
@@ -425,6 +462,31 @@ class TierKV:
         res = (ctypes.c_uint8 * n)()
         self._check(self._lib.tierkv_load_tokens(self._h, arr, n_src, mp, ids, n, res))
         return list(res)
+
+
+class LayerLoad:
+    """A layer-by-layer load in flight (``TierkvLayerLoad*``); ``close`` (or the
+    object's end) waits for its last layer and frees it."""
+
+    def __init__(self, tkv: TierKV, handle: ctypes.c_void_p):
+        self._tkv, self._h = tkv, handle
+
+    def wait_stream(self, layer: int, stream: int) -> None:
+        """Makes CUDA stream ``stream`` (``torch.cuda.current_stream().cuda_stream``)
+        wait for ``layer`` without blocking the host."""
+        self._tkv._check(self._tkv._lib.tierkv_layer_load_wait_stream(self._h, layer, stream))
+
+    def wait(self, layer: int) -> None:
+        """Blocks until ``layer`` is in GPU memory."""
+        self._tkv._check(self._tkv._lib.tierkv_layer_load_wait(self._h, layer))
+
+    def close(self) -> None:
+        if self._h:
+            self._tkv._lib.tierkv_layer_load_destroy(self._h)
+            self._h = None
+
+    def __del__(self):
+        self.close()
 
 
 class Plan:

@@ -22,11 +22,13 @@
 mod api;
 mod disk_api;
 mod hw_api;
+mod layer_api;
 mod semantic_api;
 
 pub use api::*;
 pub use disk_api::*;
 pub use hw_api::*;
+pub use layer_api::*;
 pub use semantic_api::*;
 
 use std::cell::RefCell;

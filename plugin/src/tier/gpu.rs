@@ -17,14 +17,25 @@
 //!    hits read, verified and onboarded as usual);
 //! 2. one batched H2D copy scatters the loaded slots into the device blocks.
 //!
+//! Workflow of a layer-by-layer load ([`DeviceLink::load_layers`]):
+//! 1. staging buffers for all n blocks come from a pool (registered once, kept
+//!    for the next load, at most `POOL_KEEP` idle);
+//! 2. the manager's host-memory load fills them (verified, as above);
+//! 3. layer l's regions of the loaded blocks are copied on the copy stream, then
+//!    an event is recorded; the engine's compute stream waits on layer l's event
+//!    right before computing layer l ([`LayerLoad::wait_stream`]);
+//! 4. dropping the [`LayerLoad`] waits for the last layer, then hands the buffers
+//!    back to the pool.
+//!
 //! Staging costs one extra host copy per block compared with copying straight
 //! into arena slots; it keeps the arena's checksum-while-copying protocol intact.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use tierkv_cuda::gpu::{Gpu, PinnedRegion};
-use tierkv_cuda::segments::{self, PagedLayout};
+use tierkv_cuda::gpu::{Gpu, LayerwiseLoad, PinnedRegion};
+use tierkv_cuda::segments::{self, PagedLayout, Segment};
 use tierkv_cuda::CudaError;
 
 use super::layout::{EngineLayout, Region};
@@ -32,6 +43,9 @@ use crate::hw::pace::TokenBucket;
 
 /// Blocks the staging buffer holds (one chunk of a store or load).
 pub const STAGING_BLOCKS: usize = 64;
+
+/// Idle staging buffers the layer-load pool keeps registered.
+const POOL_KEEP: usize = 8;
 
 /// Anonymous memory registered pinned; unregistered, then unmapped, on drop.
 struct Staging {
@@ -44,6 +58,60 @@ struct Staging {
 unsafe impl Send for Staging {}
 // SAFETY: as above.
 unsafe impl Sync for Staging {}
+
+impl Staging {
+    /// Anonymous memory for `STAGING_BLOCKS` blocks, placed on `numa` when given
+    /// (before the first touch), then registered pinned with `gpu`.
+    fn new(gpu: &Gpu, block_bytes: u64, numa: Option<u32>) -> Result<Self, String> {
+        let len = STAGING_BLOCKS * block_bytes as usize;
+        // SAFETY: a fresh private anonymous mapping.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!("staging buffer: {}", std::io::Error::last_os_error()));
+        }
+        let mut staging = Staging {
+            ptr: p.cast(),
+            len,
+            pinned: None,
+        };
+        if let Some(node) = numa {
+            // SAFETY: our mapping, not yet touched: pages land on `node`.
+            if let Err(e) = unsafe { crate::hw::numa::prefer_node(staging.ptr, len, node) } {
+                tracing::info!(node, error = %e, "staging buffer not placed on the GPU's NUMA node");
+            }
+        }
+        // SAFETY: the mapping lives as long as `staging`, which drops the
+        // registration first.
+        staging.pinned = Some(unsafe { gpu.register_host(staging.ptr, len) }.map_err(unavailable)?);
+        Ok(staging)
+    }
+
+    /// The address copies use for byte `off` of the buffer.
+    fn copy_addr(&self, gpu: &Gpu, off: u64) -> Result<u64, String> {
+        let pinned = self.pinned.as_ref().ok_or("staging buffer not registered")?;
+        gpu.copy_addr(pinned, self.ptr as u64 + off)
+            .ok_or_else(|| format!("staging offset {off} outside the buffer"))
+    }
+
+    /// The buffer as a host layout of `STAGING_BLOCKS` blocks.
+    fn layout(&self, block_bytes: u64) -> Result<EngineLayout, String> {
+        let region = Region {
+            base: self.ptr as u64,
+            block_stride: block_bytes,
+            bytes_per_block: block_bytes,
+        };
+        EngineLayout::new(&[region], STAGING_BLOCKS as u64, block_bytes).map_err(|e| e.to_string())
+    }
+}
 
 impl Drop for Staging {
     fn drop(&mut self) {
@@ -59,6 +127,10 @@ pub struct DeviceLink {
     layout: PagedLayout,
     block_bytes: u64,
     staging: Mutex<Staging>,
+    /// Idle buffers for layer-by-layer loads (each holds its blocks until the
+    /// engine has consumed the last layer).
+    pool: Mutex<Vec<Staging>>,
+    numa: Option<u32>,
     bucket: Mutex<TokenBucket>,
 }
 
@@ -95,40 +167,14 @@ impl DeviceLink {
             ));
         }
         let gpu = Gpu::open(device as usize, None).map_err(unavailable)?;
-        let len = STAGING_BLOCKS * block_bytes as usize;
-        // SAFETY: a fresh private anonymous mapping.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(format!("staging buffer: {}", std::io::Error::last_os_error()));
-        }
-        let mut staging = Staging {
-            ptr: p.cast(),
-            len,
-            pinned: None,
-        };
-        if let Some(node) = numa {
-            // SAFETY: our mapping, not yet touched: pages land on `node`.
-            if let Err(e) = unsafe { crate::hw::numa::prefer_node(staging.ptr, len, node) } {
-                tracing::info!(node, error = %e, "staging buffer not placed on the GPU's NUMA node");
-            }
-        }
-        // SAFETY: the mapping lives as long as `staging`, which drops the
-        // registration first.
-        staging.pinned = Some(unsafe { gpu.register_host(staging.ptr, len) }.map_err(unavailable)?);
+        let staging = Staging::new(&gpu, block_bytes, numa)?;
         Ok(Self {
             gpu,
             layout,
             block_bytes,
             staging: Mutex::new(staging),
+            pool: Mutex::new(Vec::new()),
+            numa,
             bucket: Mutex::new(TokenBucket::new(Instant::now())),
         })
     }
@@ -147,18 +193,136 @@ impl DeviceLink {
     /// layout of `STAGING_BLOCKS` blocks.
     pub fn with_staging<R>(&self, f: impl FnOnce(&EngineLayout, &StagingOps<'_>) -> R) -> Result<R, String> {
         let st = self.staging.lock();
-        let region = Region {
-            base: st.ptr as u64,
-            block_stride: self.block_bytes,
-            bytes_per_block: self.block_bytes,
-        };
-        let layout =
-            EngineLayout::new(&[region], STAGING_BLOCKS as u64, self.block_bytes).map_err(|e| e.to_string())?;
+        let layout = st.layout(self.block_bytes)?;
         let ops = StagingOps {
             link: self,
-            base: st.ptr as u64,
+            base: st.copy_addr(&self.gpu, 0)?,
         };
         Ok(f(&layout, &ops))
+    }
+
+    /// Checks that the layout's regions split into `layers` equal groups.
+    pub fn check_layers(&self, layers: usize) -> Result<(), String> {
+        let r = self.layout.regions().len();
+        if layers == 0 || !r.is_multiple_of(layers) {
+            return Err(format!(
+                "the device layout's {r} regions do not split into {layers} layers"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A layer-by-layer load of `block_ids.len()` blocks: `fill(layout, start, end)`
+    /// loads blocks `start..end` into slots `0..end - start` of one staging buffer
+    /// (a host layout) and says which slots hold verified blocks; then each layer's
+    /// copies are queued with an event. See the module's workflow.
+    pub fn load_layers<E: From<DeviceError>>(
+        self: &Arc<Self>,
+        block_ids: &[u64],
+        layers: usize,
+        mut fill: impl FnMut(&EngineLayout, usize, usize) -> Result<Vec<bool>, E>,
+    ) -> Result<LayerLoad, E> {
+        self.check_layers(layers).map_err(DeviceError)?;
+        let mut lease = Lease {
+            link: Arc::clone(self),
+            buffers: Vec::new(),
+        };
+        let (mut blocks, mut addrs) = (Vec::new(), Vec::new());
+        for start in (0..block_ids.len()).step_by(STAGING_BLOCKS) {
+            let end = (start + STAGING_BLOCKS).min(block_ids.len());
+            let pooled = self.pool.lock().pop();
+            let buf = match pooled {
+                Some(b) => b,
+                None => Staging::new(&self.gpu, self.block_bytes, self.numa).map_err(DeviceError)?,
+            };
+            lease.buffers.push(buf);
+            let buf = lease.buffers.last().expect("just pushed");
+            let loaded = fill(&buf.layout(self.block_bytes).map_err(DeviceError)?, start, end)?;
+            for (j, ok) in loaded.into_iter().enumerate() {
+                if ok {
+                    addrs.push(
+                        buf.copy_addr(&self.gpu, j as u64 * self.block_bytes)
+                            .map_err(DeviceError)?,
+                    );
+                    blocks.push(block_ids[start + j]);
+                }
+            }
+        }
+        let per_layer: Vec<Vec<Segment>> =
+            segments::scatter_layers(&self.layout, layers, &blocks, &addrs).map_err(|e| DeviceError(e.to_string()))?;
+        // SAFETY: the engine's device memory (registered by it, not accessed
+        // meanwhile per the load's contract) and staging buffers that the returned
+        // load keeps until its last layer has arrived.
+        match unsafe { self.gpu.load_layerwise(&per_layer) } {
+            Ok(load) => Ok(LayerLoad { load, lease }),
+            Err(e) => {
+                // Copies may be queued: the buffers go back only once they ran.
+                let _ = self.gpu.synchronize();
+                Err(DeviceError(e.to_string()).into())
+            }
+        }
+    }
+}
+
+/// A failure of the device path (no driver, a failed copy, a bad layer split).
+#[derive(Debug)]
+pub struct DeviceError(pub String);
+
+/// Staging buffers lent to one layer load; back to the pool on drop.
+struct Lease {
+    link: Arc<DeviceLink>,
+    buffers: Vec<Staging>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut pool = self.link.pool.lock();
+        while let Some(b) = self.buffers.pop() {
+            if pool.len() < POOL_KEEP {
+                pool.push(b);
+            }
+        }
+    }
+}
+
+/// A layer-by-layer load in flight (see [`DeviceLink::load_layers`]).
+pub struct LayerLoad {
+    load: LayerwiseLoad,
+    lease: Lease,
+}
+
+impl LayerLoad {
+    /// Layers in this load.
+    pub fn layers(&self) -> usize {
+        self.load.layers()
+    }
+
+    /// Makes the engine's stream `raw` (a `CUstream`) wait for layer `l`, without
+    /// blocking the host.
+    ///
+    /// # Safety
+    /// `raw` must be a live stream of the device's primary context (or a special
+    /// handle: 0, `CU_STREAM_LEGACY`, `CU_STREAM_PER_THREAD`).
+    pub unsafe fn wait_stream(&self, l: usize, raw: u64) -> Result<(), String> {
+        let gpu = &self.lease.link.gpu;
+        // SAFETY: the caller's contract; the wrapper is dropped before we return.
+        let stream = unsafe { gpu.borrow_stream(raw) };
+        self.load.wait_on(l, &stream).map_err(unavailable)
+    }
+
+    /// Blocks the host until layer `l` has arrived.
+    pub fn wait_host(&self, l: usize) -> Result<(), String> {
+        self.load.wait_host(l).map_err(unavailable)
+    }
+}
+
+impl Drop for LayerLoad {
+    fn drop(&mut self) {
+        // The staging buffers may only be reused once every copy has read them.
+        if let Err(e) = self.load.wait_all() {
+            tracing::warn!(error = %e, "layer load: waiting for the last layer failed; synchronizing the copy stream");
+            let _ = self.lease.link.gpu.synchronize();
+        }
     }
 }
 
