@@ -446,15 +446,15 @@ class TierKVConnector(KVConnectorBase_V1):
         return
 
     def wait_for_save(self) -> None:
-        if not self.has_connector_metadata():
-            return
-        meta = self._get_connector_metadata()
-        assert isinstance(meta, TierKVMetadata)
         # The forward pass is queued, not done: its layers' waits are in the
         # stream, so the loads' staging can be released (waits for the copies).
         loads, self._layer_loads = self._layer_loads, []
         for load in loads:
             load.close()
+        if not self.has_connector_metadata():
+            return
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, TierKVMetadata)
         if self._device is not None and meta.stores:
             self._sync_engine_stream()  # the forward's writes before the copies out
         for hashes, block_ids in meta.stores:
