@@ -2,8 +2,10 @@
 //! engine's device blocks and the tiers through a pinned staging buffer.
 //!
 //! Core type: [`DeviceLink`] (a `tierkv_cuda::gpu::Gpu`, the engine's paged
-//! device layout, and a staging buffer of `STAGING_BLOCKS` blocks: anonymous
-//! memory placed on the GPU's NUMA node, then registered pinned).
+//! device layout, and a pool of staging buffers of `STAGING_BLOCKS` blocks:
+//! anonymous memory placed on the GPU's NUMA node, then registered pinned; each
+//! operation takes its own, so stores and loads on several threads run side by
+//! side).
 //!
 //! Workflow of a store (device -> tiers), per chunk of at most `STAGING_BLOCKS`:
 //! 1. the offload budget (scheduler's offload rate, token bucket) admits k blocks;
@@ -18,8 +20,8 @@
 //! 2. one batched H2D copy scatters the loaded slots into the device blocks.
 //!
 //! Workflow of a layer-by-layer load ([`DeviceLink::load_layers`]):
-//! 1. staging buffers for all n blocks come from a pool (registered once, kept
-//!    for the next load, at most `POOL_KEEP` idle);
+//! 1. staging buffers for all n blocks come from the pool (registered once, kept
+//!    for the next operation, at most `POOL_KEEP` idle);
 //! 2. the manager's host-memory load fills them (verified, as above);
 //! 3. layer l's regions of the loaded blocks are copied on the copy stream, then
 //!    an event is recorded; the engine's compute stream waits on layer l's event
@@ -54,7 +56,7 @@ struct Staging {
     pinned: Option<PinnedRegion>,
 }
 
-// SAFETY: the buffer is only touched under `DeviceLink::staging`'s mutex.
+// SAFETY: a buffer is used by one operation at a time (taken out of the pool).
 unsafe impl Send for Staging {}
 // SAFETY: as above.
 unsafe impl Sync for Staging {}
@@ -126,9 +128,8 @@ pub struct DeviceLink {
     gpu: Gpu,
     layout: PagedLayout,
     block_bytes: u64,
-    staging: Mutex<Staging>,
-    /// Idle buffers for layer-by-layer loads (each holds its blocks until the
-    /// engine has consumed the last layer).
+    /// Idle staging buffers. An operation takes its own (a layer load keeps its
+    /// buffers until the engine has consumed the last layer) and gives them back.
     pool: Mutex<Vec<Staging>>,
     numa: Option<u32>,
     bucket: Mutex<TokenBucket>,
@@ -172,8 +173,7 @@ impl DeviceLink {
             gpu,
             layout,
             block_bytes,
-            staging: Mutex::new(staging),
-            pool: Mutex::new(Vec::new()),
+            pool: Mutex::new(vec![staging]),
             numa,
             bucket: Mutex::new(TokenBucket::new(Instant::now())),
         })
@@ -189,16 +189,39 @@ impl DeviceLink {
         self.bucket.lock().take(Instant::now(), rate, n, self.block_bytes)
     }
 
-    /// Runs `f` with exclusive use of the staging buffer, described as a host
+    /// Runs `f` with exclusive use of a staging buffer, described as a host
     /// layout of `STAGING_BLOCKS` blocks.
     pub fn with_staging<R>(&self, f: impl FnOnce(&EngineLayout, &StagingOps<'_>) -> R) -> Result<R, String> {
-        let st = self.staging.lock();
-        let layout = st.layout(self.block_bytes)?;
-        let ops = StagingOps {
-            link: self,
-            base: st.copy_addr(&self.gpu, 0)?,
+        let st = self.take_buffer()?;
+        let run = || -> Result<R, String> {
+            let layout = st.layout(self.block_bytes)?;
+            let ops = StagingOps {
+                link: self,
+                base: st.copy_addr(&self.gpu, 0)?,
+            };
+            Ok(f(&layout, &ops))
         };
-        Ok(f(&layout, &ops))
+        let r = run();
+        self.give_back(st);
+        r
+    }
+
+    /// An idle staging buffer, or a new one.
+    fn take_buffer(&self) -> Result<Staging, String> {
+        let pooled = self.pool.lock().pop();
+        match pooled {
+            Some(b) => Ok(b),
+            None => Staging::new(&self.gpu, self.block_bytes, self.numa),
+        }
+    }
+
+    /// Back to the pool (released beyond `POOL_KEEP` idle buffers). Every copy
+    /// that touches it must have run.
+    fn give_back(&self, b: Staging) {
+        let mut pool = self.pool.lock();
+        if pool.len() < POOL_KEEP {
+            pool.push(b);
+        }
     }
 
     /// Checks that the layout's regions split into `layers` equal groups.
@@ -230,12 +253,7 @@ impl DeviceLink {
         let (mut blocks, mut addrs) = (Vec::new(), Vec::new());
         for start in (0..block_ids.len()).step_by(STAGING_BLOCKS) {
             let end = (start + STAGING_BLOCKS).min(block_ids.len());
-            let pooled = self.pool.lock().pop();
-            let buf = match pooled {
-                Some(b) => b,
-                None => Staging::new(&self.gpu, self.block_bytes, self.numa).map_err(DeviceError)?,
-            };
-            lease.buffers.push(buf);
+            lease.buffers.push(self.take_buffer().map_err(DeviceError)?);
             let buf = lease.buffers.last().expect("just pushed");
             let loaded = fill(&buf.layout(self.block_bytes).map_err(DeviceError)?, start, end)?;
             for (j, ok) in loaded.into_iter().enumerate() {
@@ -276,11 +294,8 @@ struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut pool = self.link.pool.lock();
-        while let Some(b) = self.buffers.pop() {
-            if pool.len() < POOL_KEEP {
-                pool.push(b);
-            }
+        for b in self.buffers.drain(..) {
+            self.link.give_back(b);
         }
     }
 }
@@ -336,10 +351,7 @@ impl StagingOps<'_> {
     /// Device blocks `ids[j]` -> staging slot j, waited for.
     pub fn gather(&self, ids: &[u64]) -> Result<(), String> {
         let segs = segments::gather(&self.link.layout, ids, self.base).map_err(unavailable)?;
-        // SAFETY: the layout's device memory is the engine's (registered by it);
-        // staging is registered pinned and held by the caller for the whole copy.
-        unsafe { self.link.gpu.copy(&segs) }.map_err(unavailable)?;
-        self.link.gpu.synchronize().map_err(unavailable)
+        self.run(&segs)
     }
 
     /// Staging slots `which[..]` -> device blocks `ids[which[..]]`, waited for.
@@ -351,8 +363,16 @@ impl StagingOps<'_> {
                 segments::scatter(&self.link.layout, &ids[j..=j], self.base + j as u64 * bb).map_err(unavailable)?;
             segs.extend(one);
         }
-        // SAFETY: as in `gather`.
-        unsafe { self.link.gpu.copy(&segs) }.map_err(unavailable)?;
-        self.link.gpu.synchronize().map_err(unavailable)
+        self.run(&segs)
+    }
+
+    /// Copies and waits, also when the copy fails part way: the buffer goes back
+    /// to the pool afterwards and must not be written by a copy still queued.
+    fn run(&self, segs: &[Segment]) -> Result<(), String> {
+        // SAFETY: the layout's device memory is the engine's (registered by it);
+        // staging is registered pinned and held by the caller for the whole copy.
+        let copied = unsafe { self.link.gpu.copy(segs) }.map_err(unavailable);
+        let waited = self.link.gpu.synchronize().map_err(unavailable);
+        copied.and(waited)
     }
 }
