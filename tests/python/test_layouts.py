@@ -38,26 +38,26 @@ def test_regions_of_each_backend_layout():
     item = 4
     per_block = B * H * D * item
     caches = flash_nhd()
-    regions, per_layer = kv_regions(caches, NB)
-    assert per_layer == 2 and len(regions) == 6
+    regions = kv_regions(caches, NB)
+    assert len(regions) == 6
     t = caches["layer.1"]
     assert regions[2] == (t.data_ptr(), per_block, per_block)
     assert regions[3] == (t.data_ptr() + NB * per_block, per_block, per_block)
 
     caches = flash_hnd()
     assert not caches["layer.0"].is_contiguous()
-    regions, per_layer = kv_regions(caches, NB)
-    assert per_layer == 2
+    regions = kv_regions(caches, NB)
+    assert len(regions) == 6
     t = caches["layer.0"]
     assert regions[:2] == [(t.data_ptr(), per_block, per_block), (t.data_ptr() + NB * per_block, per_block, per_block)]
 
-    regions, per_layer = kv_regions(flashinfer(), NB)
-    assert per_layer == 1 and regions[0][1:] == (2 * per_block, 2 * per_block)
+    regions = kv_regions(flashinfer(), NB)
+    assert len(regions) == 3 and regions[0][1:] == (2 * per_block, 2 * per_block)
 
     cpu = {"a": torch.randn(NB, H, B, 2 * D)}  # vLLM's CPU backend
     mla = {"a": torch.randn(NB, B, 576, dtype=torch.bfloat16)}  # latent + rope dims
-    assert kv_regions(cpu, NB)[0] == [(cpu["a"].data_ptr(), per_block * 2, per_block * 2)]
-    assert kv_regions(mla, NB)[0] == [(mla["a"].data_ptr(), B * 576 * 2, B * 576 * 2)]
+    assert kv_regions(cpu, NB) == [(cpu["a"].data_ptr(), per_block * 2, per_block * 2)]
+    assert kv_regions(mla, NB) == [(mla["a"].data_ptr(), B * 576 * 2, B * 576 * 2)]
 
 
 def test_layouts_that_split_a_block_are_refused_with_the_tensor_named():
@@ -75,7 +75,7 @@ def test_layouts_that_split_a_block_are_refused_with_the_tensor_named():
 @pytest.mark.parametrize("make", [flash_nhd, flash_hnd, flashinfer], ids=["nhd", "hnd", "flashinfer"])
 def test_blocks_round_trip_through_the_library_in_each_layout(env, make):
     caches = make()
-    regions, _ = kv_regions(caches, NB)
+    regions = kv_regions(caches, NB)
     block_bytes = sum(r[2] for r in regions)
     tkv = TierKV(block_tokens=B, block_bytes=block_bytes, namespace=f"layout-{make.__name__}")
     tkv.register_layout(regions, NB)

@@ -178,9 +178,9 @@ def _dense(sizes: tuple[int, ...], strides: tuple[int, ...]) -> bool:
     return True
 
 
-def kv_regions(kv_caches: dict[str, Any], num_blocks: int) -> tuple[list[tuple[int, int, int]], int]:
+def kv_regions(kv_caches: dict[str, Any], num_blocks: int) -> list[tuple[int, int, int]]:
     """tierkv regions ``(base, block stride, bytes per block)`` of vLLM's per-layer
-    KV tensors, in layer order, and the number of regions per layer.
+    KV tensors, in layer order (the same number per layer).
 
     Layouts (block dimension outermost, or right after a K/V dimension of 2; any
     order of the dimensions inside a block, e.g. FlashAttention's HND cache layout,
@@ -214,7 +214,7 @@ def kv_regions(kv_caches: dict[str, Any], num_blocks: int) -> tuple[list[tuple[i
         if per_layer not in (None, len(halves)):
             raise ValueError("tierkv: layers with different KV layouts are not supported")
         per_layer = len(halves)
-    return regions, per_layer or 1
+    return regions
 
 
 class TierKVConnector(KVConnectorBase_V1):
@@ -313,7 +313,7 @@ class TierKVConnector(KVConnectorBase_V1):
     # ------------------------------------------------------------------ worker side
 
     def register_kv_caches(self, kv_caches: dict[str, Any]) -> None:
-        regions, _ = kv_regions(kv_caches, self._num_blocks)
+        regions = kv_regions(kv_caches, self._num_blocks)
         devices = {t.device.type for t in kv_caches.values()}
         if devices == {"cuda"}:
             index = next(iter(kv_caches.values())).device.index or 0
