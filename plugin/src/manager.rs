@@ -325,16 +325,17 @@ impl Manager {
         Ok(())
     }
 
-    fn check_blocks(&self, layout: &EngineLayout, hashes: &[BlockHash], block_ids: &[u64]) -> Result<(), ManagerError> {
+    /// Equal lengths, and every block id below `num_blocks` (of the registered
+    /// host or device layout).
+    fn check_blocks(num_blocks: u64, hashes: &[BlockHash], block_ids: &[u64]) -> Result<(), ManagerError> {
         if hashes.len() != block_ids.len() {
             return Err(ManagerError::InvalidArgument(
                 "hashes and block ids differ in length".into(),
             ));
         }
-        if let Some(&b) = block_ids.iter().find(|&&b| b >= layout.num_blocks()) {
+        if let Some(&b) = block_ids.iter().find(|&&b| b >= num_blocks) {
             return Err(ManagerError::InvalidArgument(format!(
-                "block id {b} is out of range (layout has {} blocks)",
-                layout.num_blocks()
+                "block id {b} is out of range (layout has {num_blocks} blocks)"
             )));
         }
         Ok(())
@@ -360,7 +361,7 @@ impl Manager {
         let layout = guard
             .as_ref()
             .ok_or(ManagerError::State("no engine layout registered"))?;
-        self.check_blocks(layout, hashes, block_ids)?;
+        Self::check_blocks(layout.num_blocks(), hashes, block_ids)?;
         // SAFETY: this function's contract, passed on.
         unsafe { self.store_in(layout, hashes, block_ids, outcomes) }
     }
@@ -435,7 +436,7 @@ impl Manager {
         let layout = guard
             .as_ref()
             .ok_or(ManagerError::State("no engine layout registered"))?;
-        self.check_blocks(layout, hashes, block_ids)?;
+        Self::check_blocks(layout.num_blocks(), hashes, block_ids)?;
         // SAFETY: this function's contract, passed on.
         unsafe { self.load_in(layout, hashes, block_ids, outcomes) }
     }

@@ -58,7 +58,7 @@ impl Manager {
         block_ids: &[u64],
         outcomes: &mut [StoreOutcome],
     ) -> Result<(), ManagerError> {
-        self.check_device_blocks(dev, hashes, block_ids)?;
+        Self::check_blocks(dev.num_blocks(), hashes, block_ids)?;
         let rate = self.hw.latest().and_then(|(_, d)| d.offload_rate);
         let k = dev.admit(rate, hashes.len());
         for o in outcomes.iter_mut().skip(k) {
@@ -95,7 +95,7 @@ impl Manager {
         block_ids: &[u64],
         outcomes: &mut [LoadOutcome],
     ) -> Result<(), ManagerError> {
-        self.check_device_blocks(dev, hashes, block_ids)?;
+        Self::check_blocks(dev.num_blocks(), hashes, block_ids)?;
         for start in (0..hashes.len()).step_by(crate::tier::gpu::STAGING_BLOCKS) {
             let end = (start + crate::tier::gpu::STAGING_BLOCKS).min(hashes.len());
             let slots: Vec<u64> = (0..(end - start) as u64).collect();
@@ -113,27 +113,6 @@ impl Manager {
             }
         }
         Ok(())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn check_device_blocks(
-        &self,
-        dev: &DeviceLink,
-        hashes: &[BlockHash],
-        block_ids: &[u64],
-    ) -> Result<(), ManagerError> {
-        if hashes.len() != block_ids.len() {
-            return Err(ManagerError::InvalidArgument(
-                "hashes and block ids differ in length".into(),
-            ));
-        }
-        match block_ids.iter().find(|&&b| b >= dev.num_blocks()) {
-            Some(b) => Err(ManagerError::InvalidArgument(format!(
-                "block id {b} is out of range (device layout has {} blocks)",
-                dev.num_blocks()
-            ))),
-            None => Ok(()),
-        }
     }
 
     /// Loads host- or disk-tier blocks `hashes[i]` into device blocks
@@ -157,7 +136,7 @@ impl Manager {
         let dev: Arc<DeviceLink> = self.device.read().clone().ok_or(ManagerError::State(
             "no device layout registered: layer-by-layer loads copy into GPU memory (tierkv_register_device_layout)",
         ))?;
-        self.check_device_blocks(&dev, hashes, block_ids)?;
+        Self::check_blocks(dev.num_blocks(), hashes, block_ids)?;
         if outcomes.len() != hashes.len() {
             return Err(ManagerError::InvalidArgument(
                 "outcomes and hashes differ in length".into(),

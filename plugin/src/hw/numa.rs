@@ -12,6 +12,27 @@ pub fn node_exists(node: u32) -> bool {
     std::path::Path::new(&format!("/sys/devices/system/node/node{node}")).exists()
 }
 
+/// A fresh private anonymous mapping of `len` bytes (untouched, so a
+/// [`prefer_node`] call still decides where its pages land). The caller unmaps it.
+pub fn map_anonymous(len: usize) -> std::io::Result<*mut u8> {
+    // SAFETY: a new mapping chosen by the kernel; nothing else is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(p.cast())
+    }
+}
+
 /// Prefers NUMA node `node` for the pages of `[ptr, ptr + len)` (page-aligned
 /// `ptr`). A node this machine does not have is `EINVAL` (checked here: the
 /// kernel would quietly turn it into "local"); `ENOSYS` or `EPERM` come from a
@@ -51,18 +72,10 @@ mod tests {
     #[test]
     fn node_zero_is_accepted_and_a_missing_node_is_refused() {
         let len = 1 << 20;
-        // SAFETY: a fresh anonymous mapping of our own, unmapped below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
+        let p = map_anonymous(len);
+        assert!(p.is_ok(), "{p:?}");
+        // A fresh anonymous mapping of our own, unmapped below.
+        let p: *mut libc::c_void = p.unwrap().cast();
         // SAFETY: our mapping.
         let zero = unsafe { prefer_node(p.cast(), len, 0) };
         match zero {

@@ -66,22 +66,9 @@ impl Staging {
     /// (before the first touch), then registered pinned with `gpu`.
     fn new(gpu: &Gpu, block_bytes: u64, numa: Option<u32>) -> Result<Self, String> {
         let len = STAGING_BLOCKS * block_bytes as usize;
-        // SAFETY: a fresh private anonymous mapping.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(format!("staging buffer: {}", std::io::Error::last_os_error()));
-        }
+        let p = crate::hw::numa::map_anonymous(len).map_err(|e| format!("staging buffer: {e}"))?;
         let mut staging = Staging {
-            ptr: p.cast(),
+            ptr: p,
             len,
             pinned: None,
         };
