@@ -83,39 +83,6 @@
 // bfloat16.
 #define TIERKV_DTYPE_BF16 2
 
-// Candidates aligned per lookup (best estimated similarity first).
-#define CANDIDATES 4
-
-// Runs shorter than this are not reused.
-#define MIN_RUN 8
-
-// Tokens per anchor of the move search.
-#define ANCHOR 8
-
-// Tokens per shingle.
-#define SHINGLE 4
-
-// Bins of a signature.
-#define BINS 64
-
-// Bins per LSH band.
-#define ROWS 4
-
-// LSH bands.
-#define BANDS (BINS / ROWS)
-
-// Entries of one bucket a probe looks at (the newest).
-#define PROBE_PER_BUCKET 64
-
-// I/O alignment and header size.
-#define SECTOR 4096
-
-// On-disk format version; another version is refused, never rewritten.
-#define FORMAT_VERSION 1
-
-// Blocks the staging buffer holds (one chunk of a store or load).
-#define STAGING_BLOCKS 64
-
 // Status code of every export.
 typedef enum TierkvStatus {
   // Success.
@@ -332,6 +299,8 @@ typedef struct TierkvRope {
   // `rot_dim / 2` frequencies for scaled variants, or null for standard RoPE.
   const float *inv_freq;
 } TierkvRope;
+
+
 
 #ifdef __cplusplus
 extern "C" {
@@ -739,10 +708,6 @@ enum TierkvStatus tierkv_rerotate_keys(const struct TierkvRope *rope,
                                        uint8_t *keys,
                                        size_t n_rows,
                                        const int32_t *deltas);
-
-extern int pthread_mutexattr_setrobust(pthread_mutexattr_t *attr, int robust);
-
-extern int pthread_mutex_consistent(pthread_mutex_t *mutex);
 
 #ifdef __cplusplus
 }  // extern "C"

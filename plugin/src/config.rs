@@ -39,8 +39,13 @@ pub const VARS: &[VarDoc] = &[
     },
     VarDoc {
         name: "TIERKV_STORE_NAME",
-        default: "default",
-        meaning: "Name of the shared host-tier arena; processes using the same name share one cache.",
+        default: "default-u<uid>",
+        meaning: "Name of the shared store (host arena, disk file); processes of one user using the same name share one cache. The default includes the effective uid.",
+    },
+    VarDoc {
+        name: "TIERKV_SHARE_GROUP",
+        default: "unset",
+        meaning: "A group (name or gid) whose members may share the store's files (created 0660 with that group); unset: only the owner's uid (0600).",
     },
     VarDoc {
         name: "TIERKV_SHM_DIR",
@@ -236,6 +241,8 @@ pub struct Config {
     pub store_name: String,
     /// Arena directory (`TIERKV_SHM_DIR`).
     pub shm_dir: PathBuf,
+    /// Group allowed to share the store's files (`TIERKV_SHARE_GROUP`).
+    pub share_group: Option<u32>,
     /// Block identity algorithm (`TIERKV_HASH`).
     pub hash: HashAlgo,
     /// Namespace extra key (`TIERKV_NAMESPACE`).
@@ -315,7 +322,15 @@ impl Config {
         let store_name = match get("TIERKV_STORE_NAME") {
             Some((_, v)) if valid_name(&v) => v,
             Some((var, v)) => return Err(err(var, &v, "1-64 characters from [A-Za-z0-9_.-]")),
-            None => "default".to_string(),
+            None => default_store_name(),
+        };
+        let share_group = match get("TIERKV_SHARE_GROUP") {
+            Some((_, v)) if v.is_empty() => None,
+            Some((var, v)) => Some(
+                crate::tier::shared_file::resolve_group(&v)
+                    .ok_or_else(|| err(var, &v, "the name or number of an existing group"))?,
+            ),
+            None => None,
         };
         let shm_dir = match get("TIERKV_SHM_DIR") {
             Some((_, v)) if v.starts_with('/') => PathBuf::from(v),
@@ -410,7 +425,7 @@ impl Config {
             None => RecoveryMode::Headers,
         };
         let hw_interval = match get("TIERKV_HW_INTERVAL") {
-            Some((_, v)) if v.eq_ignore_ascii_case("off") => None,
+            Some((_, v)) if v.eq_ignore_ascii_case("off") || v == "0" => None,
             Some((var, v)) => {
                 let d = parse_duration(&v).ok_or_else(|| err(var, &v, &format!("off or {DURATION_FORMS}")))?;
                 (!d.is_zero()).then_some(d)
@@ -432,6 +447,7 @@ impl Config {
             cpu_bytes,
             store_name,
             shm_dir,
+            share_group,
             hash,
             namespace,
             metrics_addr,
@@ -482,6 +498,12 @@ impl Config {
 const SIZE_FORMS: &str = "a byte size such as 4096, 512MB, 8GiB (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)";
 const DURATION_FORMS: &str = "a duration such as 250ms, 10s, 2m (units us, ms, s, m, h)";
 pub(crate) const BOOL_FORMS: &str = "one of 1, 0, true, false, yes, no, on, off";
+
+/// `default-u<euid>`: users of one host never share a store unless they say so.
+pub fn default_store_name() -> String {
+    // SAFETY: geteuid has no preconditions.
+    format!("default-u{}", unsafe { libc::geteuid() })
+}
 
 fn valid_name(v: &str) -> bool {
     !v.is_empty()

@@ -23,3 +23,57 @@ fn header_matches_code() {
         "plugin/include/tierkv.h is out of date: run TIERKV_BLESS=1 cargo test -p tierkv --test header"
     );
 }
+
+/// The header is a good guest in an engine's translation unit: only `TIERKV_`
+/// macros, nothing of libc or pthread declared by it.
+#[test]
+fn header_defines_only_tierkv_macros_and_no_libc() {
+    let h = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/tierkv.h")).unwrap();
+    for line in h.lines() {
+        if let Some(rest) = line.trim_start().strip_prefix("#define ") {
+            assert!(
+                rest.starts_with("TIERKV_"),
+                "a macro without the TIERKV_ prefix: {line}"
+            );
+        }
+        assert!(!line.contains("pthread"), "the header declares libc/pthread: {line}");
+        if line.starts_with("extern ") && !line.starts_with("extern \"C\"") {
+            assert!(line.contains("tierkv_"), "a foreign declaration: {line}");
+        }
+    }
+}
+
+/// `tierkv.h` compiles as the first include of a C11 file and of a C++17 file,
+/// with warnings as errors.
+#[test]
+fn header_compiles_first_in_c11_and_cpp17() {
+    let dir = tempfile::tempdir().unwrap();
+    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+    let body = "#include \"tierkv.h\"\nint main(void) { return TIERKV_ABI_VERSION > 0 ? 0 : 1; }\n";
+    for (compiler, std, file) in [("cc", "-std=c11", "t.c"), ("c++", "-std=c++17", "t.cpp")] {
+        let src = dir.path().join(file);
+        std::fs::write(&src, body).unwrap();
+        let out = std::process::Command::new(compiler)
+            .args([
+                std,
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-pedantic",
+                "-fsyntax-only",
+                "-I",
+                include,
+            ])
+            .arg(&src)
+            .output();
+        let Ok(out) = out else {
+            eprintln!("skipped: no {compiler} on this machine");
+            continue;
+        };
+        assert!(
+            out.status.success(),
+            "{compiler} {std}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

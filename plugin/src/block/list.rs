@@ -127,7 +127,8 @@ impl ListEnds {
             s.set_prev(next, prev);
         }
         s.set_links(i, NIL, NIL);
-        self.len -= 1;
+        // Saturating: a list in shared memory may have been damaged underneath.
+        self.len = self.len.saturating_sub(1);
     }
 
     /// Removes and returns the head.

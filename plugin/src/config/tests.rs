@@ -10,7 +10,7 @@ fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
 fn defaults_work_out_of_the_box() {
     let c = cfg(&[]).unwrap();
     assert_eq!(c.cpu_bytes, 1 << 30);
-    assert_eq!(c.store_name, "default");
+    assert_eq!(c.store_name, super::default_store_name());
     assert_eq!(c.hash, HashAlgo::Xxh3_128);
     assert_eq!(c.metrics_addr, None);
     assert_eq!(c.log, LogLevel::Warn);

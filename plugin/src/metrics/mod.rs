@@ -97,8 +97,14 @@ pub struct SharedStats {
     pub evictions: AtomicU64,
     /// Times a process found the arena lock owned by a dead process and repaired it.
     pub lock_recoveries: AtomicU64,
-    /// Slots reclaimed from writers that died.
+    /// Slots reclaimed from writers that died or passed the write deadline.
     pub dead_writer_reclaims: AtomicU64,
+    /// Times the index lock was not free within its wait (the operation missed).
+    pub lock_timeouts: AtomicU64,
+    /// Times the index was found damaged (out-of-range values) and rebuilt.
+    pub index_repairs: AtomicU64,
+    /// Stores whose slot was reclaimed before they committed (not stored).
+    pub writes_lost: AtomicU64,
     /// Store latency (one block).
     pub store_latency: Histogram,
     /// Load latency (one block).
@@ -273,11 +279,24 @@ pub fn render(s: &SharedStats, g: &Gauges, disk: Option<&DiskView<'_>>) -> Strin
     counter(
         &mut o,
         "tierkv_recoveries_total",
-        "Repairs after a process died: lock owner or writer.",
+        "Repairs of the host tier: a process died holding the lock or mid-store, or the index was damaged.",
         &[
             ("kind=\"lock_owner\"", r(&s.lock_recoveries)),
             ("kind=\"dead_writer\"", r(&s.dead_writer_reclaims)),
+            ("kind=\"index\"", r(&s.index_repairs)),
         ],
+    );
+    counter(
+        &mut o,
+        "tierkv_lock_timeouts_total",
+        "Host-tier operations that missed because the shared index lock was not free within 2 s.",
+        &[("", r(&s.lock_timeouts))],
+    );
+    counter(
+        &mut o,
+        "tierkv_writes_lost_total",
+        "Host-tier stores whose slot was reclaimed (write deadline passed) before they committed.",
+        &[("", r(&s.writes_lost))],
     );
     let view = disk.map(|v| (v.blocks, v.capacity_blocks, v.capacity_bytes, u64::from(v.up)));
     let tier = |host: u64, pick: fn((u64, u64, u64, u64)) -> u64| {

@@ -57,7 +57,8 @@ pub trait Policy: Send {
     }
     /// A resident key was used.
     fn on_hit(&mut self, a: Access);
-    /// A key became resident.
+    /// A key became resident. Inserting a resident key again counts as a hit
+    /// (never a second entry).
     fn on_insert(&mut self, a: Access);
     /// A resident key left for another reason than eviction.
     fn on_remove(&mut self, key: u64);
@@ -235,6 +236,10 @@ impl Policy for Lru {
         }
     }
     fn on_insert(&mut self, a: Access) {
+        if self.n.get(a.key).is_some() {
+            // Idempotent: a key inserted twice is one resident key, now used.
+            return self.on_hit(a);
+        }
         let i = self.n.add(a.key, 0);
         self.list.push_back(&mut self.n, i);
     }
@@ -338,6 +343,10 @@ impl Policy for S3Fifo {
         }
     }
     fn on_insert(&mut self, a: Access) {
+        if self.n.get(a.key).is_some() {
+            // Idempotent: a key inserted twice is one resident key, now used.
+            return self.on_hit(a);
+        }
         if self.ghost.take(a.key) {
             let i = self.n.add(a.key, MAIN);
             *self.freq_mut(i) = 0;
@@ -471,6 +480,10 @@ impl Policy for Chat {
         self.protect(i, a.request);
     }
     fn on_insert(&mut self, a: Access) {
+        if self.n.get(a.key).is_some() {
+            // Idempotent: a key inserted twice is one resident key, now used.
+            return self.on_hit(a);
+        }
         let returning = self.ghost.take(a.key);
         if returning || self.continues_hit(a) {
             let i = self.n.add(a.key, PROTECTED);

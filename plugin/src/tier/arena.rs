@@ -2,55 +2,80 @@
 //! uses the same store name, with a process-shared robust mutex guarding its index.
 //!
 //! Core types: [`Arena`] (the mapping), [`Geometry`] (slot size and count, fixed at
-//! creation), [`Locked`] (the index while the mutex is held), [`SlotMeta`].
+//! creation), [`Locked`] (the index while the mutex is held), [`SlotMeta`],
+//! [`OwnerToken`] (a process's lease: who writes or pins a slot).
 //!
 //! File layout (every offset page-aligned where it matters):
 //!
 //! ```text
-//!   0        Header (4 KiB): magic, geometry, robust mutex, lists, shared stats
-//!   meta_off SlotMeta x n_slots          identity, checksum, state, links, pins
-//!   table_off u32 x table_cap            open-addressing index: slot + 1, 0 = empty
-//!   data_off  slot_stride x n_slots      block payloads, each 4 KiB aligned
+//!   0         Header (16 KiB): magic, geometry, robust mutex, lists, shared stats
+//!   lease_off Lease x MAX_LEASES          generation, held flag, pinned slots
+//!   meta_off  SlotMeta x n_slots          identity, checksum, state, generation,
+//!                                         writer token, pin count, links
+//!   table_off u32 x table_cap             open-addressing index: slot + 1, 0 = empty
+//!   data_off  slot_stride x n_slots       block payloads, each 4 KiB aligned
 //! ```
 //!
 //! Workflow of opening:
-//! 1. `open(O_CREAT)` the file and take `flock(LOCK_EX)` (waits up to
-//!    `TIERKV_LOCK_TIMEOUT` for another process that is initialising it).
-//! 2. If the magic is missing (new file, or an initialiser died), size it with
-//!    `posix_fallocate` (so a full tmpfs fails here, never later with SIGBUS),
-//!    initialise header, mutex and lists, and write the magic last.
-//! 3. Otherwise check that the geometry matches; release the flock.
+//! 1. Open the file with `O_NOFOLLOW` (created `O_EXCL`, mode 0600 or 0660 with a
+//!    share group) and refuse it unless it is ours ([`super::shared_file`]); take
+//!    `flock(LOCK_EX)` (waits up to `TIERKV_LOCK_TIMEOUT` for another opener).
+//! 2. If the magic is missing (new file, or an initialiser died), or the store's
+//!    geometry differs from the configuration and no live process is attached (no
+//!    lease lock held), size it with `posix_fallocate` (a full tmpfs fails here,
+//!    never later with SIGBUS) and initialise it; the magic is written last.
+//!    A differing geometry with live processes attached is joined as it is, with a
+//!    warning naming both values (another block size is an error).
+//! 3. Check that the file is as long as the header says, map that length only.
+//! 4. Take a lease (below), then release the flock.
 //!
-//! Crash safety: the index is guarded by a robust mutex. If a process dies holding
-//! it, the next locker gets `EOWNERDEAD`; it then rebuilds the table and lists from
-//! the slot metadata (the source of truth), frees slots whose writer died, drops pins
-//! of dead readers, and marks the mutex consistent. Payloads are never trusted:
-//! every load verifies a checksum seeded with the block identity.
+//! Liveness: a pid says nothing across PID namespaces (containers sharing
+//! `/dev/shm`) or after pid reuse. Each attached [`Arena`] instead holds a lease:
+//! an entry of the lease table with a generation, plus an open-file-description
+//! lock (`F_OFD_SETLK`) on one byte far past the end of the file. The kernel drops
+//! that lock when the process dies, in whatever namespace, and any process can ask
+//! whether it is held (`F_OFD_GETLK`). Writers and readers are recorded by
+//! [`OwnerToken`] (lease index + generation), and each slot has a generation bumped
+//! whenever it is reserved, so a writer whose slot was reclaimed can never commit it.
+//!
+//! Crash safety: the index is guarded by a robust mutex taken with a timeout (a
+//! timeout is a miss, counted). If a process dies holding it, the next locker gets
+//! `EOWNERDEAD` and rebuilds the table, lists and pin counts from the slot metadata
+//! and the live leases. Everything read from shared memory is bounds-checked; an
+//! out-of-range value marks the index damaged and it is rebuilt the same way before
+//! the lock is released. Payloads are never trusted: every load verifies a checksum
+//! seeded with the block identity.
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::shared_file::{self, SharedFileError, Sharing};
 use crate::block::list::{ListEnds, NIL};
 use crate::metrics::SharedStats;
 use crate::prefix::BlockHash;
 
 const MAGIC: u64 = 0x7469_6572_6b76_4152; // "tierkvAR"
-                                          // 2: the header no longer keeps a separate count of ready slots.
-const VERSION: u32 = 2;
+/// 2: the header no longer keeps a separate count of ready slots.
+/// 3: leases instead of pids, slot generations, pin counts, lock timeouts.
+const VERSION: u32 = 3;
 const PAGE: u64 = 4096;
 const HEADER_BYTES: u64 = 4 * PAGE;
-/// Most processes that can pin one slot for reading at once.
-pub const MAX_READERS: usize = 6;
+/// How long a lock of the index may be waited for before the operation is a miss.
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// A slot in the `Writing` state longer than this is reclaimed even if its writer
+/// still holds its lease (a stopped or wedged process); a block copy takes
+/// milliseconds.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(30);
 
-extern "C" {
-    // glibc exports these (POSIX 2008); the libc crate does not bind them on Linux.
-    fn pthread_mutexattr_setrobust(attr: *mut libc::pthread_mutexattr_t, robust: libc::c_int) -> libc::c_int;
-    fn pthread_mutex_consistent(mutex: *mut libc::pthread_mutex_t) -> libc::c_int;
-}
+mod lease;
+mod locked;
+
+use lease::LEASE_BYTES;
+pub use lease::{OwnerToken, MAX_LEASES, PINS_PER_LEASE};
+pub use locked::{Locked, WriteTicket};
 
 /// State of one slot.
 #[repr(u32)]
@@ -58,7 +83,7 @@ extern "C" {
 pub enum SlotState {
     /// On the free list.
     Free = 0,
-    /// Reserved by a writer (`writer` pid), indexed but not loadable.
+    /// Reserved by a writer (`writer` token), indexed but not loadable.
     Writing = 1,
     /// Holds a verified-at-write block; on the eviction list.
     Ready = 2,
@@ -76,16 +101,22 @@ pub struct SlotMeta {
     pub len: u64,
     /// Logical time of the last store or load.
     pub last_access: u64,
+    /// `CLOCK_BOOTTIME` nanoseconds when the slot entered `Writing`.
+    pub write_started: u64,
     /// A [`SlotState`] value.
     pub state: u32,
-    /// Pid of the writer while `Writing`.
-    pub writer: u32,
+    /// Bumped each time the slot is reserved for a write.
+    pub generation: u32,
+    /// Lease of the writer while `Writing` (index + 1, 0 = none).
+    pub writer_lease: u32,
+    /// Generation of that lease.
+    pub writer_gen: u32,
+    /// Readers pinning the slot (each also listed in its lease's pins).
+    pub pins: u32,
     /// List links (free list or eviction list).
     pub prev: u32,
     /// List links.
     pub next: u32,
-    /// Pids pinning the slot for reading (0 = unused entry).
-    pub readers: [u32; MAX_READERS],
 }
 
 /// Fixed at creation: what each slot holds and how many there are.
@@ -99,6 +130,8 @@ pub struct Geometry {
     pub n_slots: u32,
     /// Index table entries (a power of two, at least twice `n_slots`).
     pub table_cap: u32,
+    /// Offset of the lease table.
+    pub lease_off: u64,
     /// Offset of the metadata array.
     pub meta_off: u64,
     /// Offset of the index table.
@@ -118,8 +151,9 @@ impl Geometry {
         }
         let slot_stride = slot_bytes.checked_add(PAGE - 1)? / PAGE * PAGE;
         let meta = std::mem::size_of::<SlotMeta>() as u64;
+        let fixed = HEADER_BYTES + LEASE_BYTES;
         // Upper bound ignoring the table; binary search the largest count that fits.
-        let mut hi = (capacity.saturating_sub(HEADER_BYTES) / (slot_stride + meta)).min(u64::from(u32::MAX / 4));
+        let mut hi = (capacity.saturating_sub(fixed) / (slot_stride + meta)).min(u64::from(u32::MAX / 4));
         let mut lo = 0u64;
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
@@ -134,7 +168,8 @@ impl Geometry {
 
     fn layout(slot_bytes: u64, slot_stride: u64, n_slots: u32) -> Self {
         let table_cap = (u64::from(n_slots) * 2).next_power_of_two().max(2) as u32;
-        let meta_off = HEADER_BYTES;
+        let lease_off = HEADER_BYTES;
+        let meta_off = lease_off + LEASE_BYTES;
         let table_off = meta_off + u64::from(n_slots) * std::mem::size_of::<SlotMeta>() as u64;
         let data_off = (table_off + u64::from(table_cap) * 4).div_ceil(PAGE) * PAGE;
         let file_len = data_off + u64::from(n_slots) * slot_stride;
@@ -143,11 +178,22 @@ impl Geometry {
             slot_stride,
             n_slots,
             table_cap,
+            lease_off,
             meta_off,
             table_off,
             data_off,
             file_len,
         }
+    }
+
+    /// The geometry a header describes, if it is self-consistent.
+    fn from_header(slot_bytes: u64, n_slots: u32, table_cap: u32, file_len: u64) -> Option<Self> {
+        if slot_bytes == 0 || n_slots == 0 || n_slots > u32::MAX / 4 {
+            return None;
+        }
+        let stride = slot_bytes.checked_add(PAGE - 1)? / PAGE * PAGE;
+        let g = Self::layout(slot_bytes, stride, n_slots);
+        (g.table_cap == table_cap && g.file_len == file_len).then_some(g)
     }
 }
 
@@ -167,7 +213,9 @@ struct Header {
     stats: SharedStats,
 }
 
-/// Why an arena could not be opened.
+const _: () = assert!(std::mem::size_of::<Header>() as u64 <= HEADER_BYTES);
+
+/// Why an arena could not be opened or used.
 #[derive(Debug, thiserror::Error)]
 pub enum ArenaError {
     /// An OS call failed.
@@ -180,6 +228,9 @@ pub enum ArenaError {
         /// The OS error.
         source: io::Error,
     },
+    /// The file is a link, or not ours (see [`SharedFileError`]).
+    #[error(transparent)]
+    Untrusted(#[from] SharedFileError),
     /// The capacity holds no slot of this size.
     #[error("TIERKV_CPU_BYTES={capacity} cannot hold one block of {slot_bytes} bytes plus metadata")]
     TooSmall {
@@ -196,8 +247,8 @@ pub enum ArenaError {
         /// Bytes needed.
         needed: u64,
     },
-    /// An existing arena was made for other blocks.
-    #[error("arena {path} holds blocks of {found} bytes, this engine's blocks are {wanted} bytes; use another TIERKV_STORE_NAME")]
+    /// An existing arena, in use by live processes, was made for other blocks.
+    #[error("arena {path} holds blocks of {found} bytes, this engine's blocks are {wanted} bytes, and other processes use it; use another TIERKV_STORE_NAME")]
     Mismatch {
         /// The arena file.
         path: PathBuf,
@@ -217,17 +268,28 @@ pub enum ArenaError {
     /// The index mutex cannot be taken.
     #[error("the lock of arena {0} is unusable: {1}; delete the file to start the store anew")]
     Lock(PathBuf, io::Error),
+    /// The index mutex was not free within [`LOCK_WAIT`]: this operation is a miss.
+    #[error("the lock of arena {0} was not free within {LOCK_WAIT:?}")]
+    LockTimeout(PathBuf),
+    /// Every lease is held by a live process.
+    #[error("arena {0} has {MAX_LEASES} processes attached already; use another TIERKV_STORE_NAME")]
+    Crowded(PathBuf),
+    /// The file shrank underneath (someone truncated it): the tier is down.
+    #[error("arena {0} was truncated while in use; the host tier is down until it is recreated")]
+    Truncated(PathBuf),
     /// Another process held the creation lock too long.
     #[error("timed out after {0:?} waiting for another process to initialise {1} (TIERKV_LOCK_TIMEOUT)")]
     Timeout(Duration, PathBuf),
 }
 
-/// One mapping of a shared arena.
+/// One mapping of a shared arena, holding one lease.
 pub struct Arena {
     base: *mut u8,
     geo: Geometry,
     path: PathBuf,
-    _fd: OwnedFd,
+    fd: OwnedFd,
+    me: OwnerToken,
+    broken: AtomicBool,
 }
 
 // SAFETY: the mapping is valid for the Arena's lifetime; the index is only touched
@@ -245,81 +307,108 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> A
     }
 }
 
+/// What the configuration asks of an arena.
+#[derive(Debug, Clone, Copy)]
+pub struct ArenaSpec {
+    /// Payload bytes per block.
+    pub slot_bytes: u64,
+    /// Capacity in bytes (`TIERKV_CPU_BYTES`).
+    pub capacity: u64,
+    /// Wait for another opener (`TIERKV_LOCK_TIMEOUT`).
+    pub timeout: Duration,
+    /// Who may share the file (`TIERKV_SHARE_GROUP`).
+    pub sharing: Sharing,
+}
+
 impl Arena {
-    /// Opens (creating if needed) the arena at `path` for blocks of `slot_bytes`,
-    /// sized to at most `capacity` bytes when created.
-    pub fn open(path: &Path, slot_bytes: u64, capacity: u64, timeout: Duration) -> Result<Self, ArenaError> {
-        let geo = Geometry::fit(slot_bytes, capacity).ok_or(ArenaError::TooSmall { capacity, slot_bytes })?;
-        let cpath = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| io_err("open", path)(io::Error::from(io::ErrorKind::InvalidInput)))?;
-        // SAFETY: cpath is a valid NUL-terminated string; open has no other preconditions.
-        let raw = unsafe { libc::open(cpath.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC, 0o600) };
-        if raw < 0 {
-            return Err(io_err("open", path)(io::Error::last_os_error()));
-        }
-        // SAFETY: raw is a freshly opened descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        flock_timeout(&fd, timeout).map_err(|e| match e {
-            None => ArenaError::Timeout(timeout, path.to_path_buf()),
+    /// Opens (creating if needed) the arena at `path` as `spec` asks.
+    pub fn open(path: &Path, spec: ArenaSpec) -> Result<Self, ArenaError> {
+        let want = Geometry::fit(spec.slot_bytes, spec.capacity).ok_or(ArenaError::TooSmall {
+            capacity: spec.capacity,
+            slot_bytes: spec.slot_bytes,
+        })?;
+        let opened = shared_file::open(path, true, 0, spec.sharing)?;
+        let fd = opened.fd;
+        flock_timeout(&fd, spec.timeout).map_err(|e| match e {
+            None => ArenaError::Timeout(spec.timeout, path.to_path_buf()),
             Some(err) => io_err("flock", path)(err),
         })?;
-        let result = Self::open_locked(fd, path, geo);
-        // The descriptor (if kept) is unlocked below; a failed open closes it.
-        if let Ok(arena) = &result {
-            // SAFETY: valid descriptor; unlocking cannot violate memory safety.
-            unsafe { libc::flock(arena._fd.as_raw_fd(), libc::LOCK_UN) };
-        }
-        result
+        // The flock is released when `fd` is closed (failure) or below (success).
+        let mut arena = Self::open_locked(fd, path, want)?;
+        arena.me = arena.attach()?;
+        // SAFETY: valid descriptor; unlocking cannot violate memory safety.
+        unsafe { libc::flock(arena.fd.as_raw_fd(), libc::LOCK_UN) };
+        Ok(arena)
     }
 
     fn open_locked(fd: OwnedFd, path: &Path, want: Geometry) -> Result<Self, ArenaError> {
-        // SAFETY: fstat writes into a zeroed stat struct we own.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fd is valid and st is a valid out-pointer.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(io_err("fstat", path)(io::Error::last_os_error()));
+        let existing = file_size(&fd, path)?;
+        if existing < HEADER_BYTES {
+            return Self::create_locked(fd, path, want);
         }
-        let existing = st.st_size as u64;
-        if existing >= HEADER_BYTES {
-            let probe = map(&fd, HEADER_BYTES, path)?;
-            // SAFETY: the first HEADER_BYTES are mapped; Header fits in them.
-            let h = unsafe { &*(probe as *const Header) };
-            let initialised = h.magic.load(Ordering::Acquire) == MAGIC;
-            let (version, found, n_slots, file_len) = (h.version, h.slot_bytes, h.n_slots, h.file_len);
-            // SAFETY: probe was mapped above with this length.
-            unsafe { libc::munmap(probe.cast(), HEADER_BYTES as usize) };
-            if initialised && version != VERSION {
-                // Another library version may be using it: never re-initialise it.
-                return Err(ArenaError::Version {
-                    path: path.to_path_buf(),
-                    found: version,
-                });
-            }
-            let ready = initialised;
-            if ready {
-                if found != want.slot_bytes {
-                    return Err(ArenaError::Mismatch {
-                        path: path.to_path_buf(),
-                        found,
-                        wanted: want.slot_bytes,
-                    });
-                }
-                let geo = Geometry::layout(found, want.slot_stride, n_slots);
-                if geo.file_len != file_len || existing < file_len {
-                    return Err(io_err("validate", path)(io::Error::other(
-                        "arena header is inconsistent",
-                    )));
-                }
-                let base = map(&fd, geo.file_len, path)?;
-                return Ok(Self {
-                    base,
-                    geo,
-                    path: path.to_path_buf(),
-                    _fd: fd,
-                });
-            }
+        let probe = map(&fd, HEADER_BYTES, path)?;
+        // SAFETY: the first HEADER_BYTES are mapped; Header fits in them.
+        let h = unsafe { &*(probe as *const Header) };
+        let initialised = h.magic.load(Ordering::Acquire) == MAGIC;
+        let (version, found) = (
+            h.version,
+            Geometry::from_header(h.slot_bytes, h.n_slots, h.table_cap, h.file_len),
+        );
+        let found_bytes = h.slot_bytes;
+        // SAFETY: probe was mapped above with this length.
+        unsafe { libc::munmap(probe.cast(), HEADER_BYTES as usize) };
+        if !initialised {
+            return Self::create_locked(fd, path, want);
         }
-        Self::create_locked(fd, path, want)
+        if version != VERSION {
+            // Another library version may be using it (it takes no lease we could
+            // see): never re-initialise it.
+            return Err(ArenaError::Version {
+                path: path.to_path_buf(),
+                found: version,
+            });
+        }
+        let attached = lease::any_held(&fd).map_err(io_err("probe leases", path))?;
+        match found {
+            Some(g) if g == want && existing >= g.file_len => Self::mapped(fd, path, g),
+            _ if !attached => {
+                if found.is_some_and(|g| g != want) {
+                    tracing::warn!(path = %path.display(), found_bytes, found_len = found.map_or(0, |g| g.file_len),
+                        want_bytes = want.slot_bytes, want_len = want.file_len,
+                        "host-tier store has another geometry and no process attached; recreating it as configured");
+                }
+                Self::create_locked(fd, path, want)
+            }
+            Some(g) if g.slot_bytes != want.slot_bytes => Err(ArenaError::Mismatch {
+                path: path.to_path_buf(),
+                found: g.slot_bytes,
+                wanted: want.slot_bytes,
+            }),
+            Some(g) if existing >= g.file_len => {
+                tracing::warn!(
+                    path = %path.display(),
+                    store_blocks = g.n_slots,
+                    store_bytes = g.file_len,
+                    configured_blocks = want.n_slots,
+                    configured_bytes = want.file_len,
+                    "TIERKV_CPU_BYTES differs from the existing store's size, which other processes use; joining it as it is (stop them, or use another TIERKV_STORE_NAME, to apply the new size)"
+                );
+                Self::mapped(fd, path, g)
+            }
+            _ => Err(ArenaError::Truncated(path.to_path_buf())),
+        }
+    }
+
+    fn mapped(fd: OwnedFd, path: &Path, geo: Geometry) -> Result<Self, ArenaError> {
+        let base = map(&fd, geo.file_len, path)?;
+        Ok(Self {
+            base,
+            geo,
+            path: path.to_path_buf(),
+            fd,
+            me: OwnerToken::NONE,
+            broken: AtomicBool::new(false),
+        })
     }
 
     fn create_locked(fd: OwnedFd, path: &Path, geo: Geometry) -> Result<Self, ArenaError> {
@@ -337,15 +426,9 @@ impl Arena {
         } else if rc != 0 {
             return Err(io_err("allocate", path)(io::Error::from_raw_os_error(rc)));
         }
-        let base = map(&fd, geo.file_len, path)?;
-        let arena = Self {
-            base,
-            geo,
-            path: path.to_path_buf(),
-            _fd: fd,
-        };
+        let arena = Self::mapped(fd, path, geo)?;
         // SAFETY: the whole file is mapped and no other process uses it: we hold the
-        // creation flock and the magic is not yet written.
+        // creation flock, no lease is held, and the magic is not yet written.
         unsafe { arena.init_header() }.map_err(io_err("init mutex", path))?;
         Ok(arena)
     }
@@ -369,22 +452,34 @@ impl Arena {
             let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
             libc::pthread_mutexattr_init(&mut attr);
             libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
-            pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
+            libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
             let rc = libc::pthread_mutex_init(&mut hdr.mutex, &attr);
             libc::pthread_mutexattr_destroy(&mut attr);
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));
             }
         }
-        let mut view = Locked { arena: self };
+        let mut view = Locked::new(self);
         for i in 0..self.geo.n_slots {
             *view.meta_mut(i) = SlotMeta::free();
             let mut free = view.header().free;
             free.push_back(&mut view, i);
             view.header().free = free;
         }
+        std::mem::forget(view); // the mutex was never taken
         hdr.magic.store(MAGIC, Ordering::Release);
         Ok(())
+    }
+
+    /// Takes a lease for this mapping (under the index lock).
+    fn attach(&self) -> Result<OwnerToken, ArenaError> {
+        let mut l = self.lock()?;
+        l.take_lease().ok_or_else(|| ArenaError::Crowded(self.path.clone()))
+    }
+
+    /// This mapping's lease.
+    pub fn owner(&self) -> OwnerToken {
+        self.me
     }
 
     /// The geometry.
@@ -403,26 +498,51 @@ impl Arena {
         unsafe { &(*(self.base as *const Header)).stats }
     }
 
-    /// Takes the index mutex. Repairs the index first if its last owner died.
-    /// Fails only if the mutex is unusable (`ENOTRECOVERABLE`: a repair itself was
-    /// interrupted), in which case the tier is reported down and callers recompute.
+    /// Takes the index mutex, waiting at most [`LOCK_WAIT`]. Repairs the index first
+    /// if its last owner died. Fails when the wait times out (a miss for the caller,
+    /// counted), when the mutex is unusable (`ENOTRECOVERABLE`: a repair itself was
+    /// interrupted) or when the file was truncated underneath: then the tier is
+    /// reported down and callers recompute.
     pub fn lock(&self) -> Result<Locked<'_>, ArenaError> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(ArenaError::Truncated(self.path.clone()));
+        }
         let m = self.mutex_ptr();
+        let deadline = realtime_after(LOCK_WAIT);
         // SAFETY: the mutex was initialised as process-shared and robust before the
         // magic was published, and stays mapped while self lives.
-        let rc = unsafe { libc::pthread_mutex_lock(m) };
+        let rc = unsafe { libc::pthread_mutex_timedlock(m, &deadline) };
+        if rc == libc::ETIMEDOUT {
+            self.stats().lock_timeouts.fetch_add(1, Ordering::Relaxed);
+            return Err(ArenaError::LockTimeout(self.path.clone()));
+        }
         if rc != 0 && rc != libc::EOWNERDEAD {
             return Err(ArenaError::Lock(self.path.clone(), io::Error::from_raw_os_error(rc)));
         }
-        let mut locked = Locked { arena: self };
+        let mut locked = Locked::new(self);
         if rc == libc::EOWNERDEAD {
             tracing::warn!(path = %self.path.display(), "a process died holding the arena lock; repairing the index");
+            if !self.still_whole() {
+                // Unlocking without marking it consistent makes it unusable for all.
+                return Err(ArenaError::Truncated(self.path.clone()));
+            }
             locked.repair();
             self.stats().lock_recoveries.fetch_add(1, Ordering::Relaxed);
             // SAFETY: we own the mutex (EOWNERDEAD hands it over) and repaired the state.
-            unsafe { pthread_mutex_consistent(m) };
+            unsafe { libc::pthread_mutex_consistent(m) };
         }
         Ok(locked)
+    }
+
+    /// Whether the file is still as long as the mapping (checked before a repair,
+    /// which touches every slot's metadata). A short file takes the tier down.
+    fn still_whole(&self) -> bool {
+        let whole = file_size(&self.fd, &self.path).is_ok_and(|len| len >= self.geo.file_len);
+        if !whole {
+            self.broken.store(true, Ordering::Relaxed);
+            tracing::error!(path = %self.path.display(), "host-tier arena was truncated underneath; tier down");
+        }
+        whole
     }
 
     fn mutex_ptr(&self) -> *mut libc::pthread_mutex_t {
@@ -453,10 +573,25 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
+        if self.me != OwnerToken::NONE {
+            if let Ok(mut l) = self.lock() {
+                l.release_lease();
+            }
+        }
         // SAFETY: base/len describe the mapping created in `open`; nothing borrows it
-        // past the Arena's lifetime.
+        // past the Arena's lifetime. Closing `fd` afterwards drops the lease lock.
         unsafe { libc::munmap(self.base.cast(), self.geo.file_len as usize) };
     }
+}
+
+fn file_size(fd: &OwnedFd, path: &Path) -> Result<u64, ArenaError> {
+    // SAFETY: fstat writes into a zeroed stat struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is valid and st is a valid out-pointer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io_err("fstat", path)(io::Error::last_os_error()));
+    }
+    Ok(st.st_size as u64)
 }
 
 fn map(fd: &OwnedFd, len: u64, path: &Path) -> Result<*mut u8, ArenaError> {
@@ -496,6 +631,26 @@ fn flock_timeout(fd: &OwnedFd, timeout: Duration) -> Result<(), Option<io::Error
     }
 }
 
+/// `CLOCK_REALTIME` now + `d`, as `pthread_mutex_timedlock` wants it.
+fn realtime_after(d: Duration) -> libc::timespec {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into our timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    let ns = now.tv_nsec as u64 + u64::from(d.subsec_nanos());
+    libc::timespec {
+        tv_sec: now.tv_sec + d.as_secs() as libc::time_t + (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as _,
+    }
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds: one clock for every process on the host.
+pub(crate) fn boottime_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into our timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
 impl SlotMeta {
     fn free() -> Self {
         Self {
@@ -503,11 +658,14 @@ impl SlotMeta {
             checksum: 0,
             len: 0,
             last_access: 0,
+            write_started: 0,
             state: SlotState::Free as u32,
-            writer: 0,
+            generation: 0,
+            writer_lease: 0,
+            writer_gen: 0,
+            pins: 0,
             prev: NIL,
             next: NIL,
-            readers: [0; MAX_READERS],
         }
     }
 
@@ -515,18 +673,12 @@ impl SlotMeta {
     pub fn block_hash(&self) -> BlockHash {
         BlockHash::from_parts(self.hash)
     }
-}
 
-/// Whether process `pid` still exists.
-pub fn pid_alive(pid: u32) -> bool {
-    if pid == 0 {
-        return false;
+    /// The writer's lease while `Writing`.
+    pub fn writer(&self) -> OwnerToken {
+        OwnerToken {
+            index_plus_one: self.writer_lease,
+            generation: self.writer_gen,
+        }
     }
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
-
-mod locked;
-
-pub use locked::Locked;

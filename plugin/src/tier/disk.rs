@@ -53,6 +53,7 @@ use crate::offload::policy::{Access, Policy};
 use crate::offload::replay::fold_key;
 use crate::offload::Admission;
 use crate::prefix::BlockHash;
+use crate::tier::shared_file::Sharing;
 
 /// Consecutive I/O errors after which the tier is taken down.
 const MAX_CONSECUTIVE_ERRORS: u32 = 8;
@@ -121,6 +122,37 @@ pub struct DiskStats {
     pub write_latency: Histogram,
     /// Read latency (one block, with verification).
     pub read_latency: Histogram,
+}
+
+/// The disk tier's slots by state ([`DiskTier::census`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskCensus {
+    /// Slots in the file.
+    pub capacity: u64,
+    /// Identities in the index.
+    pub indexed: u64,
+    /// Keys the eviction policy tracks.
+    pub policy: u64,
+    /// Entries of the free list.
+    pub free_list: u64,
+    /// Slots holding a block.
+    pub ready: u64,
+    /// Slots being written.
+    pub writing: u64,
+    /// Free slots.
+    pub free: u64,
+}
+
+impl DiskCensus {
+    /// Whether every slot is accounted for exactly once: indexed + free + writing
+    /// == capacity, and the index, the policy and the free list agree with the
+    /// slot states (no orphaned slot, no dead policy entry).
+    pub fn consistent(&self) -> bool {
+        self.indexed + self.free + self.writing == self.capacity
+            && self.ready == self.indexed
+            && self.policy == self.indexed
+            && self.free_list == self.free
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +249,8 @@ struct Inner {
     /// a fresh 4 KiB-aligned buffer costs page faults and zeroing per read.
     buffers: Mutex<Vec<AlignedBuf>>,
     dir_path: PathBuf,
+    /// Who may share the files (`TIERKV_SHARE_GROUP`).
+    sharing: Sharing,
     /// A reader's mapping of the owner's directory, attached lazily.
     reader_dir: Mutex<(Option<Arc<Directory>>, Option<Instant>)>,
 }
@@ -289,7 +323,8 @@ impl DiskTier {
                 ),
             )
         })?;
-        let opened = recovery::open_file(dir, path, geo, cfg.disk_direct, !reader_only)?;
+        let sharing = Sharing { group: cfg.share_group };
+        let opened = recovery::open_file(dir, path, geo, cfg.disk_direct, !reader_only, sharing)?;
         let dir_path = cfg.shm_dir.join(format!("tierkv-{}.g3dir", cfg.store_name));
         let start = Instant::now();
         let full = cfg.disk_recovery == RecoveryMode::Full;
@@ -300,7 +335,7 @@ impl DiskTier {
             recovery::Found::default()
         };
         let directory = if opened.owner {
-            let d = Directory::create(&dir_path, geo.n_slots)
+            let d = Directory::create(&dir_path, geo.n_slots, sharing)
                 .map_err(|e| unavailable(&dir_path, format!("cannot create the shared directory: {e}")))?;
             found.blocks.iter().for_each(|b| d.insert(b.hash, b.slot));
             Some(Arc::new(d))
@@ -389,6 +424,7 @@ impl DiskTier {
             owner: opened.owner,
             buffers: Mutex::new(Vec::new()),
             dir_path,
+            sharing,
             reader_dir: Mutex::new((None, None)),
         });
         Ok(Self { inner, pool })
@@ -427,6 +463,26 @@ impl DiskTier {
     /// Why the tier went down, if it did.
     pub fn down_reason(&self) -> Option<String> {
         self.inner.down_reason.lock().clone()
+    }
+
+    /// Slots by state, with a check that they account for the whole file.
+    pub fn census(&self) -> DiskCensus {
+        let ix = self.inner.index.lock();
+        let mut c = DiskCensus {
+            capacity: self.inner.geo.n_slots,
+            indexed: ix.map.len() as u64,
+            policy: ix.policy.len() as u64,
+            free_list: ix.free.len() as u64,
+            ..DiskCensus::default()
+        };
+        for e in &ix.slots {
+            match e.state {
+                SlotState::Free => c.free += 1,
+                SlotState::Writing => c.writing += 1,
+                SlotState::Ready => c.ready += 1,
+            }
+        }
+        c
     }
 
     /// Blocks on disk.
@@ -538,7 +594,12 @@ impl DiskTier {
         let request = inner.requests.load(Ordering::Relaxed);
         let job_inner = Arc::clone(inner);
         let job = Box::new(move || {
-            job_inner.write_block(buf, hash, namespace, request, depth);
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                job_inner.write_block(buf, hash, namespace, request, depth);
+            }));
+            if written.is_err() {
+                job_inner.index.lock().pending.remove(&key);
+            }
             job_inner.inflight.fetch_sub(1, Ordering::AcqRel);
         });
         if self.pool.try_submit_write(job).is_err() {
@@ -593,7 +654,6 @@ impl DiskTier {
             }
         }
         let (tx, rx) = crossbeam_channel::bounded(hashes.len());
-        let mut waiting = 0;
         for (i, (&h, &s)) in hashes.iter().zip(&slots).enumerate() {
             let Some(s) = s else {
                 inner.stats.read_misses.fetch_add(1, Ordering::Relaxed);
@@ -604,11 +664,14 @@ impl DiskTier {
                 let r = job_inner.read_block(s, h, namespace);
                 let _ = tx.send((i, r));
             });
+            // Until its result arrives, a submitted read counts as failed: a job
+            // that dies (its sender dropped unsent) never leaves its caller waiting.
             if self.pool.submit_read(job).is_ok() {
-                waiting += 1;
+                out[i] = DiskRead::Failed;
             }
         }
-        for (i, r) in rx.iter().take(waiting) {
+        drop(tx);
+        for (i, r) in rx.iter() {
             out[i] = r;
         }
         if !inner.owner {
@@ -631,13 +694,21 @@ impl DiskTier {
 }
 
 impl Inner {
-    /// A reader's view of the owner's directory (retried at most once a second
-    /// until the owner has published one).
+    /// A reader's view of the owner's directory: opened when the owner has
+    /// published one, and opened again when a new owner renamed a new one into
+    /// place (the path's inode changed); checked at most once a second.
     fn directory(&self) -> Option<Arc<Directory>> {
         let mut g = self.reader_dir.lock();
-        if g.0.is_none() && g.1.is_none_or(|t| t.elapsed() >= HEALTH_INTERVAL) {
+        if g.1.is_none_or(|t| t.elapsed() >= HEALTH_INTERVAL) {
             g.1 = Some(Instant::now());
-            g.0 = Directory::open(&self.dir_path).map(Arc::new);
+            let current = std::fs::symlink_metadata(&self.dir_path)
+                .ok()
+                .map(|m| (m.dev(), m.ino()));
+            if current.is_some_and(|id| g.0.as_ref().is_none_or(|d| d.id() != id)) {
+                if let Some(d) = Directory::open(&self.dir_path, self.sharing) {
+                    g.0 = Some(Arc::new(d));
+                }
+            }
         }
         g.0.clone()
     }
@@ -645,10 +716,13 @@ impl Inner {
     fn write_block(&self, mut buf: AlignedBuf, hash: BlockHash, namespace: u64, request: u64, depth: u32) {
         let key = fold_key(hash.0);
         let g = self.geo;
+        // The key stays pending until the write has landed (or failed): an offer of
+        // the same identity meanwhile is answered "on its way", never written twice.
         let slot = {
             let mut ix = self.index.lock();
-            ix.pending.remove(&key);
             let Some(slot) = ix.take_slot(&self.stats) else {
+                ix.pending.remove(&key);
+                drop(ix);
                 self.stats.offload_dropped_no_slot.fetch_add(1, Ordering::Relaxed);
                 self.recycle(buf);
                 return;
@@ -673,9 +747,17 @@ impl Inner {
             .faults
             .write_all_at(&self.file, buf.as_slice(), g.slot_offset(slot));
         let mut ix = self.index.lock();
+        ix.pending.remove(&key);
         match res {
             Ok(()) => {
                 self.consecutive_errors.store(0, Ordering::Relaxed);
+                // Never two slots for one identity: a replaced slot is freed and
+                // leaves the policy (only reachable if two writers raced anyway).
+                if let Some(&old) = ix.map.get(&key) {
+                    if old != slot {
+                        ix.drop_slot(old);
+                    }
+                }
                 ix.slots[slot as usize] = SlotEntry {
                     state: SlotState::Ready,
                     hash,

@@ -1,26 +1,36 @@
 //! G2: the host-memory tier over a shared [`Arena`].
 //!
 //! Workflow of a store (engine -> host):
-//! 1. Under the arena lock: skip if the identity is present (or being written);
+//! 1. Under the arena lock: skip if the identity is present (or being written by a
+//!    live writer within its deadline; an abandoned write is reclaimed at once);
 //!    otherwise take a free slot or evict the LRU unpinned block, and mark the slot
-//!    `Writing` (indexed, so a concurrent store of the same block skips).
+//!    `Writing` (indexed, so a concurrent store of the same block skips), getting a
+//!    [`WriteTicket`].
 //! 2. Without the lock: copy the segments in, checksumming in the same pass
 //!    ([`FusedHasher`], keyed by the identity).
-//! 3. Under the lock: record checksum and length, mark `Ready`, append to the LRU.
+//! 3. Under the lock: if the ticket still holds (same slot generation, same
+//!    writer), record checksum and length, mark `Ready`, append to the LRU;
+//!    otherwise the store is lost and reported as not stored.
 //!
 //! Workflow of a load (host -> engine):
-//! 1. Under the lock: find the identity `Ready`, pin it (this process's pid in a
-//!    reader entry) and mark it recently used.
+//! 1. Under the lock: find the identity `Ready`, pin it (a pin count on the slot,
+//!    and the slot in this mapping's lease, so a dead reader's pins are dropped)
+//!    and mark it recently used.
 //! 2. Without the lock: copy out, checksumming the very words delivered.
 //! 3. Under the lock: unpin; on a mismatch drop the block and report
 //!    [`LoadOutcome::Corrupt`] (the caller recomputes; nothing wrong is served).
+//!
+//! A lock that is not free within [`super::arena::LOCK_WAIT`] makes the operation a
+//! miss (lookup: no hit, load: [`LoadOutcome::Busy`], store: not stored), counted
+//! in `tierkv_lock_timeouts_total`, never a stall of the engine.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::arena::{Arena, ArenaError, SlotState};
+use super::arena::{Arena, ArenaError, ArenaSpec, Locked, SlotState, WriteTicket};
 use super::checksum::FusedHasher;
+use super::shared_file::Sharing;
 use crate::config::Config;
 use crate::metrics::SharedStats;
 use crate::prefix::BlockHash;
@@ -67,7 +77,8 @@ pub enum LoadOutcome {
     Miss,
     /// Present but failed verification: dropped, the destination must be recomputed.
     Corrupt,
-    /// Too many concurrent readers of this block: treat as a miss.
+    /// Not read now (this process pins too many blocks at once, or the index lock
+    /// was not free in time): treat as a miss.
     Busy,
     /// Reading it failed (disk I/O error): dropped, recompute.
     IoError,
@@ -84,7 +95,13 @@ impl HostTier {
     /// `block_tokens` tokens.
     pub fn open(cfg: &Config, block_bytes: u64, block_tokens: u64) -> Result<Self, TierError> {
         let path: PathBuf = cfg.shm_dir.join(format!("tierkv-{}.arena", cfg.store_name));
-        let arena = Arena::open(&path, block_bytes, cfg.cpu_bytes, cfg.lock_timeout)?;
+        let spec = ArenaSpec {
+            slot_bytes: block_bytes,
+            capacity: cfg.cpu_bytes,
+            timeout: cfg.lock_timeout,
+            sharing: Sharing { group: cfg.share_group },
+        };
+        let arena = Arena::open(&path, spec)?;
         let reclaimed = arena.lock()?.sweep_dead();
         if reclaimed > 0 {
             arena
@@ -128,7 +145,9 @@ impl HostTier {
 
     /// Number of leading `hashes` held, without counting anything.
     pub fn lookup_run(&self, hashes: &[BlockHash]) -> Result<usize, TierError> {
-        let mut l = self.arena.lock()?;
+        let Some(mut l) = self.lock_or_miss()? else {
+            return Ok(0);
+        };
         Ok(hashes
             .iter()
             .take_while(|&&h| l.find(h).is_some_and(|s| l.meta(s).state == SlotState::Ready as u32))
@@ -154,39 +173,27 @@ impl HostTier {
         }
     }
 
+    /// Takes the index lock; `None` when it timed out (the caller misses).
+    fn lock_or_miss(&self) -> Result<Option<Locked<'_>>, TierError> {
+        match self.arena.lock() {
+            Ok(l) => Ok(Some(l)),
+            Err(ArenaError::LockTimeout(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Stores one block given as segments (their concatenation is the payload).
     pub fn store(&self, hash: BlockHash, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
         self.check_len(segs.iter().map(|s| s.len() as u64).sum())?;
         let start = Instant::now();
-        let slot = {
-            let mut l = self.arena.lock()?;
-            if l.find(hash).is_some() {
-                drop(l);
-                self.stats().store_dedup.fetch_add(1, Ordering::Relaxed);
-                return Ok(StoreOutcome::AlreadyPresent);
-            }
-            let taken = match l.take_slot(EVICTION_SCAN) {
-                Some(t) => Some(t),
-                None => {
-                    let reclaimed = l.sweep_dead();
-                    self.stats()
-                        .dead_writer_reclaims
-                        .fetch_add(u64::from(reclaimed), Ordering::Relaxed);
-                    l.take_slot(EVICTION_SCAN)
-                }
-            };
-            let Some((slot, evicted)) = taken else {
-                drop(l);
-                self.stats().store_rejected.fetch_add(1, Ordering::Relaxed);
-                return Ok(StoreOutcome::NoSpace);
-            };
-            if evicted.is_some() {
-                self.stats().evictions.fetch_add(1, Ordering::Relaxed);
-            }
-            l.begin_write(slot, hash);
-            slot
+        let Some(ticket) = self.reserve(hash)? else {
+            return Ok(StoreOutcome::NoSpace);
         };
-        let dst = self.arena.payload_ptr(slot);
+        let ticket = match ticket {
+            Ok(t) => t,
+            Err(outcome) => return Ok(outcome),
+        };
+        let dst = self.arena.payload_ptr(ticket.slot);
         let mut hasher = FusedHasher::new(seed(hash));
         let mut off = 0usize;
         for seg in segs {
@@ -195,12 +202,55 @@ impl HostTier {
             unsafe { hasher.copy_raw(dst.add(off), seg.as_ptr(), seg.len()) };
             off += seg.len();
         }
-        self.arena.lock()?.commit_write(slot, hasher.digest(), off as u64);
+        let committed = match self.lock_or_miss()? {
+            Some(mut l) => l.commit_write(ticket, hasher.digest(), off as u64),
+            // The slot stays Writing until its deadline; then it is reclaimed.
+            None => false,
+        };
         let s = self.stats();
+        if !committed {
+            s.writes_lost.fetch_add(1, Ordering::Relaxed);
+            return Ok(StoreOutcome::NoSpace);
+        }
         s.stored_blocks.fetch_add(1, Ordering::Relaxed);
         s.stored_bytes.fetch_add(off as u64, Ordering::Relaxed);
         s.store_latency.observe_ns(start.elapsed().as_nanos() as u64);
         Ok(StoreOutcome::Stored)
+    }
+
+    /// Step 1 of a store: a reserved slot, or the outcome that ends the store
+    /// (`None`: the lock timed out).
+    fn reserve(&self, hash: BlockHash) -> Result<Option<Result<WriteTicket, StoreOutcome>>, TierError> {
+        let Some(mut l) = self.lock_or_miss()? else {
+            return Ok(None);
+        };
+        if let Some(slot) = l.find(hash) {
+            if !l.reclaim_if_abandoned(slot) {
+                drop(l);
+                self.stats().store_dedup.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(Err(StoreOutcome::AlreadyPresent)));
+            }
+            self.stats().dead_writer_reclaims.fetch_add(1, Ordering::Relaxed);
+        }
+        let taken = match l.take_slot(EVICTION_SCAN) {
+            Some(t) => Some(t),
+            None => {
+                let reclaimed = l.sweep_dead();
+                self.stats()
+                    .dead_writer_reclaims
+                    .fetch_add(u64::from(reclaimed), Ordering::Relaxed);
+                l.take_slot(EVICTION_SCAN)
+            }
+        };
+        let Some((slot, evicted)) = taken else {
+            drop(l);
+            self.stats().store_rejected.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(Err(StoreOutcome::NoSpace)));
+        };
+        if evicted.is_some() {
+            self.stats().evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Some(Ok(l.begin_write(slot, hash))))
     }
 
     /// Loads one block into `segs` and verifies it. On [`LoadOutcome::Corrupt`] the
@@ -209,7 +259,9 @@ impl HostTier {
         self.check_len(segs.iter().map(|s| s.len() as u64).sum())?;
         let start = Instant::now();
         let (slot, want_sum, len) = {
-            let mut l = self.arena.lock()?;
+            let Some(mut l) = self.lock_or_miss()? else {
+                return Ok(LoadOutcome::Busy);
+            };
             let Some(slot) = l.find(hash).filter(|&s| l.meta(s).state == SlotState::Ready as u32) else {
                 drop(l);
                 self.stats().load_misses.fetch_add(1, Ordering::Relaxed);
@@ -231,11 +283,20 @@ impl HostTier {
             off += seg.len();
         }
         let ok = hasher.digest() == want_sum && len == off as u64;
-        {
-            let mut l = self.arena.lock()?;
-            l.unpin(slot);
-            if !ok && l.meta(slot).block_hash() == hash {
-                l.discard(slot);
+        // The outcome stands whatever happens to the lock now (the bytes were
+        // verified without it); a pin that cannot be dropped after three waits stays
+        // until this mapping's lease is given back.
+        for _ in 0..3 {
+            match self.arena.lock() {
+                Ok(mut l) => {
+                    l.unpin(slot);
+                    if !ok {
+                        l.discard(slot, hash);
+                    }
+                    break;
+                }
+                Err(ArenaError::LockTimeout(_)) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
         let s = self.stats();
@@ -266,3 +327,5 @@ fn seed(hash: BlockHash) -> u64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trust_tests;

@@ -14,6 +14,7 @@ pub mod disk;
 pub mod gpu;
 mod host;
 pub mod layout;
+pub mod shared_file;
 
 pub use host::{HostTier, LoadOutcome, StoreOutcome, TierError};
 

@@ -1,27 +1,53 @@
 //! The arena's index while its mutex is held: the open-addressing table, the free
-//! and eviction lists, pins, and the repair after a process died holding the lock.
+//! and eviction lists, leases and pins, and the repair after a process died holding
+//! the lock or the index was found damaged.
 //!
 //! Table: linear probing over `u32` entries (`slot + 1`, 0 = empty), home slot = low
 //! bits of the identity; deletion shifts later entries back, so there are no
-//! tombstones:
+//! tombstones. Every probe is bounded by the table size:
 //!
 //! ```text
 //!   home(h) = h & (cap - 1)      [.. | e1 | e2 | 0 | ..]  remove e1 -> e2 moves into
 //!                                  its place unless e2's home lies in (hole, j]
 //! ```
+//!
+//! Shared memory is input: a slot number read from the table, a list link or a pin
+//! that is out of range marks the index damaged (never a panic or an endless loop);
+//! the guard rebuilds the index from the slot metadata before it unlocks.
 
-use super::{pid_alive, Arena, Header, SlotMeta, SlotState, MAX_READERS};
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
+
+use super::lease::{self, Lease, OwnerToken, MAX_LEASES};
+use super::{boottime_ns, Arena, Header, SlotMeta, SlotState, WRITE_DEADLINE};
 use crate::block::list::{LinkStore, ListEnds, NIL};
 use crate::prefix::BlockHash;
 use crate::tier::{EvictionPolicy, Lru};
 
-/// The arena index while its mutex is held; unlocks on drop.
+/// The arena index while its mutex is held; unlocks on drop (repairing the index
+/// first if it was found damaged).
 pub struct Locked<'a> {
     pub(super) arena: &'a Arena,
+    damaged: Cell<bool>,
+}
+
+/// A reservation of a slot for one write: commit and abort check that the slot is
+/// still this reservation (same generation, same writer) and do nothing otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteTicket {
+    /// The slot.
+    pub slot: u32,
+    /// Its generation when reserved.
+    pub generation: u32,
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
+        if self.damaged.get() {
+            tracing::warn!(path = %self.arena.path.display(), "host-tier index damaged; rebuilding it");
+            self.repair();
+            self.arena.stats().index_repairs.fetch_add(1, Ordering::Relaxed);
+        }
         // SAFETY: this guard exists only while the calling thread holds the mutex.
         unsafe { libc::pthread_mutex_unlock(self.arena.mutex_ptr()) };
     }
@@ -30,7 +56,7 @@ impl Drop for Locked<'_> {
 impl LinkStore for Locked<'_> {
     fn links(&self, i: u32) -> (u32, u32) {
         let m = self.meta(i);
-        (m.prev, m.next)
+        (self.checked_link(m.prev), self.checked_link(m.next))
     }
 
     fn set_links(&mut self, i: u32, prev: u32, next: u32) {
@@ -40,7 +66,14 @@ impl LinkStore for Locked<'_> {
     }
 }
 
-impl Locked<'_> {
+impl<'a> Locked<'a> {
+    pub(super) fn new(arena: &'a Arena) -> Self {
+        Self {
+            arena,
+            damaged: Cell::new(false),
+        }
+    }
+
     #[allow(clippy::mut_from_ref)]
     pub(super) fn header(&self) -> &mut Header {
         // SAFETY: the header is mapped; the mutex (held) serialises all access to its
@@ -48,21 +81,57 @@ impl Locked<'_> {
         unsafe { &mut *(self.arena.base as *mut Header) }
     }
 
-    /// Metadata of `slot`.
+    fn n_slots(&self) -> u32 {
+        self.arena.geo.n_slots
+    }
+
+    /// Marks the index for a rebuild before the lock is released.
+    fn damage(&self) {
+        self.damaged.set(true);
+    }
+
+    fn checked_link(&self, s: u32) -> u32 {
+        if s == NIL || s < self.n_slots() {
+            s
+        } else {
+            self.damage();
+            NIL
+        }
+    }
+
+    fn meta_offset(&self, slot: u32) -> usize {
+        let slot = if slot < self.n_slots() {
+            slot
+        } else {
+            // Only shared memory can produce this: never touch memory out of range.
+            self.damage();
+            0
+        };
+        self.arena.geo.meta_off as usize + slot as usize * std::mem::size_of::<SlotMeta>()
+    }
+
+    /// Metadata of `slot` (an out-of-range slot marks the index damaged).
     pub fn meta(&self, slot: u32) -> &SlotMeta {
-        assert!(slot < self.arena.geo.n_slots);
-        let off = self.arena.geo.meta_off as usize + slot as usize * std::mem::size_of::<SlotMeta>();
-        // SAFETY: in bounds (checked) and aligned (offsets are multiples of 8); the
-        // mutex serialises access.
+        let off = self.meta_offset(slot);
+        // SAFETY: in bounds (clamped above) and aligned (offsets are multiples of 8);
+        // the mutex serialises access.
         unsafe { &*(self.arena.base.add(off) as *const SlotMeta) }
     }
 
     /// Mutable metadata of `slot`.
     pub fn meta_mut(&mut self, slot: u32) -> &mut SlotMeta {
-        assert!(slot < self.arena.geo.n_slots);
-        let off = self.arena.geo.meta_off as usize + slot as usize * std::mem::size_of::<SlotMeta>();
+        let off = self.meta_offset(slot);
         // SAFETY: as in `meta`; &mut self makes this the only live reference.
         unsafe { &mut *(self.arena.base.add(off) as *mut SlotMeta) }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn lease(&self, i: usize) -> &mut Lease {
+        assert!(i < MAX_LEASES);
+        let off = self.arena.geo.lease_off as usize + i * std::mem::size_of::<Lease>();
+        // SAFETY: the lease table lies inside the mapping (Geometry::layout); the
+        // mutex serialises access and no reference outlives a statement.
+        unsafe { &mut *(self.arena.base.add(off) as *mut Lease) }
     }
 
     fn table(&mut self) -> &mut [u32] {
@@ -77,73 +146,89 @@ impl Locked<'_> {
         }
     }
 
+    /// A table entry as a slot: `None` for empty; out of range marks damage.
+    fn entry_slot(&mut self, i: u32) -> Option<u32> {
+        let e = self.table()[i as usize];
+        if e == 0 {
+            return None;
+        }
+        if e > self.n_slots() {
+            self.damage();
+            return None;
+        }
+        Some(e - 1)
+    }
+
     /// Number of slots in the `Ready` state.
     pub fn ready_count(&self) -> u32 {
         // The eviction list holds exactly the Ready slots.
-        self.header().lru.len
+        self.header().lru.len.min(self.n_slots())
     }
 
     /// Advances and returns the logical clock.
     pub fn tick(&mut self) -> u64 {
         let h = self.header();
-        h.clock += 1;
+        h.clock = h.clock.wrapping_add(1);
         h.clock
     }
 
     /// The slot indexed under `hash`, in any non-free state.
     pub fn find(&mut self, hash: BlockHash) -> Option<u32> {
+        self.find_entry(hash).map(|(_, s)| s)
+    }
+
+    /// `(table index, slot)` of `hash`; at most `table_cap` probes.
+    fn find_entry(&mut self, hash: BlockHash) -> Option<(u32, u32)> {
         let mask = self.arena.geo.table_cap - 1;
         let mut i = (hash.0 as u32) & mask;
-        loop {
-            let e = self.table()[i as usize];
-            if e == 0 {
+        for _ in 0..=mask {
+            if self.table()[i as usize] == 0 {
                 return None;
             }
-            if self.meta(e - 1).block_hash() == hash {
-                return Some(e - 1);
+            if let Some(s) = self.entry_slot(i) {
+                if self.meta(s).block_hash() == hash {
+                    return Some((i, s));
+                }
             }
             i = (i + 1) & mask;
         }
+        // A full table cannot happen (capacity is twice the slots): damage.
+        self.damage();
+        None
     }
 
     fn table_insert(&mut self, hash: BlockHash, slot: u32) {
         let mask = self.arena.geo.table_cap - 1;
         let mut i = (hash.0 as u32) & mask;
-        while self.table()[i as usize] != 0 {
+        for _ in 0..=mask {
+            if self.table()[i as usize] == 0 {
+                self.table()[i as usize] = slot + 1;
+                return;
+            }
             i = (i + 1) & mask;
         }
-        self.table()[i as usize] = slot + 1;
+        self.damage();
     }
 
     /// Removes `hash` from the table (backward-shift deletion: no tombstones).
     fn table_remove(&mut self, hash: BlockHash) {
         let mask = self.arena.geo.table_cap - 1;
-        let mut i = (hash.0 as u32) & mask;
-        loop {
-            let e = self.table()[i as usize];
-            if e == 0 {
-                return;
-            }
-            if self.meta(e - 1).block_hash() == hash {
-                break;
-            }
-            i = (i + 1) & mask;
-        }
+        let Some((i, _)) = self.find_entry(hash) else {
+            return;
+        };
         let mut hole = i;
         let mut j = (i + 1) & mask;
-        loop {
-            let e = self.table()[j as usize];
-            if e == 0 {
-                break;
-            }
-            let home = (self.meta(e - 1).hash[0] as u32) & mask;
-            // Move e into the hole unless its home lies cyclically in (hole, j].
+        for _ in 0..mask {
+            let Some(s) = self.entry_slot(j) else { break };
+            let home = (self.meta(s).hash[0] as u32) & mask;
+            // Move the entry into the hole unless its home lies cyclically in (hole, j].
             let stays = if hole <= j {
                 hole < home && home <= j
             } else {
                 hole < home || home <= j
             };
             if !stays {
+                let e = self.table()[j as usize];
                 self.table()[hole as usize] = e;
                 hole = j;
             }
@@ -160,7 +245,11 @@ impl Locked<'_> {
         let got = free.pop_front(self);
         self.header().free = free;
         if let Some(s) = got {
-            return Some((s, None));
+            if s < self.n_slots() && self.meta(s).state == SlotState::Free as u32 {
+                return Some((s, None));
+            }
+            self.damage();
+            return None;
         }
         let policy = Lru(self.header().lru);
         let mut cur = policy.first_candidate();
@@ -169,51 +258,83 @@ impl Locked<'_> {
                 break;
             }
             let next = policy.next_candidate(self, cur);
-            self.drop_dead_readers(cur);
-            if self.meta(cur).readers.iter().all(|&r| r == 0) {
-                let victim = self.meta(cur).block_hash();
+            let m = *self.meta(cur);
+            if m.state != SlotState::Ready as u32 {
+                self.damage();
+                return None;
+            }
+            if m.pins == 0 {
                 self.unlink_ready(cur);
-                return Some((cur, Some(victim)));
+                return Some((cur, Some(m.block_hash())));
             }
             cur = next;
         }
         None
     }
 
-    /// Reserves `slot` (just taken) for writing `hash` by this process.
-    pub fn begin_write(&mut self, slot: u32, hash: BlockHash) {
-        let pid = std::process::id();
+    /// Reserves `slot` (just taken) for writing `hash` by this mapping's lease.
+    pub fn begin_write(&mut self, slot: u32, hash: BlockHash) -> WriteTicket {
+        let me = self.arena.me;
+        let now = boottime_ns();
         let m = self.meta_mut(slot);
+        m.generation = m.generation.wrapping_add(1);
         m.hash = hash.to_parts();
         m.state = SlotState::Writing as u32;
-        m.writer = pid;
-        m.readers = [0; MAX_READERS];
+        m.writer_lease = me.index_plus_one;
+        m.writer_gen = me.generation;
+        m.write_started = now;
+        m.pins = 0;
+        let generation = m.generation;
         self.table_insert(hash, slot);
+        WriteTicket { slot, generation }
     }
 
-    /// Publishes a written slot.
-    pub fn commit_write(&mut self, slot: u32, checksum: u64, len: u64) {
-        let t = self.tick();
-        let m = self.meta_mut(slot);
+    /// Whether `t` is still the reservation of its slot, by this mapping.
+    fn owns(&self, t: WriteTicket) -> bool {
+        if t.slot >= self.n_slots() {
+            return false;
+        }
+        let m = self.meta(t.slot);
+        m.state == SlotState::Writing as u32 && m.generation == t.generation && m.writer() == self.arena.me
+    }
+
+    /// Publishes a written slot. `false` (nothing changed) when the reservation was
+    /// reclaimed meanwhile: the write is lost, never published over someone else's.
+    pub fn commit_write(&mut self, t: WriteTicket, checksum: u64, len: u64) -> bool {
+        if !self.owns(t) {
+            return false;
+        }
+        let now = self.tick();
+        let m = self.meta_mut(t.slot);
         m.checksum = checksum;
         m.len = len;
-        m.last_access = t;
-        m.writer = 0;
+        m.last_access = now;
+        m.writer_lease = 0;
+        m.writer_gen = 0;
         m.state = SlotState::Ready as u32;
         let mut lru = Lru(self.header().lru);
-        lru.inserted(self, slot);
+        lru.inserted(self, t.slot);
         self.header().lru = lru.0;
+        true
     }
 
-    /// Abandons a `Writing` slot: unindexes it and returns it to the free list.
-    pub fn abort_write(&mut self, slot: u32) {
+    /// Abandons a reservation: unindexes the slot and frees it (if still ours).
+    pub fn abort_write(&mut self, t: WriteTicket) {
+        if self.owns(t) {
+            self.abort_slot(t.slot);
+        }
+    }
+
+    fn abort_slot(&mut self, slot: u32) {
         let hash = self.meta(slot).block_hash();
         self.table_remove(hash);
         self.release(slot);
     }
 
     fn release(&mut self, slot: u32) {
+        let generation = self.meta(slot).generation;
         *self.meta_mut(slot) = SlotMeta::free();
+        self.meta_mut(slot).generation = generation;
         let mut free = self.header().free;
         free.push_back(self, slot);
         self.header().free = free;
@@ -228,23 +349,31 @@ impl Locked<'_> {
         self.meta_mut(slot).state = SlotState::Free as u32;
     }
 
-    /// Removes a `Ready`, unpinned-by-others slot (after a failed verification).
-    pub fn discard(&mut self, slot: u32) {
-        if self.meta(slot).state == SlotState::Ready as u32 {
+    /// Removes a `Ready` slot still holding `hash` that nobody pins (after a failed
+    /// verification; a reader still pinning it verifies for itself).
+    pub fn discard(&mut self, slot: u32, hash: BlockHash) {
+        let m = *self.meta(slot);
+        if m.state == SlotState::Ready as u32 && m.block_hash() == hash && m.pins == 0 {
             self.unlink_ready(slot);
             self.release(slot);
         }
     }
 
-    /// Pins `slot` for reading by this process and marks it recently used. Returns
-    /// `false` when every reader entry is taken.
+    /// Pins the `Ready` `slot` for reading by this mapping and marks it recently
+    /// used. Returns `false` when this mapping already pins [`super::PINS_PER_LEASE`]
+    /// slots (there is no limit on readers of one slot).
     pub fn pin(&mut self, slot: u32) -> bool {
-        let pid = std::process::id();
-        self.drop_dead_readers(slot);
-        let Some(e) = self.meta(slot).readers.iter().position(|&r| r == 0) else {
+        let Some(me) = self.arena.me.index() else {
             return false;
         };
-        self.meta_mut(slot).readers[e] = pid;
+        if self.meta(slot).state != SlotState::Ready as u32 || self.meta(slot).pins == u32::MAX {
+            return false;
+        }
+        let Some(e) = self.lease(me).pins.iter().position(|&p| p == 0) else {
+            return false;
+        };
+        self.lease(me).pins[e] = slot + 1;
+        self.meta_mut(slot).pins += 1;
         let t = self.tick();
         self.meta_mut(slot).last_access = t;
         let mut lru = Lru(self.header().lru);
@@ -253,64 +382,147 @@ impl Locked<'_> {
         true
     }
 
-    /// Drops one pin of this process on `slot`.
+    /// Drops one pin of this mapping on `slot`.
     pub fn unpin(&mut self, slot: u32) {
-        let pid = std::process::id();
-        if let Some(e) = self.meta(slot).readers.iter().position(|&r| r == pid) {
-            self.meta_mut(slot).readers[e] = 0;
+        let Some(me) = self.arena.me.index() else { return };
+        if let Some(e) = self.lease(me).pins.iter().position(|&p| p == slot + 1) {
+            self.lease(me).pins[e] = 0;
+            let m = self.meta_mut(slot);
+            m.pins = m.pins.saturating_sub(1);
         }
     }
 
-    fn drop_dead_readers(&mut self, slot: u32) {
-        for e in 0..MAX_READERS {
-            let r = self.meta(slot).readers[e];
-            if r != 0 && !pid_alive(r) {
-                self.meta_mut(slot).readers[e] = 0;
+    /// Whether the holder of `t` is alive: this mapping, or a lease of the same
+    /// generation whose lock another open file description holds.
+    pub fn owner_alive(&self, t: OwnerToken) -> bool {
+        if t == self.arena.me {
+            return t != OwnerToken::NONE;
+        }
+        let Some(i) = t.index() else { return false };
+        let l = self.lease(i);
+        l.held == 1 && l.generation == t.generation && lease::held_elsewhere(&self.arena.fd, i)
+    }
+
+    /// Whether the `Writing` slot is abandoned: its writer is dead, or it has been
+    /// writing longer than [`WRITE_DEADLINE`].
+    fn writer_gone(&self, slot: u32) -> bool {
+        let m = self.meta(slot);
+        let age = boottime_ns().saturating_sub(m.write_started);
+        age > WRITE_DEADLINE.as_nanos() as u64 || !self.owner_alive(m.writer())
+    }
+
+    /// Frees `slot` if it is `Writing` for a writer that is gone. Returns whether it
+    /// did (then the identity may be stored again at once).
+    pub fn reclaim_if_abandoned(&mut self, slot: u32) -> bool {
+        if self.meta(slot).state == SlotState::Writing as u32 && self.writer_gone(slot) {
+            self.abort_slot(slot);
+            return true;
+        }
+        false
+    }
+
+    /// Takes a free lease for this mapping, reaping dead ones. `None` when every
+    /// lease is held by a live mapping.
+    pub(super) fn take_lease(&mut self) -> Option<OwnerToken> {
+        for i in 0..MAX_LEASES {
+            if self.lease(i).held == 1 {
+                if lease::held_elsewhere(&self.arena.fd, i) {
+                    continue;
+                }
+                self.reap_lease(i);
+            }
+            if !lease::lock(&self.arena.fd, i) {
+                continue;
+            }
+            let l = self.lease(i);
+            l.generation = l.generation.wrapping_add(1).max(1);
+            l.held = 1;
+            l.pins = [0; super::PINS_PER_LEASE];
+            return Some(OwnerToken {
+                index_plus_one: i as u32 + 1,
+                generation: l.generation,
+            });
+        }
+        None
+    }
+
+    /// Gives this mapping's lease back (its pins dropped, its writes abandoned).
+    pub(super) fn release_lease(&mut self) {
+        let Some(i) = self.arena.me.index() else { return };
+        for s in 0..self.n_slots() {
+            let m = self.meta(s);
+            if m.state == SlotState::Writing as u32 && m.writer() == self.arena.me {
+                self.abort_slot(s);
             }
         }
+        self.reap_lease(i);
+        lease::unlock(&self.arena.fd, i);
     }
 
-    /// Frees slots whose writer died and drops pins of dead readers. Returns how
-    /// many slots were reclaimed.
+    /// Drops the pins of lease `i` and marks it free.
+    fn reap_lease(&mut self, i: usize) {
+        let pins = self.lease(i).pins;
+        for p in pins.into_iter().filter(|&p| p != 0) {
+            if p - 1 < self.n_slots() {
+                let m = self.meta_mut(p - 1);
+                m.pins = m.pins.saturating_sub(1);
+            }
+        }
+        let l = self.lease(i);
+        l.pins = [0; super::PINS_PER_LEASE];
+        l.held = 0;
+    }
+
+    /// Frees slots whose writer is gone and drops pins of dead mappings. Returns
+    /// how many slots were reclaimed.
     pub fn sweep_dead(&mut self) -> u32 {
+        for i in 0..MAX_LEASES {
+            let mine = self.arena.me.index() == Some(i);
+            if self.lease(i).held == 1 && !mine && !lease::held_elsewhere(&self.arena.fd, i) {
+                self.reap_lease(i);
+            }
+        }
         let mut reclaimed = 0;
-        for s in 0..self.arena.geo.n_slots {
-            let m = *self.meta(s);
-            if m.state == SlotState::Writing as u32 && !pid_alive(m.writer) {
-                self.abort_write(s);
+        for s in 0..self.n_slots() {
+            if self.reclaim_if_abandoned(s) {
                 reclaimed += 1;
-            } else if m.state == SlotState::Ready as u32 {
-                self.drop_dead_readers(s);
             }
         }
         reclaimed
     }
 
-    /// Rebuilds the table and both lists from the slot metadata after a process
-    /// died holding the mutex. Slots of dead writers and duplicate identities are
-    /// freed; eviction order is restored from `last_access`.
+    /// Rebuilds the table, both lists and the pin counts from the slot metadata and
+    /// the live leases, after a process died holding the mutex or the index was
+    /// found damaged. Slots of gone writers, unknown states and duplicate identities
+    /// are freed; eviction order is restored from `last_access`.
     pub(super) fn repair(&mut self) {
-        let n = self.arena.geo.n_slots;
+        let n = self.n_slots();
         self.table().fill(0);
+        for s in 0..n {
+            self.meta_mut(s).pins = 0;
+        }
         let mut ready = Vec::new();
         let mut free_slots = Vec::new();
         for s in 0..n {
             let m = *self.meta(s);
             let keep = match m.state {
                 x if x == SlotState::Ready as u32 => true,
-                x if x == SlotState::Writing as u32 => pid_alive(m.writer),
+                x if x == SlotState::Writing as u32 => !self.writer_gone(s),
                 _ => false,
             };
             if keep && self.find(m.block_hash()).is_none() {
                 self.table_insert(m.block_hash(), s);
                 if m.state == SlotState::Ready as u32 {
-                    self.drop_dead_readers(s);
                     ready.push((m.last_access, s));
                 }
             } else {
                 free_slots.push(s);
             }
         }
+        for &s in &free_slots {
+            self.release_raw(s);
+        }
+        self.rebuild_pins();
         ready.sort_unstable();
         let mut lru = Lru::default();
         for &(_, s) in &ready {
@@ -318,13 +530,44 @@ impl Locked<'_> {
         }
         let mut free = ListEnds::new();
         for &s in &free_slots {
-            *self.meta_mut(s) = SlotMeta::free();
             free.push_back(self, s);
         }
         let h = self.header();
         h.lru = lru.0;
         h.free = free;
         h.clock = h.clock.max(ready.last().map_or(0, |r| r.0));
+        self.damaged.set(false);
+    }
+
+    fn release_raw(&mut self, slot: u32) {
+        let generation = self.meta(slot).generation;
+        *self.meta_mut(slot) = SlotMeta::free();
+        self.meta_mut(slot).generation = generation.wrapping_add(1);
+    }
+
+    /// Pin counts from the pin lists of live leases (dead leases reaped; pins of
+    /// slots that are not `Ready` dropped).
+    fn rebuild_pins(&mut self) {
+        for i in 0..MAX_LEASES {
+            let mine = self.arena.me.index() == Some(i);
+            if self.lease(i).held != 1 || !(mine || lease::held_elsewhere(&self.arena.fd, i)) {
+                let l = self.lease(i);
+                l.pins = [0; super::PINS_PER_LEASE];
+                l.held = 0;
+                continue;
+            }
+            for e in 0..super::PINS_PER_LEASE {
+                let p = self.lease(i).pins[e];
+                if p == 0 {
+                    continue;
+                }
+                if p - 1 < self.n_slots() && self.meta(p - 1).state == SlotState::Ready as u32 {
+                    self.meta_mut(p - 1).pins += 1;
+                } else {
+                    self.lease(i).pins[e] = 0;
+                }
+            }
+        }
     }
 
     /// Identities of the `Ready` slots in eviction order (tests and tools).
@@ -332,12 +575,27 @@ impl Locked<'_> {
         self.header()
             .lru
             .iter(self)
+            .take(self.n_slots() as usize)
             .map(|s| self.meta(s).block_hash())
             .collect()
     }
 
     /// Number of free slots.
     pub fn free_count(&self) -> u32 {
-        self.header().free.len
+        self.header().free.len.min(self.n_slots())
+    }
+
+    /// Counts of slots by state, from the metadata: `(ready, writing, free)`. They
+    /// always add up to the capacity; the lists must agree with them.
+    pub fn census(&self) -> (u32, u32, u32) {
+        let (mut ready, mut writing, mut free) = (0, 0, 0);
+        for s in 0..self.n_slots() {
+            match self.meta(s).state {
+                x if x == SlotState::Ready as u32 => ready += 1,
+                x if x == SlotState::Writing as u32 => writing += 1,
+                _ => free += 1,
+            }
+        }
+        (ready, writing, free)
     }
 }

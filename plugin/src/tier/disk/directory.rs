@@ -11,16 +11,22 @@
 //!   slot+1 == 0: empty (ends a probe)   slot+1 == u64::MAX: removed (probe goes on)
 //! ```
 //!
+//! The owner builds a new table in a temporary file and `rename`s it into place, so
+//! a reader's mapping is never truncated underneath; readers re-open the path when
+//! its inode changes. Both sides open with `O_NOFOLLOW` and the ownership rules of
+//! [`crate::tier::shared_file`].
+//!
 //! Readers may see a torn or stale entry. That is safe by construction: a reader
 //! only uses the slot to read the block, and every read is verified against the
 //! identity and checksum in the block's own header; a stale answer is a miss.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::prefix::BlockHash;
+use crate::tier::shared_file::{self, SharedFileError, Sharing};
 
 const MAGIC: u64 = 0x3130_5249_4433_4754; // "TG3DIR01"
 const HEADER: usize = 64;
@@ -34,6 +40,7 @@ pub struct Directory {
     ptr: *mut u8,
     len: usize,
     cap: usize,
+    id: (u64, u64),
 }
 
 // SAFETY: all access to the mapping goes through atomics; the mapping lives until drop.
@@ -42,28 +49,54 @@ unsafe impl Send for Directory {}
 unsafe impl Sync for Directory {}
 
 impl Directory {
-    /// Creates (or empties) the table for `slots` blocks. Owner only.
-    pub fn create(path: &Path, slots: u64) -> std::io::Result<Self> {
+    /// Creates a new, empty table for `slots` blocks and renames it over `path`
+    /// (mappings of an older table stay valid). Owner only.
+    pub fn create(path: &Path, slots: u64, sharing: Sharing) -> Result<Self, SharedFileError> {
         let cap = (slots.max(8) * 2).next_power_of_two() as usize;
         let len = HEADER + cap * 24;
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)?;
-        f.set_len(0)?;
-        f.set_len(len as u64)?;
-        let d = Self::map(&f, len, cap)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let io = |what, e| SharedFileError::Io {
+            what,
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let f = File::from(shared_file::open(&tmp, true, 0, sharing)?.fd);
+        let built = f
+            .set_len(len as u64)
+            .map_err(|e| io("size", e))
+            .and_then(|()| Self::map(&f, len, cap).map_err(|e| io("map", e)));
+        let d = match built {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         d.word(1).store(cap as u64, Ordering::Relaxed);
         d.word(0).store(MAGIC, Ordering::Release);
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io("rename", e));
+        }
         Ok(d)
     }
 
-    /// Maps an existing table for reading. `None` if absent or not (yet) valid.
-    pub fn open(path: &Path) -> Option<Self> {
-        let f = OpenOptions::new().read(true).write(true).open(path).ok()?;
+    /// Maps an existing table for reading. `None` if absent, not (yet) valid, or
+    /// not trusted (a link, or owned by someone else: logged).
+    pub fn open(path: &Path, sharing: Sharing) -> Option<Self> {
+        let f = match shared_file::open(path, false, 0, sharing) {
+            Ok(o) => File::from(o.fd),
+            Err(SharedFileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!("disk-tier directory refused: {e}");
+                return None;
+            }
+        };
         let len = f.metadata().ok()?.len() as usize;
         if len < HEADER {
             return None;
@@ -80,7 +113,13 @@ impl Directory {
         Some(d)
     }
 
-    fn map(f: &std::fs::File, len: usize, cap: usize) -> std::io::Result<Self> {
+    /// `(device, inode)` of the file this mapping shows.
+    pub fn id(&self) -> (u64, u64) {
+        self.id
+    }
+
+    fn map(f: &File, len: usize, cap: usize) -> std::io::Result<Self> {
+        let meta = f.metadata()?;
         // SAFETY: a shared read-write mapping of a file we opened read-write, of its
         // current length; released in Drop.
         let p = unsafe {
@@ -100,6 +139,7 @@ impl Directory {
             ptr: p.cast(),
             len,
             cap,
+            id: (meta.dev(), meta.ino()),
         })
     }
 
@@ -200,11 +240,11 @@ mod tests {
     fn insert_get_remove_and_a_second_mapping_sees_it() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x.g3dir");
-        let w = Directory::create(&p, 4).unwrap();
+        let w = Directory::create(&p, 4, Sharing::default()).unwrap();
         for k in 1..=8u128 {
             w.insert(BlockHash(k << 64 | k), k as u32);
         }
-        let r = Directory::open(&p).unwrap();
+        let r = Directory::open(&p, Sharing::default()).unwrap();
         assert_eq!(r.get(BlockHash(3 << 64 | 3)), Some(3));
         w.remove(BlockHash(3 << 64 | 3));
         assert_eq!(r.get(BlockHash(3 << 64 | 3)), None);

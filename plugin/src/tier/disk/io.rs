@@ -30,6 +30,8 @@ pub struct Faults {
     torn_bytes: AtomicU64,
     read_errno: AtomicI32,
     read_count: AtomicU64,
+    slow_write_ms: AtomicU64,
+    panic_reads: AtomicU64,
 }
 
 /// One injected fault.
@@ -55,6 +57,16 @@ pub enum Fault {
         /// How many reads.
         n: u64,
     },
+    /// The next write takes `ms` milliseconds longer (a slow or busy device).
+    SlowWrite {
+        /// Added latency.
+        ms: u64,
+    },
+    /// The next `n` reads panic inside their job (a bug in a read path).
+    PanicRead {
+        /// How many reads.
+        n: u64,
+    },
 }
 
 impl Faults {
@@ -70,6 +82,8 @@ impl Faults {
                 self.read_errno.store(errno, Ordering::SeqCst);
                 self.read_count.store(n, Ordering::SeqCst);
             }
+            Fault::SlowWrite { ms } => self.slow_write_ms.store(ms, Ordering::SeqCst),
+            Fault::PanicRead { n } => self.panic_reads.store(n, Ordering::SeqCst),
         }
     }
 
@@ -84,6 +98,10 @@ impl Faults {
         if Self::take(&self.write_count) {
             return Err(io::Error::from_raw_os_error(self.write_errno.load(Ordering::SeqCst)));
         }
+        let slow = self.slow_write_ms.swap(0, Ordering::SeqCst);
+        if slow > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(slow));
+        }
         let torn = self.torn_bytes.swap(0, Ordering::SeqCst);
         if torn > 0 {
             let keep = ((torn - 1) as usize).min(buf.len());
@@ -94,6 +112,9 @@ impl Faults {
 
     /// Fills `buf` from `off`, whole, or fails (a short file is `UnexpectedEof`).
     pub fn read_exact_at(&self, f: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
+        if Self::take(&self.panic_reads) {
+            panic!("injected read panic");
+        }
         if Self::take(&self.read_count) {
             return Err(io::Error::from_raw_os_error(self.read_errno.load(Ordering::SeqCst)));
         }
@@ -170,10 +191,19 @@ impl IoPool {
     }
 }
 
+/// Runs one job; a panic inside it is logged and contained (the job's result
+/// channel closes, which its caller reads as a failed block), never the end of
+/// the worker.
+fn run(job: Job) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+        tracing::error!("a disk-tier I/O job panicked; its blocks count as failed");
+    }
+}
+
 fn work(reads: &Receiver<Job>, writes: &Receiver<Job>) {
     loop {
         if let Ok(job) = reads.try_recv() {
-            job();
+            run(job);
             continue;
         }
         let job = crossbeam_channel::select! {
@@ -181,10 +211,10 @@ fn work(reads: &Receiver<Job>, writes: &Receiver<Job>) {
             recv(writes) -> j => j,
         };
         match job {
-            Ok(job) => job(),
+            Ok(job) => run(job),
             Err(_) => {
                 // Closed: finish what is still queued in either queue, then stop.
-                reads.try_iter().chain(writes.try_iter()).for_each(|job| job());
+                reads.try_iter().chain(writes.try_iter()).for_each(run);
                 return;
             }
         }

@@ -1,8 +1,10 @@
 //! Opening the disk tier's file and rebuilding its index from what is on it.
 //!
 //! Workflow of [`open_file`]:
-//! 1. Create the directory (0700) if missing; open or create the file (0600) with
-//!    O_DIRECT, falling back to buffered I/O where the filesystem refuses it.
+//! 1. Create the directory (0700) if missing; open or create the file (0600, or
+//!    0660 with a share group; never through a symlink, refused unless ours: see
+//!    [`crate::tier::shared_file`]) with O_DIRECT, falling back to buffered I/O
+//!    where the filesystem refuses it.
 //! 2. Take an exclusive `flock`: another process using the file makes the tier
 //!    unavailable here rather than corrupting both.
 //! 3. A new file is preallocated whole (`posix_fallocate`: a disk without room
@@ -14,14 +16,15 @@
 //! and keep the newest copy of an identity found twice (a crash between writing a
 //! block and forgetting its old slot).
 
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{DirBuilder, File};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
 
 use super::format::{AlignedBuf, BlockHeader, DiskGeometry, HeaderState, SECTOR};
 use super::{unavailable, DiskError};
 use crate::prefix::BlockHash;
+use crate::tier::shared_file::{self, SharedFileError, Sharing};
 
 /// An open, locked file of the right geometry.
 pub(super) struct Opened {
@@ -57,6 +60,7 @@ pub(super) fn open_file(
     geo: DiskGeometry,
     direct: bool,
     want_owner: bool,
+    sharing: Sharing,
 ) -> Result<Opened, DiskError> {
     DirBuilder::new()
         .recursive(true)
@@ -64,22 +68,17 @@ pub(super) fn open_file(
         .create(dir)
         .map_err(|e| unavailable(dir, format!("cannot create the directory: {}", os_err(&e))))?;
     let open = |direct: bool| {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(if direct { libc::O_DIRECT } else { 0 })
-            .open(path)
+        let flags = if direct { libc::O_DIRECT } else { 0 };
+        shared_file::open(path, true, flags, sharing).map(|o| File::from(o.fd))
     };
+    let einval = |e: &SharedFileError| matches!(e, SharedFileError::Io { source, .. } if source.raw_os_error() == Some(libc::EINVAL));
     let (file, direct) = match open(direct) {
         Ok(f) => (f, direct),
-        Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+        Err(e) if direct && einval(&e) => {
             tracing::warn!(path = %path.display(), "filesystem refuses O_DIRECT; using buffered I/O");
-            (open(false).map_err(|e| unavailable(path, os_err(&e)))?, false)
+            (open(false).map_err(|e| unavailable(path, e.to_string()))?, false)
         }
-        Err(e) => return Err(unavailable(path, format!("cannot open: {}", os_err(&e)))),
+        Err(e) => return Err(unavailable(path, format!("cannot open: {e}"))),
     };
     // SAFETY: flock on a descriptor we own; no memory is passed.
     let owner = want_owner && unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;

@@ -520,3 +520,126 @@ fn killed_writers_leave_only_verifiable_blocks() {
     assert!(kept > 0, "the writer never got a block to disk");
     eprintln!("recovered {kept} blocks, dropped {dropped} slots over 16 kills");
 }
+
+/// An identity offered again while its first write is still in flight (re-offers
+/// are routine: every host hit offers again) is written once, in one slot.
+#[test]
+fn an_identity_offered_again_during_its_write_is_written_once() {
+    let e = env(16);
+    let cfg = Config {
+        disk_admit: AdmitMode::Always,
+        ..e.cfg.clone()
+    };
+    let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false).unwrap();
+    d.inject(Fault::SlowWrite { ms: 300 });
+    assert!(d.offload(BlockHash(1), NS, 0, &[&payload(1)]));
+    // The worker has taken the job and is writing it.
+    let until = Instant::now() + Duration::from_secs(10);
+    while d.census().writing == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for _ in 0..5 {
+        assert!(d.offload(BlockHash(1), NS, 0, &[&payload(1)]), "on its way");
+    }
+    assert!(d.wait_idle(Duration::from_secs(10)));
+    let c = d.census();
+    assert!(c.consistent(), "{c:?}");
+    assert_eq!((c.indexed, c.ready, c.free), (1, 1, c.capacity - 1), "{c:?}");
+    assert_eq!(d.stats().written_blocks.load(Ordering::Relaxed), 1);
+    assert_eq!(check_loads(&d, &[1]), 1);
+}
+
+/// Many threads re-offer a few identities while the tier evicts: afterwards every
+/// slot is accounted for once and nothing is orphaned.
+#[test]
+fn the_census_holds_after_concurrent_reoffers_and_evictions() {
+    let e = env(8);
+    let cfg = Config {
+        disk_admit: AdmitMode::Always,
+        disk_threads: 4,
+        ..e.cfg.clone()
+    };
+    let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u128 {
+            let d = &d;
+            s.spawn(move || {
+                for i in 0..300u128 {
+                    let k = 1 + (i * 7 + t) % 12;
+                    d.offload(BlockHash(k), NS, 0, &[&payload(k)]);
+                }
+            });
+        }
+    });
+    assert!(d.wait_idle(Duration::from_secs(30)));
+    let c = d.census();
+    assert!(c.consistent(), "{c:?}");
+    assert!(c.indexed <= c.capacity);
+    let keys: Vec<u128> = (1..=12).collect();
+    assert_eq!(check_loads(&d, &keys) as u64, c.indexed);
+}
+
+/// A read job that dies (a panic in the read path) fails its block; the caller is
+/// never left waiting and the worker lives on.
+#[test]
+fn a_read_job_that_panics_fails_its_block_without_hanging() {
+    let e = env(16);
+    let d = e.open().unwrap();
+    e.put(&d, [1, 2]);
+    d.inject(Fault::PanicRead { n: 1 });
+    let start = Instant::now();
+    let r = d.load_batch(&[BlockHash(1), BlockHash(2)], NS);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let failed = r.iter().filter(|x| matches!(x, DiskRead::Failed)).count();
+    let loaded = r.iter().filter(|x| matches!(x, DiskRead::Loaded(_))).count();
+    assert_eq!((failed, loaded), (1, 1));
+    // The workers still serve.
+    assert!(d.census().consistent());
+    let left: Vec<u128> = [1u128, 2].into_iter().filter(|&k| d.contains(BlockHash(k))).collect();
+    assert_eq!(check_loads(&d, &left), left.len());
+}
+
+/// A new owner replaces the shared directory by rename: a reader's mapping of the
+/// old one stays valid (no SIGBUS), and the reader switches to the new one.
+#[test]
+fn a_new_owner_never_truncates_a_readers_directory() {
+    let e = env(16);
+    let owner = e.open().unwrap();
+    e.put(&owner, [1, 2, 3]);
+    // A reader as another process has it (not joined through this process's registry).
+    let dir = e.dir.path().join("g3");
+    let reader = DiskTier::create(&e.cfg, &dir, &e.file(), LEN, &tracing::Dispatch::none(), true).unwrap();
+    assert!(!reader.is_owner());
+    assert_eq!(reader.lookup_run(&[BlockHash(1), BlockHash(2)]), 2);
+    let old_dir = reader.inner.directory().unwrap();
+    drop(owner);
+    let owner2 = e.open().unwrap();
+    assert!(owner2.is_owner());
+    // The old mapping is intact (a truncation would SIGBUS this read).
+    assert!(old_dir.get(BlockHash(1)).is_some());
+    std::thread::sleep(HEALTH_INTERVAL + Duration::from_millis(50));
+    let new_dir = reader.inner.directory().unwrap();
+    assert_ne!(new_dir.id(), old_dir.id(), "the reader re-mapped the new directory");
+    assert_eq!(reader.lookup_run(&[BlockHash(1), BlockHash(2), BlockHash(3)]), 3);
+}
+
+#[test]
+fn a_symlinked_disk_file_is_refused_and_its_target_unchanged() {
+    let e = env(16);
+    let target = e.dir.path().join("victim");
+    std::fs::write(&target, b"precious").unwrap();
+    std::fs::create_dir_all(e.dir.path().join("g3")).unwrap();
+    std::os::unix::fs::symlink(&target, e.file()).unwrap();
+    let err = e.open().err().unwrap();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+}
+
+#[test]
+fn a_world_writable_disk_file_is_refused() {
+    let e = env(16);
+    drop(e.open().unwrap());
+    std::fs::set_permissions(e.file(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let err = e.open().err().unwrap();
+    assert!(err.to_string().contains("0666"), "{err}");
+}

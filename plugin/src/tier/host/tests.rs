@@ -2,7 +2,7 @@ use super::*;
 use crate::config::Config;
 use std::sync::Arc;
 
-fn cfg(dir: &std::path::Path, bytes: u64) -> Config {
+pub(super) fn cfg(dir: &std::path::Path, bytes: u64) -> Config {
     Config {
         cpu_bytes: bytes,
         shm_dir: dir.to_path_buf(),
@@ -165,7 +165,7 @@ fn crashed_process_leaves_store_usable() {
         if let Ok(c) = child {
             let mut l = c.arena().lock().unwrap();
             if let Some((s, _)) = l.take_slot(8) {
-                l.begin_write(s, BlockHash(99));
+                let _ = l.begin_write(s, BlockHash(99));
             }
             std::mem::forget(l);
             // Keep the mapping: a crashing process dies with its mappings in place,
