@@ -9,17 +9,17 @@ use std::sync::{Arc, Mutex};
 mod common;
 
 use common::{api, create, create_in, destroy, hashes, metrics};
-use tierkv_abi_tests::{status, Hash, Info, Mgr, Params, Region};
+use tierkv_abi_tests::{code, status, Hash, Info, Mgr, Params, Region};
 
 #[test]
 fn version_and_info() {
     // SAFETY: no arguments.
-    assert_eq!(unsafe { (api().tierkv_abi_version)() }, 2);
+    assert_eq!(unsafe { (api().tierkv_abi_version)() }, 3);
     let (m, _s) = create(16, 4096, 0, &[]);
     let mut info = Info::default();
     // SAFETY: valid out pointer.
     assert_eq!(unsafe { (api().tierkv_manager_info)(m, &mut info) }, status::OK);
-    assert_eq!((info.abi_version, info.block_tokens, info.block_bytes), (2, 16, 4096));
+    assert_eq!((info.abi_version, info.block_tokens, info.block_bytes), (3, 16, 4096));
     assert!(info.host_capacity_blocks > 100);
     assert_eq!(info.metrics_port, 0);
     destroy(m);
@@ -147,11 +147,12 @@ fn bad_handles_and_pointers_are_errors_not_crashes() {
             (a.tierkv_load_blocks)(m, out.as_ptr(), ids.as_ptr(), 2, std::ptr::null_mut(), &mut loaded),
             status::INVALID_ARGUMENT
         );
+        let two = [0u64, 1];
         assert_eq!(
-            (a.tierkv_load_blocks)(m, out.as_ptr(), ids.as_ptr(), 2, res.as_mut_ptr(), &mut loaded),
+            (a.tierkv_load_blocks)(m, out.as_ptr(), two.as_ptr(), 2, res.as_mut_ptr(), &mut loaded),
             status::OK
         );
-        assert_eq!((res, loaded), ([1, 1], 0), "nothing stored yet: misses");
+        assert_eq!((res, loaded), ([code::MISS; 2], 0), "nothing stored yet: misses");
         // Pool contract violations.
         let mut got = [0u32; 16];
         assert_eq!((a.tierkv_pool_allocate)(m, 9, got.as_mut_ptr()), status::INSUFFICIENT);
@@ -330,8 +331,8 @@ fn many_threads_store_and_load_through_the_abi() {
                     let e = engine.lock().unwrap();
                     for (i, b) in (base..base + blocks_per_thread).enumerate() {
                         match res[i] {
-                            0 => assert_eq!(e.block(b), want[i], "thread {t} block {b}: wrong bytes served"),
-                            1 | 3 => {} // evicted by other threads (the tier is small) or busy
+                            code::LOADED => assert_eq!(e.block(b), want[i], "thread {t} block {b}: wrong bytes served"),
+                            code::MISS | code::BUSY => {} // evicted by other threads (the tier is small) or busy
                             r => panic!("unexpected load result {r}"),
                         }
                     }
@@ -406,7 +407,7 @@ fn flipped_byte_in_the_shared_arena_is_reported_never_served() {
         unsafe { (a.tierkv_load_blocks)(m, hs.as_ptr(), ids.as_ptr(), 2, res.as_mut_ptr(), &mut loaded) },
         status::OK
     );
-    assert_eq!((res, loaded), ([0, 2], 1), "block 1 is corrupt");
+    assert_eq!((res, loaded), ([code::LOADED, code::CORRUPT], 1), "block 1 is corrupt");
     assert_eq!(engine.block(0), want0);
     let text = metrics(m);
     assert!(

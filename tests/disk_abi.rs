@@ -7,7 +7,7 @@
 mod common;
 
 use common::{api, create_in, destroy, hashes, metrics};
-use tierkv_abi_tests::{status, DiskStatus, Mgr, Region};
+use tierkv_abi_tests::{code, status, DiskStatus, Mgr, Region};
 
 const BLOCK_TOKENS: u32 = 16;
 const BLOCK: usize = 64 * 1024;
@@ -96,7 +96,7 @@ fn host_evictions_come_back_from_disk_and_survive_a_restart() {
     assert_eq!(tiers[11], 2, "the newest block is in the host tier");
     // Load everything into blocks 12..24 and compare with the originals.
     let dst: Vec<u64> = (12..24).collect();
-    assert!(load(m, &hs, &dst).iter().all(|&r| r == 0), "all loaded");
+    assert!(load(m, &hs, &dst).iter().all(|&r| r == code::LOADED), "all loaded");
     for b in 0..12 {
         assert!(
             mem[b * BLOCK..(b + 1) * BLOCK] == mem[(b + 12) * BLOCK..(b + 13) * BLOCK],
@@ -124,7 +124,7 @@ fn host_evictions_come_back_from_disk_and_survive_a_restart() {
     let (_, ds) = disk_status(m);
     assert_eq!((ds.recovered_blocks, ds.recovery_dropped), (12, 0));
     assert_eq!(lookup(m, &hs), vec![3u8; 12]);
-    assert!(load(m, &hs, &ids).iter().all(|&r| r == 0));
+    assert!(load(m, &hs, &ids).iter().all(|&r| r == code::LOADED));
     for b in 0..12 {
         fill(&mut mem2, b + 12, b as u8 + 1);
         assert!(
@@ -167,7 +167,7 @@ fn a_disk_tier_that_cannot_open_leaves_the_host_tier_serving() {
     let st = unsafe { (api().tierkv_store_blocks)(m, hs.as_ptr(), [0u64].as_ptr(), 1, res.as_mut_ptr()) };
     assert_eq!(st, status::OK);
     assert_eq!(lookup(m, &hs), [2]);
-    assert_eq!(load(m, &hs, &[1]), [0]);
+    assert_eq!(load(m, &hs, &[1]), [code::LOADED]);
     destroy(m);
     // A disk path without a budget is a configuration error naming the variable.
     let (_, st) = create_in(

@@ -87,6 +87,24 @@ pub mod status {
     pub const BUFFER_TOO_SMALL: i32 = 7;
 }
 
+/// Per-block result codes (`TIERKV_LOAD_*`, `TIERKV_STORE_*`): none is 0.
+pub mod code {
+    /// `TIERKV_LOAD_LOADED`.
+    pub const LOADED: u8 = 1;
+    /// `TIERKV_LOAD_MISS`.
+    pub const MISS: u8 = 2;
+    /// `TIERKV_LOAD_CORRUPT`.
+    pub const CORRUPT: u8 = 3;
+    /// `TIERKV_LOAD_BUSY`.
+    pub const BUSY: u8 = 4;
+    /// `TIERKV_LOAD_FAILED`.
+    pub const LOAD_FAILED: u8 = 6;
+    /// `TIERKV_STORE_STORED`.
+    pub const STORED: u8 = 1;
+    /// `TIERKV_STORE_FAILED`.
+    pub const STORE_FAILED: u8 = 5;
+}
+
 /// `TierkvDiskStatus`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]

@@ -264,6 +264,7 @@ def main() -> None:
                    TIERKV_METRICS_ADDR=f"127.0.0.1:{free_port()}")
         results[name] = engine(args.model, mode, prompts, tmp, env, args.max_tokens)
         Path(f"/dev/shm/tierkv-{env['TIERKV_STORE_NAME']}.arena").unlink(missing_ok=True)
+        Path(f"/dev/shm/tierkv-{env['TIERKV_STORE_NAME']}.g3dir").unlink(missing_ok=True)
     (tmp / "results.json").write_text(json.dumps(results))
 
     ref = results["full"]["outputs"]

@@ -136,6 +136,7 @@ def main() -> None:
     )
     engine(args.model, "tierkv", prompts, tmp, ["--no-timing"], disk_env)
     Path(f"/dev/shm/tierkv-{disk_store}.arena").unlink(missing_ok=True)
+    Path(f"/dev/shm/tierkv-{disk_store}.g3dir").unlink(missing_ok=True)
     results["tierkv-disk"] = engine(args.model, "tierkv", prompts, tmp, [], disk_env)
     storage = tmp / "example-storage"
     storage.mkdir(exist_ok=True)
@@ -151,6 +152,7 @@ def main() -> None:
     shutil.rmtree(tmp / "disk", ignore_errors=True)
     for s in (store, store + "-r", store + "-d"):
         Path(f"/dev/shm/tierkv-{s}.arena").unlink(missing_ok=True)
+        Path(f"/dev/shm/tierkv-{s}.g3dir").unlink(missing_ok=True)
     shutil.rmtree(storage, ignore_errors=True)
 
     cold = results["none"]

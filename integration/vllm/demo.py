@@ -64,6 +64,7 @@ def main() -> None:
         run(args.model, "tierkv", prompts.set_a(), store, tmp)
         hit = run(args.model, "tierkv", prompts.set_b(), store, tmp)
         Path(f"/dev/shm/tierkv-{store}.arena").unlink(missing_ok=True)
+        Path(f"/dev/shm/tierkv-{store}.g3dir").unlink(missing_ok=True)
     bs = 32
     loads = counter(hit["metrics"], "tierkv_block_ops_total", 'tier="host",op="load"') - counter(
         hit["metrics_before"], "tierkv_block_ops_total", 'tier="host",op="load"'

@@ -8,7 +8,7 @@
 #include <stddef.h>
 
 // Version of this C ABI. Bumped on any incompatible change.
-#define TIERKV_ABI_VERSION 2
+#define TIERKV_ABI_VERSION 3
 
 // `flags` bit: do not start the metrics exporter even if `TIERKV_METRICS_ADDR` is
 // set (for a second manager in a process that already serves metrics).
@@ -18,34 +18,47 @@
 // ownership of the disk tier's file (for a scheduler process, whose worker stores).
 #define TIERKV_CREATE_DISK_READER 2
 
-// Result of storing one block (`out_results` of `tierkv_store_blocks`).
-#define TIERKV_STORE_STORED 0
+// Result of storing one block (`out_results` of `tierkv_store_blocks`). No code
+// is 0: a zero-initialised array never reads as success.
+#define TIERKV_STORE_STORED 1
 
 // The block was already present (or being written): nothing copied.
-#define TIERKV_STORE_PRESENT 1
+#define TIERKV_STORE_PRESENT 2
 
-// No room: every block of the tier is pinned. Not stored.
-#define TIERKV_STORE_NO_SPACE 2
+// No room: every block of the tier is pinned (or its slot was reclaimed before
+// the write finished). Not stored.
+#define TIERKV_STORE_NO_SPACE 3
 
 // Not stored now: over the offload budget the scheduler leaves beside the
 // engine's PCIe traffic (device layouts only). Store it again later if wanted.
-#define TIERKV_STORE_DEFERRED 3
+#define TIERKV_STORE_DEFERRED 4
 
-// Result of loading one block (`out_results` of `tierkv_load_blocks`).
-#define TIERKV_LOAD_LOADED 0
+// Not stored: the call failed (its status says why) before this block was done.
+// Every entry holds this until its block is done.
+#define TIERKV_STORE_FAILED 5
+
+// Result of loading one block (`out_results` of `tierkv_load_blocks`). No code is
+// 0: a zero-initialised array never reads as "all loaded".
+#define TIERKV_LOAD_LOADED 1
 
 // Not present (never stored or evicted): recompute.
-#define TIERKV_LOAD_MISS 1
+#define TIERKV_LOAD_MISS 2
 
 // Failed verification: the block was dropped; its engine slot holds garbage and
 // must be recomputed.
-#define TIERKV_LOAD_CORRUPT 2
+#define TIERKV_LOAD_CORRUPT 3
 
-// Too many concurrent readers of this block: recompute.
-#define TIERKV_LOAD_BUSY 3
+// Not read now (this process pins too many blocks at once, or the store's lock
+// was not free in time): recompute.
+#define TIERKV_LOAD_BUSY 4
 
 // Reading it from disk failed: the block was dropped; recompute.
-#define TIERKV_LOAD_IO_ERROR 4
+#define TIERKV_LOAD_IO_ERROR 5
+
+// Not loaded: the call failed (its status says why) before this block was done;
+// its engine slot may hold anything: recompute. Every entry holds this until its
+// block is done.
+#define TIERKV_LOAD_FAILED 6
 
 // Tier codes written by `tierkv_lookup`.
 #define TIERKV_TIER_ENGINE 1
@@ -55,6 +68,26 @@
 
 // The disk tier.
 #define TIERKV_TIER_DISK 3
+
+// `flags` bit of `tierkv_lookup_flags`: a repeated lookup of a request whose first
+// lookup was counted (a scheduler asking again for a waiting request); only
+// `tierkv_lookup_calls_total` counts it.
+#define TIERKV_LOOKUP_REPEAT 1
+
+// Operation codes of `tierkv_record_error` (`tierkv_adapter_errors_total{op}`).
+#define TIERKV_OP_LOOKUP 0
+
+// A load (the engine recomputes its blocks).
+#define TIERKV_OP_LOAD 1
+
+// A store (skipped).
+#define TIERKV_OP_STORE 2
+
+// Hashing tokens (the request bypasses the cache).
+#define TIERKV_OP_HASH 3
+
+// Anything else.
+#define TIERKV_OP_OTHER 4
 
 // `out_reason` of `tierkv_semantic_lookup`: a plan was returned.
 #define TIERKV_SEMANTIC_ACCEPTED 0
@@ -109,8 +142,8 @@ typedef enum TierkvStatus {
 typedef struct TierkvLayerLoad TierkvLayerLoad;
 
 // An opaque manager handle. Created by `tierkv_manager_create`, freed by
-// `tierkv_manager_destroy`. Never dereferenced: its address is a key into the
-// handle table.
+// `tierkv_manager_destroy`. Never dereferenced: its value is an id in the
+// handle registry, never reused (see [`handles`]).
 typedef struct TierkvManager TierkvManager;
 
 // A reuse plan (opaque; free with `tierkv_plan_destroy`).
@@ -363,7 +396,8 @@ enum TierkvStatus tierkv_hash_tokens(const struct TierkvManager *mgr,
 
 // Finds the longest run of leading `hashes` held by a tier. Writes the run length to
 // `*out_hits` and, if `out_tiers` is not null, the tier of each hit block
-// (`TIERKV_TIER_*`) to `out_tiers[0..*out_hits]`.
+// (`TIERKV_TIER_*`) to `out_tiers[0..*out_hits]`. Counts as one request's lookup
+// (`tierkv_lookups_total`, `tierkv_lookup_blocks_total`).
 //
 // # Safety
 // `hashes` valid for `n` reads; `out_tiers` null or valid for `n` writes;
@@ -373,6 +407,26 @@ enum TierkvStatus tierkv_lookup(const struct TierkvManager *mgr,
                                 size_t n,
                                 uint8_t *out_tiers,
                                 size_t *out_hits);
+
+// `tierkv_lookup` with `TIERKV_LOOKUP_*` flags.
+//
+// # Safety
+// As `tierkv_lookup`.
+enum TierkvStatus tierkv_lookup_flags(const struct TierkvManager *mgr,
+                                      const struct TierkvHash *hashes,
+                                      size_t n,
+                                      uint32_t flags,
+                                      uint8_t *out_tiers,
+                                      size_t *out_hits);
+
+// Counts an error that an engine adapter caught and degraded (a failed load
+// recomputed, a lookup answered with no hits, a store skipped), under
+// `tierkv_adapter_errors_total{op, status}` on the store's shared metrics, so that
+// it shows on the engine's exporter whichever process caught it.
+//
+// # Safety
+// `mgr` a live handle. Does not block.
+enum TierkvStatus tierkv_record_error(const struct TierkvManager *mgr, uint32_t op, int32_t status);
 
 // Registers the engine's KV memory: `n_regions` regions of `num_blocks` blocks whose
 // `bytes_per_block` add up to the manager's `block_bytes`. Replaces any earlier
@@ -567,10 +621,11 @@ enum TierkvStatus tierkv_layer_load_wait_stream(const struct TierkvLayerLoad *lo
 // `load` a live load.
 enum TierkvStatus tierkv_layer_load_wait(const struct TierkvLayerLoad *load, uint32_t layer);
 
-// Waits for the last layer's copies of `load`, then frees it. Null is a no-op.
+// Waits for the last layer's copies of `load`, then frees it. Null, an unknown or
+// an already destroyed handle is a no-op (handles are never reused).
 //
 // # Safety
-// `load` null or a live load, not used afterwards.
+// None beyond passing a value that was a load handle (or null).
 void tierkv_layer_load_destroy(struct TierkvLayerLoad *load);
 
 // Writes 1 to `*out_enabled` if semantic sharing is on for this manager's
@@ -610,10 +665,11 @@ enum TierkvStatus tierkv_semantic_lookup(const struct TierkvManager *mgr,
                                          struct TierkvPlan **out_plan,
                                          int32_t *out_reason);
 
-// Frees a plan. Null is a no-op.
+// Frees a plan once no call on another thread reads it. Null, an unknown or an
+// already destroyed handle is a no-op (handles are never reused).
 //
 // # Safety
-// `plan` null or from `tierkv_semantic_lookup`, not yet destroyed; not used after.
+// None beyond passing a value that was a plan handle (or null).
 void tierkv_plan_destroy(struct TierkvPlan *plan);
 
 // Writes the plan's summary to `*out`.

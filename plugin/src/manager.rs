@@ -275,6 +275,22 @@ impl Manager {
     /// several tiers is reported in the fastest. A lookup is not a use (a scheduler
     /// may repeat it for a waiting request): loads and stores count for admission.
     pub fn lookup(&self, hashes: &[BlockHash], tiers: &mut [TierId]) -> Result<usize, ManagerError> {
+        self.lookup_counted(hashes, tiers, true)
+    }
+
+    /// [`Manager::lookup`]; `count` false for a repeated lookup of a request whose
+    /// first lookup was counted (a scheduler re-asks for a waiting request): only
+    /// `tierkv_lookup_calls_total` then counts it.
+    pub fn lookup_counted(
+        &self,
+        hashes: &[BlockHash],
+        tiers: &mut [TierId],
+        count: bool,
+    ) -> Result<usize, ManagerError> {
+        self.host
+            .stats()
+            .lookup_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut n = 0;
         if let Some(pool) = &self.pool {
             n = pool.lock().lookup(hashes);
@@ -303,6 +319,9 @@ impl Manager {
             }
             n += k;
             disk_hits += k;
+        }
+        if !count {
+            return Ok(n);
         }
         self.host.record_lookup(host_hits as u64, (hashes.len() - n) as u64);
         if let Some(d) = &self.disk {
@@ -336,6 +355,19 @@ impl Manager {
         if let Some(&b) = block_ids.iter().find(|&&b| b >= num_blocks) {
             return Err(ManagerError::InvalidArgument(format!(
                 "block id {b} is out of range (layout has {num_blocks} blocks)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`Manager::check_blocks`] for loads: also refuses one destination block named
+    /// twice (two identities copied into one block would both report `LOADED`).
+    fn check_load_blocks(num_blocks: u64, hashes: &[BlockHash], block_ids: &[u64]) -> Result<(), ManagerError> {
+        Self::check_blocks(num_blocks, hashes, block_ids)?;
+        let mut seen = std::collections::HashSet::with_capacity(block_ids.len());
+        if let Some(&b) = block_ids.iter().find(|&&b| !seen.insert(b)) {
+            return Err(ManagerError::InvalidArgument(format!(
+                "engine block {b} is the destination of two loads in one call"
             )));
         }
         Ok(())
@@ -427,6 +459,39 @@ impl Manager {
         block_ids: &[u64],
         outcomes: &mut [LoadOutcome],
     ) -> Result<(), ManagerError> {
+        // SAFETY: this function's contract, passed on.
+        let r = unsafe { self.load_blocks_any(hashes, block_ids, outcomes) };
+        self.count_loaded(outcomes);
+        r
+    }
+
+    /// Counts the tokens of the `Loaded` outcomes (`tierkv_loaded_tokens_total`).
+    pub(crate) fn count_loaded(&self, outcomes: &[LoadOutcome]) {
+        let n = outcomes.iter().filter(|&&o| o == LoadOutcome::Loaded).count() as u64;
+        self.host
+            .stats()
+            .loaded_tokens
+            .fetch_add(n * self.block_tokens() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records an error an engine adapter caught and degraded: `op` indexes
+    /// [`crate::metrics::ADAPTER_OPS`], `status` is the C status it got.
+    pub fn record_adapter_error(&self, op: usize, status: i32) {
+        let ops = crate::metrics::ADAPTER_OPS.len();
+        let col = usize::try_from(status)
+            .ok()
+            .filter(|&s| s < crate::metrics::ADAPTER_STATUSES - 1)
+            .unwrap_or(crate::metrics::ADAPTER_STATUSES - 1);
+        self.host.stats().adapter_errors[op.min(ops - 1)][col].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// [`Manager::load_blocks`] before counting.
+    unsafe fn load_blocks_any(
+        &self,
+        hashes: &[BlockHash],
+        block_ids: &[u64],
+        outcomes: &mut [LoadOutcome],
+    ) -> Result<(), ManagerError> {
         #[cfg(feature = "cuda")]
         if let Some(dev) = self.device.read().clone() {
             // SAFETY: this function's contract, for the device layout.
@@ -436,7 +501,7 @@ impl Manager {
         let layout = guard
             .as_ref()
             .ok_or(ManagerError::State("no engine layout registered"))?;
-        Self::check_blocks(layout.num_blocks(), hashes, block_ids)?;
+        Self::check_load_blocks(layout.num_blocks(), hashes, block_ids)?;
         // SAFETY: this function's contract, passed on.
         unsafe { self.load_in(layout, hashes, block_ids, outcomes) }
     }

@@ -95,7 +95,7 @@ impl Manager {
         block_ids: &[u64],
         outcomes: &mut [LoadOutcome],
     ) -> Result<(), ManagerError> {
-        Self::check_blocks(dev.num_blocks(), hashes, block_ids)?;
+        Self::check_load_blocks(dev.num_blocks(), hashes, block_ids)?;
         for start in (0..hashes.len()).step_by(crate::tier::gpu::STAGING_BLOCKS) {
             let end = (start + crate::tier::gpu::STAGING_BLOCKS).min(hashes.len());
             let slots: Vec<u64> = (0..(end - start) as u64).collect();
@@ -136,19 +136,23 @@ impl Manager {
         let dev: Arc<DeviceLink> = self.device.read().clone().ok_or(ManagerError::State(
             "no device layout registered: layer-by-layer loads copy into GPU memory (tierkv_register_device_layout)",
         ))?;
-        Self::check_blocks(dev.num_blocks(), hashes, block_ids)?;
+        Self::check_load_blocks(dev.num_blocks(), hashes, block_ids)?;
         if outcomes.len() != hashes.len() {
             return Err(ManagerError::InvalidArgument(
                 "outcomes and hashes differ in length".into(),
             ));
         }
         dev.check_layers(layers).map_err(ManagerError::InvalidArgument)?;
-        dev.load_layers(block_ids, layers, |staging, start, end| {
+        let load = dev.load_layers(block_ids, layers, |staging, start, end| {
             let slots: Vec<u64> = (0..(end - start) as u64).collect();
             let outs = &mut outcomes[start..end];
             // SAFETY: the staging buffer is this load's until it is dropped.
             unsafe { self.load_in(staging, &hashes[start..end], &slots, outs) }?;
             Ok::<_, ManagerError>(outs.iter().map(|&o| o == LoadOutcome::Loaded).collect())
-        })
+        });
+        if load.is_ok() {
+            self.count_loaded(outcomes);
+        }
+        load
     }
 }

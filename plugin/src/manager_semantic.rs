@@ -101,12 +101,8 @@ impl Manager {
         let Some(layout) = layout.as_ref() else {
             return Err(ManagerError::State("no engine layout registered"));
         };
-        if let Some(&b) = block_ids.iter().find(|&&b| b >= layout.num_blocks()) {
-            return Err(ManagerError::InvalidArgument(format!(
-                "block id {b} out of range (layout has {} blocks)",
-                layout.num_blocks()
-            )));
-        }
+        let no_sources = vec![BlockHash(0); block_ids.len()];
+        Self::check_load_blocks(layout.num_blocks(), &no_sources, block_ids)?;
         let tl = self.token_layout.read();
         let Some(tl) = tl.as_ref() else {
             return Err(ManagerError::State(
@@ -157,6 +153,7 @@ impl Manager {
                 *slot = outcome;
             }
         }
+        self.count_loaded(outcomes);
         Ok(())
     }
 }

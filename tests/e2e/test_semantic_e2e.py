@@ -100,6 +100,7 @@ def test_built_blocks_hold_the_models_layer0_kv_at_the_new_positions(tmp_path, m
     finally:
         tkv.close()
         Path(f"/dev/shm/tierkv-{store}.arena").unlink(missing_ok=True)
+        Path(f"/dev/shm/tierkv-{store}.g3dir").unlink(missing_ok=True)
 
 
 def test_a_near_duplicate_is_an_approximate_prefix_and_is_never_stored(tmp_path, monkeypatch):
@@ -128,3 +129,4 @@ def test_a_near_duplicate_is_an_approximate_prefix_and_is_never_stored(tmp_path,
     finally:
         tkv.close()
         Path(f"/dev/shm/tierkv-{store}.arena").unlink(missing_ok=True)
+        Path(f"/dev/shm/tierkv-{store}.g3dir").unlink(missing_ok=True)

@@ -130,7 +130,9 @@ def corrupt_store(store: str, slots: int = 256) -> int:
     with open(path, "r+b") as f:
         head = f.read(40)
         slot_bytes, n_slots, table_cap, file_len = struct.unpack_from("<QIIQ", head, 16)
-        meta_off = 4 * 4096
+        # Arena format 3: header (4 pages), lease table (256 x 128 bytes), slot
+        # metadata (80 bytes each), index table, payloads (plugin/src/tier/arena.rs).
+        meta_off = 4 * 4096 + 256 * 128
         table_off = meta_off + n_slots * 80
         data_off = (table_off + table_cap * 4 + 4095) // 4096 * 4096
         stride = (slot_bytes + 4095) // 4096 * 4096
@@ -160,6 +162,7 @@ def store(tmp):
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     yield name
     Path(f"/dev/shm/tierkv-{name}.arena").unlink(missing_ok=True)
+    Path(f"/dev/shm/tierkv-{name}.g3dir").unlink(missing_ok=True)
 
 
 def test_a_fresh_engine_hits_the_shared_prefix(tmp, baseline, store):
@@ -171,6 +174,11 @@ def test_a_fresh_engine_hits_the_shared_prefix(tmp, baseline, store):
     assert got >= 0.9 * shared, f"only {got} of {shared} shared prefix tokens came from tierkv"
     assert second["outputs"] == baseline["outputs"]
     assert metric(second["metrics"], "tierkv_checksum_failures_total", 'tier="host"') == 0
+    # Tokens served, counted once each (not per re-asked lookup).
+    served = metric(second["metrics"], "tierkv_loaded_tokens_total") - metric(
+        second["metrics_before"], "tierkv_loaded_tokens_total"
+    )
+    assert served == got
 
 
 def test_b_corruption_is_detected_and_recomputed(tmp, baseline, store):
@@ -198,6 +206,7 @@ def test_c_two_engines_at_once_share_one_store(tmp, baseline):
         x_done.touch()
         y_done.touch()
         Path(f"/dev/shm/tierkv-{name}.arena").unlink(missing_ok=True)
+        Path(f"/dev/shm/tierkv-{name}.g3dir").unlink(missing_ok=True)
 
 
 def test_d_preempted_requests_reload_and_stay_identical(tmp, baseline):
@@ -217,6 +226,7 @@ def test_d_preempted_requests_reload_and_stay_identical(tmp, baseline):
         assert got == baseline["outputs"]
     finally:
         Path(f"/dev/shm/tierkv-{name}.arena").unlink(missing_ok=True)
+        Path(f"/dev/shm/tierkv-{name}.g3dir").unlink(missing_ok=True)
 
 
 def test_e_disk_tier_serves_beyond_the_host_tier_and_after_a_restart(tmp, baseline):
@@ -256,3 +266,4 @@ def test_e_disk_tier_serves_beyond_the_host_tier_and_after_a_restart(tmp, baseli
         assert third["outputs"] == baseline["outputs"]
     finally:
         arena.unlink(missing_ok=True)
+        Path(f"/dev/shm/tierkv-{name}.g3dir").unlink(missing_ok=True)

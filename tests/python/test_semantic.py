@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "integration" / "vllm"))
 
 from tierkv_vllm import TierKV  # noqa: E402
-from tierkv_vllm.lib import DTYPE_F32, LOAD_LOADED, LOAD_MISS, TOKEN_SOURCE_BYTES, _rope, rerotate_keys  # noqa: E402
+from tierkv_vllm.lib import DTYPE_F32, LOAD_LOADED, LOAD_MISS, STORE_STORED, TOKEN_SOURCE_BYTES, _rope, rerotate_keys  # noqa: E402
 
 BT, HEADS, DIM = 4, 2, 8
 ROW = DIM * 4
@@ -68,7 +68,7 @@ def test_a_reordered_prompt_is_built_from_its_near_duplicate(env):
     for i in range(BLOCK * n_src):
         mem[i] = random.Random(i).randrange(256) & 0x3F  # finite floats
     hashes = t.hash_tokens(source)
-    assert t.store_blocks(hashes, list(range(n_src))) == [0] * n_src
+    assert t.store_blocks(hashes, list(range(n_src))) == [STORE_STORED] * n_src
     assert t.semantic_insert(source)
     # Unrelated prompts get nothing; the exact prefix (sys, 2 blocks) is not enough.
     assert t.semantic_lookup(words(9, 80), 0) == (None, "no_candidate")
@@ -104,7 +104,7 @@ def test_two_namespaces_never_share(env):
     a, mem = manager("tenant-a", 32)
     prompt = words(11, 64)
     n = len(prompt) // BT
-    assert a.store_blocks(a.hash_tokens(prompt), list(range(n))) == [0] * n
+    assert a.store_blocks(a.hash_tokens(prompt), list(range(n))) == [STORE_STORED] * n
     assert a.semantic_insert(prompt)
     b, _ = manager("tenant-b", 32)
     near = prompt[:30] + [4999] + prompt[31:]

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,11 @@ from .lib import (
     DTYPE_F32,
     HASH_BYTES,
     LOAD_LOADED,
+    OP_HASH,
+    OP_LOAD,
+    OP_LOOKUP,
+    OP_OTHER,
+    OP_STORE,
     TIER_DISK,
     TOKEN_SOURCE_BYTES,
     TierKV,
@@ -119,6 +125,7 @@ class _ReqState:
     # (first block, end block, source identities, token map) of a semantic load.
     semantic: tuple[int, int, bytes, bytes] | None = None
     approximate: bool = False  # KV built from a near-duplicate: never stored
+    looked_up: bool = False  # the first lookup was counted (re-asks are not)
 
 
 # Models whose rotary embedding pairs dims as rotate-half (vLLM's is_neox_style).
@@ -284,6 +291,7 @@ class TierKVConnector(KVConnectorBase_V1):
         # sha256_cbor identities cannot be continued from a truncated parent.
         self._rehash_from_start = info["hash_algo"] == 1
         self._reqs: dict[str, _ReqState] = {}
+        self._last_logged: dict[tuple[int, int], float] = {}
         self._load_errors: set[int] = set()
         # Scheduler: async loads planned in update_state_after_alloc, sent next step.
         self._async_planned: list[tuple[str, bytes, list[int]]] = []
@@ -309,6 +317,23 @@ class TierKVConnector(KVConnectorBase_V1):
             info["block_bytes"],
             info["host_capacity_blocks"],
         )
+
+    # ---------------------------------------------------------- degrading errors
+
+    def _degraded(self, op: int, what: str, exc: BaseException) -> None:
+        """A library call failed: count it (``tierkv_adapter_errors_total``) and log
+        it at most once per minute per (operation, status); the caller degrades
+        (recompute, miss, skip). The engine never sees the exception."""
+        code = exc.code if isinstance(exc, TierKVError) else 8  # INTERNAL
+        try:
+            self._tkv.record_error(op, code)
+        except Exception:  # counting is best effort
+            pass
+        key = (op, code)
+        now = time.monotonic()
+        if now - self._last_logged.get(key, -1e9) >= 60.0:
+            self._last_logged[key] = now
+            logger.warning("tierkv: %s failed (%s); degrading (further ones counted, logged once a minute)", what, exc)
 
     # ------------------------------------------------------------------ worker side
 
@@ -380,19 +405,23 @@ class TierKVConnector(KVConnectorBase_V1):
             # vLLM may still zero or write these blocks on its stream.
             self._sync_engine_stream()
         for hashes, block_ids in meta.loads:
-            if self._device is not None and self._layerwise:
-                results, load = self._tkv.load_blocks_layerwise(hashes, block_ids, len(self._layer_index))
-                self._layer_loads.append(load)
-            else:
-                results = self._tkv.load_blocks(hashes, block_ids)
+            try:
+                if self._device is not None and self._layerwise:
+                    results, load = self._tkv.load_blocks_layerwise(hashes, block_ids, len(self._layer_index))
+                    self._layer_loads.append(load)
+                else:
+                    results = self._tkv.load_blocks(hashes, block_ids)
+            except Exception as e:  # every block of the call recomputed
+                self._degraded(OP_LOAD, "load", e)
+                results = [None] * len(block_ids)
             for block_id, r in zip(block_ids, results):
                 if r != LOAD_LOADED:
                     self._load_errors.add(block_id)
         for srcs, token_map, block_ids in meta.semantic_loads:
             try:
                 results = self._tkv.load_tokens(srcs, token_map, block_ids)
-            except Exception:  # every block recomputed, never a wrong one
-                logger.exception("tierkv: semantic load failed")
+            except Exception as e:  # every block recomputed, never a wrong one
+                self._degraded(OP_LOAD, "semantic load", e)
                 results = [None] * len(block_ids)
             for block_id, r in zip(block_ids, results):
                 if r != LOAD_LOADED:
@@ -408,8 +437,8 @@ class TierKVConnector(KVConnectorBase_V1):
         try:
             results = self._tkv.load_blocks(hashes, block_ids)
             failed = {b for b, r in zip(block_ids, results) if r != LOAD_LOADED}
-        except Exception:  # report every block failed: vLLM recomputes them
-            logger.exception("tierkv: async load of request %s failed", req_id)
+        except Exception as e:  # report every block failed: vLLM recomputes them
+            self._degraded(OP_LOAD, f"async load of request {req_id}", e)
             failed = set(block_ids)
         with self._loads_lock:
             self._loads_done.append((req_id, failed))
@@ -458,7 +487,10 @@ class TierKVConnector(KVConnectorBase_V1):
         if self._device is not None and meta.stores:
             self._sync_engine_stream()  # the forward's writes before the copies out
         for hashes, block_ids in meta.stores:
-            self._tkv.store_blocks(hashes, block_ids)
+            try:
+                self._tkv.store_blocks(hashes, block_ids)
+            except Exception as e:  # not cached; the step goes on
+                self._degraded(OP_STORE, "store", e)
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()
@@ -480,7 +512,11 @@ class TierKVConnector(KVConnectorBase_V1):
             prompt = request.prompt_token_ids or []
             st = _ReqState(request=request, prompt_len=len(prompt), cacheable=_cacheable(request))
             if st.cacheable:
-                st.hashes = self._tkv.hash_tokens(prompt)
+                try:
+                    st.hashes = self._tkv.hash_tokens(prompt)
+                except Exception as e:  # the request bypasses the cache
+                    self._degraded(OP_HASH, "hashing a prompt", e)
+                    st.cacheable = False
             self._reqs[request.request_id] = st
         return st
 
@@ -494,11 +530,20 @@ class TierKVConnector(KVConnectorBase_V1):
         # All known tokens: the prompt, plus the output so far for a request that
         # resumes after preemption (its decode blocks were stored too).
         max_blocks = max(len(request.all_token_ids) - 1, 0) // self._bs
-        self._hash_upto(st, max_blocks)
+        if not self._hash_upto(st, max_blocks):
+            return 0, False
+        max_blocks = min(max_blocks, len(st.hashes) // HASH_BYTES)
         start = num_computed_tokens // self._bs
         if max_blocks <= start:
             return 0, False
-        tiers = self._tkv.lookup_tiers(st.hashes[: max_blocks * HASH_BYTES])
+        try:
+            # vLLM asks again for a waiting request: only its first lookup counts
+            # as a request in tierkv's lookup metrics.
+            tiers = self._tkv.lookup_tiers(st.hashes[: max_blocks * HASH_BYTES], repeat=st.looked_up)
+        except Exception as e:  # a failed lookup is a miss
+            self._degraded(OP_LOOKUP, "lookup", e)
+            return 0, False
+        st.looked_up = True
         hits = max(len(tiers), start)
         pending_async = TIER_DISK in tiers[start:hits]
         end = hits
@@ -597,17 +642,28 @@ class TierKVConnector(KVConnectorBase_V1):
             self._plan_stores(st, done, meta)
         return meta
 
-    def _hash_upto(self, st: _ReqState, n_blocks: int) -> None:
-        """Extends st.hashes to the first n_blocks full blocks of the request."""
+    def _hash_upto(self, st: _ReqState, n_blocks: int) -> bool:
+        """Extends st.hashes towards the first n_blocks full blocks of the request,
+        hashing only tokens that exist: under async scheduling vLLM counts tokens
+        still in flight as computed, and they are not in ``all_token_ids`` yet (so
+        st.hashes may end up shorter than asked). False when hashing failed (the
+        request then bypasses the cache)."""
         have = len(st.hashes) // HASH_BYTES
-        if n_blocks <= have:
-            return
         tokens = st.request.all_token_ids
-        if self._rehash_from_start:
-            st.hashes = self._tkv.hash_tokens(list(tokens[: n_blocks * self._bs]))
-        else:
-            parent = st.hashes[-HASH_BYTES:] if have else None
-            st.hashes += self._tkv.hash_tokens(list(tokens[have * self._bs : n_blocks * self._bs]), parent)
+        n_blocks = min(n_blocks, len(tokens) // self._bs)
+        if n_blocks <= have:
+            return True
+        try:
+            if self._rehash_from_start:
+                st.hashes = self._tkv.hash_tokens(list(tokens[: n_blocks * self._bs]))
+            else:
+                parent = st.hashes[-HASH_BYTES:] if have else None
+                st.hashes += self._tkv.hash_tokens(list(tokens[have * self._bs : n_blocks * self._bs]), parent)
+        except Exception as e:
+            self._degraded(OP_HASH, "hashing tokens", e)
+            st.cacheable = False
+            return False
+        return True
 
     def _plan_load(self, st: _ReqState, meta: TierKVMetadata) -> None:
         if st.semantic is not None:
@@ -628,9 +684,13 @@ class TierKVConnector(KVConnectorBase_V1):
             return
         limit = computed_tokens if self._store_decode else min(computed_tokens, st.prompt_len)
         n_full = min(limit // self._bs, len(st.block_ids))
+        if n_full <= st.stored or not self._hash_upto(st, n_full):
+            return
+        # Only blocks whose identities exist (async scheduling: the last tokens may
+        # still be in flight); the rest is stored in a later step, never skipped.
+        n_full = min(n_full, len(st.hashes) // HASH_BYTES)
         if n_full <= st.stored:
             return
-        self._hash_upto(st, n_full)
         meta.stores.append(
             (st.hashes[st.stored * HASH_BYTES : n_full * HASH_BYTES], st.block_ids[st.stored : n_full])
         )
@@ -640,5 +700,8 @@ class TierKVConnector(KVConnectorBase_V1):
         st = self._reqs.pop(request.request_id, None)
         if self._semantic and st is not None and st.cacheable and not st.approximate and st.stored > 0:
             # Its prompt blocks are stored: a later near-duplicate may reuse them.
-            self._tkv.semantic_insert(request.prompt_token_ids)
+            try:
+                self._tkv.semantic_insert(request.prompt_token_ids)
+            except Exception as e:
+                self._degraded(OP_OTHER, "semantic insert", e)
         return False, None

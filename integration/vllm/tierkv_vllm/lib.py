@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 HASH_BYTES = 16
 
 STATUS_NAMES = {
@@ -28,9 +28,11 @@ STATUS_NAMES = {
 }
 STATUS_BUFFER_TOO_SMALL = 7
 
-LOAD_LOADED, LOAD_MISS, LOAD_CORRUPT, LOAD_BUSY, LOAD_IO_ERROR = 0, 1, 2, 3, 4
+# Per-block results: no code is 0, so a zero-filled array never reads as success;
+# FAILED is what every entry holds when the call failed before that block was done.
+LOAD_LOADED, LOAD_MISS, LOAD_CORRUPT, LOAD_BUSY, LOAD_IO_ERROR, LOAD_FAILED = 1, 2, 3, 4, 5, 6
 TIER_ENGINE, TIER_HOST, TIER_DISK = 1, 2, 3
-STORE_STORED, STORE_PRESENT, STORE_NO_SPACE, STORE_DEFERRED = 0, 1, 2, 3
+STORE_STORED, STORE_PRESENT, STORE_NO_SPACE, STORE_DEFERRED, STORE_FAILED = 1, 2, 3, 4, 5
 SEMANTIC_REASONS = {
     0: "accepted",
     1: "not_consulted",
@@ -44,10 +46,15 @@ CREATE_NO_EXPORTER = 1
 CREATE_DISK_READER = 2
 
 
+LOOKUP_REPEAT = 1
+OP_LOOKUP, OP_LOAD, OP_STORE, OP_HASH, OP_OTHER = 0, 1, 2, 3, 4
+
+
 class TierKVError(RuntimeError):
-    """A tierkv call failed; ``status`` is the C status name."""
+    """A tierkv call failed; ``status`` is the C status name, ``code`` its number."""
 
     def __init__(self, status: int, message: str):
+        self.code = status
         self.status = STATUS_NAMES.get(status, str(status))
         super().__init__(f"tierkv: {self.status}: {message}")
 
@@ -191,6 +198,8 @@ def _load(path: str) -> ctypes.CDLL:
         "tierkv_manager_info": ([vp, ctypes.POINTER(_Info)], ctypes.c_int),
         "tierkv_hash_tokens": ([vp, hp, vp, ctypes.c_size_t, hp, ctypes.c_size_t, szp], ctypes.c_int),
         "tierkv_lookup": ([vp, hp, ctypes.c_size_t, u8p, szp], ctypes.c_int),
+        "tierkv_lookup_flags": ([vp, hp, ctypes.c_size_t, ctypes.c_uint32, u8p, szp], ctypes.c_int),
+        "tierkv_record_error": ([vp, ctypes.c_uint32, ctypes.c_int32], ctypes.c_int),
         "tierkv_register_layout": ([vp, ctypes.POINTER(_Region), ctypes.c_size_t, ctypes.c_uint64], ctypes.c_int),
         "tierkv_store_blocks": ([vp, hp, u64p, ctypes.c_size_t, u8p], ctypes.c_int),
         "tierkv_load_blocks": ([vp, hp, u64p, ctypes.c_size_t, u8p, szp], ctypes.c_int),
@@ -245,7 +254,16 @@ def _load(path: str) -> ctypes.CDLL:
     return lib
 
 
+def _same_length(n: int, block_ids: Sequence[int]) -> None:
+    # A short id list would be zero-filled by ctypes: every missing block would
+    # silently become block 0.
+    if len(block_ids) != n:
+        raise ValueError(f"{n} block identities but {len(block_ids)} block ids")
+
+
 def _hash_array(hashes: bytes):
+    if len(hashes) % HASH_BYTES:
+        raise ValueError(f"block identities are {HASH_BYTES} bytes each; got {len(hashes)} bytes")
     n = len(hashes) // HASH_BYTES
     if n == 0:
         return None, 0
@@ -320,15 +338,21 @@ class TierKV:
         """Number of leading blocks held by a tier."""
         return len(self.lookup_tiers(hashes))
 
-    def lookup_tiers(self, hashes: bytes) -> list[int]:
-        """The tier (``TIER_*``) of each leading block held by a tier."""
+    def lookup_tiers(self, hashes: bytes, repeat: bool = False) -> list[int]:
+        """The tier (``TIER_*``) of each leading block held by a tier. ``repeat``: a
+        request's lookup asked again (counted as a call, not as another request)."""
         arr, n = _hash_array(hashes)
         if n == 0:
             return []
         hits = ctypes.c_size_t()
         tiers = (ctypes.c_uint8 * n)()
-        self._check(self._lib.tierkv_lookup(self._h, arr, n, tiers, ctypes.byref(hits)))
+        flags = LOOKUP_REPEAT if repeat else 0
+        self._check(self._lib.tierkv_lookup_flags(self._h, arr, n, flags, tiers, ctypes.byref(hits)))
         return list(tiers[: hits.value])
+
+    def record_error(self, op: int, status: int) -> None:
+        """Counts an error the adapter degraded (``tierkv_adapter_errors_total``)."""
+        self._lib.tierkv_record_error(self._h, op, status)
 
     def disk_status(self) -> dict:
         """The disk tier's state; ``problem`` holds why it is not serving, if so."""
@@ -367,6 +391,7 @@ class TierKV:
         """Verifies every block into staging (results now), then copies layer by
         layer; wait per layer on the returned load (device layout only)."""
         arr, n = _hash_array(hashes)
+        _same_length(n, block_ids)
         if arr is None:
             arr = (_Hash * 1)()  # no blocks: still a load (events only), never null
         ids = (ctypes.c_uint64 * max(n, 1))(*block_ids)
@@ -381,6 +406,7 @@ class TierKV:
 
     def store_blocks(self, hashes: bytes, block_ids: Sequence[int]) -> list[int]:
         arr, n = _hash_array(hashes)
+        _same_length(n, block_ids)
         if n == 0:
             return []
         ids = (ctypes.c_uint64 * n)(*block_ids)
@@ -390,6 +416,7 @@ class TierKV:
 
     def load_blocks(self, hashes: bytes, block_ids: Sequence[int]) -> list[int]:
         arr, n = _hash_array(hashes)
+        _same_length(n, block_ids)
         if n == 0:
             return []
         ids = (ctypes.c_uint64 * n)(*block_ids)

@@ -4,7 +4,7 @@
 use std::ffi::{c_char, CStr};
 use std::sync::Arc;
 
-use super::{guard, manager, out_ptr, slice_in, slice_out, FfiError, TierkvManager, TierkvStatus};
+use super::{guard, manager, out_ptr, prefill, slice_in, slice_out, FfiError, TierkvManager, TierkvStatus};
 use crate::block::CowOutcome;
 use crate::config::Config;
 use crate::prefix::{BlockHash, HashAlgo};
@@ -13,7 +13,7 @@ use crate::tier::{LoadOutcome, StoreOutcome, TierId};
 use crate::{Manager, ManagerParams};
 
 /// Version of this C ABI. Bumped on any incompatible change.
-pub const TIERKV_ABI_VERSION: u32 = 2;
+pub const TIERKV_ABI_VERSION: u32 = 3;
 
 /// A 128-bit block identity as two 64-bit halves.
 #[repr(C)]
@@ -88,27 +88,38 @@ pub struct TierkvManagerInfo {
     pub hash_algo: u8,
 }
 
-/// Result of storing one block (`out_results` of `tierkv_store_blocks`).
-pub const TIERKV_STORE_STORED: u8 = 0;
+/// Result of storing one block (`out_results` of `tierkv_store_blocks`). No code
+/// is 0: a zero-initialised array never reads as success.
+pub const TIERKV_STORE_STORED: u8 = 1;
 /// The block was already present (or being written): nothing copied.
-pub const TIERKV_STORE_PRESENT: u8 = 1;
-/// No room: every block of the tier is pinned. Not stored.
-pub const TIERKV_STORE_NO_SPACE: u8 = 2;
+pub const TIERKV_STORE_PRESENT: u8 = 2;
+/// No room: every block of the tier is pinned (or its slot was reclaimed before
+/// the write finished). Not stored.
+pub const TIERKV_STORE_NO_SPACE: u8 = 3;
 /// Not stored now: over the offload budget the scheduler leaves beside the
 /// engine's PCIe traffic (device layouts only). Store it again later if wanted.
-pub const TIERKV_STORE_DEFERRED: u8 = 3;
+pub const TIERKV_STORE_DEFERRED: u8 = 4;
+/// Not stored: the call failed (its status says why) before this block was done.
+/// Every entry holds this until its block is done.
+pub const TIERKV_STORE_FAILED: u8 = 5;
 
-/// Result of loading one block (`out_results` of `tierkv_load_blocks`).
-pub const TIERKV_LOAD_LOADED: u8 = 0;
+/// Result of loading one block (`out_results` of `tierkv_load_blocks`). No code is
+/// 0: a zero-initialised array never reads as "all loaded".
+pub const TIERKV_LOAD_LOADED: u8 = 1;
 /// Not present (never stored or evicted): recompute.
-pub const TIERKV_LOAD_MISS: u8 = 1;
+pub const TIERKV_LOAD_MISS: u8 = 2;
 /// Failed verification: the block was dropped; its engine slot holds garbage and
 /// must be recomputed.
-pub const TIERKV_LOAD_CORRUPT: u8 = 2;
-/// Too many concurrent readers of this block: recompute.
-pub const TIERKV_LOAD_BUSY: u8 = 3;
+pub const TIERKV_LOAD_CORRUPT: u8 = 3;
+/// Not read now (this process pins too many blocks at once, or the store's lock
+/// was not free in time): recompute.
+pub const TIERKV_LOAD_BUSY: u8 = 4;
 /// Reading it from disk failed: the block was dropped; recompute.
-pub const TIERKV_LOAD_IO_ERROR: u8 = 4;
+pub const TIERKV_LOAD_IO_ERROR: u8 = 5;
+/// Not loaded: the call failed (its status says why) before this block was done;
+/// its engine slot may hold anything: recompute. Every entry holds this until its
+/// block is done.
+pub const TIERKV_LOAD_FAILED: u8 = 6;
 
 /// Tier codes written by `tierkv_lookup`.
 pub const TIERKV_TIER_ENGINE: u8 = 1;
@@ -290,7 +301,8 @@ pub unsafe extern "C" fn tierkv_hash_tokens(
 
 /// Finds the longest run of leading `hashes` held by a tier. Writes the run length to
 /// `*out_hits` and, if `out_tiers` is not null, the tier of each hit block
-/// (`TIERKV_TIER_*`) to `out_tiers[0..*out_hits]`.
+/// (`TIERKV_TIER_*`) to `out_tiers[0..*out_hits]`. Counts as one request's lookup
+/// (`tierkv_lookups_total`, `tierkv_lookup_blocks_total`).
 ///
 /// # Safety
 /// `hashes` valid for `n` reads; `out_tiers` null or valid for `n` writes;
@@ -303,15 +315,39 @@ pub unsafe extern "C" fn tierkv_lookup(
     out_tiers: *mut u8,
     out_hits: *mut usize,
 ) -> TierkvStatus {
+    // SAFETY: this function's contract, passed on.
+    unsafe { tierkv_lookup_flags(mgr, hashes, n, 0, out_tiers, out_hits) }
+}
+
+/// `flags` bit of `tierkv_lookup_flags`: a repeated lookup of a request whose first
+/// lookup was counted (a scheduler asking again for a waiting request); only
+/// `tierkv_lookup_calls_total` counts it.
+pub const TIERKV_LOOKUP_REPEAT: u32 = 1;
+
+/// `tierkv_lookup` with `TIERKV_LOOKUP_*` flags.
+///
+/// # Safety
+/// As `tierkv_lookup`.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_lookup_flags(
+    mgr: *const TierkvManager,
+    hashes: *const TierkvHash,
+    n: usize,
+    flags: u32,
+    out_tiers: *mut u8,
+    out_hits: *mut usize,
+) -> TierkvStatus {
     guard(|| {
-        let m = manager(mgr)?;
         // SAFETY: validated pointers, caller contract.
         let out_hits = unsafe { out_ptr(out_hits, "out_hits") }?;
+        *out_hits = 0;
+        let m = manager(mgr)?;
         // SAFETY: as above.
         let hs = unsafe { slice_in(hashes, n, "hashes") }?;
         let hs: Vec<BlockHash> = hs.iter().map(|&h| h.into()).collect();
         let mut tiers = vec![TierId::Host; n];
-        let hits = m.in_scope(|| m.lookup(&hs, &mut tiers))?;
+        let count = flags & TIERKV_LOOKUP_REPEAT == 0;
+        let hits = m.in_scope(|| m.lookup_counted(&hs, &mut tiers, count))?;
         if !out_tiers.is_null() {
             // SAFETY: as above.
             let o = unsafe { slice_out(out_tiers, n, "out_tiers") }?;
@@ -320,6 +356,33 @@ pub unsafe extern "C" fn tierkv_lookup(
             }
         }
         *out_hits = hits;
+        Ok(())
+    })
+}
+
+/// Operation codes of `tierkv_record_error` (`tierkv_adapter_errors_total{op}`).
+pub const TIERKV_OP_LOOKUP: u32 = 0;
+/// A load (the engine recomputes its blocks).
+pub const TIERKV_OP_LOAD: u32 = 1;
+/// A store (skipped).
+pub const TIERKV_OP_STORE: u32 = 2;
+/// Hashing tokens (the request bypasses the cache).
+pub const TIERKV_OP_HASH: u32 = 3;
+/// Anything else.
+pub const TIERKV_OP_OTHER: u32 = 4;
+
+/// Counts an error that an engine adapter caught and degraded (a failed load
+/// recomputed, a lookup answered with no hits, a store skipped), under
+/// `tierkv_adapter_errors_total{op, status}` on the store's shared metrics, so that
+/// it shows on the engine's exporter whichever process caught it.
+///
+/// # Safety
+/// `mgr` a live handle. Does not block.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_record_error(mgr: *const TierkvManager, op: u32, status: i32) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        m.record_adapter_error(op as usize, status);
         Ok(())
     })
 }
@@ -402,6 +465,8 @@ pub unsafe extern "C" fn tierkv_store_blocks(
     out_results: *mut u8,
 ) -> TierkvStatus {
     guard(|| {
+        // SAFETY: validated pointer, caller contract. Filled with FAILED first.
+        let results = unsafe { prefill(out_results, n, TIERKV_STORE_FAILED) }?;
         let m = manager(mgr)?;
         // SAFETY: validated pointers, caller contract.
         let (hs, ids) = unsafe { (slice_in(hashes, n, "hashes")?, slice_in(block_ids, n, "block_ids")?) };
@@ -410,9 +475,7 @@ pub unsafe extern "C" fn tierkv_store_blocks(
         // SAFETY: the layout's memory is valid per tierkv_register_layout's contract and
         // not written concurrently per this function's contract.
         m.in_scope(|| unsafe { m.store_blocks(&hs, ids, &mut outcomes) })?;
-        if !out_results.is_null() {
-            // SAFETY: validated pointer, caller contract.
-            let o = unsafe { slice_out(out_results, n, "out_results") }?;
+        if let Some(o) = results {
             for (o, r) in o.iter_mut().zip(&outcomes) {
                 *o = match r {
                     StoreOutcome::Stored => TIERKV_STORE_STORED,
@@ -444,14 +507,16 @@ pub unsafe extern "C" fn tierkv_load_blocks(
     out_loaded: *mut usize,
 ) -> TierkvStatus {
     guard(|| {
-        let m = manager(mgr)?;
-        // SAFETY: validated pointers, caller contract.
+        // SAFETY: validated pointers, caller contract. Written before anything can
+        // fail: FAILED per block, 0 loaded.
+        let out = unsafe { prefill(out_results, n, TIERKV_LOAD_FAILED) }?
+            .ok_or_else(|| FfiError::invalid("out_results is null"))?;
+        // SAFETY: as above.
         let out_loaded = unsafe { out_ptr(out_loaded, "out_loaded") }?;
         *out_loaded = 0;
+        let m = manager(mgr)?;
         // SAFETY: as above.
         let (hs, ids) = unsafe { (slice_in(hashes, n, "hashes")?, slice_in(block_ids, n, "block_ids")?) };
-        // SAFETY: as above.
-        let out = unsafe { slice_out(out_results, n, "out_results") }?;
         let hs: Vec<BlockHash> = hs.iter().map(|&h| h.into()).collect();
         let mut outcomes = vec![LoadOutcome::Miss; n];
         // SAFETY: the layout's memory is valid per tierkv_register_layout's contract and

@@ -14,13 +14,15 @@
 
 #[cfg(feature = "cuda")]
 use super::api::load_code;
-use super::{guard, FfiError, TierkvHash, TierkvManager, TierkvStatus};
+use super::api::TIERKV_LOAD_FAILED;
+use super::{guard, prefill, FfiError, Held, Registry, TierkvHash, TierkvManager, TierkvStatus};
 #[cfg(feature = "cuda")]
-use super::{manager, out_ptr, slice_in, slice_out};
+use super::{manager, out_ptr, slice_in};
 #[cfg(feature = "cuda")]
 use crate::prefix::BlockHash;
 #[cfg(feature = "cuda")]
 use crate::tier::LoadOutcome;
+use parking_lot::Mutex;
 
 /// A layer-by-layer load in flight (opaque; free with `tierkv_layer_load_destroy`).
 pub struct TierkvLayerLoad {
@@ -36,13 +38,10 @@ fn no_cuda() -> FfiError {
     }
 }
 
-fn load_ref<'a>(load: *const TierkvLayerLoad) -> Result<&'a TierkvLayerLoad, FfiError> {
-    if load.is_null() || !load.is_aligned() {
-        return Err(FfiError::invalid("load is null or misaligned"));
-    }
-    // SAFETY: non-null, aligned; the caller's contract: a live load from
-    // tierkv_load_blocks_layerwise not yet destroyed.
-    Ok(unsafe { &*load })
+fn load_ref(load: *const TierkvLayerLoad) -> Result<Held<Mutex<TierkvLayerLoad>>, FfiError> {
+    LOADS
+        .get(load as usize as u64)
+        .ok_or_else(|| FfiError::invalid("unknown or already destroyed load handle"))
 }
 
 /// Loads blocks `hashes[i]` into device blocks `block_ids[i]` layer by layer. The
@@ -73,18 +72,19 @@ pub unsafe extern "C" fn tierkv_load_blocks_layerwise(
     out_load: *mut *mut TierkvLayerLoad,
 ) -> TierkvStatus {
     guard(|| {
+        // SAFETY: validated pointer, caller contract; FAILED until each block is done.
+        let out = unsafe { prefill(out_results, n, TIERKV_LOAD_FAILED) }?
+            .ok_or_else(|| FfiError::invalid("out_results is null"))?;
         #[cfg(feature = "cuda")]
         {
-            let m = manager(mgr)?;
             // SAFETY: validated pointers, caller contract.
             let (out_loaded, out_load) =
                 unsafe { (out_ptr(out_loaded, "out_loaded")?, out_ptr(out_load, "out_load")?) };
             *out_loaded = 0;
             *out_load = std::ptr::null_mut();
+            let m = manager(mgr)?;
             // SAFETY: as above.
             let (hs, ids) = unsafe { (slice_in(hashes, n, "hashes")?, slice_in(block_ids, n, "block_ids")?) };
-            // SAFETY: as above.
-            let out = unsafe { slice_out(out_results, n, "out_results") }?;
             let hs: Vec<BlockHash> = hs.iter().map(|&h| h.into()).collect();
             let mut outcomes = vec![LoadOutcome::Miss; n];
             // SAFETY: the device layout's memory is the engine's, exclusively ours
@@ -94,12 +94,13 @@ pub unsafe extern "C" fn tierkv_load_blocks_layerwise(
                 *o = load_code(*r);
             }
             *out_loaded = outcomes.iter().filter(|&&o| o == LoadOutcome::Loaded).count();
-            *out_load = Box::into_raw(Box::new(TierkvLayerLoad { inner }));
+            *out_load = LOADS.insert(std::sync::Arc::new(Mutex::new(TierkvLayerLoad { inner }))) as usize
+                as *mut TierkvLayerLoad;
             Ok(())
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = (mgr, hashes, block_ids, n, layers, out_results, out_loaded, out_load);
+            let _ = (mgr, hashes, block_ids, layers, out, out_loaded, out_load);
             Err(no_cuda())
         }
     })
@@ -119,8 +120,9 @@ pub unsafe extern "C" fn tierkv_layer_load_wait_stream(
     stream: *mut std::ffi::c_void,
 ) -> TierkvStatus {
     guard(|| {
-        let l = load_ref(load)?;
-        check_layer(l, layer)?;
+        let held = load_ref(load)?;
+        let l = held.lock();
+        check_layer(&l, layer)?;
         #[cfg(feature = "cuda")]
         {
             // SAFETY: the caller's contract.
@@ -141,8 +143,9 @@ pub unsafe extern "C" fn tierkv_layer_load_wait_stream(
 #[no_mangle]
 pub unsafe extern "C" fn tierkv_layer_load_wait(load: *const TierkvLayerLoad, layer: u32) -> TierkvStatus {
     guard(|| {
-        let l = load_ref(load)?;
-        check_layer(l, layer)?;
+        let held = load_ref(load)?;
+        let l = held.lock();
+        check_layer(&l, layer)?;
         #[cfg(feature = "cuda")]
         {
             l.inner.wait_host(layer as usize).map_err(unavailable)
@@ -154,17 +157,20 @@ pub unsafe extern "C" fn tierkv_layer_load_wait(load: *const TierkvLayerLoad, la
     })
 }
 
-/// Waits for the last layer's copies of `load`, then frees it. Null is a no-op.
+/// Waits for the last layer's copies of `load`, then frees it. Null, an unknown or
+/// an already destroyed handle is a no-op (handles are never reused).
 ///
 /// # Safety
-/// `load` null or a live load, not used afterwards.
+/// None beyond passing a value that was a load handle (or null).
 #[no_mangle]
 pub unsafe extern "C" fn tierkv_layer_load_destroy(load: *mut TierkvLayerLoad) {
-    if !load.is_null() && load.is_aligned() {
-        // SAFETY: the caller's contract: from Box::into_raw, destroyed once.
-        drop(unsafe { Box::from_raw(load) });
-    }
+    let _ = guard(|| {
+        drop(LOADS.remove(load as usize as u64, 0));
+        Ok(())
+    });
 }
+
+static LOADS: Registry<Mutex<TierkvLayerLoad>> = Registry::new();
 
 fn check_layer(l: &TierkvLayerLoad, layer: u32) -> Result<(), FfiError> {
     #[cfg(feature = "cuda")]

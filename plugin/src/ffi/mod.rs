@@ -9,18 +9,19 @@
 //! 2. The body validates each pointer and length ([`slice_in`], [`slice_out`],
 //!    [`out_ptr`]): null, misaligned, or a length whose byte size overflows is
 //!    `TIERKV_STATUS_INVALID_ARGUMENT`; a handle that is not live is too.
-//! 3. The body clones the manager's `Arc` out of the handle table, so a concurrent
-//!    `tierkv_manager_destroy` cannot free it mid-call; it runs with the manager's
-//!    log subscriber in scope.
+//! 3. The body holds the manager through the handle registry ([`handles`]), so a
+//!    concurrent `tierkv_manager_destroy` waits for it instead of freeing the
+//!    manager mid-call; it runs with the manager's log subscriber in scope.
 //! 4. On error, the message is stored for the calling thread
 //!    (`tierkv_last_error`); on success the last error is cleared.
 //!
-//! The handle table maps live handle addresses to managers. It holds no state of
-//! its own: two managers in one process (or the library loaded twice) are
-//! independent.
+//! Handles are ids that are never reused in the process (not addresses), so a
+//! stale handle or a double destroy is an error, never another manager. Two
+//! managers in one process (or the library loaded twice) are independent.
 
 mod api;
 mod disk_api;
+mod handles;
 mod hw_api;
 mod layer_api;
 mod semantic_api;
@@ -32,12 +33,11 @@ pub use layer_api::*;
 pub use semantic_api::*;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use parking_lot::RwLock;
+pub(crate) use handles::{Held, Registry};
 
 use crate::Manager;
 
@@ -159,47 +159,34 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<(), FfiError>) -> TierkvStatus
     }
 }
 
-type Handles = RwLock<HashMap<usize, Arc<Manager>>>;
-
-fn handles() -> &'static Handles {
-    static HANDLES: OnceLock<Handles> = OnceLock::new();
-    HANDLES.get_or_init(|| RwLock::new(HashMap::new()))
-}
+static MANAGERS: Registry<Manager> = Registry::new();
 
 /// An opaque manager handle. Created by `tierkv_manager_create`, freed by
-/// `tierkv_manager_destroy`. Never dereferenced: its address is a key into the
-/// handle table.
+/// `tierkv_manager_destroy`. Never dereferenced: its value is an id in the
+/// handle registry, never reused (see [`handles`]).
 pub struct TierkvManager {
     _private: [u8; 0],
 }
 
 pub(crate) fn register_handle(mgr: Arc<Manager>) -> *mut TierkvManager {
-    // A distinct, never-dereferenced address per handle: a one-byte heap cell that
-    // lives until destroy, so addresses are not reused while a handle is live.
-    let cell = Box::into_raw(Box::new(0u8)) as usize;
-    handles().write().insert(cell, mgr);
-    cell as *mut TierkvManager
+    MANAGERS.insert(mgr) as usize as *mut TierkvManager
 }
 
+/// Unregisters a manager handle (new calls on it fail at once) and waits for the
+/// calls in flight on it to return.
 pub(crate) fn unregister_handle(h: *mut TierkvManager) -> Result<Arc<Manager>, FfiError> {
-    let mgr = handles()
-        .write()
-        .remove(&(h as usize))
-        .ok_or_else(|| FfiError::invalid("unknown or already destroyed manager handle"))?;
-    // SAFETY: the address came from Box::into_raw(Box<u8>) in register_handle and was
-    // just removed from the table, so it is freed exactly once.
-    drop(unsafe { Box::from_raw(h as *mut u8) });
-    Ok(mgr)
+    MANAGERS
+        .remove(h as usize as u64, 0)
+        .ok_or_else(|| FfiError::invalid("unknown or already destroyed manager handle"))
 }
 
-pub(crate) fn manager(h: *const TierkvManager) -> Result<Arc<Manager>, FfiError> {
+/// The live manager behind a handle, held for one call.
+pub(crate) fn manager(h: *const TierkvManager) -> Result<Held<Manager>, FfiError> {
     if h.is_null() {
         return Err(FfiError::invalid("manager handle is null"));
     }
-    handles()
-        .read()
-        .get(&(h as usize))
-        .cloned()
+    MANAGERS
+        .get(h as usize as u64)
         .ok_or_else(|| FfiError::invalid("unknown or already destroyed manager handle"))
 }
 
@@ -250,6 +237,22 @@ pub(crate) unsafe fn slice_out<'a, T>(p: *mut T, n: usize, what: &str) -> Result
     check_len::<T>(n, what)?;
     // SAFETY: as in slice_in, for writes.
     Ok(unsafe { std::slice::from_raw_parts_mut(p, n) })
+}
+
+/// Borrows a per-block result array (null allowed: `None`) and fills it with
+/// `failed` before anything else can fail, so that on any non-OK status every entry
+/// already says the block was not done.
+///
+/// # Safety
+/// If non-null and `n > 0`, `p` must be valid for `n` writes during the call.
+pub(crate) unsafe fn prefill<'a>(p: *mut u8, n: usize, failed: u8) -> Result<Option<&'a mut [u8]>, FfiError> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: the caller's contract.
+    let out = unsafe { slice_out(p, n, "out_results") }?;
+    out.fill(failed);
+    Ok(Some(out))
 }
 
 /// Borrows one output value.

@@ -15,8 +15,11 @@
 
 use tierkv_cuda::reference::{KeyDtype, RopeSpec};
 
-use super::api::load_code;
-use super::{guard, manager, out_ptr, slice_in, slice_out, FfiError, TierkvHash, TierkvManager, TierkvStatus};
+use super::api::{load_code, TIERKV_LOAD_FAILED};
+use super::{
+    guard, manager, out_ptr, prefill, slice_in, slice_out, FfiError, Held, Registry, TierkvHash, TierkvManager,
+    TierkvStatus,
+};
 use crate::prefix::BlockHash;
 use crate::semantic::synth::{row_rope, TokenRows};
 use crate::semantic::{Rejection, ReusePlan, TokenSource};
@@ -43,7 +46,9 @@ pub const TIERKV_DTYPE_F16: u32 = 1;
 pub const TIERKV_DTYPE_BF16: u32 = 2;
 
 /// A reuse plan (opaque; free with `tierkv_plan_destroy`).
-pub struct TierkvPlan(ReusePlan);
+pub struct TierkvPlan {
+    _private: [u8; 0],
+}
 
 /// The model's rotary embedding, as re-rotation needs it.
 #[repr(C)]
@@ -133,13 +138,12 @@ unsafe fn rope_in(rope: &TierkvRope) -> Result<(KeyDtype, RopeSpec), FfiError> {
     Ok((key_dtype(rope.dtype)?, spec))
 }
 
-fn plan_ref<'a>(plan: *const TierkvPlan) -> Result<&'a ReusePlan, FfiError> {
-    if plan.is_null() || !plan.is_aligned() {
-        return Err(FfiError::invalid("plan is null or misaligned"));
-    }
-    // SAFETY: non-null, aligned; the caller's contract: a live plan from
-    // tierkv_semantic_lookup not yet destroyed.
-    Ok(unsafe { &(*plan).0 })
+static PLANS: Registry<ReusePlan> = Registry::new();
+
+fn plan_ref(plan: *const TierkvPlan) -> Result<Held<ReusePlan>, FfiError> {
+    PLANS
+        .get(plan as usize as u64)
+        .ok_or_else(|| FfiError::invalid("unknown or already destroyed plan handle"))
 }
 
 /// Writes 1 to `*out_enabled` if semantic sharing is on for this manager's
@@ -222,7 +226,7 @@ pub unsafe extern "C" fn tierkv_semantic_lookup(
         }
         match m.in_scope(|| m.semantic_lookup(t, exact_tokens as u32)) {
             Ok(p) => {
-                *out_plan = Box::into_raw(Box::new(TierkvPlan(p)));
+                *out_plan = PLANS.insert(std::sync::Arc::new(p)) as usize as *mut TierkvPlan;
                 *out_reason = TIERKV_SEMANTIC_ACCEPTED;
             }
             Err(r) => {
@@ -239,16 +243,17 @@ pub unsafe extern "C" fn tierkv_semantic_lookup(
     })
 }
 
-/// Frees a plan. Null is a no-op.
+/// Frees a plan once no call on another thread reads it. Null, an unknown or an
+/// already destroyed handle is a no-op (handles are never reused).
 ///
 /// # Safety
-/// `plan` null or from `tierkv_semantic_lookup`, not yet destroyed; not used after.
+/// None beyond passing a value that was a plan handle (or null).
 #[no_mangle]
 pub unsafe extern "C" fn tierkv_plan_destroy(plan: *mut TierkvPlan) {
-    if !plan.is_null() {
-        // SAFETY: the caller's contract: from Box::into_raw in tierkv_semantic_lookup.
-        drop(unsafe { Box::from_raw(plan) });
-    }
+    let _ = guard(|| {
+        drop(PLANS.remove(plan as usize as u64, 0));
+        Ok(())
+    });
 }
 
 /// Writes the plan's summary to `*out`.
@@ -452,17 +457,19 @@ pub unsafe extern "C" fn tierkv_load_tokens(
     out_results: *mut u8,
 ) -> TierkvStatus {
     guard(|| {
+        // SAFETY: validated pointer, caller contract; FAILED until each block is done.
+        let out = unsafe { prefill(out_results, n_blocks, TIERKV_LOAD_FAILED) }?
+            .ok_or_else(|| FfiError::invalid("out_results is null"))?;
         let m = manager(mgr)?;
         let n_map = n_blocks
             .checked_mul(m.block_tokens())
             .ok_or_else(|| FfiError::invalid("n_blocks too large"))?;
         // SAFETY: validated pointers, caller contract.
-        let (srcs, mp, ids, out) = unsafe {
+        let (srcs, mp, ids) = unsafe {
             (
                 slice_in(sources, n_sources, "sources")?,
                 slice_in(map, n_map, "map")?,
                 slice_in(block_ids, n_blocks, "block_ids")?,
-                slice_out(out_results, n_blocks, "out_results")?,
             )
         };
         let srcs: Vec<BlockHash> = srcs.iter().map(|&h| h.into()).collect();

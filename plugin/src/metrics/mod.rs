@@ -105,11 +105,37 @@ pub struct SharedStats {
     pub index_repairs: AtomicU64,
     /// Stores whose slot was reclaimed before they committed (not stored).
     pub writes_lost: AtomicU64,
+    /// Lookup calls, repeated ones included (`lookups` counts each request once).
+    pub lookup_calls: AtomicU64,
+    /// Tokens of blocks loaded and verified into engine memory (what the engine
+    /// reports as served from an external cache).
+    pub loaded_tokens: AtomicU64,
+    /// Errors an engine adapter caught and degraded (per operation, per status;
+    /// see [`ADAPTER_OPS`]).
+    pub adapter_errors: [[AtomicU64; ADAPTER_STATUSES]; ADAPTER_OPS.len()],
     /// Store latency (one block).
     pub store_latency: Histogram,
     /// Load latency (one block).
     pub load_latency: Histogram,
 }
+
+/// The operations an engine adapter reports degraded errors for
+/// (`tierkv_adapter_errors_total{op}`), in `tierkv_record_error`'s numbering.
+pub const ADAPTER_OPS: [&str; 5] = ["lookup", "load", "store", "hash", "other"];
+/// Status codes counted per operation (`TIERKV_STATUS_*` 0-8, then "other").
+pub const ADAPTER_STATUSES: usize = 10;
+const STATUS_LABELS: [&str; ADAPTER_STATUSES] = [
+    "ok",
+    "invalid_argument",
+    "config",
+    "no_space",
+    "unavailable",
+    "insufficient",
+    "state",
+    "buffer_too_small",
+    "internal",
+    "other",
+];
 
 /// Gauges read at scrape time.
 #[derive(Debug, Clone, Copy, Default)]
@@ -196,8 +222,39 @@ pub fn render(s: &SharedStats, g: &Gauges, disk: Option<&DiskView<'_>>) -> Strin
     counter(
         &mut o,
         "tierkv_lookups_total",
-        "Prefix lookups.",
+        "Prefix lookups, each request counted once (repeated lookups of a waiting request are not).",
         &[("", r(&s.lookups))],
+    );
+    counter(
+        &mut o,
+        "tierkv_lookup_calls_total",
+        "Lookup calls, repeated ones included.",
+        &[("", r(&s.lookup_calls))],
+    );
+    counter(
+        &mut o,
+        "tierkv_loaded_tokens_total",
+        "Tokens of blocks loaded and verified into engine memory (what the engine serves from tierkv).",
+        &[("", r(&s.loaded_tokens))],
+    );
+    let labels: Vec<(String, u64)> = ADAPTER_OPS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, op)| {
+            STATUS_LABELS
+                .iter()
+                .enumerate()
+                .map(move |(j, st)| (format!("op=\"{op}\",status=\"{st}\""), i, j))
+        })
+        .map(|(l, i, j)| (l, r(&s.adapter_errors[i][j])))
+        .filter(|&(_, v)| v > 0)
+        .collect();
+    let series: Vec<(&str, u64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    counter(
+        &mut o,
+        "tierkv_adapter_errors_total",
+        "Library errors an engine adapter caught and degraded (loads recomputed, lookups missed, stores skipped).",
+        &series,
     );
     let lookup = with_disk(
         vec![

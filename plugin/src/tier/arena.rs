@@ -48,6 +48,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -582,6 +583,21 @@ impl Drop for Arena {
         // past the Arena's lifetime. Closing `fd` afterwards drops the lease lock.
         unsafe { libc::munmap(self.base.cast(), self.geo.file_len as usize) };
     }
+}
+
+/// Whether a live process (any mapping, in any PID namespace) is attached to the
+/// arena at `path`. `Ok(false)` when there is no such file.
+pub fn in_use(path: &Path) -> io::Result<bool> {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    lease::any_held(&OwnedFd::from(file))
 }
 
 fn file_size(fd: &OwnedFd, path: &Path) -> Result<u64, ArenaError> {

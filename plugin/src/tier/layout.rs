@@ -40,6 +40,20 @@ pub enum LayoutError {
         /// What is wrong.
         why: &'static str,
     },
+    /// Two regions share bytes: a load into one block would rewrite another's.
+    #[error(
+        "regions {first} and {second} overlap (block {block_a} of one shares bytes with block {block_b} of the other)"
+    )]
+    Overlap {
+        /// One region.
+        first: usize,
+        /// The other.
+        second: usize,
+        /// A block of `first` ...
+        block_a: u64,
+        /// ... that overlaps this block of `second`.
+        block_b: u64,
+    },
     /// The payload differs from the tier's block size.
     #[error("the layout's regions hold {got} bytes per block but the manager was created for {want}")]
     BlockBytes {
@@ -95,6 +109,18 @@ impl EngineLayout {
                 want: block_bytes,
             });
         }
+        for i in 0..regions.len() {
+            for j in i + 1..regions.len() {
+                if let Some((a, b)) = overlap(&regions[i], &regions[j], num_blocks) {
+                    return Err(LayoutError::Overlap {
+                        first: i,
+                        second: j,
+                        block_a: a,
+                        block_b: b,
+                    });
+                }
+            }
+        }
         Ok(Self {
             regions: regions.to_vec(),
             num_blocks,
@@ -119,6 +145,55 @@ impl EngineLayout {
             .iter()
             .map(move |r| ((r.base + b * r.block_stride) as usize, r.bytes_per_block as usize))
     }
+}
+
+/// A pair of blocks `(a of r1, b of r2)` whose bytes intersect, if any. Regions
+/// may interleave (K and V of one tensor, heads of a permuted view): only the
+/// blocks' own byte ranges count, not the spans between them.
+///
+/// ```text
+///   r1: [a*s1 + base1, +n1)   r2: [b*s2 + base2, +n2)   a, b in [0, N)
+///   equal strides s: overlap iff some k = b - a in (-N, N) puts
+///   x = base2 - base1 + k*s in the open interval (-n2, n1)
+/// ```
+fn overlap(r1: &Region, r2: &Region, n: u64) -> Option<(u64, u64)> {
+    let span = |r: &Region| {
+        (
+            r.base as i128,
+            r.base as i128 + (n as i128 - 1) * r.block_stride as i128 + r.bytes_per_block as i128,
+        )
+    };
+    let ((lo1, hi1), (lo2, hi2)) = (span(r1), span(r2));
+    if hi1 <= lo2 || hi2 <= lo1 {
+        return None;
+    }
+    let (n1, n2) = (r1.bytes_per_block as i128, r2.bytes_per_block as i128);
+    if r1.block_stride == r2.block_stride {
+        let s = r1.block_stride as i128;
+        let d = r2.base as i128 - r1.base as i128;
+        let last = n as i128 - 1;
+        // Smallest k with d + k*s > -n2, no smaller than -(N-1).
+        let k = ((-n2 - d).div_euclid(s) + 1).max(-last);
+        if k > last || d + k * s >= n1 {
+            return None;
+        }
+        // Blocks a, b = a + k with both in range.
+        let a = if k < 0 { -k } else { 0 };
+        return Some((a as u64, (a + k) as u64));
+    }
+    // Unequal strides (rare): walk the blocks of r1, checking the one or two
+    // blocks of r2 that can meet each.
+    for a in 0..n {
+        let start = r1.base as i128 + a as i128 * r1.block_stride as i128;
+        let first = ((start - n2 + 1 - r2.base as i128).div_euclid(r2.block_stride as i128)).max(0);
+        for b in first..=(first + 1).min(n as i128 - 1) {
+            let other = r2.base as i128 + b * r2.block_stride as i128;
+            if other < start + n1 && start < other + n2 {
+                return Some((a, b as u64));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -152,5 +227,39 @@ mod tests {
         );
         let l = EngineLayout::new(&[r(1000, 100, 10), r(5000, 20, 20)], 3, 30).unwrap();
         assert_eq!(l.ranges(2).collect::<Vec<_>>(), [(1200, 10), (5040, 20)]);
+    }
+
+    #[test]
+    fn regions_that_overlap_are_refused_and_interleaved_ones_accepted() {
+        let r = |base, stride, bytes| Region {
+            base,
+            block_stride: stride,
+            bytes_per_block: bytes,
+        };
+        // K and V interleaved in one tensor ([blocks, 2, ...]): no block shares bytes.
+        assert!(EngineLayout::new(&[r(4096, 128, 64), r(4096 + 64, 128, 64)], 100, 128).is_ok());
+        // Two tensors one after the other.
+        assert!(EngineLayout::new(&[r(4096, 64, 64), r(4096 + 6400, 64, 64)], 100, 128).is_ok());
+        // The second tensor starts inside the first: block 0 of one rewrites block 1 of the other.
+        assert_eq!(
+            EngineLayout::new(&[r(4096, 64, 64), r(4096 + 96, 64, 64)], 4, 128),
+            Err(LayoutError::Overlap {
+                first: 0,
+                second: 1,
+                block_a: 2,
+                block_b: 0
+            })
+        );
+        // Same base twice.
+        assert!(matches!(
+            EngineLayout::new(&[r(4096, 64, 32), r(4096, 64, 32)], 4, 64),
+            Err(LayoutError::Overlap { .. })
+        ));
+        // Unequal strides that meet only at the end; and ones that never meet.
+        assert!(matches!(
+            EngineLayout::new(&[r(4096, 100, 10), r(4096 + 300, 30, 10)], 4, 20),
+            Err(LayoutError::Overlap { .. })
+        ));
+        assert!(EngineLayout::new(&[r(4096, 100, 10), r(4096 + 10, 50, 10)], 4, 20).is_ok());
     }
 }

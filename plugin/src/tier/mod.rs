@@ -15,6 +15,7 @@ pub mod gpu;
 mod host;
 pub mod layout;
 pub mod shared_file;
+pub mod store;
 
 pub use host::{HostTier, LoadOutcome, StoreOutcome, TierError};
 
