@@ -179,3 +179,26 @@ fn destroy_waits_for_a_load_in_flight() {
     }
     eprintln!("inconclusive: the destroy began before the load in every attempt");
 }
+
+/// A `TIERKV_*` value that is not UTF-8 is an error naming the variable, never the
+/// default in its place (two tenants with unreadable namespaces would share).
+#[test]
+fn a_non_utf8_value_is_an_error_naming_the_variable() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bad = std::ffi::OsStr::from_bytes(b"tenant-\xff\xfe");
+    let (m, st) = {
+        let _g = common::ENV.lock().unwrap_or_else(|e| e.into_inner());
+        std::env::set_var("TIERKV_NAMESPACE", bad);
+        let r = common::create_in_locked(dir.path(), 16, BLOCK as u64, 0, &[]);
+        std::env::remove_var("TIERKV_NAMESPACE");
+        r
+    };
+    assert!(m.is_null());
+    assert_eq!(st, status::CONFIG);
+    assert!(
+        api().last_error().contains("TIERKV_NAMESPACE"),
+        "{}",
+        api().last_error()
+    );
+}

@@ -35,6 +35,17 @@ pub fn create_in(
     vars: &[(&str, &str)],
 ) -> (Mgr, i32) {
     let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    create_in_locked(dir, block_tokens, block_bytes, pool, vars)
+}
+
+/// [`create_in`] for a caller that holds [`ENV`] already.
+pub fn create_in_locked(
+    dir: &std::path::Path,
+    block_tokens: u32,
+    block_bytes: u64,
+    pool: u32,
+    vars: &[(&str, &str)],
+) -> (Mgr, i32) {
     let mut all: Vec<(&str, String)> = vec![
         ("TIERKV_SHM_DIR", dir.display().to_string()),
         ("TIERKV_CPU_BYTES", "8MiB".into()),

@@ -279,6 +279,8 @@ pub struct Config {
     pub disk_recovery: RecoveryMode,
     /// Semantic sharing (`TIERKV_SEMANTIC*`).
     pub semantic: crate::semantic::SemanticPolicy,
+    /// `TIERKV_*` names set in the environment that no part reads (typos).
+    pub unknown_vars: Vec<String>,
 }
 
 /// A variable with a value that is not accepted.
@@ -300,9 +302,44 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Reads every `TIERKV_*` variable from the process environment.
+    /// Reads every `TIERKV_*` variable from the process environment. A known
+    /// variable whose value is not UTF-8 is an error naming it (never the default
+    /// in its place); unknown `TIERKV_*` names are collected in
+    /// [`Config::unknown_vars`] for the caller to report.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        let mut unknown = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            let Some(name) = k.to_str().filter(|n| n.starts_with("TIERKV_")) else {
+                continue;
+            };
+            match VARS.iter().find(|d| d.name == name) {
+                Some(d) if v.to_str().is_none() => {
+                    return Err(ConfigError {
+                        var: d.name,
+                        value: v.to_string_lossy().into_owned(),
+                        expected: "a value that is valid UTF-8".into(),
+                    })
+                }
+                Some(_) => {}
+                None if TOOL_VARS.contains(&name) => {}
+                None => unknown.push(name.to_string()),
+            }
+        }
+        let mut cfg = Self::from_lookup(|name| std::env::var(name).ok())?;
+        unknown.sort();
+        cfg.unknown_vars = unknown;
+        Ok(cfg)
+    }
+
+    /// One warning per unknown `TIERKV_*` variable, naming the closest known one.
+    pub fn unknown_var_warnings(&self) -> Vec<String> {
+        self.unknown_vars
+            .iter()
+            .map(|n| match closest_var(n) {
+                Some(c) => format!("{n} is not a tierkv variable (ignored); did you mean {c}?"),
+                None => format!("{n} is not a tierkv variable (ignored); see docs/configuration.md"),
+            })
+            .collect()
     }
 
     /// Reads the variables through `lookup` (the environment, or a map in tests).
@@ -463,6 +500,7 @@ impl Config {
             disk_queue,
             disk_direct,
             disk_recovery,
+            unknown_vars: Vec::new(),
         };
         cfg.sanitize()?;
         Ok(cfg)
@@ -498,6 +536,50 @@ impl Config {
 const SIZE_FORMS: &str = "a byte size such as 4096, 512MB, 8GiB (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)";
 const DURATION_FORMS: &str = "a duration such as 250ms, 10s, 2m (units us, ms, s, m, h)";
 pub(crate) const BOOL_FORMS: &str = "one of 1, 0, true, false, yes, no, on, off";
+
+/// `TIERKV_*` variables read by tierkv's tools, scripts and tests, not by the
+/// library: never reported as unknown.
+pub const TOOL_VARS: &[&str] = &[
+    "TIERKV_LIB",
+    "TIERKV_VLLM_VENV",
+    "TIERKV_VLLM_PYTHON",
+    "TIERKV_SKIP_VLLM",
+    "TIERKV_REQUIRE_NVRTC",
+    "TIERKV_REQUIRE_GPU",
+    "TIERKV_BLESS",
+    "TIERKV_SOAK_S",
+    "TIERKV_BENCH_DIR",
+    "TIERKV_BENCH_BLOCK_BYTES",
+    "TIERKV_TEST_SHM",
+    "TIERKV_TEST_DISK",
+    "TIERKV_TEST_SEED",
+];
+
+/// The known variable closest to `name` (edit distance at most 3).
+pub fn closest_var(name: &str) -> Option<&'static str> {
+    VARS.iter()
+        .map(|v| (edit_distance(name, v.name), v.name))
+        .filter(|&(d, _)| d <= 3)
+        .min()
+        .map(|(_, n)| n)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut prev = row[0];
+        row[0] = i;
+        for j in 1..=b.len() {
+            let cur = row[j];
+            row[j] = (row[j] + 1)
+                .min(row[j - 1] + 1)
+                .min(prev + usize::from(a[i - 1] != b[j - 1]));
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
 
 /// `default-u<euid>`: users of one host never share a store unless they say so.
 pub fn default_store_name() -> String {

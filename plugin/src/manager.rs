@@ -115,6 +115,9 @@ impl Manager {
                 "pool_blocks must be below 2^32 - 1".into(),
             ));
         }
+        for w in config.unknown_var_warnings() {
+            tracing::warn!("{w}");
+        }
         let namespace = params.namespace.clone().unwrap_or_else(|| config.namespace.clone());
         let seed = std::env::var("PYTHONHASHSEED").unwrap_or_else(|_| VLLM_DEFAULT_SEED.to_string());
         let hasher = BlockHasher::new(config.hash, params.block_tokens as usize, &namespace, &seed)
@@ -134,7 +137,12 @@ impl Manager {
                 }
             },
         };
-        let pool = (params.pool_blocks > 0).then(|| Mutex::new(BlockPool::new(params.pool_blocks as usize)));
+        let pool = match params.pool_blocks {
+            0 => None,
+            n => Some(Mutex::new(
+                BlockPool::try_new(n as usize).map_err(|e| ManagerError::InvalidArgument(e.to_string()))?,
+            )),
+        };
         let hw = Arc::new(HwState::default());
         let sampler = match config.hw_interval {
             None => None,

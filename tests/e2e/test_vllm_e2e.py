@@ -96,8 +96,8 @@ def run(tmp: Path, mode: str, texts: list[str], store: str | None = None, args: 
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
-    pat = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
-    m = re.search(pat, text or "")
+    pat = r"^" + re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)$"
+    m = re.search(pat, text or "", re.MULTILINE)
     assert m, f"{name}{{{labels}}} not in metrics"
     return float(m.group(1))
 

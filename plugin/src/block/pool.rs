@@ -64,6 +64,20 @@ pub enum PoolError {
     /// A copy was needed and no block was free.
     #[error(transparent)]
     Insufficient(#[from] Insufficient),
+    /// One more reference would overflow the block's reference count.
+    #[error("block {id} has the most references a block can have")]
+    TooManyReferences {
+        /// The id.
+        id: BlockId,
+    },
+    /// The pool's bookkeeping could not be allocated.
+    #[error("cannot allocate the bookkeeping of {num_blocks} blocks (about {bytes} bytes)")]
+    OutOfMemory {
+        /// Blocks asked for.
+        num_blocks: usize,
+        /// Bytes needed.
+        bytes: usize,
+    },
 }
 
 /// The result of [`BlockPool::copy_on_write`].
@@ -114,20 +128,44 @@ pub struct BlockPool {
 impl BlockPool {
     /// A pool of `num_blocks` free slots, ids `0..num_blocks` in allocation order.
     /// `num_blocks` must be below `u32::MAX`.
+    ///
+    /// # Panics
+    /// When the bookkeeping cannot be allocated; [`BlockPool::try_new`] returns an
+    /// error instead.
     pub fn new(num_blocks: usize) -> Self {
-        assert!(num_blocks < NIL as usize, "pool too large");
-        let mut links = vec![(NIL, NIL); num_blocks];
+        Self::try_new(num_blocks).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`BlockPool::new`], with an allocation failure (a host under a memory limit)
+    /// as an error rather than an abort.
+    pub fn try_new(num_blocks: usize) -> Result<Self, PoolError> {
+        if num_blocks >= NIL as usize {
+            return Err(PoolError::UnknownBlock { id: NIL, num_blocks });
+        }
+        let per_block = std::mem::size_of::<Slot>() + 8 + 2 * std::mem::size_of::<(BlockHash, BlockId)>();
+        let oom = || PoolError::OutOfMemory {
+            num_blocks,
+            bytes: num_blocks.saturating_mul(per_block),
+        };
+        let mut links = Vec::new();
+        links.try_reserve_exact(num_blocks).map_err(|_| oom())?;
+        links.resize(num_blocks, (NIL, NIL));
+        let mut slots = Vec::new();
+        slots.try_reserve_exact(num_blocks).map_err(|_| oom())?;
+        slots.resize(num_blocks, Slot::default());
+        let mut index = HashMap::with_hasher(IdentityHash);
+        index.try_reserve(num_blocks).map_err(|_| oom())?;
         let mut free = ListEnds::new();
         for id in 0..num_blocks as u32 {
             free.push_back(&mut links, id);
         }
-        Self {
-            slots: vec![Slot::default(); num_blocks],
+        Ok(Self {
+            slots,
             links,
             free,
-            index: HashMap::with_capacity_and_hasher(num_blocks, IdentityHash),
+            index,
             stats: PoolStats::default(),
-        }
+        })
     }
 
     /// Number of slots.
@@ -234,8 +272,14 @@ impl BlockPool {
     /// Adds one reference to each block in `ids` (sharing a prefix with a forked
     /// sequence). Every block must already be held.
     pub fn fork(&mut self, ids: &[BlockId]) -> Result<(), PoolError> {
+        let mut extra: HashMap<BlockId, u32> = HashMap::new();
         for &id in ids {
             self.check_held(id)?;
+            let e = extra.entry(id).or_insert(0);
+            *e += 1;
+            if self.slots[id as usize].ref_cnt.checked_add(*e).is_none() {
+                return Err(PoolError::TooManyReferences { id });
+            }
         }
         for &id in ids {
             self.slots[id as usize].ref_cnt += 1;
@@ -291,6 +335,9 @@ impl BlockPool {
         for h in hashes {
             let Some(&id) = self.index.get(h) else { break };
             let slot = &mut self.slots[id as usize];
+            if slot.ref_cnt == u32::MAX {
+                break; // one more reference would wrap: the rest is a miss
+            }
             if slot.ref_cnt == 0 {
                 self.free.remove(&mut self.links, id);
             }

@@ -101,3 +101,50 @@ fn docs_and_code_agree() {
         assert!(cfg(&[(v.name, "\u{1}bad")]).is_err(), "{} accepts anything", v.name);
     }
 }
+
+/// Every example value in docs/configuration.md's table is accepted.
+#[test]
+fn every_documented_example_is_accepted() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap();
+    let mut tried = 0;
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 5 || !cells[1].starts_with("`TIERKV_") {
+            continue;
+        }
+        let name = cells[1].trim_matches('`');
+        let examples = cells[cells.len() - 2];
+        let values: Vec<&str> = examples.split(", ").map(|e| e.trim_matches('`')).collect();
+        assert!(!values.is_empty() && !examples.is_empty(), "{name} has no examples");
+        for v in values {
+            let extra: &[(&str, &str)] = if name == "TIERKV_DISK_PATH" {
+                &[("TIERKV_DISK_BYTES", "1GiB")]
+            } else {
+                &[]
+            };
+            let mut pairs = vec![(name, v)];
+            pairs.extend_from_slice(extra);
+            assert!(
+                cfg(&pairs).is_ok(),
+                "{name}={v} (documented) is refused: {:?}",
+                cfg(&pairs).err()
+            );
+            tried += 1;
+        }
+    }
+    assert!(tried > 60, "only {tried} examples found");
+}
+
+#[test]
+fn a_typo_is_reported_with_the_closest_name() {
+    assert_eq!(closest_var("TIERKV_CPU_BYTE"), Some("TIERKV_CPU_BYTES"));
+    assert_eq!(closest_var("TIERKV_DISK_PAHT"), Some("TIERKV_DISK_PATH"));
+    assert_eq!(closest_var("TIERKV_SOMETHING_ELSE_ENTIRELY"), None);
+    let c = Config {
+        unknown_vars: vec!["TIERKV_CPU_BYTE".into()],
+        ..Config::default()
+    };
+    let w = c.unknown_var_warnings();
+    assert_eq!(w.len(), 1);
+    assert!(w[0].contains("did you mean TIERKV_CPU_BYTES"), "{}", w[0]);
+}

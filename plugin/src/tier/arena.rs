@@ -88,6 +88,9 @@ pub enum SlotState {
     Writing = 1,
     /// Holds a verified-at-write block; on the eviction list.
     Ready = 2,
+    /// Failed verification while other readers pinned it: unindexed (no new
+    /// reader finds it), freed when the last pin is dropped.
+    Dropped = 3,
 }
 
 /// Metadata of one slot, in shared memory. Changed only under the arena mutex.

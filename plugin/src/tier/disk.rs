@@ -106,6 +106,9 @@ pub struct DiskStats {
     pub read_bytes: AtomicU64,
     /// Loads of identities not on disk.
     pub read_misses: AtomicU64,
+    /// Reads (by a process that does not own the file) of a slot the owner had
+    /// reused meanwhile: misses, not corruption.
+    pub stale_reads: AtomicU64,
     /// Blocks that failed verification (dropped, never served).
     pub checksum_failures: AtomicU64,
     /// Failed reads.
@@ -253,6 +256,10 @@ struct Inner {
     sharing: Sharing,
     /// A reader's mapping of the owner's directory, attached lazily.
     reader_dir: Mutex<(Option<Arc<Directory>>, Option<Instant>)>,
+    /// A reader's `(identity, slot)` pairs that failed verification: it cannot drop
+    /// them from the owner's index, so it stops reading them (a miss) instead of
+    /// failing on them again. Bounded; cleared when full.
+    reader_bad: Mutex<HashSet<(u128, u32)>>,
 }
 
 /// The disk tier of this process for one file.
@@ -426,6 +433,7 @@ impl DiskTier {
             dir_path,
             sharing,
             reader_dir: Mutex::new((None, None)),
+            reader_bad: Mutex::new(HashSet::new()),
         });
         Ok(Self { inner, pool })
     }
@@ -507,10 +515,13 @@ impl DiskTier {
             return 0;
         }
         if !self.inner.owner {
-            return self
-                .inner
-                .directory()
-                .map_or(0, |d| hashes.iter().take_while(|&&h| d.get(h).is_some()).count());
+            let bad = self.inner.reader_bad.lock();
+            return self.inner.directory().map_or(0, |d| {
+                hashes
+                    .iter()
+                    .take_while(|&&h| d.get(h).is_some_and(|s| !bad.contains(&(h.0, s))))
+                    .count()
+            });
         }
         let ix = self.inner.index.lock();
         hashes.iter().take_while(|&&h| ix.ready(h).is_some()).count()
@@ -637,7 +648,12 @@ impl DiskTier {
             // A reader: slots from the owner's directory; the owner may rewrite a
             // slot meanwhile, which verification turns into a miss.
             let d = inner.directory();
-            slots.extend(hashes.iter().map(|&h| d.as_ref().and_then(|d| d.get(h))));
+            let bad = inner.reader_bad.lock();
+            slots.extend(
+                hashes
+                    .iter()
+                    .map(|&h| d.as_ref().and_then(|d| d.get(h)).filter(|&s| !bad.contains(&(h.0, s)))),
+            );
         } else {
             let mut ix = inner.index.lock();
             for (d, &h) in hashes.iter().enumerate() {
@@ -675,6 +691,15 @@ impl DiskTier {
             out[i] = r;
         }
         if !inner.owner {
+            let mut bad = inner.reader_bad.lock();
+            for (i, s) in slots.iter().enumerate() {
+                if let (Some(s), DiskRead::Corrupt | DiskRead::Failed) = (*s, &out[i]) {
+                    if bad.len() >= 4096 {
+                        bad.clear();
+                    }
+                    bad.insert((hashes[i].0, s));
+                }
+            }
             return out;
         }
         let mut ix = inner.index.lock();
@@ -811,8 +836,14 @@ impl Inner {
         }
         let (hdr, rest) = buf.as_slice().split_at(SECTOR);
         let payload = &rest[..g.block_bytes as usize];
-        let ok = BlockHeader::decode(hdr)
-            .is_ok_and(|h| h.hash == hash && h.namespace == namespace && h.verifies(hdr, payload));
+        let header = BlockHeader::decode(hdr).ok();
+        let ok = header.is_some_and(|h| h.hash == hash && h.namespace == namespace && h.verifies(hdr, payload));
+        if !ok && !self.owner && self.stale(slot, hash, header.map(|h| h.hash)) {
+            // A reader raced the owner reusing the slot: the block is simply gone.
+            self.recycle(buf);
+            self.stats.stale_reads.fetch_add(1, Ordering::Relaxed);
+            return DiskRead::Miss;
+        }
         if !ok {
             self.stats.checksum_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -827,6 +858,14 @@ impl Inner {
         self.stats.read_bytes.fetch_add(g.block_bytes, Ordering::Relaxed);
         self.stats.read_latency.observe_ns(start.elapsed().as_nanos() as u64);
         DiskRead::Loaded(buf)
+    }
+
+    /// Whether a reader's failed read of `hash` in `slot` is a stale directory
+    /// entry rather than corruption: the slot now holds another identity (or none),
+    /// or the owner no longer lists `hash` there (it unlists a victim before it
+    /// starts rewriting the slot).
+    fn stale(&self, slot: u32, hash: BlockHash, found: Option<BlockHash>) -> bool {
+        found != Some(hash) || self.directory().is_none_or(|d| d.get(hash) != Some(slot))
     }
 
     fn clear_header(&self, slot: u32) {

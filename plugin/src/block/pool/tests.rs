@@ -192,3 +192,60 @@ proptest! {
         }
     }
 }
+
+/// A pool size that needs absurd bookkeeping is an error under a memory limit
+/// (`RLIMIT_AS`), never an abort of the host.
+#[test]
+fn a_huge_pool_under_a_memory_limit_is_an_error_not_an_abort() {
+    // SAFETY: the child only sets a limit, tries the allocation and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let limit = libc::rlimit {
+            rlim_cur: 2 << 30,
+            rlim_max: 2 << 30,
+        };
+        // SAFETY: setrlimit with a valid struct.
+        unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
+        let code = match BlockPool::try_new(4_000_000_000) {
+            Err(PoolError::OutOfMemory { .. }) => 0,
+            Err(_) => 2,
+            Ok(_) => 3,
+        };
+        // SAFETY: ends the child at once.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(
+        libc::WIFEXITED(status),
+        "the child was killed (signal {})",
+        libc::WTERMSIG(status)
+    );
+    assert_eq!(libc::WEXITSTATUS(status), 0);
+    assert!(matches!(
+        BlockPool::try_new(u32::MAX as usize),
+        Err(PoolError::UnknownBlock { .. })
+    ));
+}
+
+#[test]
+fn reference_counts_never_wrap() {
+    let mut p = BlockPool::new(2);
+    let mut ids = Vec::new();
+    p.allocate(1, &mut ids).unwrap();
+    let id = ids[0];
+    p.slots[id as usize].ref_cnt = u32::MAX - 1;
+    p.fork(&[id]).unwrap();
+    assert!(matches!(p.fork(&[id]), Err(PoolError::TooManyReferences { .. })));
+    assert_eq!(p.slots[id as usize].ref_cnt, u32::MAX, "a refused fork changes nothing");
+    let mut q = BlockPool::new(2);
+    let mut ids = Vec::new();
+    q.allocate(1, &mut ids).unwrap();
+    q.slots[ids[0] as usize].ref_cnt = u32::MAX - 1;
+    assert!(matches!(
+        q.fork(&[ids[0], ids[0]]),
+        Err(PoolError::TooManyReferences { .. })
+    ));
+    assert_eq!(q.slots[ids[0] as usize].ref_cnt, u32::MAX - 1);
+}

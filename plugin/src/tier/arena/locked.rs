@@ -349,12 +349,27 @@ impl<'a> Locked<'a> {
         self.meta_mut(slot).state = SlotState::Free as u32;
     }
 
-    /// Removes a `Ready` slot still holding `hash` that nobody pins (after a failed
-    /// verification; a reader still pinning it verifies for itself).
+    /// Removes a `Ready` slot still holding `hash` after a failed verification: no
+    /// reader finds it from now on; it is freed at once, or when the readers still
+    /// pinning it (each verifying for itself) are done.
     pub fn discard(&mut self, slot: u32, hash: BlockHash) {
         let m = *self.meta(slot);
-        if m.state == SlotState::Ready as u32 && m.block_hash() == hash && m.pins == 0 {
-            self.unlink_ready(slot);
+        if m.state != SlotState::Ready as u32 || m.block_hash() != hash {
+            return;
+        }
+        self.unlink_ready(slot);
+        if m.pins == 0 {
+            self.release(slot);
+        } else {
+            self.meta_mut(slot).state = SlotState::Dropped as u32;
+        }
+    }
+
+    /// One pin of `slot` is gone: a `Dropped` slot whose last pin it was is freed.
+    fn pin_dropped(&mut self, slot: u32) {
+        let m = self.meta_mut(slot);
+        m.pins = m.pins.saturating_sub(1);
+        if m.pins == 0 && m.state == SlotState::Dropped as u32 {
             self.release(slot);
         }
     }
@@ -387,8 +402,7 @@ impl<'a> Locked<'a> {
         let Some(me) = self.arena.me.index() else { return };
         if let Some(e) = self.lease(me).pins.iter().position(|&p| p == slot + 1) {
             self.lease(me).pins[e] = 0;
-            let m = self.meta_mut(slot);
-            m.pins = m.pins.saturating_sub(1);
+            self.pin_dropped(slot);
         }
     }
 
@@ -464,8 +478,7 @@ impl<'a> Locked<'a> {
         let pins = self.lease(i).pins;
         for p in pins.into_iter().filter(|&p| p != 0) {
             if p - 1 < self.n_slots() {
-                let m = self.meta_mut(p - 1);
-                m.pins = m.pins.saturating_sub(1);
+                self.pin_dropped(p - 1);
             }
         }
         let l = self.lease(i);
@@ -585,14 +598,15 @@ impl<'a> Locked<'a> {
         self.header().free.len.min(self.n_slots())
     }
 
-    /// Counts of slots by state, from the metadata: `(ready, writing, free)`. They
-    /// always add up to the capacity; the lists must agree with them.
+    /// Counts of slots by state, from the metadata: `(ready, busy, free)`, busy
+    /// being `Writing` or `Dropped` (waiting for its readers). They always add up
+    /// to the capacity; the lists must agree with them.
     pub fn census(&self) -> (u32, u32, u32) {
         let (mut ready, mut writing, mut free) = (0, 0, 0);
         for s in 0..self.n_slots() {
             match self.meta(s).state {
                 x if x == SlotState::Ready as u32 => ready += 1,
-                x if x == SlotState::Writing as u32 => writing += 1,
+                x if x == SlotState::Writing as u32 || x == SlotState::Dropped as u32 => writing += 1,
                 _ => free += 1,
             }
         }

@@ -13,8 +13,9 @@
 //!
 //! Workflow of [`scan`]: worker threads read every slot's header sector (or the whole
 //! slot in full mode, verifying the payload), keep those that verify, drop the rest,
-//! and keep the newest copy of an identity found twice (a crash between writing a
-//! block and forgetting its old slot).
+//! and keep the newest copy of an identity found twice that verifies whole (a crash
+//! between writing a block and forgetting its old slot; a torn newer copy never
+//! hides an older valid one).
 
 use std::fs::{DirBuilder, File};
 use std::os::fd::AsRawFd;
@@ -36,6 +37,7 @@ pub(super) struct Opened {
 }
 
 /// A block found by [`scan`].
+#[derive(Clone, Copy)]
 pub(super) struct FoundBlock {
     pub slot: u32,
     pub hash: BlockHash,
@@ -173,6 +175,16 @@ fn read_super(file: &File, path: &Path, geo: DiskGeometry) -> Result<(), DiskErr
     Ok(())
 }
 
+/// Whether the whole block in `slot` verifies (header and payload).
+fn verify_slot(file: &File, geo: DiskGeometry, slot: u32) -> std::io::Result<bool> {
+    let mut buf = AlignedBuf::zeroed(geo.slot_bytes as usize);
+    std::os::unix::fs::FileExt::read_exact_at(file, buf.as_mut_slice(), geo.slot_offset(slot))?;
+    let b = buf.as_slice();
+    Ok(BlockHeader::decode(b).is_ok_and(|h| {
+        h.len == geo.block_bytes && h.verifies(&b[..SECTOR], &b[SECTOR..SECTOR + geo.block_bytes as usize])
+    }))
+}
+
 /// Reads the slots `range` and returns the verified blocks and the dropped count.
 fn scan_range(
     file: &File,
@@ -230,13 +242,34 @@ pub(super) fn scan(file: &File, geo: DiskGeometry, threads: usize, full: bool) -
         all.extend(b);
         dropped += d;
     }
-    // The newest copy of an identity wins; older copies are dropped.
+    // Generations stay unique across restarts: the next write is newer than any
+    // copy found, kept or not.
+    let max_generation = all.iter().map(|f| f.generation).max().unwrap_or(0);
+    // The newest copy of an identity that verifies wins; the others are dropped.
+    // A header-only scan has not read the payloads: where an identity is found
+    // twice, the copies are verified whole, newest first, so a torn newer write
+    // never hides an older valid copy.
     all.sort_unstable_by_key(|f| (f.hash.0, std::cmp::Reverse(f.generation)));
     let before = all.len();
-    all.dedup_by_key(|f| f.hash.0);
-    dropped += (before - all.len()) as u64;
+    let mut kept: Vec<FoundBlock> = Vec::with_capacity(all.len());
+    let mut i = 0;
+    while i < all.len() {
+        let j = (i..all.len())
+            .find(|&k| all[k].hash.0 != all[i].hash.0)
+            .unwrap_or(all.len());
+        let winner = if j - i == 1 || full {
+            Some(i)
+        } else {
+            (i..j).find(|&k| verify_slot(file, geo, all[k].slot).unwrap_or(false))
+        };
+        if let Some(w) = winner {
+            kept.push(all[w]);
+        }
+        i = j;
+    }
+    dropped += (before - kept.len()) as u64;
+    let mut all = kept;
     all.sort_unstable_by_key(|f| f.generation);
-    let max_generation = all.last().map_or(0, |f| f.generation);
     Ok(Found {
         blocks: all,
         dropped,

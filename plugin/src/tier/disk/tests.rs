@@ -643,3 +643,37 @@ fn a_world_writable_disk_file_is_refused() {
     let err = e.open().err().unwrap();
     assert!(err.to_string().contains("0666"), "{err}");
 }
+
+/// Recovery finds an identity twice: a newer copy whose header verifies but whose
+/// payload is torn, and an older valid one. The valid one is kept and served.
+#[test]
+fn recovery_prefers_an_older_valid_copy_over_a_torn_newer_one() {
+    use std::os::unix::fs::FileExt;
+    let e = env(16);
+    let d = e.open().unwrap();
+    e.put(&d, [5]);
+    let g = d.geometry();
+    let old_slot = d.inner.index.lock().ready(BlockHash(5)).unwrap();
+    drop(d);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(e.file())
+        .unwrap();
+    let mut slot = vec![0u8; g.slot_bytes as usize];
+    f.read_exact_at(&mut slot, g.slot_offset(old_slot)).unwrap();
+    // A newer copy of the same block in another slot, then torn: its header is
+    // intact (it verifies alone), its payload is not.
+    let mut h = format::BlockHeader::decode(&slot).unwrap();
+    h.generation += 100;
+    let (hdr, rest) = slot.split_at_mut(SECTOR);
+    h.encode(hdr, &rest[..g.block_bytes as usize]);
+    rest[17] ^= 0xff;
+    let new_slot = (old_slot + 1) % g.n_slots as u32;
+    f.write_all_at(&slot, g.slot_offset(new_slot)).unwrap();
+    drop(f);
+    let d = e.open().unwrap();
+    assert_eq!(d.inner.index.lock().ready(BlockHash(5)), Some(old_slot));
+    assert_eq!(check_loads(&d, &[5]), 1, "the older valid copy is served");
+    assert!(d.census().consistent());
+}
