@@ -138,6 +138,11 @@ pub const VARS: &[VarDoc] = &[
         meaning: "NVML index of the GPU this engine runs on (telemetry and PCIe scheduling). 0-255.",
     },
     VarDoc {
+        name: "TIERKV_STAGING_BYTES",
+        default: "2GiB",
+        meaning: "Pinned staging memory layer-by-layer GPU loads may hold at once; past it, blocks are loaded in chunks through one buffer.",
+    },
+    VarDoc {
         name: "TIERKV_STORE_DECODE",
         default: "true",
         meaning: "Also store blocks filled during decode (a chat's next turn repeats the reply).",
@@ -261,6 +266,8 @@ pub struct Config {
     pub gpu_device: u32,
     /// Store decode blocks too (`TIERKV_STORE_DECODE`).
     pub store_decode: bool,
+    /// Staging layer loads may hold (`TIERKV_STAGING_BYTES`).
+    pub staging_bytes: u64,
     /// Disk tier directory, `None` when off (`TIERKV_DISK_PATH`).
     pub disk_path: Option<PathBuf>,
     /// Disk tier budget in bytes (`TIERKV_DISK_BYTES`).
@@ -407,6 +414,10 @@ impl Config {
             Some((var, v)) => parse_duration(&v).ok_or_else(|| err(var, &v, DURATION_FORMS))?,
             None => Duration::from_secs(10),
         };
+        let staging_bytes = match get("TIERKV_STAGING_BYTES") {
+            Some((var, v)) => parse_size(&v).ok_or_else(|| err(var, &v, SIZE_FORMS))?,
+            None => 2 << 30,
+        };
         let store_decode = match get("TIERKV_STORE_DECODE") {
             Some((var, v)) => parse_bool(&v).ok_or_else(|| err(var, &v, BOOL_FORMS))?,
             None => true,
@@ -492,6 +503,7 @@ impl Config {
             eviction,
             lock_timeout,
             store_decode,
+            staging_bytes,
             disk_path,
             disk_bytes,
             disk_admit,

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::hw::{self, HwState, Placement, Sampler, SchedParams, Scheduler};
 use crate::metrics::{self, exporter::Exporter, Gauges};
 use crate::prefix::{BlockHash, BlockHasher, HashAlgo, VLLM_DEFAULT_SEED};
-use crate::tier::disk::{DiskRead, DiskTier, SECTOR};
+use crate::tier::disk::{DiskHandle, DiskRead, DiskTier, SECTOR};
 use crate::tier::layout::{EngineLayout, LayoutError, Region};
 use crate::tier::{HostTier, LoadOutcome, StoreOutcome, TierError, TierId};
 
@@ -71,9 +71,8 @@ pub struct Manager {
     config: Config,
     hasher: BlockHasher,
     host: Arc<HostTier>,
-    disk: Option<Arc<DiskTier>>,
-    /// Why the configured disk tier is not open, if it is not.
-    disk_error: Option<String>,
+    /// The disk tier's handle when one is configured (retried and taken over).
+    disk: Option<DiskHandle>,
     /// Digest of the namespace, written into disk-tier headers.
     namespace_digest: u64,
     layout: RwLock<Option<EngineLayout>>,
@@ -127,16 +126,10 @@ impl Manager {
             params.block_bytes,
             u64::from(params.block_tokens),
         )?);
-        let (disk, disk_error) = match &config.disk_path {
-            None => (None, None),
-            Some(_) => match DiskTier::open(&config, params.block_bytes, &dispatch, params.disk_reader) {
-                Ok(d) => (Some(d), None),
-                Err(e) => {
-                    tracing::error!(error = %e, "disk tier unavailable; running on the host tier only");
-                    (None, Some(e.to_string()))
-                }
-            },
-        };
+        let disk = config
+            .disk_path
+            .as_ref()
+            .map(|_| DiskHandle::open(&config, params.block_bytes, &dispatch, params.disk_reader));
         let pool = match params.pool_blocks {
             0 => None,
             n => Some(Mutex::new(
@@ -151,7 +144,7 @@ impl Manager {
                 if let Some(why) = why {
                     tracing::info!(reason = %why, "no GPU telemetry; scheduling from host telemetry");
                 }
-                let can_disk = disk.as_ref().is_some_and(|d| d.is_owner());
+                let can_disk = disk.as_ref().and_then(DiskHandle::peek).is_some_and(|d| d.is_owner());
                 let sched = Scheduler::new(SchedParams::new(params.block_bytes, can_disk));
                 match Sampler::start(source, sched, Arc::clone(&hw), every, dispatch.clone()) {
                     Ok(s) => Some(s),
@@ -171,7 +164,6 @@ impl Manager {
             hasher,
             host,
             disk,
-            disk_error,
             namespace_digest: xxhash_rust::xxh3::xxh3_64(namespace.as_bytes()),
             layout: RwLock::new(None),
             pool,
@@ -233,18 +225,16 @@ impl Manager {
         &self.host
     }
 
-    /// The disk tier, if configured and open.
-    pub fn disk(&self) -> Option<&Arc<DiskTier>> {
-        self.disk.as_ref()
+    /// The disk tier, if configured and open (opened late, or taken over from a
+    /// dead owner, when it is time to: see [`DiskHandle`]).
+    pub fn disk(&self) -> Option<Arc<DiskTier>> {
+        self.disk.as_ref().and_then(DiskHandle::get)
     }
 
     /// Why the disk tier is not serving: it failed to open, or went down since.
     /// `None` when it serves or was not configured.
     pub fn disk_problem(&self) -> Option<String> {
-        match &self.disk {
-            Some(d) => d.down_reason(),
-            None => self.disk_error.clone(),
-        }
+        self.disk.as_ref().and_then(DiskHandle::problem)
     }
 
     /// The engine block pool, if one was asked for.
@@ -305,6 +295,7 @@ impl Manager {
         }
         tiers.iter_mut().take(n).for_each(|t| *t = TierId::Engine);
         let (mut host_hits, mut disk_hits) = (0usize, 0usize);
+        let disk = self.disk();
         loop {
             let h = self.host.lookup_run(&hashes[n..])?;
             for t in tiers.iter_mut().skip(n).take(h) {
@@ -312,7 +303,7 @@ impl Manager {
             }
             n += h;
             host_hits += h;
-            let Some(d) = &self.disk else { break };
+            let Some(d) = &disk else { break };
             // The disk run ends where the host tier (faster) takes over again.
             let on_disk = d.lookup_run(&hashes[n..]);
             let mut k = 0;
@@ -332,7 +323,7 @@ impl Manager {
             return Ok(n);
         }
         self.host.record_lookup(host_hits as u64, (hashes.len() - n) as u64);
-        if let Some(d) = &self.disk {
+        if let Some(d) = &disk {
             d.stats()
                 .hit_blocks
                 .fetch_add(disk_hits as u64, std::sync::atomic::Ordering::Relaxed);
@@ -418,7 +409,8 @@ impl Manager {
         block_ids: &[u64],
         outcomes: &mut [StoreOutcome],
     ) -> Result<(), ManagerError> {
-        if let Some(d) = &self.disk {
+        let disk = self.disk();
+        if let Some(d) = &disk {
             d.begin_request();
         }
         let placement = self.hw.placement();
@@ -430,7 +422,7 @@ impl Manager {
                 // caller guarantees the memory is readable and not being written.
                 unsafe { std::slice::from_raw_parts(p as *const u8, n) }
             }));
-            if let (Some(d), Placement::Disk) = (&self.disk, placement) {
+            if let (Some(d), Placement::Disk) = (&disk, placement) {
                 // Host memory is short (the scheduler says so): straight to disk.
                 d.observe(h);
                 let o = if d.offload(h, self.namespace_digest, i as u32, &segs) {
@@ -444,7 +436,7 @@ impl Manager {
                 continue;
             }
             let o = self.host.store(h, &segs)?;
-            if let (Some(d), StoreOutcome::Stored | StoreOutcome::AlreadyPresent) = (&self.disk, o) {
+            if let (Some(d), StoreOutcome::Stored | StoreOutcome::AlreadyPresent) = (&disk, o) {
                 d.observe(h);
                 d.offload(h, self.namespace_digest, i as u32, &segs);
             }
@@ -526,7 +518,8 @@ impl Manager {
         outcomes: &mut [LoadOutcome],
     ) -> Result<(), ManagerError> {
         let mut from_disk = Vec::new();
-        if let Some(d) = &self.disk {
+        let disk = self.disk();
+        if let Some(d) = &disk {
             d.begin_request();
         }
         let mut segs: Vec<&mut [u8]> = Vec::with_capacity(layout.regions().len());
@@ -541,7 +534,7 @@ impl Manager {
             if let Some(slot) = outcomes.get_mut(i) {
                 *slot = o;
             }
-            if let Some(d) = &self.disk {
+            if let Some(d) = &disk {
                 match o {
                     // A reuse: counts for admission, and may now go to disk.
                     LoadOutcome::Loaded => {
@@ -555,7 +548,7 @@ impl Manager {
             }
         }
         drop(segs);
-        if let Some(d) = &self.disk {
+        if let Some(d) = &disk {
             if !from_disk.is_empty() {
                 // SAFETY: this function's contract, passed on; no slice of the host
                 // loop is alive any more.
@@ -646,7 +639,8 @@ impl Manager {
 
     /// Every metric in Prometheus text format.
     pub fn metrics_text(&self) -> String {
-        let view = self.config.disk_path.as_ref().map(|_| match &self.disk {
+        let disk = self.disk.as_ref().and_then(DiskHandle::peek);
+        let view = self.config.disk_path.as_ref().map(|_| match &disk {
             Some(d) => {
                 let g = d.geometry();
                 let (reads, writes) = d.queue_depths();

@@ -30,8 +30,15 @@ impl Manager {
         #[cfg(feature = "cuda")]
         {
             let numa = self.hw.latest().and_then(|(_, d)| d.numa_node);
-            let link = DeviceLink::open(device, regions, num_blocks, self.host.block_bytes(), numa)
-                .map_err(ManagerError::Unavailable)?;
+            let link = DeviceLink::open(
+                device,
+                regions,
+                num_blocks,
+                self.host.block_bytes(),
+                numa,
+                self.config.staging_bytes,
+            )
+            .map_err(ManagerError::Unavailable)?;
             *self.device.write() = Some(Arc::new(link));
             self.layout.write().take();
             Ok(())

@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--no-timing", action="store_true", help="skip the per-prompt max_tokens=1 runs")
     ap.add_argument("--one-by-one", action="store_true", help="generate the prompts one at a time, in order")
     ap.add_argument("--ignore-eos", action="store_true", help="always generate --max-tokens tokens")
+    ap.add_argument("--warm", help="a prompts file generated first, in the same engine (its outputs are not reported)")
     ap.add_argument("--wait-for", help="wait for this file to exist before generating")
     ap.add_argument("--signal", help="create this file after generating")
     ap.add_argument("--hold-until", help="after --signal, wait for this file before exiting")
@@ -101,12 +102,16 @@ def main() -> None:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    prompts = json.load(open(args.prompts))
-    if prompts and isinstance(prompts[0], str):
-        from transformers import AutoTokenizer
+    def load_prompts(path: str) -> list[list[int]]:
+        ps = json.load(open(path))
+        if ps and isinstance(ps[0], str):
+            from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(args.model)
-        prompts = [tok(p)["input_ids"] for p in prompts]
+            tok = AutoTokenizer.from_pretrained(args.model)
+            ps = [tok(p)["input_ids"] for p in ps]
+        return ps
+
+    prompts = load_prompts(args.prompts)
     t0 = time.perf_counter()
     llm = LLM(
         model=args.model,
@@ -139,6 +144,9 @@ def main() -> None:
             llm.generate([TokensPrompt(prompt_token_ids=p)], one, use_tqdm=False)
             ttft.append(time.perf_counter() - t)
             llm.reset_prefix_cache()
+    if args.warm:
+        warm = load_prompts(args.warm)
+        llm.generate([TokensPrompt(prompt_token_ids=p) for p in warm], greedy, use_tqdm=False)
     t = time.perf_counter()
     if args.one_by_one:
         outs = [llm.generate([TokensPrompt(prompt_token_ids=p)], greedy, use_tqdm=False)[0] for p in prompts]

@@ -57,7 +57,6 @@ Token positions and blocks (block_size 4 here)::
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -71,6 +70,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
 )
 
+from . import identity
 from .lib import (
     DTYPE_BF16,
     DTYPE_F16,
@@ -253,16 +253,12 @@ class TierKVConnector(KVConnectorBase_V1):
         self._bs = vllm_config.cache_config.block_size
         self._num_blocks = kv_cache_config.num_blocks
         # Everything that changes the bytes of a block for the same tokens is part of
-        # its identity: model, compute dtype, KV cache dtype, and the operator's
-        # namespace (tenant, salt). Same-size dtypes (fp16, bf16) must never share.
-        namespace = "|".join(
-            [
-                str(vllm_config.model_config.model),
-                f"dtype={vllm_config.model_config.dtype}",
-                f"kv={vllm_config.cache_config.cache_dtype}",
-                os.environ.get("TIERKV_NAMESPACE", ""),
-            ]
-        )
+        # its identity (identity.py): the model and a fingerprint of its weights,
+        # revision, quantization, overrides, RoPE, dtypes, block size, device,
+        # attention backend and KV layout, tierkv's identity format, and the
+        # operator's namespace (tenant, salt). Same-size dtypes never share.
+        namespace = identity.namespace(vllm_config)
+        logger.info("tierkv namespace: %s", namespace)
         is_scheduler = role == KVConnectorRole.SCHEDULER
         self._tkv = TierKV(
             block_tokens=self._bs,

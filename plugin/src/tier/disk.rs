@@ -29,6 +29,7 @@
 
 mod directory;
 pub mod format;
+mod handle;
 mod io;
 mod recovery;
 
@@ -45,6 +46,7 @@ use parking_lot::Mutex;
 use self::directory::Directory;
 use self::format::BlockHeader;
 pub use self::format::{AlignedBuf, DiskGeometry, SECTOR};
+pub use self::handle::DiskHandle;
 pub use self::io::Fault;
 use self::io::{Faults, IoPool};
 use crate::config::{Config, RecoveryMode};
@@ -525,6 +527,25 @@ impl DiskTier {
         }
         let ix = self.inner.index.lock();
         hashes.iter().take_while(|&&h| ix.ready(h).is_some()).count()
+    }
+
+    /// Whether a reader's file has no owner any more (the owner's `flock` is free:
+    /// it died or closed the tier). Always false for the owner.
+    pub fn owner_gone(&self) -> bool {
+        if self.inner.owner {
+            return false;
+        }
+        use std::os::fd::AsRawFd;
+        let fd = self.inner.file.as_raw_fd();
+        // SAFETY: flock on our own descriptor; taken and released at once so that
+        // opening the file again (as owner, through another descriptor) can take it.
+        unsafe {
+            if libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) != 0 {
+                return false;
+            }
+            libc::flock(fd, libc::LOCK_UN);
+        }
+        true
     }
 
     /// Whether this process owns (writes) the file; other processes read it.

@@ -29,6 +29,10 @@
 //! 4. dropping the [`LayerLoad`] waits for the last layer, then hands the buffers
 //!    back to the pool.
 //!
+//! Layer loads hold at most `TIERKV_STAGING_BYTES` of staging at once
+//! ([`StagingBudget`]): past it, a load's remaining blocks go through one borrowed
+//! buffer chunk by chunk, copied whole before the load returns.
+//!
 //! Staging costs one extra host copy per block compared with copying straight
 //! into arena slots; it keeps the arena's checksum-while-copying protocol intact.
 
@@ -120,6 +124,50 @@ pub struct DeviceLink {
     pool: Mutex<Vec<Staging>>,
     numa: Option<u32>,
     bucket: Mutex<TokenBucket>,
+    /// Staging memory held by layer loads, within `TIERKV_STAGING_BYTES`.
+    budget: StagingBudget,
+}
+
+/// Bytes of staging that layer loads may hold at once (`TIERKV_STAGING_BYTES`).
+/// A load always gets its first buffer; past the cap, its remaining blocks are
+/// loaded chunk by chunk through one borrowed buffer (whole blocks, copied before
+/// the load returns) instead of holding a buffer per 64 blocks until the engine
+/// has consumed the last layer.
+#[derive(Debug)]
+pub struct StagingBudget {
+    cap: u64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl StagingBudget {
+    /// A budget of `cap` bytes.
+    pub fn new(cap: u64) -> Self {
+        Self {
+            cap,
+            held: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Takes `bytes` if they fit (or if `first`, the load's first buffer).
+    pub fn try_take(&self, bytes: u64, first: bool) -> bool {
+        use std::sync::atomic::Ordering;
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                let next = h.saturating_add(bytes);
+                (first || next <= self.cap).then_some(next)
+            })
+            .is_ok()
+    }
+
+    /// Gives `bytes` back.
+    pub fn release(&self, bytes: u64) {
+        self.held.fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.held.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 fn unavailable(e: CudaError) -> String {
@@ -135,6 +183,7 @@ impl DeviceLink {
         num_blocks: u64,
         block_bytes: u64,
         numa: Option<u32>,
+        staging_bytes: u64,
     ) -> Result<Self, String> {
         let layout = PagedLayout::new(
             regions
@@ -163,6 +212,7 @@ impl DeviceLink {
             pool: Mutex::new(vec![staging]),
             numa,
             bucket: Mutex::new(TokenBucket::new(Instant::now())),
+            budget: StagingBudget::new(staging_bytes),
         })
     }
 
@@ -236,10 +286,18 @@ impl DeviceLink {
         let mut lease = Lease {
             link: Arc::clone(self),
             buffers: Vec::new(),
+            held: 0,
         };
         let (mut blocks, mut addrs) = (Vec::new(), Vec::new());
+        let buf_bytes = STAGING_BLOCKS as u64 * self.block_bytes;
         for start in (0..block_ids.len()).step_by(STAGING_BLOCKS) {
             let end = (start + STAGING_BLOCKS).min(block_ids.len());
+            if !self.budget.try_take(buf_bytes, lease.buffers.is_empty()) {
+                // Over TIERKV_STAGING_BYTES: these blocks are loaded whole, now.
+                self.load_chunk_now(&block_ids[start..end], start, &mut fill)?;
+                continue;
+            }
+            lease.held += buf_bytes;
             lease.buffers.push(self.take_buffer().map_err(DeviceError)?);
             let buf = lease.buffers.last().expect("just pushed");
             let loaded = fill(&buf.layout(self.block_bytes).map_err(DeviceError)?, start, end)?;
@@ -273,10 +331,31 @@ impl DeviceLink {
 #[derive(Debug)]
 pub struct DeviceError(pub String);
 
-/// Staging buffers lent to one layer load; back to the pool on drop.
+impl DeviceLink {
+    /// A chunk of a layer load past the staging budget: filled into a borrowed
+    /// buffer and copied whole into the device blocks before returning.
+    fn load_chunk_now<E: From<DeviceError>>(
+        &self,
+        ids: &[u64],
+        start: usize,
+        fill: &mut impl FnMut(&EngineLayout, usize, usize) -> Result<Vec<bool>, E>,
+    ) -> Result<(), E> {
+        let end = start + ids.len();
+        self.with_staging(|layout, ops| -> Result<(), E> {
+            let loaded = fill(layout, start, end)?;
+            let which: Vec<usize> = (0..loaded.len()).filter(|&j| loaded[j]).collect();
+            ops.scatter(ids, &which).map_err(|e| DeviceError(e).into())
+        })
+        .map_err(DeviceError)?
+    }
+}
+
+/// Staging buffers lent to one layer load (and the budget they take); back to
+/// the pool on drop.
 struct Lease {
     link: Arc<DeviceLink>,
     buffers: Vec<Staging>,
+    held: u64,
 }
 
 impl Drop for Lease {
@@ -284,6 +363,7 @@ impl Drop for Lease {
         for b in self.buffers.drain(..) {
             self.link.give_back(b);
         }
+        self.link.budget.release(self.held);
     }
 }
 
@@ -361,5 +441,23 @@ impl StagingOps<'_> {
         let copied = unsafe { self.link.gpu.copy(segs) }.map_err(unavailable);
         let waited = self.link.gpu.synchronize().map_err(unavailable);
         copied.and(waited)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StagingBudget;
+
+    #[test]
+    fn the_staging_budget_caps_what_layer_loads_hold() {
+        let b = StagingBudget::new(100);
+        assert!(b.try_take(60, true));
+        assert!(!b.try_take(60, false), "over the cap: fall back to chunked loads");
+        assert!(b.try_take(40, false));
+        assert!(b.try_take(60, true), "a load's first buffer always");
+        assert_eq!(b.held(), 160);
+        b.release(160);
+        assert_eq!(b.held(), 0);
+        assert!(b.try_take(100, false));
     }
 }

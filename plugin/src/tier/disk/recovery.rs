@@ -134,6 +134,31 @@ fn init_file(file: &File, path: &Path, geo: DiskGeometry) -> Result<(), DiskErro
 }
 
 fn check_existing(file: &File, path: &Path, geo: DiskGeometry, len: u64) -> Result<(), DiskError> {
+    let mut sb = AlignedBuf::zeroed(SECTOR);
+    std::os::unix::fs::FileExt::read_exact_at(file, sb.as_mut_slice(), 0)
+        .map_err(|e| unavailable(path, format!("cannot read the superblock: {}", os_err(&e))))?;
+    if let Ok(found) = DiskGeometry::decode_super(sb.as_slice()) {
+        if found != geo {
+            // The owner holds the file's lock: no other process writes it, and
+            // readers verify every block, so the configuration wins.
+            tracing::warn!(
+                path = %path.display(),
+                file_slots = found.n_slots,
+                file_block_bytes = found.block_bytes,
+                configured_slots = geo.n_slots,
+                configured_block_bytes = geo.block_bytes,
+                "disk-tier file has another geometry than TIERKV_DISK_BYTES and the block size ask for; recreating it empty"
+            );
+            // SAFETY: ftruncate on our own descriptor.
+            if unsafe { libc::ftruncate(file.as_raw_fd(), 0) } != 0 {
+                return Err(unavailable(
+                    path,
+                    format!("cannot recreate: {}", std::io::Error::last_os_error()),
+                ));
+            }
+            return init_file(file, path, geo);
+        }
+    }
     read_super(file, path, geo)?;
     if len < geo.file_len {
         tracing::warn!(path = %path.display(), len, want = geo.file_len, "disk-tier file was truncated; restoring its length");

@@ -308,13 +308,13 @@ fn unusable_directories_and_locked_files_are_reported() {
     assert!(!r.contains(BlockHash(5)), "a reader never writes");
     drop(r);
     drop(f);
-    // Another geometry: refused, file untouched.
-    let before = std::fs::read(e.file()).unwrap();
-    let err = DiskTier::open(&e.cfg, LEN + 4096, &tracing::Dispatch::none(), false)
-        .err()
-        .unwrap();
-    assert!(err.why.contains("needs"), "{err}");
-    assert_eq!(std::fs::read(e.file()).unwrap(), before);
+    // Another geometry while nobody else owns the file: the configuration wins, the
+    // file is recreated empty (a warning names both geometries).
+    let other = DiskTier::open(&e.cfg, LEN + 4096, &tracing::Dispatch::none(), false).unwrap();
+    assert!(other.is_owner());
+    assert_eq!(other.geometry().block_bytes, LEN + 4096);
+    assert_eq!(other.lookup_run(&[BlockHash(1), BlockHash(2)]), 0);
+    drop(other);
     // Too small a budget.
     let cfg = Config {
         disk_bytes: 8192,
@@ -675,5 +675,72 @@ fn recovery_prefers_an_older_valid_copy_over_a_torn_newer_one() {
     let d = e.open().unwrap();
     assert_eq!(d.inner.index.lock().ready(BlockHash(5)), Some(old_slot));
     assert_eq!(check_loads(&d, &[5]), 1, "the older valid copy is served");
+    assert!(d.census().consistent());
+}
+
+/// A manager that started before any process owned the disk file gets the tier
+/// once one does (it used to run its whole life without disk).
+#[test]
+fn a_reader_that_started_before_the_owner_gets_the_tier_later() {
+    let e = env(16);
+    let early = DiskHandle::open(&e.cfg, LEN, &tracing::Dispatch::none(), true);
+    assert!(early.get().is_none());
+    assert!(early.problem().is_some());
+    let owner = e.open().unwrap();
+    e.put(&owner, [1, 2]);
+    std::thread::sleep(Duration::from_millis(1100));
+    let d = early.get().expect("opened on retry");
+    assert_eq!(d.lookup_run(&[BlockHash(1), BlockHash(2)]), 2);
+    assert!(early.problem().is_none());
+}
+
+/// When the process that owns the disk file dies, a process that was reading it
+/// takes it over (recovering its index from the file) instead of reading a frozen
+/// directory for ever.
+#[test]
+fn a_reader_takes_over_when_the_owner_dies() {
+    let e = env(16);
+    let mut ready = [0i32; 2];
+    // SAFETY: pipe writes two descriptors.
+    assert_eq!(unsafe { libc::pipe(ready.as_mut_ptr()) }, 0);
+    // SAFETY: the child opens the tier as owner, writes two blocks, says so, and
+    // waits to be killed; it never returns into the harness.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = match e.open() {
+            Ok(d) if d.is_owner() => {
+                e.put(&d, [7, 8]);
+                // SAFETY: plain pipe write.
+                unsafe { libc::write(ready[1], [1u8].as_ptr().cast(), 1) };
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            _ => 1,
+        };
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(code) };
+    }
+    let mut b = [0u8];
+    // SAFETY: reading our pipe.
+    assert_eq!(unsafe { libc::read(ready[0], b.as_mut_ptr().cast(), 1) }, 1);
+    let h = DiskHandle::open(&e.cfg, LEN, &tracing::Dispatch::none(), false);
+    let reader = h.get().unwrap();
+    assert!(!reader.is_owner());
+    assert_eq!(reader.lookup_run(&[BlockHash(7), BlockHash(8)]), 2);
+    // SAFETY: killing and reaping our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let d = h.get().unwrap();
+    assert!(d.is_owner(), "took the file over");
+    assert_eq!(
+        d.lookup_run(&[BlockHash(7), BlockHash(8)]),
+        2,
+        "recovered what the dead owner wrote"
+    );
+    assert_eq!(check_loads(&d, &[7, 8]), 2);
     assert!(d.census().consistent());
 }
