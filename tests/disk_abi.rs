@@ -89,6 +89,9 @@ fn host_evictions_come_back_from_disk_and_survive_a_restart() {
     assert_eq!(idle, 1);
     let (rc, ds) = disk_status(m);
     assert_eq!((rc, ds.configured, ds.up, ds.blocks), (status::OK, 1, 1, 12));
+    // Every slot accounted for once (indexed + free + writing == capacity).
+    assert_eq!(ds.consistent, 1);
+    assert_eq!(ds.blocks + ds.free_blocks + ds.writing_blocks, ds.capacity_blocks);
     // The host tier holds only the newest few; the older blocks come from disk.
     let tiers = lookup(m, &hs);
     assert_eq!(tiers.len(), 12);

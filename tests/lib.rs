@@ -127,6 +127,12 @@ pub struct DiskStatus {
     pub recovery_dropped: u64,
     /// Writes queued.
     pub pending_writes: u64,
+    /// Slots being written.
+    pub writing_blocks: u64,
+    /// Free slots.
+    pub free_blocks: u64,
+    /// 1 when the slots add up.
+    pub consistent: u8,
 }
 
 /// `TierkvHwHints`.

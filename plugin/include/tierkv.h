@@ -226,6 +226,14 @@ typedef struct TierkvDiskStatus {
   uint64_t recovery_dropped;
   // Offloads queued and not yet written.
   uint64_t pending_writes;
+  // Slots being written now (owner's view; 0 in a reader).
+  uint64_t writing_blocks;
+  // Free slots (owner's view; 0 in a reader).
+  uint64_t free_blocks;
+  // 1 when every slot is accounted for once: indexed + free + writing ==
+  // capacity, and the index, eviction policy and free list agree (always 1 in a
+  // reader, which keeps no index).
+  uint8_t consistent;
 } TierkvDiskStatus;
 
 // What `tierkv_hw_hints` reports (see docs/gpu.md for the rules behind each).

@@ -20,14 +20,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent.parent / "integration" / "vllm"))
 import prompts as prompt_sets  # noqa: E402
-from test_vllm_e2e import BLOCK, MODEL, metric, run  # noqa: E402
+from test_vllm_e2e import BLOCK, MODEL, engine_namespace, metric, run  # noqa: E402
 from tierkv_vllm import TierKV  # noqa: E402
 from tierkv_vllm.lib import DTYPE_F32, LOAD_LOADED, _rope  # noqa: E402
 
 LAYERS, HEADS, HEAD = 30, 3, 64  # SmolLM2-135M
 ROW = HEAD * 4
 LAYER_BYTES = HEADS * 2 * BLOCK * ROW  # vLLM CPU layout, fp32
-NAMESPACE = f"{MODEL}|dtype=torch.float32|kv=auto|"  # as the connector composes it
 
 
 def tokens(text: str) -> list[int]:
@@ -68,12 +67,18 @@ def test_built_blocks_hold_the_models_layer0_kv_at_the_new_positions(tmp_path, m
     target = tokens("Note: please reply in plain English, briefly.")[:7] + source  # everything shifted by 7
     assert len(target) == len(source) + 7
     # The engine computes both prompts in full and stores their blocks.
-    run(tmp_path, "tierkv", [source, target], store)
+    computed = run(tmp_path, "tierkv", [source, target], store)
     monkeypatch.setenv("TIERKV_STORE_NAME", store)
     monkeypatch.setenv("TIERKV_CPU_BYTES", "512MiB")
     monkeypatch.setenv("TIERKV_SEMANTIC", "1")
     monkeypatch.setenv("TIERKV_SEMANTIC_BLEND", "0")
-    tkv = TierKV(block_tokens=BLOCK, block_bytes=LAYERS * LAYER_BYTES, namespace=NAMESPACE, exporter=False)
+    # The connector's namespace (identity.py), as the engine logged it.
+    tkv = TierKV(
+        block_tokens=BLOCK,
+        block_bytes=LAYERS * LAYER_BYTES,
+        namespace=engine_namespace(computed),
+        exporter=False,
+    )
     try:
         n = (len(target) - 1) // BLOCK
         exact = tkv.hash_tokens(target)[: n * 16]
@@ -117,12 +122,20 @@ def test_a_near_duplicate_is_an_approximate_prefix_and_is_never_stored(tmp_path,
     assert metric(r["metrics"], "tierkv_semantic_load_blocks_total", 'result="failed"') == 0
     monkeypatch.setenv("TIERKV_STORE_NAME", store)
     monkeypatch.setenv("TIERKV_CPU_BYTES", "512MiB")
-    tkv = TierKV(block_tokens=BLOCK, block_bytes=LAYERS * LAYER_BYTES, namespace=NAMESPACE, exporter=False)
+    # The connector's namespace (identity.py), as the engine logged it.
+    tkv = TierKV(
+        block_tokens=BLOCK,
+        block_bytes=LAYERS * LAYER_BYTES,
+        namespace=engine_namespace(r),
+        exporter=False,
+    )
     try:
         shared = 0
         while source[shared] == target[shared]:
             shared += 1
         n = (len(target) - 1) // BLOCK
+        m = (len(source) - 1) // BLOCK
+        assert tkv.lookup(tkv.hash_tokens(source)[: m * 16]) == m, "the source is found: same namespace"
         hits = tkv.lookup(tkv.hash_tokens(target)[: n * 16])
         assert hits == shared // BLOCK, f"{hits} target blocks stored: KV built from a near-duplicate leaked"
         assert n > shared // BLOCK + 4

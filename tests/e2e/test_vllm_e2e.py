@@ -88,7 +88,16 @@ def finish(handle, timeout: int = 900) -> dict:
     if rc != 0:
         tail = Path(log.name).read_text()[-4000:]
         raise AssertionError(f"engine exited with {rc}:\n{tail}")
-    return json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    result["log"] = log.name
+    return result
+
+
+def engine_namespace(result: dict) -> str:
+    """The namespace the engine's connector used (it logs it at start)."""
+    m = re.search(r"tierkv namespace: (.*)$", Path(result["log"]).read_text(), re.MULTILINE)
+    assert m, "the connector did not log its namespace"
+    return m.group(1).rstrip()
 
 
 def run(tmp: Path, mode: str, texts: list[str], store: str | None = None, args: tuple = (), extra_env=None) -> dict:

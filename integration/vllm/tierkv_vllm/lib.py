@@ -105,6 +105,9 @@ class _DiskStatus(ctypes.Structure):
         ("recovered_blocks", ctypes.c_uint64),
         ("recovery_dropped", ctypes.c_uint64),
         ("pending_writes", ctypes.c_uint64),
+        ("writing_blocks", ctypes.c_uint64),
+        ("free_blocks", ctypes.c_uint64),
+        ("consistent", ctypes.c_uint8),
     ]
 
 

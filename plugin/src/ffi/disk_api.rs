@@ -26,6 +26,14 @@ pub struct TierkvDiskStatus {
     pub recovery_dropped: u64,
     /// Offloads queued and not yet written.
     pub pending_writes: u64,
+    /// Slots being written now (owner's view; 0 in a reader).
+    pub writing_blocks: u64,
+    /// Free slots (owner's view; 0 in a reader).
+    pub free_blocks: u64,
+    /// 1 when every slot is accounted for once: indexed + free + writing ==
+    /// capacity, and the index, eviction policy and free list agree (always 1 in a
+    /// reader, which keeps no index).
+    pub consistent: u8,
 }
 
 /// Writes the disk tier's state to `*out`. Returns `TIERKV_OK` when the tier serves
@@ -57,6 +65,14 @@ pub unsafe extern "C" fn tierkv_disk_status(mgr: *const TierkvManager, out: *mut
             st.recovered_blocks = r(&s.recovered_blocks);
             st.recovery_dropped = r(&s.recovery_dropped);
             st.pending_writes = d.queue_depths().1 as u64;
+            if d.is_owner() {
+                let c = d.census();
+                st.writing_blocks = c.writing;
+                st.free_blocks = c.free;
+                st.consistent = u8::from(c.consistent());
+            } else {
+                st.consistent = 1;
+            }
         }
         *out = st;
         match m.disk_problem() {
