@@ -53,6 +53,7 @@ def bare_connector(tkv: TierKV) -> TierKVConnector:
     import threading
 
     c._loads_lock = threading.Lock()
+    c._unstored = {}
     return c
 
 
@@ -93,7 +94,8 @@ def new_step(req_id: str, block_ids: list[int], scheduled: int):
 def check_stores(meta: TierKVMetadata) -> int:
     """Every planned store pairs one identity with one engine block."""
     n = 0
-    for hashes, ids in meta.stores:
+    for _req, positions, hashes, ids in meta.stores:
+        assert len(positions) == len(ids)
         assert len(hashes) == HASH_BYTES * len(ids), "identities and block ids differ in length"
         n += len(ids)
     return n
@@ -145,7 +147,7 @@ def test_library_errors_degrade_instead_of_killing_the_step(env):
     # Hold the handle value, then destroy it underneath the connector.
     handle = tkv._h
     tkv._lib.tierkv_manager_destroy(handle)
-    meta = TierKVMetadata(loads=[(hashes, [2, 3])], stores=[(hashes, [4, 5])])
+    meta = TierKVMetadata(loads=[(hashes, [2, 3])], stores=[("q", [0, 1], hashes, [4, 5])])
     c.has_connector_metadata = lambda: True
     c._get_connector_metadata = lambda: meta
     c.start_load_kv(None)
@@ -203,4 +205,42 @@ def test_mismatched_identity_and_block_lists_are_refused(env):
     with pytest.raises(ValueError):
         tkv.store_blocks(hashes[:-1], [1, 2])
     assert tkv.lookup(hashes) == 0, "nothing was stored"
+    tkv.close()
+
+
+def test_stores_that_did_not_happen_are_planned_again(env, monkeypatch):
+    """The worker reports blocks whose store was deferred, found no room or failed
+    (vLLM's worker -> scheduler connector metadata); the scheduler plans them again
+    in its next step while the request still holds them, a bounded number of times."""
+    tkv = TierKV(block_tokens=BS, block_bytes=BLOCK_BYTES, exporter=False)
+    c = bare_connector(tkv)
+    engine = ctypes.create_string_buffer(BLOCK_BYTES * 8)
+    tkv.register_layout([(ctypes.addressof(engine), BLOCK_BYTES, BLOCK_BYTES)], 8)
+    req = fake_request("s", list(range(3 * BS + 1)))
+    c.get_num_new_matched_tokens(req, 0)
+    meta = c.build_connector_meta(new_step("s", [5, 6, 7], 3 * BS + 1))
+    assert check_stores(meta) == 3
+    # The worker: the store call fails (as a deferred or failed store would).
+    real = tkv.store_blocks
+    monkeypatch.setattr(tkv, "store_blocks", lambda h, ids: (_ for _ in ()).throw(RuntimeError("down")))
+    c.has_connector_metadata = lambda: True
+    c._get_connector_metadata = lambda: meta
+    c.wait_for_save()
+    wmeta = c.build_connector_worker_meta()
+    assert wmeta.unstored == {"s": [0, 1, 2]}
+    assert c.build_connector_worker_meta() is None, "reported once"
+    # The scheduler plans them again in its next step.
+    c.update_connector_output(types.SimpleNamespace(kv_connector_worker_meta=wmeta))
+    again = c.build_connector_meta(cached_step("s", 3 * BS + 1, 1))
+    assert [(p, ids) for _r, p, _h, ids in again.stores] == [([0, 1, 2], [5, 6, 7])]
+    monkeypatch.setattr(tkv, "store_blocks", real)
+    c._get_connector_metadata = lambda: again
+    c.wait_for_save()
+    assert c.build_connector_worker_meta() is None, "stored this time"
+    assert tkv.lookup(tkv.hash_tokens(list(range(3 * BS)))) == 3
+    # Bounded: a block that never stores is dropped after a few tries.
+    st = c._reqs["s"]
+    for _ in range(5):
+        c.update_connector_output(types.SimpleNamespace(kv_connector_worker_meta=type(wmeta)(unstored={"s": [1]})))
+    assert st.retries[1] == 3
     tkv.close()

@@ -23,7 +23,15 @@ Worker side, per step:
    failed blocks reported in the same step. Host-only hits load synchronously (a
    memory copy is cheaper than a scheduling round trip).
 2. ``wait_for_save`` copies the finished blocks out, by pointer, once the forward
-   pass has written every layer.
+   pass has written every layer. Blocks whose store did not happen (deferred by the
+   offload budget, no room, a failed call) go back to the scheduler in
+   ``build_connector_worker_meta``; its ``update_connector_output`` plans them
+   again (at most three times) while the request still holds them.
+
+Library errors never reach vLLM's step loop: a failed load reports its blocks
+failed (recomputed), a failed lookup is a miss, a failed store is retried as above,
+a failed hash makes the request bypass the cache; each is counted
+(``tierkv_adapter_errors_total``) and logged at most once a minute.
 
 KV in GPU memory (vLLM's CUDA backends; libtierkv.so built with ``--features
 cuda``): ``register_kv_caches`` registers the tensors as a device layout, and
@@ -68,6 +76,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorBase_V1,
     KVConnectorMetadata,
     KVConnectorRole,
+    KVConnectorWorkerMetadata,
 )
 
 from . import identity
@@ -82,6 +91,9 @@ from .lib import (
     OP_LOOKUP,
     OP_OTHER,
     OP_STORE,
+    STORE_DEFERRED,
+    STORE_FAILED,
+    STORE_NO_SPACE,
     TIER_DISK,
     TOKEN_SOURCE_BYTES,
     TierKV,
@@ -105,11 +117,31 @@ class TierKVMetadata(KVConnectorMetadata):
     """What the worker does this step: (hashes, engine block ids) pairs."""
 
     loads: list[tuple[bytes, list[int]]] = field(default_factory=list)
-    stores: list[tuple[bytes, list[int]]] = field(default_factory=list)
+    # (request id, the blocks' positions in the request, hashes, engine block ids).
+    stores: list[tuple[str, list[int], bytes, list[int]]] = field(default_factory=list)
     # (request id, hashes, engine block ids): loaded off the forward path.
     async_loads: list[tuple[str, bytes, list[int]]] = field(default_factory=list)
     # (source identities, token map, engine block ids): built from a near-duplicate.
     semantic_loads: list[tuple[bytes, bytes, list[int]]] = field(default_factory=list)
+
+
+@dataclass
+class TierKVWorkerMetadata(KVConnectorWorkerMetadata):
+    """Worker -> scheduler after a step: blocks whose store did not happen
+    (deferred by the offload budget, no room, or a failed call), by request and
+    block position, so the scheduler plans them again."""
+
+    unstored: dict[str, list[int]] = field(default_factory=dict)
+
+    def aggregate(self, other: "KVConnectorWorkerMetadata") -> "KVConnectorWorkerMetadata":
+        if isinstance(other, TierKVWorkerMetadata):
+            for req, pos in other.unstored.items():
+                self.unstored.setdefault(req, []).extend(pos)
+        return self
+
+
+# Times a block's store is planned again after it did not happen.
+_STORE_RETRIES = 3
 
 
 @dataclass
@@ -126,6 +158,8 @@ class _ReqState:
     semantic: tuple[int, int, bytes, bytes] | None = None
     approximate: bool = False  # KV built from a near-duplicate: never stored
     looked_up: bool = False  # the first lookup was counted (re-asks are not)
+    retry: set[int] = field(default_factory=set)  # block positions to store again
+    retries: dict[int, int] = field(default_factory=dict)  # position -> times retried
 
 
 # Models whose rotary embedding pairs dims as rotate-half (vLLM's is_neox_style).
@@ -289,6 +323,8 @@ class TierKVConnector(KVConnectorBase_V1):
         self._reqs: dict[str, _ReqState] = {}
         self._last_logged: dict[tuple[int, int], float] = {}
         self._load_errors: set[int] = set()
+        # Worker: blocks whose store did not happen, reported after the step.
+        self._unstored: dict[str, list[int]] = {}
         # Scheduler: async loads planned in update_state_after_alloc, sent next step.
         self._async_planned: list[tuple[str, bytes, list[int]]] = []
         # Worker: the loader thread and what it finished (request id, failed blocks).
@@ -482,15 +518,41 @@ class TierKVConnector(KVConnectorBase_V1):
         assert isinstance(meta, TierKVMetadata)
         if self._device is not None and meta.stores:
             self._sync_engine_stream()  # the forward's writes before the copies out
-        for hashes, block_ids in meta.stores:
+        for req_id, positions, hashes, block_ids in meta.stores:
             try:
-                self._tkv.store_blocks(hashes, block_ids)
-            except Exception as e:  # not cached; the step goes on
+                results = self._tkv.store_blocks(hashes, block_ids)
+            except Exception as e:  # not cached now; planned again by the scheduler
                 self._degraded(OP_STORE, "store", e)
+                results = [STORE_FAILED] * len(block_ids)
+            missed = [p for p, r in zip(positions, results) if r in (STORE_DEFERRED, STORE_NO_SPACE, STORE_FAILED)]
+            if missed:
+                self._unstored.setdefault(req_id, []).extend(missed)
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()
         return errors
+
+    def build_connector_worker_meta(self) -> KVConnectorWorkerMetadata | None:
+        """The blocks whose store did not happen this step, for the scheduler."""
+        if not self._unstored:
+            return None
+        unstored, self._unstored = self._unstored, {}
+        return TierKVWorkerMetadata(unstored=unstored)
+
+    def update_connector_output(self, connector_output: Any) -> None:
+        """Scheduler: blocks the worker could not store are planned again (at most
+        ``_STORE_RETRIES`` times each) while their request still holds them."""
+        meta = getattr(connector_output, "kv_connector_worker_meta", None)
+        if not isinstance(meta, TierKVWorkerMetadata):
+            return
+        for req_id, positions in meta.unstored.items():
+            st = self._reqs.get(req_id)
+            if st is None:
+                continue
+            for p in positions:
+                if st.retries.get(p, 0) < _STORE_RETRIES:
+                    st.retries[p] = st.retries.get(p, 0) + 1
+                    st.retry.add(p)
 
     def shutdown(self) -> None:
         if self._loader is not None:
@@ -625,6 +687,7 @@ class TierKVConnector(KVConnectorBase_V1):
                 # planned by get_num_new_matched_tokens.
                 st.block_ids = list(new_ids[0]) if new_ids else []
                 st.stored = 0
+                st.retry.clear()  # a new block table: everything is re-planned
                 if st.pending_load is not None:
                     logger.info(
                         "tierkv: request %s resumed after preemption; loading %d blocks",
@@ -678,6 +741,14 @@ class TierKVConnector(KVConnectorBase_V1):
     def _plan_stores(self, st: _ReqState, computed_tokens: int, meta: TierKVMetadata) -> None:
         if not st.cacheable or st.approximate:
             return
+        if st.retry:
+            # Blocks the worker could not store: the request still holds them (a
+            # resumed request's retries were cleared with its old block table).
+            again = sorted(p for p in st.retry if p < min(st.stored, len(st.block_ids), len(st.hashes) // HASH_BYTES))
+            st.retry.clear()
+            if again:
+                hashes = b"".join(st.hashes[p * HASH_BYTES : (p + 1) * HASH_BYTES] for p in again)
+                meta.stores.append((st.request.request_id, again, hashes, [st.block_ids[p] for p in again]))
         limit = computed_tokens if self._store_decode else min(computed_tokens, st.prompt_len)
         n_full = min(limit // self._bs, len(st.block_ids))
         if n_full <= st.stored or not self._hash_upto(st, n_full):
@@ -688,7 +759,12 @@ class TierKVConnector(KVConnectorBase_V1):
         if n_full <= st.stored:
             return
         meta.stores.append(
-            (st.hashes[st.stored * HASH_BYTES : n_full * HASH_BYTES], st.block_ids[st.stored : n_full])
+            (
+                st.request.request_id,
+                list(range(st.stored, n_full)),
+                st.hashes[st.stored * HASH_BYTES : n_full * HASH_BYTES],
+                st.block_ids[st.stored : n_full],
+            )
         )
         st.stored = n_full
 
