@@ -681,12 +681,9 @@ impl Drop for Manager {
     }
 }
 
-#[path = "manager_semantic.rs"]
-mod semantic_api;
+mod semantic;
 
-#[path = "manager_device.rs"]
-mod device_api;
+mod device;
 
 #[cfg(test)]
-#[path = "manager_tests.rs"]
 mod tests;
