@@ -744,7 +744,8 @@ class TierKVConnector(KVConnectorBase_V1):
         if st.retry:
             # Blocks the worker could not store: the request still holds them (a
             # resumed request's retries were cleared with its old block table).
-            again = sorted(p for p in st.retry if p < min(st.stored, len(st.block_ids), len(st.hashes) // HASH_BYTES))
+            limit = min(st.stored, len(st.block_ids), len(st.hashes) // HASH_BYTES)
+            again = sorted(p for p in st.retry if p < limit)
             st.retry.clear()
             if again:
                 hashes = b"".join(st.hashes[p * HASH_BYTES : (p + 1) * HASH_BYTES] for p in again)

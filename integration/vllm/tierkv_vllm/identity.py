@@ -22,9 +22,11 @@ its id and revision.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +53,25 @@ def _cache_path(model_dir: Path) -> Path:
 
 def weights_fingerprint(model_dir: str | os.PathLike) -> str:
     """Digest of the content of a local model directory's weight and config files
-    (names, sizes and contents); cached per file by (size, mtime, inode)."""
+    (names, sizes and contents); cached per file by (size, mtime, inode). vLLM's
+    scheduler and worker processes start together: a lock beside the cache makes the
+    second one wait and read what the first hashed, instead of hashing it again."""
     d = Path(model_dir)
-    files = sorted(p for p in d.iterdir() if p.is_file() and p.name != _CACHE_NAME and p.suffix in _WEIGHT_SUFFIXES)
     cache_file = _cache_path(d)
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(cache_file.with_name(cache_file.name + ".lock"), "a")
+    except OSError:
+        return _fingerprint(d, cache_file)  # nowhere to lock: hash unlocked
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _fingerprint(d, cache_file)
+
+
+def _fingerprint(d: Path, cache_file: Path) -> str:
+    files = sorted(
+        p for p in d.iterdir() if p.is_file() and not p.name.startswith(_CACHE_NAME) and p.suffix in _WEIGHT_SUFFIXES
+    )
     try:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):
@@ -72,7 +89,6 @@ def weights_fingerprint(model_dir: str | os.PathLike) -> str:
         out.update(f"{p.name}:{st.st_size}:{entry[1]};".encode())
     if changed:
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(cache))
             os.replace(tmp, cache_file)
@@ -81,7 +97,7 @@ def weights_fingerprint(model_dir: str | os.PathLike) -> str:
     return out.hexdigest()
 
 
-def _rope_of(hf_config: Any) -> Any:
+def _rope_of(hf_config: Any) -> Iterator[tuple[str, Any]]:
     for name in ("rope_parameters", "rope_scaling", "rope_theta", "max_position_embeddings"):
         v = getattr(hf_config, name, None)
         if v is not None:

@@ -91,11 +91,10 @@ impl<T> Registry<T> {
     }
 
     /// Unregisters `id` and waits until no call holds it; returns the object (the
-    /// caller drops it). `None` for an unknown or already destroyed id. A call on
-    /// the calling thread that still holds it is not waited for (`own_holds`).
-    pub(crate) fn remove(&self, id: u64, own_holds: usize) -> Option<Arc<T>> {
+    /// caller drops it). `None` for an unknown or already destroyed id.
+    pub(crate) fn remove(&self, id: u64) -> Option<Arc<T>> {
         let e = self.map.write().as_mut()?.remove(&id)?;
-        while e.calls.load(Ordering::Acquire) > own_holds {
+        while e.calls.load(Ordering::Acquire) > 0 {
             std::thread::sleep(Duration::from_micros(100));
         }
         Some(e.value)
@@ -110,11 +109,11 @@ mod tests {
     fn ids_are_never_reused_and_a_stale_id_finds_nothing() {
         let r = Registry::new();
         let a = r.insert(Arc::new(1u32));
-        assert!(r.remove(a, 0).is_some());
+        assert!(r.remove(a).is_some());
         let b = r.insert(Arc::new(2u32));
         assert_ne!(a, b);
         assert!(r.get(a).is_none(), "a destroyed handle is never someone else's");
-        assert!(r.remove(a, 0).is_none(), "a second destroy finds nothing");
+        assert!(r.remove(a).is_none(), "a second destroy finds nothing");
         assert_eq!(*r.get(b).unwrap(), 2);
     }
 
@@ -126,7 +125,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let r2 = Arc::clone(&r);
         let t = std::thread::spawn(move || {
-            let v = r2.remove(id, 0).unwrap();
+            let v = r2.remove(id).unwrap();
             tx.send(v.load(Ordering::SeqCst)).unwrap();
         });
         // The destroy waits while the call is in flight, and new calls fail.

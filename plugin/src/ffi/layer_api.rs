@@ -165,7 +165,7 @@ pub unsafe extern "C" fn tierkv_layer_load_wait(load: *const TierkvLayerLoad, la
 #[no_mangle]
 pub unsafe extern "C" fn tierkv_layer_load_destroy(load: *mut TierkvLayerLoad) {
     let _ = guard(|| {
-        drop(LOADS.remove(load as usize as u64, 0));
+        drop(LOADS.remove(load as usize as u64));
         Ok(())
     });
 }

@@ -176,7 +176,7 @@ pub(crate) fn register_handle(mgr: Arc<Manager>) -> *mut TierkvManager {
 /// calls in flight on it to return.
 pub(crate) fn unregister_handle(h: *mut TierkvManager) -> Result<Arc<Manager>, FfiError> {
     MANAGERS
-        .remove(h as usize as u64, 0)
+        .remove(h as usize as u64)
         .ok_or_else(|| FfiError::invalid("unknown or already destroyed manager handle"))
 }
 

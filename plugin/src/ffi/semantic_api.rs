@@ -251,7 +251,7 @@ pub unsafe extern "C" fn tierkv_semantic_lookup(
 #[no_mangle]
 pub unsafe extern "C" fn tierkv_plan_destroy(plan: *mut TierkvPlan) {
     let _ = guard(|| {
-        drop(PLANS.remove(plan as usize as u64, 0));
+        drop(PLANS.remove(plan as usize as u64));
         Ok(())
     });
 }

@@ -351,6 +351,11 @@ impl Manager {
                 "hashes and block ids differ in length".into(),
             ));
         }
+        Self::check_range(num_blocks, block_ids)
+    }
+
+    /// Refuses a block id past the layout.
+    fn check_range(num_blocks: u64, block_ids: &[u64]) -> Result<(), ManagerError> {
         if let Some(&b) = block_ids.iter().find(|&&b| b >= num_blocks) {
             return Err(ManagerError::InvalidArgument(format!(
                 "block id {b} is out of range (layout has {num_blocks} blocks)"
@@ -363,6 +368,11 @@ impl Manager {
     /// twice (two identities copied into one block would both report `LOADED`).
     fn check_load_blocks(num_blocks: u64, hashes: &[BlockHash], block_ids: &[u64]) -> Result<(), ManagerError> {
         Self::check_blocks(num_blocks, hashes, block_ids)?;
+        Self::check_distinct(block_ids)
+    }
+
+    /// Refuses an engine block named twice as a destination.
+    fn check_distinct(block_ids: &[u64]) -> Result<(), ManagerError> {
         let mut seen = std::collections::HashSet::with_capacity(block_ids.len());
         if let Some(&b) = block_ids.iter().find(|&&b| !seen.insert(b)) {
             return Err(ManagerError::InvalidArgument(format!(

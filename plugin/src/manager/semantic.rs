@@ -101,8 +101,8 @@ impl Manager {
         let Some(layout) = layout.as_ref() else {
             return Err(ManagerError::State("no engine layout registered"));
         };
-        let no_sources = vec![BlockHash(0); block_ids.len()];
-        Self::check_load_blocks(layout.num_blocks(), &no_sources, block_ids)?;
+        Self::check_range(layout.num_blocks(), block_ids)?;
+        Self::check_distinct(block_ids)?;
         let tl = self.token_layout.read();
         let Some(tl) = tl.as_ref() else {
             return Err(ManagerError::State(

@@ -290,7 +290,7 @@ impl DiskTier {
             .disk_path
             .clone()
             .ok_or_else(|| unavailable(Path::new(""), "TIERKV_DISK_PATH is not set".into()))?;
-        let path = dir.join(format!("tierkv-{}.g3", cfg.store_name));
+        let path = super::store::disk_file_path(&dir, &cfg.store_name);
         let mut open = OPEN.lock();
         open.retain(|(_, w)| w.strong_count() > 0);
         let shared = open
@@ -334,7 +334,7 @@ impl DiskTier {
         })?;
         let sharing = Sharing { group: cfg.share_group };
         let opened = recovery::open_file(dir, path, geo, cfg.disk_direct, !reader_only, sharing)?;
-        let dir_path = cfg.shm_dir.join(format!("tierkv-{}.g3dir", cfg.store_name));
+        let dir_path = super::store::directory_path(&cfg.shm_dir, &cfg.store_name);
         let start = Instant::now();
         let full = cfg.disk_recovery == RecoveryMode::Full;
         let found = if opened.owner {

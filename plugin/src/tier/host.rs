@@ -94,7 +94,7 @@ impl HostTier {
     /// Opens the shared arena named by `cfg` for blocks of `block_bytes` bytes and
     /// `block_tokens` tokens.
     pub fn open(cfg: &Config, block_bytes: u64, block_tokens: u64) -> Result<Self, TierError> {
-        let path: PathBuf = cfg.shm_dir.join(format!("tierkv-{}.arena", cfg.store_name));
+        let path: PathBuf = super::store::arena_path(&cfg.shm_dir, &cfg.store_name);
         let spec = ArenaSpec {
             slot_bytes: block_bytes,
             capacity: cfg.cpu_bytes,
@@ -186,10 +186,7 @@ impl HostTier {
     pub fn store(&self, hash: BlockHash, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
         self.check_len(segs.iter().map(|s| s.len() as u64).sum())?;
         let start = Instant::now();
-        let Some(ticket) = self.reserve(hash)? else {
-            return Ok(StoreOutcome::NoSpace);
-        };
-        let ticket = match ticket {
+        let ticket = match self.reserve(hash)? {
             Ok(t) => t,
             Err(outcome) => return Ok(outcome),
         };
@@ -219,16 +216,16 @@ impl HostTier {
     }
 
     /// Step 1 of a store: a reserved slot, or the outcome that ends the store
-    /// (`None`: the lock timed out).
-    fn reserve(&self, hash: BlockHash) -> Result<Option<Result<WriteTicket, StoreOutcome>>, TierError> {
+    /// (a lock that timed out ends it as not stored).
+    fn reserve(&self, hash: BlockHash) -> Result<Result<WriteTicket, StoreOutcome>, TierError> {
         let Some(mut l) = self.lock_or_miss()? else {
-            return Ok(None);
+            return Ok(Err(StoreOutcome::NoSpace));
         };
         if let Some(slot) = l.find(hash) {
             if !l.reclaim_if_abandoned(slot) {
                 drop(l);
                 self.stats().store_dedup.fetch_add(1, Ordering::Relaxed);
-                return Ok(Some(Err(StoreOutcome::AlreadyPresent)));
+                return Ok(Err(StoreOutcome::AlreadyPresent));
             }
             self.stats().dead_writer_reclaims.fetch_add(1, Ordering::Relaxed);
         }
@@ -245,12 +242,12 @@ impl HostTier {
         let Some((slot, evicted)) = taken else {
             drop(l);
             self.stats().store_rejected.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some(Err(StoreOutcome::NoSpace)));
+            return Ok(Err(StoreOutcome::NoSpace));
         };
         if evicted.is_some() {
             self.stats().evictions.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(Some(Ok(l.begin_write(slot, hash))))
+        Ok(Ok(l.begin_write(slot, hash)))
     }
 
     /// Loads one block into `segs` and verifies it. On [`LoadOutcome::Corrupt`] the

@@ -16,6 +16,8 @@ mod host;
 pub mod layout;
 pub mod shared_file;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod test_util;
 
 pub use host::{HostTier, LoadOutcome, StoreOutcome, TierError};
 

@@ -207,17 +207,14 @@ pub fn resolve_group(name: &str) -> Option<u32> {
         return Some(gid);
     }
     let cname = CString::new(name).ok()?;
-    let mut grp: libc::group = zeroed_group();
+    // SAFETY: libc::group is plain old data (pointers and integers); all-zero is
+    // valid, and getgrnam_r fills it.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::group = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the call; buf outlives the use of grp.
     let rc = unsafe { libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
     (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
-}
-
-fn zeroed_group() -> libc::group {
-    // SAFETY: libc::group is plain old data (pointers and integers); all-zero is valid.
-    unsafe { std::mem::zeroed() }
 }
 
 #[cfg(test)]

@@ -12,14 +12,26 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+/// The host arena of store `name`.
+pub fn arena_path(shm_dir: &Path, name: &str) -> PathBuf {
+    shm_dir.join(format!("tierkv-{name}.arena"))
+}
+
+/// The disk tier's shared directory of store `name`.
+pub fn directory_path(shm_dir: &Path, name: &str) -> PathBuf {
+    shm_dir.join(format!("tierkv-{name}.g3dir"))
+}
+
+/// The disk tier's file of store `name`.
+pub fn disk_file_path(disk_dir: &Path, name: &str) -> PathBuf {
+    disk_dir.join(format!("tierkv-{name}.g3"))
+}
+
 /// The files of store `name`.
 pub fn files(shm_dir: &Path, name: &str, disk_path: Option<&Path>) -> Vec<PathBuf> {
-    let mut v = vec![
-        shm_dir.join(format!("tierkv-{name}.arena")),
-        shm_dir.join(format!("tierkv-{name}.g3dir")),
-    ];
+    let mut v = vec![arena_path(shm_dir, name), directory_path(shm_dir, name)];
     if let Some(d) = disk_path {
-        v.push(d.join(format!("tierkv-{name}.g3")));
+        v.push(disk_file_path(d, name));
     }
     v
 }
@@ -90,7 +102,7 @@ pub enum RemoveError {
 
 /// Removes store `name`'s files; returns those removed (absent ones are skipped).
 pub fn remove(shm_dir: &Path, name: &str, disk_path: Option<&Path>, force: bool) -> Result<Vec<PathBuf>, RemoveError> {
-    let arena = shm_dir.join(format!("tierkv-{name}.arena"));
+    let arena = arena_path(shm_dir, name);
     if !force && super::arena::in_use(&arena).unwrap_or(false) {
         return Err(RemoveError::InUse(name.to_string()));
     }

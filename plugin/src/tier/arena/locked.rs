@@ -331,10 +331,17 @@ impl<'a> Locked<'a> {
         self.release(slot);
     }
 
-    fn release(&mut self, slot: u32) {
+    /// Resets `slot` to free metadata; its generation moves on, so no earlier
+    /// reservation of it can ever be committed.
+    fn clear_slot(&mut self, slot: u32) {
         let generation = self.meta(slot).generation;
         *self.meta_mut(slot) = SlotMeta::free();
-        self.meta_mut(slot).generation = generation;
+        self.meta_mut(slot).generation = generation.wrapping_add(1);
+    }
+
+    /// Clears `slot` and puts it on the free list.
+    fn release(&mut self, slot: u32) {
+        self.clear_slot(slot);
         let mut free = self.header().free;
         free.push_back(self, slot);
         self.header().free = free;
@@ -439,11 +446,11 @@ impl<'a> Locked<'a> {
     /// lease is held by a live mapping.
     pub(super) fn take_lease(&mut self) -> Option<OwnerToken> {
         for i in 0..MAX_LEASES {
-            if self.lease(i).held == 1 {
-                if lease::held_elsewhere(&self.arena.fd, i) {
-                    continue;
-                }
+            if self.lease_dead(i) {
                 self.reap_lease(i);
+            }
+            if self.lease(i).held == 1 {
+                continue;
             }
             if !lease::lock(&self.arena.fd, i) {
                 continue;
@@ -473,6 +480,12 @@ impl<'a> Locked<'a> {
         lease::unlock(&self.arena.fd, i);
     }
 
+    /// Whether lease `i` is taken but its holder is gone (its lock is free). This
+    /// mapping's own lease is never dead.
+    fn lease_dead(&self, i: usize) -> bool {
+        self.lease(i).held == 1 && self.arena.me.index() != Some(i) && !lease::held_elsewhere(&self.arena.fd, i)
+    }
+
     /// Drops the pins of lease `i` and marks it free.
     fn reap_lease(&mut self, i: usize) {
         let pins = self.lease(i).pins;
@@ -490,8 +503,7 @@ impl<'a> Locked<'a> {
     /// how many slots were reclaimed.
     pub fn sweep_dead(&mut self) -> u32 {
         for i in 0..MAX_LEASES {
-            let mine = self.arena.me.index() == Some(i);
-            if self.lease(i).held == 1 && !mine && !lease::held_elsewhere(&self.arena.fd, i) {
+            if self.lease_dead(i) {
                 self.reap_lease(i);
             }
         }
@@ -533,7 +545,7 @@ impl<'a> Locked<'a> {
             }
         }
         for &s in &free_slots {
-            self.release_raw(s);
+            self.clear_slot(s);
         }
         self.rebuild_pins();
         ready.sort_unstable();
@@ -552,18 +564,11 @@ impl<'a> Locked<'a> {
         self.damaged.set(false);
     }
 
-    fn release_raw(&mut self, slot: u32) {
-        let generation = self.meta(slot).generation;
-        *self.meta_mut(slot) = SlotMeta::free();
-        self.meta_mut(slot).generation = generation.wrapping_add(1);
-    }
-
     /// Pin counts from the pin lists of live leases (dead leases reaped; pins of
     /// slots that are not `Ready` dropped).
     fn rebuild_pins(&mut self) {
         for i in 0..MAX_LEASES {
-            let mine = self.arena.me.index() == Some(i);
-            if self.lease(i).held != 1 || !(mine || lease::held_elsewhere(&self.arena.fd, i)) {
+            if self.lease(i).held != 1 || self.lease_dead(i) {
                 let l = self.lease(i);
                 l.pins = [0; super::PINS_PER_LEASE];
                 l.held = 0;

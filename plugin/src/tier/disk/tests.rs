@@ -30,15 +30,7 @@ fn config(shm: &Path, disk: &Path, slots: u64) -> Config {
 
 /// The payload of block `h`: a function of its identity, so any mix-up shows.
 fn payload(h: u128) -> Vec<u8> {
-    let mut x = h as u64 ^ 0x9e37_79b9_7f4a_7c15;
-    (0..LEN)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::tier::test_util::pattern(h, LEN as usize)
 }
 
 struct Env {

@@ -15,22 +15,7 @@ fn bytes_for(len: u64, n: u32) -> u64 {
     bytes
 }
 
-fn block(key: u128, len: usize) -> Vec<u8> {
-    let mut x = key as u64 ^ (key >> 64) as u64 ^ 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+use crate::tier::test_util::{is_root, pattern as block};
 
 /// Runs `f` in a forked child and returns its exit status (0 = the child's checks
 /// held).

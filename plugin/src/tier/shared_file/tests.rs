@@ -1,10 +1,7 @@
 use super::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+use crate::tier::test_util::is_root;
 
 #[test]
 fn a_new_file_is_created_owner_only_whatever_the_umask() {
