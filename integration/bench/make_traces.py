@@ -1,4 +1,4 @@
-"""Writes block-access traces for ``tierkv-replay`` (format: plugin/src/offload/replay.rs).
+"""Writes block-access traces for ``tierkv-replay`` (format: integration/replay/src/lib.rs).
 
 * ``chat``: multi-turn conversations, many active at once and interleaved (a turn of
   one conversation, then turns of others, then its next turn), each request being

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::offload::policy::PolicyKind;
+use crate::evict::PolicyKind;
 use crate::offload::AdmitMode;
 use crate::prefix::HashAlgo;
 

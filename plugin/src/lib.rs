@@ -13,6 +13,7 @@
 
 pub mod block;
 pub mod config;
+pub mod evict;
 pub mod ffi;
 pub mod hw;
 mod log;

@@ -7,7 +7,6 @@
 //! The pool knows nothing of engines or tiers: it tracks which of the engine's KV slots
 //! are in use, which hold the KV of an identified full block, and which to reuse next.
 
-pub mod list;
 mod pool;
 
 pub use pool::{BlockId, BlockPool, CowOutcome, Insufficient, PoolError, PoolStats};

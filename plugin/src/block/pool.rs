@@ -21,8 +21,8 @@
 
 use std::collections::HashMap;
 
-use super::list::{ListEnds, NIL};
 use super::IdentityHash;
+use crate::evict::list::{ListEnds, NIL};
 use crate::prefix::BlockHash;
 
 /// Index of one of the engine's KV block slots.

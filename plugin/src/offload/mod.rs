@@ -1,18 +1,13 @@
-//! Movement between tiers: what goes to disk ([`Admission`]), what leaves it
-//! ([`policy`]), and how policies compare on recorded traffic ([`replay`]).
+//! Admission: what goes to disk ([`Admission`]).
 //!
 //! Core types: [`Admission`] (write-through, or admit a block once it has been used
-//! a given number of times, counted in a small aging count-min sketch),
-//! [`policy::Policy`] and [`policy::PolicyKind`], [`replay::Trace`].
+//! a given number of times, counted in a small aging count-min sketch).
 //!
 //! Workflow of an offload decision (host tier -> disk tier):
 //! 1. Every host-tier store of a new block and every host hit calls
 //!    [`Admission::observe`] with the block's key.
 //! 2. [`Admission::admit`] says whether the block has proved its worth (its count
 //!    reached the threshold, or write-through); the disk tier then queues the write.
-
-pub mod policy;
-pub mod replay;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 

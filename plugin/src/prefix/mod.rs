@@ -58,6 +58,12 @@ impl BlockHash {
     pub fn from_parts(parts: [u64; 2]) -> Self {
         BlockHash(u128::from(parts[0]) | (u128::from(parts[1]) << 64))
     }
+
+    /// The identity folded to the 64-bit key eviction policies and admission use
+    /// (the two halves xor-ed; both are uniformly distributed).
+    pub fn fold64(self) -> u64 {
+        (self.0 as u64) ^ ((self.0 >> 64) as u64)
+    }
 }
 
 /// Which function computes block identities.

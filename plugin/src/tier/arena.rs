@@ -54,7 +54,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::shared_file::{self, SharedFileError, Sharing};
-use crate::block::list::{ListEnds, NIL};
+use crate::evict::list::{ListEnds, NIL};
 use crate::metrics::SharedStats;
 use crate::prefix::BlockHash;
 

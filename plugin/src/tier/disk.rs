@@ -50,9 +50,8 @@ pub use self::handle::DiskHandle;
 pub use self::io::Fault;
 use self::io::{Faults, IoPool};
 use crate::config::{Config, RecoveryMode};
+use crate::evict::{Access, Policy};
 use crate::metrics::Histogram;
-use crate::offload::policy::{Access, Policy};
-use crate::offload::replay::fold_key;
 use crate::offload::Admission;
 use crate::prefix::BlockHash;
 use crate::tier::shared_file::Sharing;
@@ -187,7 +186,7 @@ struct Index {
 
 impl Index {
     fn ready(&self, hash: BlockHash) -> Option<u32> {
-        let &s = self.map.get(&fold_key(hash.0))?;
+        let &s = self.map.get(&hash.fold64())?;
         let e = &self.slots[s as usize];
         (e.state == SlotState::Ready && e.hash == hash).then_some(s)
     }
@@ -217,7 +216,7 @@ impl Index {
     fn drop_slot(&mut self, slot: u32) {
         let e = &mut self.slots[slot as usize];
         if e.state == SlotState::Ready {
-            let key = fold_key(e.hash.0);
+            let key = e.hash.fold64();
             self.map.remove(&key);
             self.policy.on_remove(key);
             if let Some(d) = &self.dir {
@@ -363,7 +362,7 @@ impl DiskTier {
         let mut slots = vec![free_slot; n];
         // Oldest first, so the policy's order follows the write order.
         for (req, b) in found.blocks.iter().enumerate() {
-            let key = fold_key(b.hash.0);
+            let key = b.hash.fold64();
             map.insert(key, b.slot);
             slots[b.slot as usize] = SlotEntry {
                 state: SlotState::Ready,
@@ -560,7 +559,7 @@ impl DiskTier {
 
     /// Records a use of `hash` for admission (a store or a hit elsewhere).
     pub fn observe(&self, hash: BlockHash) {
-        self.inner.admission.observe(fold_key(hash.0));
+        self.inner.admission.observe(hash.fold64());
     }
 
     /// Waits until no offload is queued or running, up to `timeout`. Returns whether
@@ -600,7 +599,7 @@ impl DiskTier {
         if !self.is_up() {
             return false;
         }
-        let key = fold_key(hash.0);
+        let key = hash.fold64();
         {
             let mut ix = inner.index.lock();
             if ix.map.contains_key(&key) || ix.pending.contains(&key) {
@@ -682,7 +681,7 @@ impl DiskTier {
                 if let Some(s) = s {
                     ix.slots[s as usize].pins += 1;
                     ix.policy.on_hit(Access {
-                        key: fold_key(h.0),
+                        key: h.fold64(),
                         request,
                         depth: d as u32,
                     });
@@ -760,7 +759,7 @@ impl Inner {
     }
 
     fn write_block(&self, mut buf: AlignedBuf, hash: BlockHash, namespace: u64, request: u64, depth: u32) {
-        let key = fold_key(hash.0);
+        let key = hash.fold64();
         let g = self.geo;
         // The key stays pending until the write has landed (or failed): an offer of
         // the same identity meanwhile is answered "on its way", never written twice.

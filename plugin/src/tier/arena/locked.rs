@@ -20,9 +20,9 @@ use std::sync::atomic::Ordering;
 
 use super::lease::{self, Lease, OwnerToken, MAX_LEASES};
 use super::{boottime_ns, Arena, Header, SlotMeta, SlotState, WRITE_DEADLINE};
-use crate::block::list::{LinkStore, ListEnds, NIL};
+use crate::evict::list::{LinkStore, ListEnds, NIL};
+use crate::evict::SlotLru;
 use crate::prefix::BlockHash;
-use crate::tier::{EvictionPolicy, Lru};
 
 /// The arena index while its mutex is held; unlocks on drop (repairing the index
 /// first if it was found damaged).
@@ -251,7 +251,7 @@ impl<'a> Locked<'a> {
             self.damage();
             return None;
         }
-        let policy = Lru(self.header().lru);
+        let policy = SlotLru(self.header().lru);
         let mut cur = policy.first_candidate();
         for _ in 0..scan {
             if cur == NIL {
@@ -312,7 +312,7 @@ impl<'a> Locked<'a> {
         m.writer_lease = 0;
         m.writer_gen = 0;
         m.state = SlotState::Ready as u32;
-        let mut lru = Lru(self.header().lru);
+        let mut lru = SlotLru(self.header().lru);
         lru.inserted(self, t.slot);
         self.header().lru = lru.0;
         true
@@ -348,7 +348,7 @@ impl<'a> Locked<'a> {
     }
 
     fn unlink_ready(&mut self, slot: u32) {
-        let mut lru = Lru(self.header().lru);
+        let mut lru = SlotLru(self.header().lru);
         lru.removed(self, slot);
         self.header().lru = lru.0;
         let hash = self.meta(slot).block_hash();
@@ -398,7 +398,7 @@ impl<'a> Locked<'a> {
         self.meta_mut(slot).pins += 1;
         let t = self.tick();
         self.meta_mut(slot).last_access = t;
-        let mut lru = Lru(self.header().lru);
+        let mut lru = SlotLru(self.header().lru);
         lru.accessed(self, slot);
         self.header().lru = lru.0;
         true
@@ -549,7 +549,7 @@ impl<'a> Locked<'a> {
         }
         self.rebuild_pins();
         ready.sort_unstable();
-        let mut lru = Lru::default();
+        let mut lru = SlotLru::default();
         for &(_, s) in &ready {
             lru.inserted(self, s);
         }

@@ -3,7 +3,7 @@
 //! should, and the counters say what happened.
 
 use super::*;
-use crate::offload::policy::PolicyKind;
+use crate::evict::PolicyKind;
 use crate::offload::AdmitMode;
 use crate::tier::{HostTier, LoadOutcome, StoreOutcome};
 use std::os::unix::fs::PermissionsExt;

@@ -2,13 +2,13 @@
 //! to Belady's optimum, at one or more capacities.
 //!
 //! Usage: `tierkv-replay TRACE [--capacity 5%[,10%,...] | --capacity 4096]`.
-//! The trace format is documented in `tierkv::offload::replay`. A capacity with `%`
+//! The trace format is documented in the `tierkv_replay` library (`integration/replay/src/lib.rs`). A capacity with `%`
 //! is a share of the trace's distinct blocks.
 
 use std::process::ExitCode;
 
-use tierkv::offload::policy::PolicyKind;
-use tierkv::offload::replay::{belady, replay, Trace};
+use tierkv::evict::PolicyKind;
+use tierkv_replay::{belady, replay, Trace};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

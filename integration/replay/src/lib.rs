@@ -1,4 +1,4 @@
-//! Trace replay: the hit ratio of each eviction policy next to Belady's optimum for
+//! `tierkv-replay`, the library half: the hit ratio of each eviction policy next to Belady's optimum for
 //! the same trace and capacity.
 //!
 //! Core types: [`Trace`] (requests as block-key chains), [`ReplayResult`], and the
@@ -24,7 +24,8 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::policy::{Access, Policy};
+use tierkv::evict::{Access, Policy};
+use tierkv::prefix::BlockHash;
 
 /// Requests, each a chain of block keys.
 #[derive(Debug, Clone, Default)]
@@ -55,11 +56,6 @@ impl ReplayResult {
     }
 }
 
-/// Folds a 128-bit identity to the 64-bit key policies use.
-pub fn fold_key(hash: u128) -> u64 {
-    (hash as u64) ^ ((hash >> 64) as u64)
-}
-
 impl Trace {
     /// Parses the text format above. Errors name the line.
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -74,7 +70,7 @@ impl Trace {
             let chain = fields
                 .map(|f| {
                     u128::from_str_radix(f, 16)
-                        .map(fold_key)
+                        .map(|h| BlockHash(h).fold64())
                         .map_err(|_| format!("line {}: {f:?} is not a hex block identity", no + 1))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -185,7 +181,7 @@ pub fn belady(trace: &Trace, capacity: usize) -> ReplayResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offload::policy::{Lru, PolicyKind};
+    use tierkv::evict::{Lru, PolicyKind};
 
     fn trace(reqs: &[&[u64]]) -> Trace {
         Trace {

@@ -1,4 +1,5 @@
-//! Eviction policies of the disk tier, also driven by the trace replayer.
+//! Eviction over identity keys: the policies of the disk tier, also driven by the
+//! trace replayer (`integration/replay`).
 //!
 //! Core types: [`Policy`] (the contract every policy keeps), [`Access`] (a key with
 //! the request it came in and its depth in that request's block chain),
@@ -22,7 +23,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::block::list::{LinkStore, ListEnds, NIL};
+use crate::evict::list::{LinkStore, ListEnds, NIL};
 
 /// How many candidates one eviction inspects before giving up (all pinned).
 const SCAN_LIMIT: usize = 256;
