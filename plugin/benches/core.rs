@@ -97,7 +97,7 @@ fn main() {
         store_name: "bench".into(),
         ..Config::default()
     };
-    let tier = HostTier::open(&cfg, block_bytes, 32).unwrap();
+    let tier = HostTier::open(&cfg.host_settings(), block_bytes, 32).unwrap();
     let mut contiguous = vec![0u8; blocks * layers * seg];
     let bytes = (blocks * layers * seg) as f64;
     let mut round = 0u128;

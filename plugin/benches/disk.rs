@@ -77,7 +77,7 @@ fn main() {
     let ddf = dir.path().join("dd.bin").display().to_string();
     let (mut w, mut wdd, mut r, mut rdd) = (vec![], vec![], vec![], vec![]);
     for rep in 0..reps {
-        let d = DiskTier::open(&cfg, BLOCK, &none, false).unwrap();
+        let d = DiskTier::open(&cfg.disk_settings().expect("disk configured"), BLOCK, &none, false).unwrap();
         let keys: Vec<BlockHash> = (0..blocks)
             .map(|i| BlockHash(u128::from(rep * 1_000_000 + i + 1)))
             .collect();
@@ -138,7 +138,7 @@ fn main() {
         let c = config(shm.path(), dir.path(), blocks, mode);
         let mut v = vec![];
         for _ in 0..reps {
-            let d = DiskTier::open(&c, BLOCK, &none, false).unwrap();
+            let d = DiskTier::open(&c.disk_settings().expect("disk configured"), BLOCK, &none, false).unwrap();
             let s = d.stats();
             assert_eq!(s.recovered_blocks.load(std::sync::atomic::Ordering::Relaxed), blocks);
             let secs = s.recovery_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9;

@@ -13,7 +13,22 @@ use tracing::level_filters::LevelFilter;
 use tracing::subscriber::Interest;
 use tracing::{span, Event, Metadata, Subscriber};
 
-use crate::config::LogLevel;
+/// Log levels accepted by `TIERKV_LOG`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Nothing is written.
+    Off,
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Plus informational events.
+    Info,
+    /// Plus debug events.
+    Debug,
+    /// Everything.
+    Trace,
+}
 
 /// A stderr subscriber with a fixed maximum level.
 #[derive(Debug)]

@@ -24,7 +24,7 @@ fn tierkv_admin_removes_a_store_only_when_nobody_uses_it() {
         store_name: "ops".into(),
         ..Config::default()
     };
-    let t = HostTier::open(&cfg, 4096, 16).unwrap();
+    let t = HostTier::open(&cfg.host_settings(), 4096, 16).unwrap();
     let arena = d.path().join("tierkv-ops.arena");
     std::fs::write(d.path().join("tierkv-ops.g3dir"), b"").unwrap();
     let ls = admin(&["ls"], d.path());

@@ -178,7 +178,7 @@ fn soak_kills_and_corruption_never_serve_a_wrong_byte() {
     let cfg = config(shm.path(), disk.path());
     let s = shared();
     // The parent creates the store (fixing its geometry) and keeps it open.
-    let host = HostTier::open(&cfg, BLOCK as u64, 16).unwrap();
+    let host = HostTier::open(&cfg.host_settings(), BLOCK as u64, 16).unwrap();
     let data_off = host.arena().geometry().data_off;
     let mut workers: Vec<libc::pid_t> = (0..WORKERS).map(|i| spawn(&cfg, 17 + i as u64, s)).collect();
     let arena = shm.path().join("tierkv-soak.arena");
@@ -264,7 +264,13 @@ fn soak_kills_and_corruption_never_serve_a_wrong_byte() {
     assert_eq!(l.free_count(), free, "the free list holds exactly the free slots");
     drop(l);
     // The disk tier, reopened by a new owner, accounts for every slot too.
-    let d = tierkv::tier::disk::DiskTier::open(&cfg, BLOCK as u64, &tracing::Dispatch::none(), false).unwrap();
+    let d = tierkv::tier::disk::DiskTier::open(
+        &cfg.disk_settings().expect("disk configured"),
+        BLOCK as u64,
+        &tracing::Dispatch::none(),
+        false,
+    )
+    .unwrap();
     assert!(d.is_owner());
     let c = d.census();
     assert!(c.consistent(), "{c:?}");

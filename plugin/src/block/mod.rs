@@ -8,6 +8,7 @@
 //! are in use, which hold the KV of an identified full block, and which to reuse next.
 
 mod pool;
+mod report;
 
 pub use pool::{BlockId, BlockPool, CowOutcome, Insufficient, PoolError, PoolStats};
 

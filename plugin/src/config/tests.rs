@@ -148,3 +148,29 @@ fn a_typo_is_reported_with_the_closest_name() {
     assert_eq!(w.len(), 1);
     assert!(w[0].contains("did you mean TIERKV_CPU_BYTES"), "{}", w[0]);
 }
+
+#[test]
+fn the_default_store_is_per_user() {
+    let c = Config::default();
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(c.store_name, format!("default-u{uid}"));
+}
+
+#[test]
+fn config_reads_the_policy_and_refuses_bad_values() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        Config::from_lookup(move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+    };
+    let c = env(&[
+        ("TIERKV_SEMANTIC", "on"),
+        ("TIERKV_SEMANTIC_NAMESPACES", "support, faq"),
+    ])
+    .unwrap();
+    assert!(c.semantic.on_for("model|dtype=float32|kv=auto|faq"));
+    assert!(!c.semantic.on_for("model|dtype=float32|kv=auto|chat"));
+    assert!(!Config::default().semantic.on_for("x"), "off by default");
+    let e = env(&[("TIERKV_SEMANTIC_MIN_SIMILARITY", "1.5")]).unwrap_err();
+    assert_eq!(e.var, "TIERKV_SEMANTIC_MIN_SIMILARITY");
+    assert!(env(&[("TIERKV_SEMANTIC_PROMPTS", "0")]).is_err());
+}

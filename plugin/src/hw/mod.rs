@@ -26,6 +26,7 @@
 
 pub mod numa;
 pub mod pace;
+mod report;
 pub mod sched;
 pub mod sources;
 

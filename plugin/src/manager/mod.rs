@@ -22,8 +22,9 @@ use parking_lot::{Mutex, RwLock};
 use crate::block::BlockPool;
 use crate::config::Config;
 use crate::hw::{self, HwState, Placement, Sampler, SchedParams, Scheduler};
-use crate::metrics::{self, exporter::Exporter, Gauges};
+use crate::metrics::exporter::Exporter;
 use crate::prefix::{BlockHash, BlockHasher, HashAlgo, VLLM_DEFAULT_SEED};
+use crate::tier::arena::stats::{ADAPTER_OPS, ADAPTER_STATUSES};
 use crate::tier::disk::{DiskHandle, DiskRead, DiskTier, SECTOR};
 use crate::tier::layout::{EngineLayout, LayoutError, Region};
 use crate::tier::{HostTier, LoadOutcome, StoreOutcome, TierError, TierId};
@@ -122,14 +123,13 @@ impl Manager {
         let hasher = BlockHasher::new(config.hash, params.block_tokens as usize, &namespace, &seed)
             .ok_or(ManagerError::InvalidArgument("block_tokens must be at least 1".into()))?;
         let host = Arc::new(HostTier::open(
-            &config,
+            &config.host_settings(),
             params.block_bytes,
             u64::from(params.block_tokens),
         )?);
         let disk = config
-            .disk_path
-            .as_ref()
-            .map(|_| DiskHandle::open(&config, params.block_bytes, &dispatch, params.disk_reader));
+            .disk_settings()
+            .map(|s| DiskHandle::open(&s, params.block_bytes, &dispatch, params.disk_reader));
         let pool = match params.pool_blocks {
             0 => None,
             n => Some(Mutex::new(
@@ -485,13 +485,13 @@ impl Manager {
     }
 
     /// Records an error an engine adapter caught and degraded: `op` indexes
-    /// [`crate::metrics::ADAPTER_OPS`], `status` is the C status it got.
+    /// [`ADAPTER_OPS`], `status` is the C status it got.
     pub fn record_adapter_error(&self, op: usize, status: i32) {
-        let ops = crate::metrics::ADAPTER_OPS.len();
+        let ops = ADAPTER_OPS.len();
         let col = usize::try_from(status)
             .ok()
-            .filter(|&s| s < crate::metrics::ADAPTER_STATUSES - 1)
-            .unwrap_or(crate::metrics::ADAPTER_STATUSES - 1);
+            .filter(|&s| s < ADAPTER_STATUSES - 1)
+            .unwrap_or(ADAPTER_STATUSES - 1);
         self.host.stats().adapter_errors[op.min(ops - 1)][col].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -627,61 +627,6 @@ impl Manager {
     pub fn hw(&self) -> &HwState {
         &self.hw
     }
-
-    /// Gauges for the exporter.
-    fn gauges(&self) -> Gauges {
-        let g = self.host.arena().geometry();
-        let mut out = Gauges {
-            host_blocks: self.host.block_count().unwrap_or(0),
-            host_capacity_blocks: u64::from(g.n_slots),
-            host_capacity_bytes: g.file_len,
-            block_bytes: g.slot_bytes,
-            ..Gauges::default()
-        };
-        if let Some(pool) = &self.pool {
-            let p = pool.lock();
-            out.pool_blocks = p.num_blocks() as u64;
-            out.pool_used_blocks = (p.num_blocks() - p.num_free()) as u64;
-            out.pool = p.stats();
-        }
-        out
-    }
-
-    /// Every metric in Prometheus text format.
-    pub fn metrics_text(&self) -> String {
-        let disk = self.disk.as_ref().and_then(DiskHandle::peek);
-        let view = self.config.disk_path.as_ref().map(|_| match &disk {
-            Some(d) => {
-                let g = d.geometry();
-                let (reads, writes) = d.queue_depths();
-                let (admitted, rejected) = d.admission_decisions();
-                metrics::DiskView {
-                    stats: Some(d.stats()),
-                    up: d.is_up(),
-                    direct: d.direct_io(),
-                    blocks: d.block_count(),
-                    capacity_blocks: g.n_slots,
-                    capacity_bytes: g.file_len,
-                    queued_reads: reads as u64,
-                    queued_writes: writes as u64,
-                    admitted,
-                    rejected,
-                }
-            }
-            None => metrics::DiskView::default(),
-        });
-        let mut text = metrics::render(self.host.stats(), &self.gauges(), view.as_ref());
-        metrics::render_hw(&mut text, &self.hw);
-        metrics::render_gpu_path(
-            &mut text,
-            self.device_active(),
-            self.deferred_blocks.load(std::sync::atomic::Ordering::Relaxed),
-        );
-        if let Some(ix) = &self.semantic {
-            metrics::render_semantic(&mut text, ix);
-        }
-        text
-    }
 }
 
 impl Drop for Manager {
@@ -691,6 +636,7 @@ impl Drop for Manager {
     }
 }
 
+mod metrics;
 mod semantic;
 
 mod device;

@@ -171,3 +171,65 @@ fn device_layouts_round_trip_on_a_gpu_and_are_refused_without_one() {
         "2 regions are not 3 layers"
     );
 }
+
+/// Every sample line parses as `name{labels} value`, every family has one TYPE
+/// line, and the series of a family are together, whichever part added them.
+#[test]
+fn the_scrape_is_well_formed_with_every_part_present() {
+    let shm = tempfile::tempdir().unwrap();
+    let disk = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        shm_dir: shm.path().to_path_buf(),
+        cpu_bytes: 1 << 20,
+        disk_path: Some(disk.path().to_path_buf()),
+        disk_bytes: 4 << 20,
+        ..Config::default()
+    };
+    let params = ManagerParams {
+        block_tokens: 4,
+        block_bytes: 8192,
+        pool_blocks: 8,
+        ..ManagerParams::default()
+    };
+    let m = Manager::new(
+        Config {
+            hw_interval: None,
+            ..cfg
+        },
+        params,
+    )
+    .unwrap();
+    let text = m.metrics_text();
+    let mut typed = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap().to_string();
+            assert!(!typed.contains(&name), "{name} has two TYPE lines");
+            typed.push(name.clone());
+            current = name;
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        value.parse::<f64>().unwrap();
+        let name = series.split('{').next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| *f == current))
+            .unwrap_or(name);
+        assert_eq!(family, current, "{line} is outside its family");
+    }
+    for want in [
+        "tierkv_block_ops_total{tier=\"host\",op=\"store\"} 0",
+        "tierkv_block_ops_total{tier=\"engine\",op=\"allocate\"} 0",
+        "tierkv_block_ops_total{tier=\"disk\",op=\"store\"} 0",
+        "tierkv_tier_up{tier=\"disk\"} 1",
+        "tierkv_engine_pool_blocks 8",
+        "tierkv_transfer_seconds_count{src=\"disk\",dst=\"engine\"} 0",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+}

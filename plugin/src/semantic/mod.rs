@@ -28,6 +28,7 @@ pub mod align;
 pub mod minhash;
 pub mod plan;
 pub mod policy;
+mod report;
 pub mod synth;
 
 use std::collections::{HashMap, VecDeque};

@@ -1,9 +1,8 @@
 //! The semantic-sharing policy: which namespaces may reuse near-duplicate KV, and
-//! how much difference a plan may carry. Parsed from `TIERKV_SEMANTIC*` variables
-//! by [`crate::config::Config`]; every default is the safe one (off).
+//! how much difference a plan may carry. Built from the `TIERKV_SEMANTIC*` variables
+//! by `crate::config`; every default is the safe one (off).
 
 use super::align;
-use crate::config::ConfigError;
 
 /// Policy knobs of semantic sharing.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,66 +69,6 @@ impl SemanticPolicy {
             moves: self.moves,
             max_span: self.substitute_span as usize,
         }
-    }
-
-    /// Reads the `TIERKV_SEMANTIC*` variables through `get`.
-    pub fn from_lookup(get: impl Fn(&'static str) -> Option<(&'static str, String)>) -> Result<Self, ConfigError> {
-        let err = |var: &'static str, value: &str, expected: &str| ConfigError {
-            var,
-            value: value.to_string(),
-            expected: expected.to_string(),
-        };
-        let d = Self::default();
-        let fraction = |name: &'static str, default: f32| -> Result<f32, ConfigError> {
-            match get(name) {
-                Some((var, v)) => v
-                    .parse::<f32>()
-                    .ok()
-                    .filter(|x| (0.0..=1.0).contains(x))
-                    .ok_or_else(|| err(var, &v, "a number from 0 to 1")),
-                None => Ok(default),
-            }
-        };
-        let int = |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-            match get(name) {
-                Some((var, v)) => v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| err(var, &v, &format!("an integer from {min} to {max}"))),
-                None => Ok(default),
-            }
-        };
-        let enabled = match get("TIERKV_SEMANTIC") {
-            Some((var, v)) => crate::config::parse_bool(&v).ok_or_else(|| err(var, &v, crate::config::BOOL_FORMS))?,
-            None => false,
-        };
-        let namespaces = get("TIERKV_SEMANTIC_NAMESPACES")
-            .map(|(_, v)| {
-                v.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(Self {
-            enabled,
-            namespaces,
-            min_similarity: fraction("TIERKV_SEMANTIC_MIN_SIMILARITY", d.min_similarity)?,
-            max_recompute: fraction("TIERKV_SEMANTIC_MAX_RECOMPUTE", d.max_recompute)?,
-            blend: fraction("TIERKV_SEMANTIC_BLEND", d.blend)?,
-            max_shift: int("TIERKV_SEMANTIC_MAX_SHIFT", 4096, 0, 1 << 24)? as u32,
-            consult_below: fraction("TIERKV_SEMANTIC_BELOW", d.consult_below)?,
-            substitute: int("TIERKV_SEMANTIC_SUBSTITUTE", 8, 0, 1 << 16)? as u32,
-            substitute_span: int("TIERKV_SEMANTIC_SUBSTITUTE_SPAN", 8, 1, 1 << 16)? as u32,
-            moves: match get("TIERKV_SEMANTIC_MOVES") {
-                Some((var, v)) => {
-                    crate::config::parse_bool(&v).ok_or_else(|| err(var, &v, crate::config::BOOL_FORMS))?
-                }
-                None => false,
-            },
-            prompts: int("TIERKV_SEMANTIC_PROMPTS", 10_000, 1, 10_000_000)? as usize,
-        })
     }
 
     /// Whether sharing is on for `namespace`: an entry equal to it, or to its last

@@ -412,21 +412,3 @@ fn synthesized_blocks_copy_values_and_rerotate_keys_like_the_reference() {
         }
     }
 }
-
-#[test]
-fn config_reads_the_policy_and_refuses_bad_values() {
-    let env = |pairs: &'static [(&'static str, &'static str)]| {
-        crate::config::Config::from_lookup(move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
-    };
-    let c = env(&[
-        ("TIERKV_SEMANTIC", "on"),
-        ("TIERKV_SEMANTIC_NAMESPACES", "support, faq"),
-    ])
-    .unwrap();
-    assert!(c.semantic.on_for("model|dtype=float32|kv=auto|faq"));
-    assert!(!c.semantic.on_for("model|dtype=float32|kv=auto|chat"));
-    assert!(!crate::config::Config::default().semantic.on_for("x"), "off by default");
-    let e = env(&[("TIERKV_SEMANTIC_MIN_SIMILARITY", "1.5")]).unwrap_err();
-    assert_eq!(e.var, "TIERKV_SEMANTIC_MIN_SIMILARITY");
-    assert!(env(&[("TIERKV_SEMANTIC_PROMPTS", "0")]).is_err());
-}

@@ -53,9 +53,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use self::stats::SharedStats;
 use super::shared_file::{self, SharedFileError, Sharing};
 use crate::evict::list::{ListEnds, NIL};
-use crate::metrics::SharedStats;
 use crate::prefix::BlockHash;
 
 const MAGIC: u64 = 0x7469_6572_6b76_4152; // "tierkvAR"
@@ -73,6 +73,7 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(30);
 
 mod lease;
 mod locked;
+pub mod stats;
 
 use lease::LEASE_BYTES;
 pub use lease::{OwnerToken, MAX_LEASES, PINS_PER_LEASE};

@@ -32,6 +32,8 @@ pub mod format;
 mod handle;
 mod io;
 mod recovery;
+mod report;
+mod settings;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -49,7 +51,8 @@ pub use self::format::{AlignedBuf, DiskGeometry, SECTOR};
 pub use self::handle::DiskHandle;
 pub use self::io::Fault;
 use self::io::{Faults, IoPool};
-use crate::config::{Config, RecoveryMode};
+pub use self::report::report;
+pub use self::settings::{DiskSettings, RecoveryMode};
 use crate::evict::{Access, Policy};
 use crate::metrics::Histogram;
 use crate::offload::Admission;
@@ -280,15 +283,12 @@ impl DiskTier {
     /// With `reader_only`, this process never takes ownership: it looks blocks up
     /// and reads them while another process (or manager) writes.
     pub fn open(
-        cfg: &Config,
+        cfg: &DiskSettings,
         block_bytes: u64,
         dispatch: &tracing::Dispatch,
         reader_only: bool,
     ) -> Result<Arc<Self>, DiskError> {
-        let dir = cfg
-            .disk_path
-            .clone()
-            .ok_or_else(|| unavailable(Path::new(""), "TIERKV_DISK_PATH is not set".into()))?;
+        let dir = cfg.dir.clone();
         let path = super::store::disk_file_path(&dir, &cfg.store_name);
         let mut open = OPEN.lock();
         open.retain(|(_, w)| w.strong_count() > 0);
@@ -315,29 +315,29 @@ impl DiskTier {
     }
 
     fn create(
-        cfg: &Config,
+        cfg: &DiskSettings,
         dir: &Path,
         path: &Path,
         block_bytes: u64,
         dispatch: &tracing::Dispatch,
         reader_only: bool,
     ) -> Result<Self, DiskError> {
-        let geo = DiskGeometry::fit(block_bytes, cfg.disk_bytes).ok_or_else(|| {
+        let geo = DiskGeometry::fit(block_bytes, cfg.bytes).ok_or_else(|| {
             unavailable(
                 path,
                 format!(
                     "TIERKV_DISK_BYTES={} cannot hold one block of {block_bytes} bytes with its header",
-                    cfg.disk_bytes
+                    cfg.bytes
                 ),
             )
         })?;
         let sharing = Sharing { group: cfg.share_group };
-        let opened = recovery::open_file(dir, path, geo, cfg.disk_direct, !reader_only, sharing)?;
+        let opened = recovery::open_file(dir, path, geo, cfg.direct, !reader_only, sharing)?;
         let dir_path = super::store::directory_path(&cfg.shm_dir, &cfg.store_name);
         let start = Instant::now();
-        let full = cfg.disk_recovery == RecoveryMode::Full;
+        let full = cfg.recovery == RecoveryMode::Full;
         let found = if opened.owner {
-            recovery::scan(&opened.file, geo, cfg.disk_threads, full)
+            recovery::scan(&opened.file, geo, cfg.threads, full)
                 .map_err(|e| unavailable(path, format!("recovery read failed: {e}")))?
         } else {
             recovery::Found::default()
@@ -352,7 +352,7 @@ impl DiskTier {
         };
         let stats = DiskStats::default();
         let n = geo.n_slots as usize;
-        let mut policy = cfg.disk_eviction.build(n);
+        let mut policy = cfg.eviction.build(n);
         let mut map = HashMap::with_capacity(found.blocks.len());
         let free_slot = SlotEntry {
             state: SlotState::Free,
@@ -410,8 +410,8 @@ impl DiskTier {
                 "disk-tier recovery dropped slots that did not verify"
             );
         }
-        let admission = Admission::new(cfg.disk_admit, geo.n_slots);
-        let pool = IoPool::start(cfg.disk_threads, cfg.disk_queue, dispatch.clone())
+        let admission = Admission::new(cfg.admit, geo.n_slots);
+        let pool = IoPool::start(cfg.threads, cfg.queue, dispatch.clone())
             .map_err(|e| unavailable(path, format!("cannot start I/O threads: {e}")))?;
         let inner = Arc::new(Inner {
             file: opened.file,

@@ -28,11 +28,10 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::arena::SharedStats;
 use super::arena::{Arena, ArenaError, ArenaSpec, Locked, SlotState, WriteTicket};
 use super::checksum::FusedHasher;
 use super::shared_file::Sharing;
-use crate::config::Config;
-use crate::metrics::SharedStats;
 use crate::prefix::BlockHash;
 
 /// How many LRU entries a store inspects for an unpinned victim before giving up.
@@ -93,11 +92,11 @@ pub struct HostTier {
 impl HostTier {
     /// Opens the shared arena named by `cfg` for blocks of `block_bytes` bytes and
     /// `block_tokens` tokens.
-    pub fn open(cfg: &Config, block_bytes: u64, block_tokens: u64) -> Result<Self, TierError> {
+    pub fn open(cfg: &HostSettings, block_bytes: u64, block_tokens: u64) -> Result<Self, TierError> {
         let path: PathBuf = super::store::arena_path(&cfg.shm_dir, &cfg.store_name);
         let spec = ArenaSpec {
             slot_bytes: block_bytes,
-            capacity: cfg.cpu_bytes,
+            capacity: cfg.capacity,
             timeout: cfg.lock_timeout,
             sharing: Sharing { group: cfg.share_group },
         };
@@ -321,6 +320,11 @@ fn seed(hash: BlockHash) -> u64 {
     let [lo, hi] = hash.to_parts();
     lo ^ hi.rotate_left(29)
 }
+
+mod report;
+mod settings;
+
+pub use settings::HostSettings;
 
 #[cfg(test)]
 mod tests;

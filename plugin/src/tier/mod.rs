@@ -18,7 +18,7 @@ pub mod store;
 #[cfg(test)]
 pub(crate) mod test_util;
 
-pub use host::{HostTier, LoadOutcome, StoreOutcome, TierError};
+pub use host::{HostSettings, HostTier, LoadOutcome, StoreOutcome, TierError};
 
 /// The tiers, by the names the design uses.
 #[repr(u8)]
@@ -31,3 +31,9 @@ pub enum TierId {
     /// G3: the local disk.
     Disk = 3,
 }
+
+/// The histogram family of block copies, one series per `src`/`dst` pair; every
+/// tier adds its own.
+pub const TRANSFER_SECONDS: &str = "tierkv_transfer_seconds";
+/// Its help text.
+pub const TRANSFER_HELP: &str = "Latency of one block copy with its checksum.";

@@ -15,15 +15,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use super::{DiskError, DiskTier};
-use crate::config::Config;
+use super::{DiskError, DiskSettings, DiskTier};
 
 /// How often a missing tier is retried and a reader checks for a dead owner.
 const RETRY: Duration = Duration::from_secs(1);
 
 /// The disk tier of one manager, reopened when it should be.
 pub struct DiskHandle {
-    cfg: Config,
+    cfg: DiskSettings,
     block_bytes: u64,
     dispatch: tracing::Dispatch,
     reader_only: bool,
@@ -35,7 +34,7 @@ pub struct DiskHandle {
 impl DiskHandle {
     /// Opens the tier `cfg` configures (a failure is kept as the reason and
     /// retried later).
-    pub fn open(cfg: &Config, block_bytes: u64, dispatch: &tracing::Dispatch, reader_only: bool) -> Self {
+    pub fn open(cfg: &DiskSettings, block_bytes: u64, dispatch: &tracing::Dispatch, reader_only: bool) -> Self {
         let (current, error) = match DiskTier::open(cfg, block_bytes, dispatch, reader_only) {
             Ok(d) => (Some(d), None),
             Err(e) => {

@@ -3,6 +3,7 @@
 //! should, and the counters say what happened.
 
 use super::*;
+use crate::config::Config;
 use crate::evict::PolicyKind;
 use crate::offload::AdmitMode;
 use crate::tier::{HostTier, LoadOutcome, StoreOutcome};
@@ -44,7 +45,7 @@ fn env(slots: u64) -> Env {
     let shm = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(shm.path(), &dir.path().join("g3"), slots);
-    let host = Arc::new(HostTier::open(&cfg, LEN, 16).unwrap());
+    let host = Arc::new(HostTier::open(&cfg.host_settings(), LEN, 16).unwrap());
     Env {
         _shm: shm,
         dir,
@@ -55,7 +56,12 @@ fn env(slots: u64) -> Env {
 
 impl Env {
     fn open(&self) -> Result<Arc<DiskTier>, DiskError> {
-        DiskTier::open(&self.cfg, LEN, &tracing::Dispatch::none(), false)
+        DiskTier::open(
+            &self.cfg.disk_settings().unwrap(),
+            LEN,
+            &tracing::Dispatch::none(),
+            false,
+        )
     }
 
     fn file(&self) -> PathBuf {
@@ -278,7 +284,7 @@ fn unusable_directories_and_locked_files_are_reported() {
         disk_path: Some(file.join("sub")),
         ..e.cfg.clone()
     };
-    let err = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false)
+    let err = DiskTier::open(&cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), false)
         .err()
         .unwrap();
     assert!(err.why.contains("cannot create the directory"), "{err}");
@@ -302,7 +308,13 @@ fn unusable_directories_and_locked_files_are_reported() {
     drop(f);
     // Another geometry while nobody else owns the file: the configuration wins, the
     // file is recreated empty (a warning names both geometries).
-    let other = DiskTier::open(&e.cfg, LEN + 4096, &tracing::Dispatch::none(), false).unwrap();
+    let other = DiskTier::open(
+        &e.cfg.disk_settings().unwrap(),
+        LEN + 4096,
+        &tracing::Dispatch::none(),
+        false,
+    )
+    .unwrap();
     assert!(other.is_owner());
     assert_eq!(other.geometry().block_bytes, LEN + 4096);
     assert_eq!(other.lookup_run(&[BlockHash(1), BlockHash(2)]), 0);
@@ -312,7 +324,7 @@ fn unusable_directories_and_locked_files_are_reported() {
         disk_bytes: 8192,
         ..e.cfg.clone()
     };
-    let err = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false)
+    let err = DiskTier::open(&cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), false)
         .err()
         .unwrap();
     assert!(err.why.contains("cannot hold one block"), "{err}");
@@ -338,7 +350,7 @@ fn permission_denied_is_reported() {
                 libc::_exit(2);
             }
         }
-        let code = match DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false) {
+        let code = match DiskTier::open(&cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), false) {
             Err(e) if e.why.contains("ermission denied") => 0,
             _ => 1,
         };
@@ -362,7 +374,7 @@ fn write_queue_full_drops_offloads_without_blocking() {
         disk_threads: 1,
         ..e.cfg.clone()
     };
-    let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false).unwrap();
+    let d = DiskTier::open(&cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), false).unwrap();
     // The only worker is held busy, so the queue of one fills with the first
     // offload whatever the speed of the machine; the rest must come back at once.
     let (started_tx, started) = crossbeam_channel::bounded::<()>(1);
@@ -409,8 +421,8 @@ fn offloads_are_staged_so_host_evictions_before_the_write_lose_nothing() {
         store_name: "small".into(),
         ..e.cfg.clone()
     };
-    let host = HostTier::open(&cfg, LEN, 16).unwrap();
-    let d = DiskTier::open(&e.cfg, LEN, &tracing::Dispatch::none(), false).unwrap();
+    let host = HostTier::open(&cfg.host_settings(), LEN, 16).unwrap();
+    let d = DiskTier::open(&e.cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), false).unwrap();
     let keys: Vec<u128> = (1..=12).collect();
     for &k in &keys {
         host.store(BlockHash(k), &[&payload(k)]).unwrap();
@@ -429,7 +441,7 @@ fn reuse_admission_writes_only_reused_blocks() {
         disk_admit: AdmitMode::Reuse(2),
         ..e.cfg.clone()
     };
-    let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false).unwrap();
+    let d = DiskTier::open(&cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), false).unwrap();
     e.host.store(BlockHash(1), &[&payload(1)]).unwrap();
     e.host.store(BlockHash(2), &[&payload(2)]).unwrap();
     for k in [1, 2] {
@@ -458,8 +470,8 @@ fn crash_child_writer() {
     };
     let seed: u128 = seed.parse().unwrap();
     let cfg = config(Path::new(&shm), Path::new(&disk), 24);
-    let host = Arc::new(HostTier::open(&cfg, LEN, 16).unwrap());
-    let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false).unwrap();
+    let host = Arc::new(HostTier::open(&cfg.host_settings(), LEN, 16).unwrap());
+    let d = DiskTier::open(&cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), false).unwrap();
     for i in 0u128.. {
         let k = 1 + (seed * 7919 + i) % 60;
         host.store(BlockHash(k), &[&payload(k)]).unwrap();
@@ -498,7 +510,7 @@ fn killed_writers_leave_only_verifiable_blocks() {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().unwrap();
-        let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false).unwrap();
+        let d = DiskTier::open(&cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), false).unwrap();
         let s = d.stats();
         kept += s.recovered_blocks.load(Ordering::Relaxed);
         dropped += s.recovery_dropped.load(Ordering::Relaxed);
@@ -522,7 +534,7 @@ fn an_identity_offered_again_during_its_write_is_written_once() {
         disk_admit: AdmitMode::Always,
         ..e.cfg.clone()
     };
-    let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false).unwrap();
+    let d = DiskTier::open(&cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), false).unwrap();
     d.inject(Fault::SlowWrite { ms: 300 });
     assert!(d.offload(BlockHash(1), NS, 0, &[&payload(1)]));
     // The worker has taken the job and is writing it.
@@ -551,7 +563,7 @@ fn the_census_holds_after_concurrent_reoffers_and_evictions() {
         disk_threads: 4,
         ..e.cfg.clone()
     };
-    let d = DiskTier::open(&cfg, LEN, &tracing::Dispatch::none(), false).unwrap();
+    let d = DiskTier::open(&cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), false).unwrap();
     std::thread::scope(|s| {
         for t in 0..4u128 {
             let d = &d;
@@ -600,7 +612,15 @@ fn a_new_owner_never_truncates_a_readers_directory() {
     e.put(&owner, [1, 2, 3]);
     // A reader as another process has it (not joined through this process's registry).
     let dir = e.dir.path().join("g3");
-    let reader = DiskTier::create(&e.cfg, &dir, &e.file(), LEN, &tracing::Dispatch::none(), true).unwrap();
+    let reader = DiskTier::create(
+        &e.cfg.disk_settings().unwrap(),
+        &dir,
+        &e.file(),
+        LEN,
+        &tracing::Dispatch::none(),
+        true,
+    )
+    .unwrap();
     assert!(!reader.is_owner());
     assert_eq!(reader.lookup_run(&[BlockHash(1), BlockHash(2)]), 2);
     let old_dir = reader.inner.directory().unwrap();
@@ -675,7 +695,7 @@ fn recovery_prefers_an_older_valid_copy_over_a_torn_newer_one() {
 #[test]
 fn a_reader_that_started_before_the_owner_gets_the_tier_later() {
     let e = env(16);
-    let early = DiskHandle::open(&e.cfg, LEN, &tracing::Dispatch::none(), true);
+    let early = DiskHandle::open(&e.cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), true);
     assert!(early.get().is_none());
     assert!(early.problem().is_some());
     let owner = e.open().unwrap();
@@ -716,7 +736,7 @@ fn a_reader_takes_over_when_the_owner_dies() {
     let mut b = [0u8];
     // SAFETY: reading our pipe.
     assert_eq!(unsafe { libc::read(ready[0], b.as_mut_ptr().cast(), 1) }, 1);
-    let h = DiskHandle::open(&e.cfg, LEN, &tracing::Dispatch::none(), false);
+    let h = DiskHandle::open(&e.cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), false);
     let reader = h.get().unwrap();
     assert!(!reader.is_owner());
     assert_eq!(reader.lookup_run(&[BlockHash(7), BlockHash(8)]), 2);

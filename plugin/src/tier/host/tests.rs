@@ -1,13 +1,13 @@
 use super::*;
-use crate::config::Config;
 use std::sync::Arc;
 
-pub(super) fn cfg(dir: &std::path::Path, bytes: u64) -> Config {
-    Config {
-        cpu_bytes: bytes,
+pub(super) fn cfg(dir: &std::path::Path, bytes: u64) -> HostSettings {
+    HostSettings {
+        capacity: bytes,
         shm_dir: dir.to_path_buf(),
         store_name: "t".into(),
-        ..Config::default()
+        share_group: None,
+        lock_timeout: std::time::Duration::from_secs(10),
     }
 }
 
@@ -67,7 +67,7 @@ fn capacity_is_hard_and_eviction_is_lru() {
     assert_eq!(t.stats().evictions.load(Ordering::Relaxed), 1);
     let on_disk = std::fs::metadata(t.arena().path()).unwrap().len();
     assert_eq!(on_disk, file_len);
-    assert!(on_disk <= cfg(d.path(), 0).cpu_bytes.max(file_len));
+    assert!(on_disk <= cfg(d.path(), 0).capacity.max(file_len));
 }
 
 #[test]
@@ -188,13 +188,13 @@ fn crashed_process_leaves_store_usable() {
 }
 
 trait CloneWith {
-    fn clone_with(&self, bytes: u64) -> Config;
+    fn clone_with(&self, bytes: u64) -> HostSettings;
 }
 
-impl CloneWith for Config {
-    fn clone_with(&self, bytes: u64) -> Config {
-        Config {
-            cpu_bytes: bytes,
+impl CloneWith for HostSettings {
+    fn clone_with(&self, bytes: u64) -> HostSettings {
+        HostSettings {
+            capacity: bytes,
             ..self.clone()
         }
     }

@@ -3,7 +3,6 @@
 
 use super::tests::cfg;
 use super::*;
-use crate::config::Config;
 use crate::tier::arena::{Geometry, WRITE_DEADLINE};
 use std::os::unix::fs::PermissionsExt;
 
@@ -79,14 +78,6 @@ fn a_symlinked_arena_is_refused_and_its_target_unchanged() {
     let e = HostTier::open(&cfg(d.path(), 1 << 20), 4096, 16).err().unwrap();
     assert!(e.to_string().contains("symbolic link"), "{e}");
     assert_eq!(std::fs::read(&target).unwrap(), b"not an arena");
-}
-
-#[test]
-fn the_default_store_is_per_user() {
-    let c = Config::default();
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    assert_eq!(c.store_name, format!("default-u{uid}"));
 }
 
 /// A writer that died mid-store does not keep its identity unstorable until the
@@ -378,7 +369,7 @@ fn two_pid_namespaces_share_one_arena_safely() {
     assert_eq!(u64::from(ready), t.block_count().unwrap());
 }
 
-fn namespace_worker(c: &Config, worker: u128, len: usize) -> i32 {
+fn namespace_worker(c: &HostSettings, worker: u128, len: usize) -> i32 {
     let Ok(t) = HostTier::open(c, len as u64, 16) else {
         return 1;
     };

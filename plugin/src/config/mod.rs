@@ -15,226 +15,21 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use self::parse::{parse_addr, parse_log, BOOL_FORMS, DURATION_FORMS, SIZE_FORMS};
+pub use self::parse::{parse_bool, parse_duration, parse_size};
+pub use self::vars::{closest_var, VarDoc, TOOL_VARS, VARS};
 use crate::evict::PolicyKind;
+pub use crate::log::LogLevel;
 use crate::offload::AdmitMode;
 use crate::prefix::HashAlgo;
-
-/// One documented variable: name, default as written in the docs, and meaning.
-#[derive(Debug, Clone, Copy)]
-pub struct VarDoc {
-    /// Variable name, e.g. `TIERKV_CPU_BYTES`.
-    pub name: &'static str,
-    /// Default, as a user would write it (`unset` when there is none).
-    pub default: &'static str,
-    /// What it controls.
-    pub meaning: &'static str,
-}
-
-/// Every variable the library reads. `docs/configuration.md` lists exactly these.
-pub const VARS: &[VarDoc] = &[
-    VarDoc {
-        name: "TIERKV_CPU_BYTES",
-        default: "1GiB",
-        meaning: "Capacity of the host-memory tier (G2), a hard limit. Minimum: one block.",
-    },
-    VarDoc {
-        name: "TIERKV_STORE_NAME",
-        default: "default-u<uid>",
-        meaning: "Name of the shared store (host arena, disk file); processes of one user using the same name share one cache. The default includes the effective uid.",
-    },
-    VarDoc {
-        name: "TIERKV_SHARE_GROUP",
-        default: "unset",
-        meaning: "A group (name or gid) whose members may share the store's files (created 0660 with that group); unset: only the owner's uid (0600).",
-    },
-    VarDoc {
-        name: "TIERKV_SHM_DIR",
-        default: "/dev/shm",
-        meaning: "Directory holding the shared arena file (a tmpfs).",
-    },
-    VarDoc {
-        name: "TIERKV_HASH",
-        default: "xxh3_128",
-        meaning: "Block identity algorithm: xxh3_128, sha256_cbor or xxhash_cbor.",
-    },
-    VarDoc {
-        name: "TIERKV_NAMESPACE",
-        default: "",
-        meaning: "Namespace folded into every block identity (model, LoRA, tenant); caches never cross it.",
-    },
-    VarDoc {
-        name: "TIERKV_METRICS_ADDR",
-        default: "unset",
-        meaning: "Address for the Prometheus exporter (`9400` or `127.0.0.1:9400`); off when unset.",
-    },
-    VarDoc {
-        name: "TIERKV_LOG",
-        default: "warn",
-        meaning: "Log level written to stderr: off, error, warn, info, debug or trace.",
-    },
-    VarDoc {
-        name: "TIERKV_EVICTION",
-        default: "lru",
-        meaning: "Eviction policy of the host tier: lru.",
-    },
-    VarDoc {
-        name: "TIERKV_LOCK_TIMEOUT",
-        default: "10s",
-        meaning: "How long to wait for another process that is initialising the shared arena.",
-    },
-    VarDoc {
-        name: "TIERKV_DISK_PATH",
-        default: "unset",
-        meaning: "Directory of the disk tier (G3); off when unset. Created (0700) if missing; the file inside is 0600.",
-    },
-    VarDoc {
-        name: "TIERKV_DISK_BYTES",
-        default: "unset",
-        meaning: "Capacity of the disk tier, a hard limit including headers; required with TIERKV_DISK_PATH. Preallocated.",
-    },
-    VarDoc {
-        name: "TIERKV_DISK_ADMIT",
-        default: "reuse",
-        meaning: "Which blocks go to disk: reuse (used TIERKV_DISK_ADMIT_USES times) or always (write-through).",
-    },
-    VarDoc {
-        name: "TIERKV_DISK_ADMIT_USES",
-        default: "2",
-        meaning: "Uses (stores and hits) before a block is written to disk under reuse admission. 1-15.",
-    },
-    VarDoc {
-        name: "TIERKV_DISK_EVICTION",
-        default: "lru",
-        meaning: "Eviction policy of the disk tier: lru, s3fifo or chat.",
-    },
-    VarDoc {
-        name: "TIERKV_DISK_THREADS",
-        default: "4",
-        meaning: "Disk I/O worker threads. 1-64.",
-    },
-    VarDoc {
-        name: "TIERKV_DISK_QUEUE",
-        default: "256",
-        meaning: "Bound of the disk read and write queues, in blocks; a full write queue drops offloads. 1-65536.",
-    },
-    VarDoc {
-        name: "TIERKV_DISK_DIRECT",
-        default: "true",
-        meaning: "Use O_DIRECT (bypass the page cache); falls back to buffered I/O where the filesystem refuses it.",
-    },
-    VarDoc {
-        name: "TIERKV_DISK_RECOVERY",
-        default: "headers",
-        meaning: "Restart recovery: headers (read each block's header; payloads verified on load) or full (verify every payload).",
-    },
-    VarDoc {
-        name: "TIERKV_HW_INTERVAL",
-        default: "1s",
-        meaning: "Telemetry sampling interval (NVML, or /proc without a GPU) for the scheduler; 0 or off disables it.",
-    },
-    VarDoc {
-        name: "TIERKV_GPU_DEVICE",
-        default: "0",
-        meaning: "NVML index of the GPU this engine runs on (telemetry and PCIe scheduling). 0-255.",
-    },
-    VarDoc {
-        name: "TIERKV_STAGING_BYTES",
-        default: "2GiB",
-        meaning: "Pinned staging memory layer-by-layer GPU loads may hold at once; past it, blocks are loaded in chunks through one buffer.",
-    },
-    VarDoc {
-        name: "TIERKV_STORE_DECODE",
-        default: "true",
-        meaning: "Also store blocks filled during decode (a chat's next turn repeats the reply).",
-    },
-    VarDoc {
-        name: "TIERKV_SEMANTIC",
-        default: "false",
-        meaning: "Semantic sharing: reuse KV of cached near-duplicate prompts (docs/semantic.md). Never across namespaces.",
-    },
-    VarDoc {
-        name: "TIERKV_SEMANTIC_NAMESPACES",
-        default: "unset",
-        meaning: "Comma-separated namespaces semantic sharing is on for (a manager's namespace or its last |-separated field); unset: all.",
-    },
-    VarDoc {
-        name: "TIERKV_SEMANTIC_MIN_SIMILARITY",
-        default: "0.5",
-        meaning: "Least fraction of the prompt a cached near-duplicate must cover. 0-1.",
-    },
-    VarDoc {
-        name: "TIERKV_SEMANTIC_MAX_RECOMPUTE",
-        default: "0.3",
-        meaning: "Most fraction of the prompt a reuse plan may recompute (differing tokens plus blend). 0-1.",
-    },
-    VarDoc {
-        name: "TIERKV_SEMANTIC_BLEND",
-        default: "0.15",
-        meaning: "Fraction of the prompt recomputed after edits (the tokens right after each difference). 0-1.",
-    },
-    VarDoc {
-        name: "TIERKV_SEMANTIC_MAX_SHIFT",
-        default: "4096",
-        meaning: "Largest position shift of reused KV (keys are re-rotated by it). 0-16777216.",
-    },
-    VarDoc {
-        name: "TIERKV_SEMANTIC_BELOW",
-        default: "0.5",
-        meaning: "Consult the index only when the exact prefix hit covers less than this fraction of the prompt. 0-1.",
-    },
-    VarDoc {
-        name: "TIERKV_SEMANTIC_SUBSTITUTE",
-        default: "8",
-        meaning: "Differing tokens a prefix-only engine (vLLM) may take from the near-duplicate's KV (a swapped name or number). 0-65536.",
-    },
-    VarDoc {
-        name: "TIERKV_SEMANTIC_SUBSTITUTE_SPAN",
-        default: "8",
-        meaning: "Longest run of differing tokens that may be substituted (a name or a number, not a reworded sentence). 1-65536.",
-    },
-    VarDoc {
-        name: "TIERKV_SEMANTIC_MOVES",
-        default: "false",
-        meaning: "Reuse passages that moved (reordered documents); off by default: measured to change answers without recompute.",
-    },
-    VarDoc {
-        name: "TIERKV_SEMANTIC_PROMPTS",
-        default: "10000",
-        meaning: "Prompts the semantic index holds per manager; the oldest leaves first. 1-10000000.",
-    },
-];
-
-/// Log levels accepted by `TIERKV_LOG`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum LogLevel {
-    /// Nothing is written.
-    Off,
-    /// Errors only.
-    Error,
-    /// Errors and warnings.
-    Warn,
-    /// Plus informational events.
-    Info,
-    /// Plus debug events.
-    Debug,
-    /// Everything.
-    Trace,
-}
+pub use crate::tier::disk::{DiskSettings, RecoveryMode};
+use crate::tier::HostSettings;
 
 /// Eviction policies of the host tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EvictionKind {
     /// Least recently used, O(1) with an intrusive list.
     Lru,
-}
-
-/// How much a restart reads to rebuild the disk tier's index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecoveryMode {
-    /// Each block's header sector (checksummed); payloads are verified on load.
-    Headers,
-    /// Every block whole, verifying each payload.
-    Full,
 }
 
 /// The validated configuration of one manager.
@@ -487,7 +282,7 @@ impl Config {
                 .map_err(|_| err(var, &v, "an integer from 0 to 255"))?,
             None => 0,
         };
-        let semantic = crate::semantic::SemanticPolicy::from_lookup(get)?;
+        let semantic = semantic::from_lookup(get)?;
         let cfg = Config {
             semantic,
             hw_interval,
@@ -518,6 +313,34 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The host tier's settings.
+    pub fn host_settings(&self) -> HostSettings {
+        HostSettings {
+            capacity: self.cpu_bytes,
+            store_name: self.store_name.clone(),
+            shm_dir: self.shm_dir.clone(),
+            share_group: self.share_group,
+            lock_timeout: self.lock_timeout,
+        }
+    }
+
+    /// The disk tier's settings; `None` when `TIERKV_DISK_PATH` is unset.
+    pub fn disk_settings(&self) -> Option<DiskSettings> {
+        Some(DiskSettings {
+            dir: self.disk_path.clone()?,
+            bytes: self.disk_bytes,
+            store_name: self.store_name.clone(),
+            shm_dir: self.shm_dir.clone(),
+            share_group: self.share_group,
+            admit: self.disk_admit,
+            eviction: self.disk_eviction,
+            threads: self.disk_threads,
+            queue: self.disk_queue,
+            direct: self.disk_direct,
+            recovery: self.disk_recovery,
+        })
+    }
+
     /// Rejects values that parse but cannot work.
     pub fn sanitize(&self) -> Result<(), ConfigError> {
         if self.cpu_bytes < 4096 {
@@ -545,55 +368,6 @@ impl Config {
     }
 }
 
-const SIZE_FORMS: &str = "a byte size such as 4096, 512MB, 8GiB (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)";
-const DURATION_FORMS: &str = "a duration such as 250ms, 10s, 2m (units us, ms, s, m, h)";
-pub(crate) const BOOL_FORMS: &str = "one of 1, 0, true, false, yes, no, on, off";
-
-/// `TIERKV_*` variables read by tierkv's tools, scripts and tests, not by the
-/// library: never reported as unknown.
-pub const TOOL_VARS: &[&str] = &[
-    "TIERKV_LIB",
-    "TIERKV_VLLM_VENV",
-    "TIERKV_VLLM_PYTHON",
-    "TIERKV_SKIP_VLLM",
-    "TIERKV_REQUIRE_NVRTC",
-    "TIERKV_REQUIRE_GPU",
-    "TIERKV_BLESS",
-    "TIERKV_SOAK_S",
-    "TIERKV_SOAK_FLIPS",
-    "TIERKV_BENCH_DIR",
-    "TIERKV_BENCH_BLOCK_BYTES",
-    "TIERKV_TEST_SHM",
-    "TIERKV_TEST_DISK",
-    "TIERKV_TEST_SEED",
-];
-
-/// The known variable closest to `name` (edit distance at most 3).
-pub fn closest_var(name: &str) -> Option<&'static str> {
-    VARS.iter()
-        .map(|v| (edit_distance(name, v.name), v.name))
-        .filter(|&(d, _)| d <= 3)
-        .min()
-        .map(|(_, n)| n)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        let mut prev = row[0];
-        row[0] = i;
-        for j in 1..=b.len() {
-            let cur = row[j];
-            row[j] = (row[j] + 1)
-                .min(row[j - 1] + 1)
-                .min(prev + usize::from(a[i - 1] != b[j - 1]));
-            prev = cur;
-        }
-    }
-    row[b.len()]
-}
-
 /// `default-u<euid>`: users of one host never share a store unless they say so.
 pub fn default_store_name() -> String {
     // SAFETY: geteuid has no preconditions.
@@ -608,82 +382,9 @@ fn valid_name(v: &str) -> bool {
         && v != ".."
 }
 
-fn split_number(s: &str) -> Option<(u64, f64, &str)> {
-    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(end);
-    if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1 {
-        return None;
-    }
-    let int = num.split('.').next()?.parse::<u64>().ok()?;
-    let float = num.parse::<f64>().ok()?;
-    Some((int, float, unit.trim()))
-}
-
-/// Parses a byte size: `4096`, `512MB`, `8GiB`, `1.5GiB`. Returns `None` when invalid
-/// or above `u64::MAX`.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let (int, float, unit) = split_number(s.trim())?;
-    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        "tib" => 1 << 40,
-        _ => return None,
-    };
-    if s.contains('.') {
-        let v = float * mult as f64;
-        (v.is_finite() && v < u64::MAX as f64).then_some(v as u64)
-    } else {
-        int.checked_mul(mult)
-    }
-}
-
-/// Parses a duration: `500us`, `250ms`, `10s`, `2m`, `1h`. A unit is required.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let (_, float, unit) = split_number(s.trim())?;
-    let secs = match unit {
-        "us" => float / 1e6,
-        "ms" => float / 1e3,
-        "s" => float,
-        "m" => float * 60.0,
-        "h" => float * 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(secs).ok()
-}
-
-/// Parses a boolean: `1/0`, `true/false`, `yes/no`, `on/off` (any case).
-pub fn parse_bool(s: &str) -> Option<bool> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-fn parse_log(s: &str) -> Option<LogLevel> {
-    Some(match s.to_ascii_lowercase().as_str() {
-        "off" => LogLevel::Off,
-        "error" => LogLevel::Error,
-        "warn" | "warning" => LogLevel::Warn,
-        "info" => LogLevel::Info,
-        "debug" => LogLevel::Debug,
-        "trace" => LogLevel::Trace,
-        _ => return None,
-    })
-}
-
-fn parse_addr(s: &str) -> Option<SocketAddr> {
-    if let Ok(port) = s.parse::<u16>() {
-        return Some(SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    s.parse().ok()
-}
+mod parse;
+mod semantic;
+mod vars;
 
 #[cfg(test)]
 mod tests;

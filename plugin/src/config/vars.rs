@@ -1,0 +1,232 @@
+//! The one table of `TIERKV_*` variables ([`VARS`]), which `docs/configuration.md`
+//! mirrors (a test keeps them in step), and the names tools read ([`TOOL_VARS`]).
+
+/// One documented variable: name, default as written in the docs, and meaning.
+#[derive(Debug, Clone, Copy)]
+pub struct VarDoc {
+    /// Variable name, e.g. `TIERKV_CPU_BYTES`.
+    pub name: &'static str,
+    /// Default, as a user would write it (`unset` when there is none).
+    pub default: &'static str,
+    /// What it controls.
+    pub meaning: &'static str,
+}
+
+/// Every variable the library reads. `docs/configuration.md` lists exactly these.
+pub const VARS: &[VarDoc] = &[
+    VarDoc {
+        name: "TIERKV_CPU_BYTES",
+        default: "1GiB",
+        meaning: "Capacity of the host-memory tier (G2), a hard limit. Minimum: one block.",
+    },
+    VarDoc {
+        name: "TIERKV_STORE_NAME",
+        default: "default-u<uid>",
+        meaning: "Name of the shared store (host arena, disk file); processes of one user using the same name share one cache. The default includes the effective uid.",
+    },
+    VarDoc {
+        name: "TIERKV_SHARE_GROUP",
+        default: "unset",
+        meaning: "A group (name or gid) whose members may share the store's files (created 0660 with that group); unset: only the owner's uid (0600).",
+    },
+    VarDoc {
+        name: "TIERKV_SHM_DIR",
+        default: "/dev/shm",
+        meaning: "Directory holding the shared arena file (a tmpfs).",
+    },
+    VarDoc {
+        name: "TIERKV_HASH",
+        default: "xxh3_128",
+        meaning: "Block identity algorithm: xxh3_128, sha256_cbor or xxhash_cbor.",
+    },
+    VarDoc {
+        name: "TIERKV_NAMESPACE",
+        default: "",
+        meaning: "Namespace folded into every block identity (model, LoRA, tenant); caches never cross it.",
+    },
+    VarDoc {
+        name: "TIERKV_METRICS_ADDR",
+        default: "unset",
+        meaning: "Address for the Prometheus exporter (`9400` or `127.0.0.1:9400`); off when unset.",
+    },
+    VarDoc {
+        name: "TIERKV_LOG",
+        default: "warn",
+        meaning: "Log level written to stderr: off, error, warn, info, debug or trace.",
+    },
+    VarDoc {
+        name: "TIERKV_EVICTION",
+        default: "lru",
+        meaning: "Eviction policy of the host tier: lru.",
+    },
+    VarDoc {
+        name: "TIERKV_LOCK_TIMEOUT",
+        default: "10s",
+        meaning: "How long to wait for another process that is initialising the shared arena.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_PATH",
+        default: "unset",
+        meaning: "Directory of the disk tier (G3); off when unset. Created (0700) if missing; the file inside is 0600.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_BYTES",
+        default: "unset",
+        meaning: "Capacity of the disk tier, a hard limit including headers; required with TIERKV_DISK_PATH. Preallocated.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_ADMIT",
+        default: "reuse",
+        meaning: "Which blocks go to disk: reuse (used TIERKV_DISK_ADMIT_USES times) or always (write-through).",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_ADMIT_USES",
+        default: "2",
+        meaning: "Uses (stores and hits) before a block is written to disk under reuse admission. 1-15.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_EVICTION",
+        default: "lru",
+        meaning: "Eviction policy of the disk tier: lru, s3fifo or chat.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_THREADS",
+        default: "4",
+        meaning: "Disk I/O worker threads. 1-64.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_QUEUE",
+        default: "256",
+        meaning: "Bound of the disk read and write queues, in blocks; a full write queue drops offloads. 1-65536.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_DIRECT",
+        default: "true",
+        meaning: "Use O_DIRECT (bypass the page cache); falls back to buffered I/O where the filesystem refuses it.",
+    },
+    VarDoc {
+        name: "TIERKV_DISK_RECOVERY",
+        default: "headers",
+        meaning: "Restart recovery: headers (read each block's header; payloads verified on load) or full (verify every payload).",
+    },
+    VarDoc {
+        name: "TIERKV_HW_INTERVAL",
+        default: "1s",
+        meaning: "Telemetry sampling interval (NVML, or /proc without a GPU) for the scheduler; 0 or off disables it.",
+    },
+    VarDoc {
+        name: "TIERKV_GPU_DEVICE",
+        default: "0",
+        meaning: "NVML index of the GPU this engine runs on (telemetry and PCIe scheduling). 0-255.",
+    },
+    VarDoc {
+        name: "TIERKV_STAGING_BYTES",
+        default: "2GiB",
+        meaning: "Pinned staging memory layer-by-layer GPU loads may hold at once; past it, blocks are loaded in chunks through one buffer.",
+    },
+    VarDoc {
+        name: "TIERKV_STORE_DECODE",
+        default: "true",
+        meaning: "Also store blocks filled during decode (a chat's next turn repeats the reply).",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC",
+        default: "false",
+        meaning: "Semantic sharing: reuse KV of cached near-duplicate prompts (docs/semantic.md). Never across namespaces.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_NAMESPACES",
+        default: "unset",
+        meaning: "Comma-separated namespaces semantic sharing is on for (a manager's namespace or its last |-separated field); unset: all.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_MIN_SIMILARITY",
+        default: "0.5",
+        meaning: "Least fraction of the prompt a cached near-duplicate must cover. 0-1.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_MAX_RECOMPUTE",
+        default: "0.3",
+        meaning: "Most fraction of the prompt a reuse plan may recompute (differing tokens plus blend). 0-1.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_BLEND",
+        default: "0.15",
+        meaning: "Fraction of the prompt recomputed after edits (the tokens right after each difference). 0-1.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_MAX_SHIFT",
+        default: "4096",
+        meaning: "Largest position shift of reused KV (keys are re-rotated by it). 0-16777216.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_BELOW",
+        default: "0.5",
+        meaning: "Consult the index only when the exact prefix hit covers less than this fraction of the prompt. 0-1.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_SUBSTITUTE",
+        default: "8",
+        meaning: "Differing tokens a prefix-only engine (vLLM) may take from the near-duplicate's KV (a swapped name or number). 0-65536.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_SUBSTITUTE_SPAN",
+        default: "8",
+        meaning: "Longest run of differing tokens that may be substituted (a name or a number, not a reworded sentence). 1-65536.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_MOVES",
+        default: "false",
+        meaning: "Reuse passages that moved (reordered documents); off by default: measured to change answers without recompute.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_PROMPTS",
+        default: "10000",
+        meaning: "Prompts the semantic index holds per manager; the oldest leaves first. 1-10000000.",
+    },
+];
+
+/// `TIERKV_*` variables read by tierkv's tools, scripts and tests, not by the
+/// library: never reported as unknown.
+pub const TOOL_VARS: &[&str] = &[
+    "TIERKV_LIB",
+    "TIERKV_VLLM_VENV",
+    "TIERKV_VLLM_PYTHON",
+    "TIERKV_SKIP_VLLM",
+    "TIERKV_REQUIRE_NVRTC",
+    "TIERKV_REQUIRE_GPU",
+    "TIERKV_BLESS",
+    "TIERKV_SOAK_S",
+    "TIERKV_SOAK_FLIPS",
+    "TIERKV_BENCH_DIR",
+    "TIERKV_BENCH_BLOCK_BYTES",
+    "TIERKV_TEST_SHM",
+    "TIERKV_TEST_DISK",
+    "TIERKV_TEST_SEED",
+];
+
+/// The known variable closest to `name` (edit distance at most 3).
+pub fn closest_var(name: &str) -> Option<&'static str> {
+    VARS.iter()
+        .map(|v| (edit_distance(name, v.name), v.name))
+        .filter(|&(d, _)| d <= 3)
+        .min()
+        .map(|(_, n)| n)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut prev = row[0];
+        row[0] = i;
+        for j in 1..=b.len() {
+            let cur = row[j];
+            row[j] = (row[j] + 1)
+                .min(row[j - 1] + 1)
+                .min(prev + usize::from(a[i - 1] != b[j - 1]));
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
