@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tierkv::config::Config;
-use tierkv::offload::AdmitMode;
+use tierkv::movement::AdmitMode;
 use tierkv::prefix::BlockHash;
 use tierkv::tier::disk::{DiskGeometry, DiskRead, DiskTier};
 

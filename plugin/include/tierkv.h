@@ -192,7 +192,8 @@ typedef struct TierkvHash {
   uint64_t hi;
 } TierkvHash;
 
-// One tensor's share of every block.
+// A region of engine KV memory: block `b` is at `base + b * block_stride`, with
+// `bytes_per_block` bytes.
 typedef struct TierkvRegion {
   // Address of block 0 in this tensor.
   uint64_t base;
@@ -201,10 +202,6 @@ typedef struct TierkvRegion {
   // Bytes of one block in this tensor.
   uint64_t bytes_per_block;
 } TierkvRegion;
-
-// A region of engine KV memory: block `b` is at `base + b * block_stride`, with
-// `bytes_per_block` bytes.
-typedef struct TierkvRegion TierkvRegion;
 
 // What `tierkv_disk_status` reports.
 typedef struct TierkvDiskStatus {
@@ -293,7 +290,7 @@ typedef struct TierkvRange {
   uint32_t end;
 } TierkvRange;
 
-// Where one target position's KV comes from (for [`crate::Manager::load_tokens`]).
+// Where one target position's KV comes from (for `tierkv_load_tokens`).
 typedef struct TierkvTokenSource {
   // Index into the source block identities passed with the map.
   uint32_t block;
@@ -340,8 +337,6 @@ typedef struct TierkvRope {
   // `rot_dim / 2` frequencies for scaled variants, or null for standard RoPE.
   const float *inv_freq;
 } TierkvRope;
-
-
 
 #ifdef __cplusplus
 extern "C" {
@@ -445,7 +440,7 @@ enum TierkvStatus tierkv_record_error(const struct TierkvManager *mgr, uint32_t 
 // valid until it is replaced or the manager destroyed; store and load calls access
 // it. Does not block.
 enum TierkvStatus tierkv_register_layout(const struct TierkvManager *mgr,
-                                         const TierkvRegion *regions,
+                                         const struct TierkvRegion *regions,
                                          size_t n_regions,
                                          uint64_t num_blocks);
 
@@ -461,7 +456,7 @@ enum TierkvStatus tierkv_register_layout(const struct TierkvManager *mgr,
 // `regions` valid for `n_regions` reads. The device memory must stay allocated
 // while registered. Blocks while the device is opened and kernels are compiled.
 enum TierkvStatus tierkv_register_device_layout(const struct TierkvManager *mgr,
-                                                const TierkvRegion *regions,
+                                                const struct TierkvRegion *regions,
                                                 size_t n_regions,
                                                 uint64_t num_blocks,
                                                 uint32_t device);

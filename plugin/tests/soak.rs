@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tierkv::config::Config;
-use tierkv::offload::AdmitMode;
+use tierkv::movement::AdmitMode;
 use tierkv::prefix::BlockHash;
 use tierkv::tier::layout::Region;
 use tierkv::tier::{HostTier, LoadOutcome, StoreOutcome};

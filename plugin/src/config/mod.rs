@@ -20,7 +20,7 @@ pub use self::parse::{parse_bool, parse_duration, parse_size};
 pub use self::vars::{closest_var, VarDoc, TOOL_VARS, VARS};
 use crate::evict::PolicyKind;
 pub use crate::log::LogLevel;
-use crate::offload::AdmitMode;
+use crate::movement::AdmitMode;
 use crate::prefix::HashAlgo;
 pub use crate::tier::disk::{DiskSettings, RecoveryMode};
 use crate::tier::HostSettings;
@@ -332,7 +332,6 @@ impl Config {
             store_name: self.store_name.clone(),
             shm_dir: self.shm_dir.clone(),
             share_group: self.share_group,
-            admit: self.disk_admit,
             eviction: self.disk_eviction,
             threads: self.disk_threads,
             queue: self.disk_queue,

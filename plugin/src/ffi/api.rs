@@ -4,13 +4,11 @@
 use std::ffi::{c_char, CStr};
 use std::sync::Arc;
 
+use super::types::{core_vec, TierkvRegion};
 use super::{guard, manager, out_ptr, prefill, slice_in, slice_out, FfiError, TierkvManager, TierkvStatus};
-use crate::block::CowOutcome;
 use crate::config::Config;
-use crate::prefix::{BlockHash, HashAlgo};
-use crate::tier::layout::Region;
-use crate::tier::{LoadOutcome, StoreOutcome, TierId};
-use crate::{Manager, ManagerParams};
+use crate::manager::{BlockHash, CowOutcome, HashAlgo, LoadOutcome, Region, StoreOutcome, TierId};
+use crate::{Manager, ManagerError, ManagerParams};
 
 /// Version of this C ABI. Bumped on any incompatible change.
 pub const TIERKV_ABI_VERSION: u32 = 3;
@@ -61,10 +59,6 @@ pub const TIERKV_CREATE_NO_EXPORTER: u32 = 1;
 /// `flags` bit: this manager only looks blocks up and loads them; it never takes
 /// ownership of the disk tier's file (for a scheduler process, whose worker stores).
 pub const TIERKV_CREATE_DISK_READER: u32 = 2;
-
-/// A region of engine KV memory: block `b` is at `base + b * block_stride`, with
-/// `bytes_per_block` bytes.
-pub type TierkvRegion = Region;
 
 /// What `tierkv_manager_info` reports.
 #[repr(C)]
@@ -229,15 +223,18 @@ pub unsafe extern "C" fn tierkv_manager_info(mgr: *const TierkvManager, out: *mu
         let m = manager(mgr)?;
         // SAFETY: validated pointer, caller contract.
         let out = unsafe { out_ptr(out, "out") }?;
-        let g = m.host().arena().geometry();
+        let host = m.tier_status(TierId::Host).unwrap_or_default();
+        if let Some(why) = host.problem {
+            return Err(ManagerError::Unavailable(why).into());
+        }
         *out = TierkvManagerInfo {
             abi_version: TIERKV_ABI_VERSION,
             block_tokens: m.block_tokens() as u32,
-            block_bytes: g.slot_bytes,
-            host_capacity_blocks: u64::from(g.n_slots),
-            host_blocks: m.host().block_count().map_err(crate::ManagerError::from)?,
+            block_bytes: m.block_bytes(),
+            host_capacity_blocks: host.capacity_blocks,
+            host_blocks: host.blocks,
             metrics_port: m.exporter_addr().map_or(0, |a| a.port()),
-            store_decode: u8::from(m.config().store_decode),
+            store_decode: u8::from(m.store_decode()),
             hash_algo: match m.hash_algo() {
                 HashAlgo::Xxh3_128 => 0,
                 HashAlgo::Sha256Cbor => 1,
@@ -405,7 +402,7 @@ pub unsafe extern "C" fn tierkv_register_layout(
     guard(|| {
         let m = manager(mgr)?;
         // SAFETY: the caller's contract, passed on.
-        m.register_layout(unsafe { regions_in(regions, n_regions) }?, num_blocks)?;
+        m.register_layout(&unsafe { regions_in(regions, n_regions) }?, num_blocks)?;
         Ok(())
     })
 }
@@ -414,12 +411,12 @@ pub unsafe extern "C" fn tierkv_register_layout(
 ///
 /// # Safety
 /// `regions` valid for `n` reads (checked for null and alignment here).
-unsafe fn regions_in<'a>(regions: *const TierkvRegion, n: usize) -> Result<&'a [TierkvRegion], FfiError> {
+unsafe fn regions_in(regions: *const TierkvRegion, n: usize) -> Result<Vec<Region>, FfiError> {
     if n == 0 {
         return Err(FfiError::invalid("n_regions is zero"));
     }
     // SAFETY: validated pointer, caller contract.
-    unsafe { slice_in(regions, n, "regions") }
+    Ok(core_vec(unsafe { slice_in(regions, n, "regions") }?))
 }
 
 /// Registers the engine's KV layout in the GPU memory of CUDA device `device`:
@@ -444,7 +441,7 @@ pub unsafe extern "C" fn tierkv_register_device_layout(
     guard(|| {
         let m = manager(mgr)?;
         // SAFETY: the caller's contract, passed on.
-        m.register_device_layout(unsafe { regions_in(regions, n_regions) }?, num_blocks, device)?;
+        m.register_device_layout(&unsafe { regions_in(regions, n_regions) }?, num_blocks, device)?;
         Ok(())
     })
 }
@@ -575,13 +572,6 @@ pub unsafe extern "C" fn tierkv_metrics_text(
     })
 }
 
-fn pool_of(m: &Manager) -> Result<&parking_lot::Mutex<crate::block::BlockPool>, FfiError> {
-    m.pool().ok_or(FfiError {
-        status: TierkvStatus::State,
-        message: "this manager has no engine block pool (create it with pool_blocks > 0)".into(),
-    })
-}
-
 /// Allocates `n` engine blocks, all or nothing, writing their ids to `out_ids`.
 /// Returns `INSUFFICIENT` (changing nothing) when fewer than `n` are free.
 ///
@@ -594,10 +584,7 @@ pub unsafe extern "C" fn tierkv_pool_allocate(mgr: *const TierkvManager, n: usiz
         // SAFETY: validated pointer, caller contract.
         let out = unsafe { slice_out(out_ids, n, "out_ids") }?;
         let mut ids = Vec::with_capacity(n);
-        pool_of(&m)?
-            .lock()
-            .allocate(n, &mut ids)
-            .map_err(crate::block::PoolError::from)?;
+        m.pool_allocate(n, &mut ids)?;
         out.copy_from_slice(&ids);
         Ok(())
     })
@@ -614,7 +601,7 @@ pub unsafe extern "C" fn tierkv_pool_free(mgr: *const TierkvManager, ids: *const
         let m = manager(mgr)?;
         // SAFETY: validated pointer, caller contract.
         let ids = unsafe { slice_in(ids, n, "ids") }?;
-        pool_of(&m)?.lock().free(ids)?;
+        m.pool_free(ids)?;
         Ok(())
     })
 }
@@ -629,7 +616,7 @@ pub unsafe extern "C" fn tierkv_pool_fork(mgr: *const TierkvManager, ids: *const
         let m = manager(mgr)?;
         // SAFETY: validated pointer, caller contract.
         let ids = unsafe { slice_in(ids, n, "ids") }?;
-        pool_of(&m)?.lock().fork(ids)?;
+        m.pool_fork(ids)?;
         Ok(())
     })
 }
@@ -651,7 +638,7 @@ pub unsafe extern "C" fn tierkv_pool_copy_on_write(
         let m = manager(mgr)?;
         // SAFETY: validated pointers, caller contract.
         let (out_id, out_copy) = unsafe { (out_ptr(out_id, "out_id")?, out_ptr(out_copy, "out_copy")?) };
-        match pool_of(&m)?.lock().copy_on_write(id)? {
+        match m.pool_copy_on_write(id)? {
             CowOutcome::Exclusive(b) => (*out_id, *out_copy) = (b, 0),
             CowOutcome::Copied { dst, .. } => (*out_id, *out_copy) = (dst, 1),
         }
@@ -675,7 +662,7 @@ pub unsafe extern "C" fn tierkv_pool_register(
         let m = manager(mgr)?;
         // SAFETY: validated pointers, caller contract.
         let (h, out) = unsafe { (slice_in(hash, 1, "hash")?[0], out_ptr(out_indexed, "out_indexed")?) };
-        *out = u8::from(pool_of(&m)?.lock().register(id, h.into())?);
+        *out = u8::from(m.pool_register(id, h.into())?);
         Ok(())
     })
 }
@@ -703,7 +690,7 @@ pub unsafe extern "C" fn tierkv_pool_acquire_cached(
         let (hs, out) = unsafe { (slice_in(hashes, n, "hashes")?, slice_out(out_ids, n, "out_ids")?) };
         let hs: Vec<BlockHash> = hs.iter().map(|&h| h.into()).collect();
         let mut ids = Vec::with_capacity(n);
-        let got = pool_of(&m)?.lock().acquire_cached(&hs, &mut ids);
+        let got = m.pool_acquire_cached(&hs, &mut ids)?;
         out[..got].copy_from_slice(&ids);
         *out_n = got;
         Ok(())

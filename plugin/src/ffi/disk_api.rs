@@ -1,8 +1,7 @@
 //! The disk tier's part of the C ABI: its state and a flush before shutdown.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use super::{guard, manager, out_ptr, FfiError, TierkvManager, TierkvStatus};
+use crate::manager::TierId;
 
 /// What `tierkv_disk_status` reports.
 #[repr(C)]
@@ -49,33 +48,25 @@ pub unsafe extern "C" fn tierkv_disk_status(mgr: *const TierkvManager, out: *mut
         let m = manager(mgr)?;
         // SAFETY: validated pointer, caller contract.
         let out = unsafe { out_ptr(out, "out") }?;
-        let mut st = TierkvDiskStatus {
-            configured: u8::from(m.config().disk_path.is_some()),
-            ..TierkvDiskStatus::default()
+        let Some(t) = m.tier_status(TierId::Disk) else {
+            *out = TierkvDiskStatus::default();
+            return Ok(());
         };
-        if let Some(d) = m.disk() {
-            let g = d.geometry();
-            let s = d.stats();
-            let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-            st.up = u8::from(d.is_up());
-            st.direct_io = u8::from(d.direct_io());
-            st.blocks = d.block_count();
-            st.capacity_blocks = g.n_slots;
-            st.capacity_bytes = g.file_len;
-            st.recovered_blocks = r(&s.recovered_blocks);
-            st.recovery_dropped = r(&s.recovery_dropped);
-            st.pending_writes = d.queue_depths().1 as u64;
-            if d.is_owner() {
-                let c = d.census();
-                st.writing_blocks = c.writing;
-                st.free_blocks = c.free;
-                st.consistent = u8::from(c.consistent());
-            } else {
-                st.consistent = 1;
-            }
-        }
-        *out = st;
-        match m.disk_problem() {
+        *out = TierkvDiskStatus {
+            configured: 1,
+            up: u8::from(t.up),
+            direct_io: u8::from(t.direct_io),
+            blocks: t.blocks,
+            capacity_blocks: t.capacity_blocks,
+            capacity_bytes: t.capacity_bytes,
+            recovered_blocks: t.recovered_blocks,
+            recovery_dropped: t.recovery_dropped,
+            pending_writes: t.pending_writes,
+            writing_blocks: t.writing_blocks,
+            free_blocks: t.free_blocks,
+            consistent: u8::from(t.consistent),
+        };
+        match t.problem {
             Some(why) => Err(FfiError {
                 status: TierkvStatus::Unavailable,
                 message: why,
@@ -101,10 +92,7 @@ pub unsafe extern "C" fn tierkv_disk_flush(
         let m = manager(mgr)?;
         // SAFETY: validated pointer, caller contract.
         let out = unsafe { out_ptr(out_idle, "out_idle") }?;
-        *out = match m.disk() {
-            Some(d) => u8::from(d.wait_idle(std::time::Duration::from_millis(timeout_ms))),
-            None => 1,
-        };
+        *out = u8::from(m.flush(std::time::Duration::from_millis(timeout_ms)));
         Ok(())
     })
 }

@@ -2,7 +2,7 @@
 //! themselves (offload pacing, prefetch depth, free-block watermark).
 
 use super::{guard, manager, out_ptr, TierkvManager, TierkvStatus, TIERKV_TIER_DISK, TIERKV_TIER_HOST};
-use crate::hw::Placement;
+use crate::manager::Placement;
 
 /// What `tierkv_hw_hints` reports (see docs/gpu.md for the rules behind each).
 #[repr(C)]
@@ -37,15 +37,15 @@ pub unsafe extern "C" fn tierkv_hw_hints(mgr: *const TierkvManager, out: *mut Ti
         let m = manager(mgr)?;
         // SAFETY: validated pointer, caller contract.
         let out = unsafe { out_ptr(out, "out") }?;
-        let hw = m.hw();
+        let (samples, latest) = m.telemetry();
         let mut h = TierkvHwHints {
             placement: TIERKV_TIER_HOST,
             numa_node: -1,
             offload_rate_bytes_per_s: u64::MAX,
-            samples: hw.samples(),
+            samples,
             ..TierkvHwHints::default()
         };
-        if let Some((t, d)) = hw.latest() {
+        if let Some((t, d)) = latest {
             h.gpu_available = u8::from(t.gpu.is_some());
             h.placement = match d.placement {
                 Placement::Host => TIERKV_TIER_HOST,

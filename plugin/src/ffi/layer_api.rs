@@ -19,15 +19,15 @@ use super::{guard, prefill, FfiError, Held, Registry, TierkvHash, TierkvManager,
 #[cfg(feature = "cuda")]
 use super::{manager, out_ptr, slice_in};
 #[cfg(feature = "cuda")]
-use crate::prefix::BlockHash;
+use crate::manager::BlockHash;
 #[cfg(feature = "cuda")]
-use crate::tier::LoadOutcome;
+use crate::manager::LoadOutcome;
 use parking_lot::Mutex;
 
 /// A layer-by-layer load in flight (opaque; free with `tierkv_layer_load_destroy`).
 pub struct TierkvLayerLoad {
     #[cfg(feature = "cuda")]
-    inner: crate::tier::gpu::LayerLoad,
+    inner: crate::manager::LayerLoad,
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -25,12 +25,14 @@ mod handles;
 mod hw_api;
 mod layer_api;
 mod semantic_api;
+mod types;
 
 pub use api::*;
 pub use disk_api::*;
 pub use hw_api::*;
 pub use layer_api::*;
 pub use semantic_api::*;
+pub use types::*;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CString};
@@ -39,6 +41,7 @@ use std::sync::Arc;
 
 pub(crate) use handles::{Held, Registry};
 
+use crate::manager::ErrorKind;
 use crate::Manager;
 
 /// Status code of every export.
@@ -86,33 +89,13 @@ impl FfiError {
 
 impl From<crate::ManagerError> for FfiError {
     fn from(e: crate::ManagerError) -> Self {
-        use crate::tier::arena::ArenaError;
-        use crate::tier::TierError;
-        use crate::ManagerError as M;
-        let status = match &e {
-            M::Config(_) => TierkvStatus::Config,
-            M::InvalidArgument(_) | M::Layout(_) => TierkvStatus::InvalidArgument,
-            M::Tier(TierError::SizeMismatch { .. }) => TierkvStatus::InvalidArgument,
-            M::Tier(TierError::Arena(ArenaError::NoSpace { .. } | ArenaError::TooSmall { .. })) => {
-                TierkvStatus::NoSpace
-            }
-            M::Tier(TierError::Arena(ArenaError::Mismatch { .. } | ArenaError::Version { .. })) => TierkvStatus::Config,
-            M::Tier(TierError::Arena(_)) => TierkvStatus::Unavailable,
-            M::State(_) => TierkvStatus::State,
-            M::Unavailable(_) => TierkvStatus::Unavailable,
-        };
-        Self {
-            status,
-            message: e.to_string(),
-        }
-    }
-}
-
-impl From<crate::block::PoolError> for FfiError {
-    fn from(e: crate::block::PoolError) -> Self {
-        let status = match e {
-            crate::block::PoolError::Insufficient(_) => TierkvStatus::Insufficient,
-            _ => TierkvStatus::InvalidArgument,
+        let status = match e.kind() {
+            ErrorKind::Config => TierkvStatus::Config,
+            ErrorKind::InvalidArgument => TierkvStatus::InvalidArgument,
+            ErrorKind::NoSpace => TierkvStatus::NoSpace,
+            ErrorKind::Unavailable => TierkvStatus::Unavailable,
+            ErrorKind::Insufficient => TierkvStatus::Insufficient,
+            ErrorKind::State => TierkvStatus::State,
         };
         Self {
             status,

@@ -16,14 +16,12 @@
 use tierkv_cuda::reference::{KeyDtype, RopeSpec};
 
 use super::api::{load_code, TIERKV_LOAD_FAILED};
+use super::types::{core_vec, TierkvTokenRows, TierkvTokenSource};
 use super::{
     guard, manager, out_ptr, prefill, slice_in, slice_out, FfiError, Held, Registry, TierkvHash, TierkvManager,
     TierkvStatus,
 };
-use crate::prefix::BlockHash;
-use crate::semantic::synth::{row_rope, TokenRows};
-use crate::semantic::{Rejection, ReusePlan, TokenSource};
-use crate::tier::LoadOutcome;
+use crate::manager::{row_rope, BlockHash, LoadOutcome, Rejection, ReusePlan, TokenRows, TokenSource};
 
 /// `out_reason` of `tierkv_semantic_lookup`: a plan was returned.
 pub const TIERKV_SEMANTIC_ACCEPTED: i32 = 0;
@@ -156,7 +154,7 @@ pub unsafe extern "C" fn tierkv_semantic_enabled(mgr: *const TierkvManager, out_
     guard(|| {
         let m = manager(mgr)?;
         // SAFETY: validated pointer, caller contract.
-        *unsafe { out_ptr(out_enabled, "out_enabled") }? = u8::from(m.semantic().is_some());
+        *unsafe { out_ptr(out_enabled, "out_enabled") }? = u8::from(m.semantic_enabled());
         Ok(())
     })
 }
@@ -351,7 +349,7 @@ pub unsafe extern "C" fn tierkv_plan_approximate_prefix(
         let p = plan_ref(plan)?;
         // SAFETY: validated pointer, caller contract.
         let out = unsafe { out_ptr(out_tokens, "out_tokens") }?;
-        *out = p.approximate_prefix(exact_tokens, limit, m.config().semantic.substitute);
+        *out = p.approximate_prefix(exact_tokens, limit, m.semantic_substitute());
         Ok(())
     })
 }
@@ -374,7 +372,7 @@ pub unsafe extern "C" fn tierkv_plan_token_map(
     sources: *mut TierkvHash,
     cap_sources: usize,
     out_sources: *mut usize,
-    map: *mut TokenSource,
+    map: *mut TierkvTokenSource,
 ) -> TierkvStatus {
     guard(|| {
         let m = manager(mgr)?;
@@ -386,7 +384,7 @@ pub unsafe extern "C" fn tierkv_plan_token_map(
         }
         // SAFETY: validated pointers, caller contract.
         let (o_map, o_n) = unsafe { (slice_out(map, n, "map")?, out_ptr(out_sources, "out_sources")?) };
-        let sub = m.config().semantic.substitute > 0;
+        let sub = m.semantic_substitute() > 0;
         let Some((hs, mp)) = p.token_map(first_block, n_blocks, sub) else {
             return Err(FfiError {
                 status: TierkvStatus::State,
@@ -404,7 +402,9 @@ pub unsafe extern "C" fn tierkv_plan_token_map(
         for (o, h) in o_src.iter_mut().zip(hs) {
             *o = h.into();
         }
-        o_map.copy_from_slice(&mp);
+        for (o, t) in o_map.iter_mut().zip(mp) {
+            *o = t.into();
+        }
         *o_n = o_src.len();
         Ok(())
     })
@@ -420,7 +420,7 @@ pub unsafe extern "C" fn tierkv_plan_token_map(
 #[no_mangle]
 pub unsafe extern "C" fn tierkv_register_token_layout(
     mgr: *const TierkvManager,
-    rows: *const TokenRows,
+    rows: *const TierkvTokenRows,
     n_rows: usize,
     rope: *const TierkvRope,
 ) -> TierkvStatus {
@@ -430,7 +430,7 @@ pub unsafe extern "C" fn tierkv_register_token_layout(
         let (rows, rope) = unsafe { (slice_in(rows, n_rows, "rows")?, slice_in(rope, 1, "rope")?[0]) };
         // SAFETY: as above.
         let (dtype, spec) = unsafe { rope_in(&rope) }?;
-        m.register_token_layout(rows, dtype, spec)?;
+        m.register_token_layout(&core_vec::<_, TokenRows>(rows), dtype, spec)?;
         Ok(())
     })
 }
@@ -451,7 +451,7 @@ pub unsafe extern "C" fn tierkv_load_tokens(
     mgr: *const TierkvManager,
     sources: *const TierkvHash,
     n_sources: usize,
-    map: *const TokenSource,
+    map: *const TierkvTokenSource,
     block_ids: *const u64,
     n_blocks: usize,
     out_results: *mut u8,
@@ -474,9 +474,10 @@ pub unsafe extern "C" fn tierkv_load_tokens(
         };
         let srcs: Vec<BlockHash> = srcs.iter().map(|&h| h.into()).collect();
         let mut outcomes = vec![LoadOutcome::Miss; n_blocks];
+        let mp: Vec<TokenSource> = core_vec(mp);
         // SAFETY: the layout's memory is valid per tierkv_register_layout's contract and
         // exclusively ours during the call per this function's contract.
-        m.in_scope(|| unsafe { m.load_tokens(&srcs, mp, ids, &mut outcomes) })?;
+        m.in_scope(|| unsafe { m.load_tokens(&srcs, &mp, ids, &mut outcomes) })?;
         for (o, r) in out.iter_mut().zip(outcomes) {
             *o = load_code(r);
         }

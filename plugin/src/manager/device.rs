@@ -34,7 +34,7 @@ impl Manager {
                 device,
                 regions,
                 num_blocks,
-                self.host.block_bytes(),
+                self.movement.host().block_bytes(),
                 numa,
                 self.config.staging_bytes,
             )

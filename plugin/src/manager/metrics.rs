@@ -6,20 +6,17 @@ use std::sync::atomic::Ordering;
 use super::Manager;
 use crate::block::BlockPool;
 use crate::metrics::Report;
-use crate::tier::disk;
 
 impl Manager {
     /// Every metric in Prometheus text format.
     pub fn metrics_text(&self) -> String {
         let mut r = Report::new();
-        self.host.report(&mut r);
+        self.movement.report_host(&mut r);
         match &self.pool {
             Some(p) => p.lock().report(&mut r),
             None => BlockPool::report_absent(&mut r),
         }
-        if let Some(h) = &self.disk {
-            disk::report(h.peek().as_deref(), &mut r);
-        }
+        self.movement.report_lower(&mut r);
         self.hw.report(&mut r);
         r.gauge(
             "tierkv_gpu_data_path",

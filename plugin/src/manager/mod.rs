@@ -21,13 +21,27 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::block::BlockPool;
 use crate::config::Config;
-use crate::hw::{self, HwState, Placement, Sampler, SchedParams, Scheduler};
+use crate::hw::{self, HwState, Sampler, SchedParams, Scheduler};
 use crate::metrics::exporter::Exporter;
-use crate::prefix::{BlockHash, BlockHasher, HashAlgo, VLLM_DEFAULT_SEED};
+use crate::movement::Movement;
+use crate::prefix::{BlockHasher, VLLM_DEFAULT_SEED};
 use crate::tier::arena::stats::{ADAPTER_OPS, ADAPTER_STATUSES};
-use crate::tier::disk::{DiskHandle, DiskRead, DiskTier, SECTOR};
-use crate::tier::layout::{EngineLayout, LayoutError, Region};
-use crate::tier::{HostTier, LoadOutcome, StoreOutcome, TierError, TierId};
+use crate::tier::disk::DiskHandle;
+use crate::tier::layout::{EngineLayout, LayoutError};
+use crate::tier::{HostTier, TierError};
+
+// The facade's vocabulary: the value types engines and adapters exchange with a
+// manager (the C ABI and the C++ bridge name them through here, never through
+// the parts that define them).
+pub use crate::block::CowOutcome;
+pub use crate::hw::{Decisions, Placement, Telemetry};
+pub use crate::prefix::{BlockHash, HashAlgo};
+pub use crate::semantic::synth::{row_rope, TokenRows};
+pub use crate::semantic::{Rejection, ReusePlan, TokenSource};
+#[cfg(feature = "cuda")]
+pub use crate::tier::gpu::LayerLoad;
+pub use crate::tier::layout::Region;
+pub use crate::tier::{LoadOutcome, StoreOutcome, TierId, TierStatus};
 
 /// What the engine tells the manager at creation.
 #[derive(Debug, Clone, Default)]
@@ -65,17 +79,57 @@ pub enum ManagerError {
     /// A resource is not there (no GPU, no driver, a failed device copy).
     #[error("{0}")]
     Unavailable(String),
+    /// An engine block pool call broke its contract, or found too few free blocks.
+    #[error(transparent)]
+    Pool(#[from] crate::block::PoolError),
+}
+
+/// What kind of failure a [`ManagerError`] is, for hosts that map errors to codes
+/// (the C ABI's statuses) without looking inside the parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A `TIERKV_*` variable, or a store of another format or geometry.
+    Config,
+    /// A bad argument; nothing was changed.
+    InvalidArgument,
+    /// A tier has no room (the shared-memory file system is full).
+    NoSpace,
+    /// An OS resource or a device is unavailable.
+    Unavailable,
+    /// Too few free engine blocks; nothing was changed.
+    Insufficient,
+    /// The call needs state that is missing.
+    State,
+}
+
+impl ManagerError {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        use crate::block::PoolError;
+        use crate::tier::arena::ArenaError;
+        match self {
+            Self::Config(_) => ErrorKind::Config,
+            Self::InvalidArgument(_) | Self::Layout(_) => ErrorKind::InvalidArgument,
+            Self::Tier(TierError::SizeMismatch { .. }) => ErrorKind::InvalidArgument,
+            Self::Tier(TierError::Arena(ArenaError::NoSpace { .. } | ArenaError::TooSmall { .. })) => {
+                ErrorKind::NoSpace
+            }
+            Self::Tier(TierError::Arena(ArenaError::Mismatch { .. } | ArenaError::Version { .. })) => ErrorKind::Config,
+            Self::Tier(TierError::Arena(_)) | Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::State(_) => ErrorKind::State,
+            Self::Pool(PoolError::Insufficient(_)) => ErrorKind::Insufficient,
+            Self::Pool(_) => ErrorKind::InvalidArgument,
+        }
+    }
 }
 
 /// One engine's view of tierkv.
 pub struct Manager {
     config: Config,
     hasher: BlockHasher,
-    host: Arc<HostTier>,
-    /// The disk tier's handle when one is configured (retried and taken over).
-    disk: Option<DiskHandle>,
-    /// Digest of the namespace, written into disk-tier headers.
-    namespace_digest: u64,
+    /// The tiers below the engine (host, then disk when configured) and the moves
+    /// between them.
+    movement: Movement,
     layout: RwLock<Option<EngineLayout>>,
     pool: Option<Mutex<BlockPool>>,
     exporter: Mutex<Option<Exporter>>,
@@ -137,6 +191,14 @@ impl Manager {
             )),
         };
         let hw = Arc::new(HwState::default());
+        let mut movement = Movement::new(
+            Arc::clone(&host),
+            Arc::clone(&hw),
+            xxhash_rust::xxh3::xxh3_64(namespace.as_bytes()),
+        );
+        if let Some(d) = disk {
+            movement = movement.with_lower(Box::new(d), config.disk_admit);
+        }
         let sampler = match config.hw_interval {
             None => None,
             Some(every) => {
@@ -144,7 +206,7 @@ impl Manager {
                 if let Some(why) = why {
                     tracing::info!(reason = %why, "no GPU telemetry; scheduling from host telemetry");
                 }
-                let can_disk = disk.as_ref().and_then(DiskHandle::peek).is_some_and(|d| d.is_owner());
+                let can_disk = movement.can_place_lower();
                 let sched = Scheduler::new(SchedParams::new(params.block_bytes, can_disk));
                 match Sampler::start(source, sched, Arc::clone(&hw), every, dispatch.clone()) {
                     Ok(s) => Some(s),
@@ -162,9 +224,7 @@ impl Manager {
         let mgr = Self {
             config,
             hasher,
-            host,
-            disk,
-            namespace_digest: xxhash_rust::xxh3::xxh3_64(namespace.as_bytes()),
+            movement,
             layout: RwLock::new(None),
             pool,
             exporter: Mutex::new(None),
@@ -179,7 +239,7 @@ impl Manager {
         };
         if let Some(node) = mgr.hw.latest().and_then(|(_, d)| d.numa_node) {
             // The host tier near the GPU (pages faulted from now on, by any process).
-            match mgr.host.arena().prefer_numa_node(node) {
+            match mgr.movement.host().arena().prefer_numa_node(node) {
                 Ok(()) => tracing::info!(node, "host tier placed on the GPU's NUMA node"),
                 Err(e) => tracing::info!(node, error = %e, "host tier NUMA placement not applied"),
             }
@@ -215,31 +275,32 @@ impl Manager {
         tracing::dispatcher::with_default(&self.dispatch, f)
     }
 
-    /// The config.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// Whether decode blocks are stored too (`TIERKV_STORE_DECODE`).
+    pub fn store_decode(&self) -> bool {
+        self.config.store_decode
     }
 
-    /// The host tier.
-    pub fn host(&self) -> &HostTier {
-        &self.host
+    /// Payload bytes of one block (all layers).
+    pub fn block_bytes(&self) -> u64 {
+        self.movement.host().block_bytes()
     }
 
-    /// The disk tier, if configured and open (opened late, or taken over from a
-    /// dead owner, when it is time to: see [`DiskHandle`]).
-    pub fn disk(&self) -> Option<Arc<DiskTier>> {
-        self.disk.as_ref().and_then(DiskHandle::get)
+    /// Telemetry samples taken, and the latest sample with the scheduler's
+    /// decisions (none before the first sample, or with telemetry off).
+    pub fn telemetry(&self) -> (u64, Option<(Telemetry, Decisions)>) {
+        (self.hw.samples(), self.hw.latest())
     }
 
-    /// Why the disk tier is not serving: it failed to open, or went down since.
-    /// `None` when it serves or was not configured.
-    pub fn disk_problem(&self) -> Option<String> {
-        self.disk.as_ref().and_then(DiskHandle::problem)
+    /// A status snapshot of tier `id`: the host tier, or a lower tier when
+    /// configured (`None` otherwise; the engine tier has none here).
+    pub fn tier_status(&self, id: TierId) -> Option<TierStatus> {
+        self.movement.status(id)
     }
 
-    /// The engine block pool, if one was asked for.
-    pub fn pool(&self) -> Option<&Mutex<BlockPool>> {
-        self.pool.as_ref()
+    /// Waits until every lower tier has written what it accepted, up to `timeout`;
+    /// whether it got there (before an engine's planned shutdown).
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        self.movement.wait_idle(timeout)
     }
 
     /// Tokens per block.
@@ -285,7 +346,8 @@ impl Manager {
         tiers: &mut [TierId],
         count: bool,
     ) -> Result<usize, ManagerError> {
-        self.host
+        self.movement
+            .host()
             .stats()
             .lookup_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -294,47 +356,13 @@ impl Manager {
             n = pool.lock().lookup(hashes);
         }
         tiers.iter_mut().take(n).for_each(|t| *t = TierId::Engine);
-        let (mut host_hits, mut disk_hits) = (0usize, 0usize);
-        let disk = self.disk();
-        loop {
-            let h = self.host.lookup_run(&hashes[n..])?;
-            for t in tiers.iter_mut().skip(n).take(h) {
-                *t = TierId::Host;
-            }
-            n += h;
-            host_hits += h;
-            let Some(d) = &disk else { break };
-            // The disk run ends where the host tier (faster) takes over again.
-            let on_disk = d.lookup_run(&hashes[n..]);
-            let mut k = 0;
-            while k < on_disk && self.host.lookup_run(&hashes[n + k..n + k + 1])? == 0 {
-                k += 1;
-            }
-            if k == 0 {
-                break;
-            }
-            for t in tiers.iter_mut().skip(n).take(k) {
-                *t = TierId::Disk;
-            }
-            n += k;
-            disk_hits += k;
-        }
-        if !count {
-            return Ok(n);
-        }
-        self.host.record_lookup(host_hits as u64, (hashes.len() - n) as u64);
-        if let Some(d) = &disk {
-            d.stats()
-                .hit_blocks
-                .fetch_add(disk_hits as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(n)
+        Ok(self.movement.lookup(hashes, tiers, n, count)?)
     }
 
     /// Records the engine's KV memory layout in host memory (replacing any
     /// earlier layout, host or device).
     pub fn register_layout(&self, regions: &[Region], num_blocks: u64) -> Result<(), ManagerError> {
-        let layout = EngineLayout::new(regions, num_blocks, self.host.block_bytes())?;
+        let layout = EngineLayout::new(regions, num_blocks, self.movement.host().block_bytes())?;
         *self.layout.write() = Some(layout);
         // Token rows describe the old regions: the engine registers them again.
         self.token_layout.write().take();
@@ -419,42 +447,8 @@ impl Manager {
         block_ids: &[u64],
         outcomes: &mut [StoreOutcome],
     ) -> Result<(), ManagerError> {
-        let disk = self.disk();
-        if let Some(d) = &disk {
-            d.begin_request();
-        }
-        let placement = self.hw.placement();
-        let mut segs: Vec<&[u8]> = Vec::with_capacity(layout.regions().len());
-        for (i, (&h, &b)) in hashes.iter().zip(block_ids).enumerate() {
-            segs.clear();
-            segs.extend(layout.ranges(b).map(|(p, n)| {
-                // SAFETY: the layout is validated (in range, no overflow) and the
-                // caller guarantees the memory is readable and not being written.
-                unsafe { std::slice::from_raw_parts(p as *const u8, n) }
-            }));
-            if let (Some(d), Placement::Disk) = (&disk, placement) {
-                // Host memory is short (the scheduler says so): straight to disk.
-                d.observe(h);
-                let o = if d.offload(h, self.namespace_digest, i as u32, &segs) {
-                    StoreOutcome::Stored
-                } else {
-                    StoreOutcome::NoSpace
-                };
-                if let Some(slot) = outcomes.get_mut(i) {
-                    *slot = o;
-                }
-                continue;
-            }
-            let o = self.host.store(h, &segs)?;
-            if let (Some(d), StoreOutcome::Stored | StoreOutcome::AlreadyPresent) = (&disk, o) {
-                d.observe(h);
-                d.offload(h, self.namespace_digest, i as u32, &segs);
-            }
-            if let Some(slot) = outcomes.get_mut(i) {
-                *slot = o;
-            }
-        }
-        Ok(())
+        // SAFETY: this function's contract, passed on.
+        Ok(unsafe { self.movement.store(layout, hashes, block_ids, outcomes) }?)
     }
 
     /// Copies host-tier blocks `hashes[i]` into engine blocks `block_ids[i]`,
@@ -478,7 +472,8 @@ impl Manager {
     /// Counts the tokens of the `Loaded` outcomes (`tierkv_loaded_tokens_total`).
     pub(crate) fn count_loaded(&self, outcomes: &[LoadOutcome]) {
         let n = outcomes.iter().filter(|&&o| o == LoadOutcome::Loaded).count() as u64;
-        self.host
+        self.movement
+            .host()
             .stats()
             .loaded_tokens
             .fetch_add(n * self.block_tokens() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -492,7 +487,8 @@ impl Manager {
             .ok()
             .filter(|&s| s < ADAPTER_STATUSES - 1)
             .unwrap_or(ADAPTER_STATUSES - 1);
-        self.host.stats().adapter_errors[op.min(ops - 1)][col].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.movement.host().stats().adapter_errors[op.min(ops - 1)][col]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// [`Manager::load_blocks`] before counting.
@@ -527,88 +523,8 @@ impl Manager {
         block_ids: &[u64],
         outcomes: &mut [LoadOutcome],
     ) -> Result<(), ManagerError> {
-        let mut from_disk = Vec::new();
-        let disk = self.disk();
-        if let Some(d) = &disk {
-            d.begin_request();
-        }
-        let mut segs: Vec<&mut [u8]> = Vec::with_capacity(layout.regions().len());
-        for (i, (&h, &b)) in hashes.iter().zip(block_ids).enumerate() {
-            segs.clear();
-            segs.extend(layout.ranges(b).map(|(p, n)| {
-                // SAFETY: as in store_blocks, and the caller guarantees exclusive write
-                // access; regions of one block never overlap (separate tensors).
-                unsafe { std::slice::from_raw_parts_mut(p as *mut u8, n) }
-            }));
-            let o = self.host.load(h, &mut segs)?;
-            if let Some(slot) = outcomes.get_mut(i) {
-                *slot = o;
-            }
-            if let Some(d) = &disk {
-                match o {
-                    // A reuse: counts for admission, and may now go to disk.
-                    LoadOutcome::Loaded => {
-                        d.observe(h);
-                        let view: Vec<&[u8]> = segs.iter().map(|s| &**s).collect();
-                        d.offload(h, self.namespace_digest, i as u32, &view);
-                    }
-                    LoadOutcome::Miss => from_disk.push(i),
-                    _ => {}
-                }
-            }
-        }
-        drop(segs);
-        if let Some(d) = &disk {
-            if !from_disk.is_empty() {
-                // SAFETY: this function's contract, passed on; no slice of the host
-                // loop is alive any more.
-                unsafe { self.load_from_disk(d, layout, hashes, block_ids, &from_disk, outcomes) }?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads `which` blocks from disk into their engine slots and onboards them into
-    /// the host tier.
-    ///
-    /// # Safety
-    /// As [`Manager::load_blocks`].
-    unsafe fn load_from_disk(
-        &self,
-        d: &DiskTier,
-        layout: &EngineLayout,
-        hashes: &[BlockHash],
-        block_ids: &[u64],
-        which: &[usize],
-        outcomes: &mut [LoadOutcome],
-    ) -> Result<(), ManagerError> {
-        let want: Vec<BlockHash> = which.iter().map(|&i| hashes[i]).collect();
-        let reads = d.load_batch(&want, self.namespace_digest);
-        let block_bytes = self.host.block_bytes() as usize;
-        for (&i, r) in which.iter().zip(reads) {
-            let o = match r {
-                DiskRead::Loaded(buf) => {
-                    let payload = &buf.as_slice()[SECTOR..SECTOR + block_bytes];
-                    let mut off = 0;
-                    for (p, n) in layout.ranges(block_ids[i]) {
-                        // SAFETY: as in load_blocks: in range, exclusively ours.
-                        let dst = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, n) };
-                        dst.copy_from_slice(&payload[off..off + n]);
-                        off += n;
-                    }
-                    self.host.store(hashes[i], &[payload])?;
-                    d.recycle(buf);
-                    LoadOutcome::Loaded
-                }
-                DiskRead::Miss => LoadOutcome::Miss,
-                DiskRead::Corrupt => LoadOutcome::Corrupt,
-                DiskRead::Failed => LoadOutcome::IoError,
-            };
-            if let Some(slot) = outcomes.get_mut(i) {
-                *slot = o;
-            }
-        }
-        Ok(())
+        // SAFETY: this function's contract, passed on.
+        Ok(unsafe { self.movement.load(layout, hashes, block_ids, outcomes) }?)
     }
 
     /// Whether the engine registered a layout in GPU memory.
@@ -637,6 +553,7 @@ impl Drop for Manager {
 }
 
 mod metrics;
+mod pool;
 mod semantic;
 
 mod device;

@@ -10,13 +10,18 @@ use tierkv_cuda::reference::{KeyDtype, RopeSpec};
 use super::{Manager, ManagerError};
 use crate::prefix::BlockHash;
 use crate::semantic::synth::{TokenLayout, TokenRows};
-use crate::semantic::{Rejection, ReusePlan, SemanticIndex, TokenSource};
+use crate::semantic::{Rejection, ReusePlan, TokenSource};
 use crate::tier::LoadOutcome;
 
 impl Manager {
-    /// The near-duplicate index, when semantic sharing is on for this namespace.
-    pub fn semantic(&self) -> Option<&SemanticIndex> {
-        self.semantic.as_ref()
+    /// Whether semantic sharing is on for this manager's namespace.
+    pub fn semantic_enabled(&self) -> bool {
+        self.semantic.is_some()
+    }
+
+    /// Replaced tokens an approximate prefix may serve (`TIERKV_SEMANTIC_SUBSTITUTE`).
+    pub fn semantic_substitute(&self) -> u32 {
+        self.config.semantic.substitute
     }
 
     /// Indexes `tokens` (a prompt whose full blocks the engine has stored) for
@@ -40,7 +45,7 @@ impl Manager {
         if tokens.is_empty() || exact_tokens as f32 >= policy.consult_below * tokens.len() as f32 {
             return Err(Rejection::NotConsulted);
         }
-        let alive = |hs: &[BlockHash]| self.host.lookup(hs).is_ok_and(|n| n == hs.len());
+        let alive = |hs: &[BlockHash]| self.movement.host().lookup(hs).is_ok_and(|n| n == hs.len());
         ix.lookup(tokens, exact_tokens, self.block_tokens() as u32, policy, alive)
     }
 
@@ -109,12 +114,12 @@ impl Manager {
                 "no token layout registered (tierkv_register_token_layout)",
             ));
         };
-        let block_bytes = self.host.block_bytes() as usize;
+        let block_bytes = self.movement.host().block_bytes() as usize;
         let mut payloads = Vec::with_capacity(sources.len());
         let mut source_ok = Vec::with_capacity(sources.len());
         for &h in sources {
             let mut buf = vec![0u8; block_bytes];
-            let o = self.host.load(h, &mut [&mut buf[..]])?;
+            let o = self.movement.host().load(h, &mut [&mut buf[..]])?;
             source_ok.push(o);
             payloads.push(buf);
         }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::hw::{Decisions, Telemetry};
-use crate::offload::AdmitMode;
+use crate::movement::AdmitMode;
 
 /// A manager with telemetry off (decisions are set by hand) over `cfg`, for
 /// blocks of `bytes`.
@@ -48,14 +48,17 @@ fn under_host_memory_pressure_new_blocks_go_straight_to_disk_and_load_back() {
         placement: Placement::Disk,
         ..Decisions::default()
     };
-    m.hw().publish("trace", Telemetry::default(), pressure);
+    m.hw.publish("trace", Telemetry::default(), pressure);
     let mut out = vec![StoreOutcome::NoSpace; 3];
     // SAFETY: `mem` is valid for reads and not written meanwhile.
     unsafe { m.store_blocks(&hs, &[0, 1, 2], &mut out) }.unwrap();
     assert_eq!(out, vec![StoreOutcome::Stored; 3]);
-    let d = m.disk().unwrap();
-    assert!(d.wait_idle(std::time::Duration::from_secs(10)));
-    assert_eq!(m.host().lookup(&hs).unwrap(), 0, "nothing went to the host tier");
+    assert!(m.flush(std::time::Duration::from_secs(10)));
+    assert_eq!(
+        m.movement.host().lookup(&hs).unwrap(),
+        0,
+        "nothing went to the host tier"
+    );
     let mut tiers = vec![TierId::Engine; 3];
     assert_eq!(m.lookup(&hs, &mut tiers).unwrap(), 3);
     assert_eq!(tiers, vec![TierId::Disk; 3]);
@@ -65,10 +68,10 @@ fn under_host_memory_pressure_new_blocks_go_straight_to_disk_and_load_back() {
     assert_eq!(loaded, vec![LoadOutcome::Loaded; 3]);
     assert_eq!(mem[..3 * BYTES], mem[4 * BYTES..7 * BYTES]);
     // Pressure gone: back to the host tier.
-    m.hw().publish("trace", Telemetry::default(), Decisions::default());
+    m.hw.publish("trace", Telemetry::default(), Decisions::default());
     // SAFETY: as above.
     unsafe { m.store_blocks(&[BlockHash(9)], &[3], &mut out[..1]) }.unwrap();
-    assert_eq!(m.host().lookup(&[BlockHash(9)]).unwrap(), 1);
+    assert_eq!(m.movement.host().lookup(&[BlockHash(9)]).unwrap(), 1);
 }
 
 /// With the `cuda` feature: without a driver, a device layout is refused with the

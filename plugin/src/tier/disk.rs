@@ -8,8 +8,8 @@
 //!
 //! Workflow of an offload (host -> disk), never on the engine's thread's critical
 //! path:
-//! 1. [`DiskTier::offload`]: admission says yes, the block is neither on disk nor
-//!    queued; its bytes are copied into a staging buffer (so a host-tier eviction
+//! 1. [`DiskTier::offload`] (after admission said yes, in [`crate::movement`]):
+//!    the block is neither on disk nor queued; its bytes are copied into a staging buffer (so a host-tier eviction
 //!    before the write loses nothing) and the job goes to the bounded write queue,
 //!    or is dropped (counted) when the queue is full.
 //! 2. A worker takes a free slot or evicts one by policy, checksums, and writes
@@ -55,7 +55,6 @@ pub use self::report::report;
 pub use self::settings::{DiskSettings, RecoveryMode};
 use crate::evict::{Access, Policy};
 use crate::metrics::Histogram;
-use crate::offload::Admission;
 use crate::prefix::BlockHash;
 use crate::tier::shared_file::Sharing;
 
@@ -241,7 +240,6 @@ struct Inner {
     file_id: (u64, u64),
     index: Mutex<Index>,
     stats: DiskStats,
-    admission: Admission,
     faults: Faults,
     down: AtomicBool,
     down_reason: Mutex<Option<String>>,
@@ -410,7 +408,6 @@ impl DiskTier {
                 "disk-tier recovery dropped slots that did not verify"
             );
         }
-        let admission = Admission::new(cfg.admit, geo.n_slots);
         let pool = IoPool::start(cfg.threads, cfg.queue, dispatch.clone())
             .map_err(|e| unavailable(path, format!("cannot start I/O threads: {e}")))?;
         let inner = Arc::new(Inner {
@@ -421,7 +418,6 @@ impl DiskTier {
             file_id: opened.file_id,
             index: Mutex::new(index),
             stats,
-            admission,
             faults: Faults::default(),
             down: AtomicBool::new(false),
             down_reason: Mutex::new(None),
@@ -452,11 +448,6 @@ impl DiskTier {
     /// Counters.
     pub fn stats(&self) -> &DiskStats {
         &self.inner.stats
-    }
-
-    /// Admission decisions `(admitted, rejected)`.
-    pub fn admission_decisions(&self) -> (u64, u64) {
-        self.inner.admission.decisions()
     }
 
     /// Whether O_DIRECT is in use (false on filesystems without it, e.g. tmpfs).
@@ -557,9 +548,43 @@ impl DiskTier {
         self.lookup_run(&[hash]) == 1
     }
 
-    /// Records a use of `hash` for admission (a store or a hit elsewhere).
-    pub fn observe(&self, hash: BlockHash) {
-        self.inner.admission.observe(hash.fold64());
+    /// Whether a store of `hash` would be a no-op: on disk, or queued for writing
+    /// (for a reader: in the owner's directory).
+    pub fn holds(&self, hash: BlockHash) -> bool {
+        if !self.inner.owner {
+            return self.contains(hash);
+        }
+        let key = hash.fold64();
+        let ix = self.inner.index.lock();
+        ix.map.contains_key(&key) || ix.pending.contains(&key)
+    }
+
+    /// Drops `hash` (the owner only; a block being read stays). Its slot leaves the
+    /// index at once, its header is cleared on this thread (one sector) so that a
+    /// restart does not index it again, and only then is the slot free for a new
+    /// block. Returns whether it was dropped.
+    pub fn remove(&self, hash: BlockHash) -> bool {
+        if !self.inner.owner || !self.is_up() {
+            return false;
+        }
+        let slot = {
+            let mut ix = self.inner.index.lock();
+            let Some(s) = ix.ready(hash).filter(|&s| ix.slots[s as usize].pins == 0) else {
+                return false;
+            };
+            ix.drop_slot(s);
+            // Not free until its header is gone: a new block must not land in a slot
+            // whose clearing is still to come.
+            let last = ix.free.pop();
+            debug_assert_eq!(last, Some(s));
+            ix.slots[s as usize].state = SlotState::Writing;
+            s
+        };
+        self.inner.clear_header(slot);
+        let mut ix = self.inner.index.lock();
+        ix.slots[slot as usize].state = SlotState::Free;
+        ix.free.push(slot);
+        true
     }
 
     /// Waits until no offload is queued or running, up to `timeout`. Returns whether
@@ -575,16 +600,16 @@ impl DiskTier {
         true
     }
 
-    /// Queues `hash` for writing to disk if admission says so and it is not there
-    /// yet. The block's bytes (`data`, the segments of one block, `block_bytes` in
+    /// Queues `hash` for writing to disk if it is not there yet (admission is the
+    /// caller's: [`crate::movement`]). The block's bytes (`data`, the segments of one block, `block_bytes` in
     /// all) are copied into a staging buffer here, so the write cannot lose the
     /// block to a host-tier eviction that happens before its turn; the caller keeps
     /// ownership of `data`. Never blocks on the disk: a full queue drops the
     /// offload (counted), so staged memory is bounded by `TIERKV_DISK_QUEUE`
     /// blocks. `depth` places the block in the current chain
     /// ([`DiskTier::begin_request`]) for the eviction policy. Returns whether the
-    /// block is on disk or on its way there (false: not admitted, queue full,
-    /// tier down, or a reader).
+    /// block is on disk or on its way there (false: queue full, tier down, or a
+    /// reader).
     pub fn offload(&self, hash: BlockHash, namespace: u64, depth: u32, data: &[&[u8]]) -> bool {
         let inner = &self.inner;
         if !inner.owner {
@@ -604,9 +629,6 @@ impl DiskTier {
             let mut ix = inner.index.lock();
             if ix.map.contains_key(&key) || ix.pending.contains(&key) {
                 return true;
-            }
-            if !inner.admission.admit(key) {
-                return false;
             }
             ix.pending.insert(key);
         }

@@ -32,6 +32,7 @@ use super::arena::SharedStats;
 use super::arena::{Arena, ArenaError, ArenaSpec, Locked, SlotState, WriteTicket};
 use super::checksum::FusedHasher;
 use super::shared_file::Sharing;
+use super::{BlockCtx, LoadOutcome, StoreOutcome, Tier, TierId, TierStatus};
 use crate::prefix::BlockHash;
 
 /// How many LRU entries a store inspects for an unpinned victim before giving up.
@@ -51,36 +52,6 @@ pub enum TierError {
         /// Block bytes.
         want: u64,
     },
-}
-
-/// Result of a store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreOutcome {
-    /// Written and published.
-    Stored,
-    /// Already present or being written by someone else: nothing to do.
-    AlreadyPresent,
-    /// Every block is pinned: not stored (the tier is never grown).
-    NoSpace,
-    /// Not stored now: over the offload budget while the engine saturates the
-    /// PCIe link (GPU layouts only); the engine may store it later.
-    Deferred,
-}
-
-/// Result of a load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoadOutcome {
-    /// Copied and verified.
-    Loaded,
-    /// Not present (never stored, or evicted since a lookup).
-    Miss,
-    /// Present but failed verification: dropped, the destination must be recomputed.
-    Corrupt,
-    /// Not read now (this process pins too many blocks at once, or the index lock
-    /// was not free in time): treat as a miss.
-    Busy,
-    /// Reading it failed (disk I/O error): dropped, recompute.
-    IoError,
 }
 
 /// The host tier of one manager.
@@ -313,6 +284,74 @@ impl HostTier {
     /// Identities in eviction order, first victim first.
     pub fn eviction_order(&self) -> Result<Vec<BlockHash>, TierError> {
         Ok(self.arena.lock()?.eviction_order())
+    }
+}
+
+impl Tier for HostTier {
+    fn id(&self) -> TierId {
+        TierId::Host
+    }
+
+    fn lookup_run(&self, hashes: &[BlockHash]) -> Result<usize, TierError> {
+        HostTier::lookup_run(self, hashes)
+    }
+
+    fn record_hits(&self, blocks: u64) {
+        self.record_lookup(blocks, 0);
+    }
+
+    fn writable(&self) -> bool {
+        true
+    }
+
+    fn store(&self, hash: BlockHash, _ctx: BlockCtx, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
+        HostTier::store(self, hash, segs)
+    }
+
+    fn load_into(
+        &self,
+        hashes: &[BlockHash],
+        _namespace: u64,
+        dsts: &mut [Vec<&mut [u8]>],
+        outcomes: &mut [LoadOutcome],
+    ) -> Result<(), TierError> {
+        for ((&h, dst), o) in hashes.iter().zip(dsts).zip(outcomes) {
+            *o = self.load(h, dst)?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, hash: BlockHash) -> Result<bool, TierError> {
+        let Some(mut l) = self.lock_or_miss()? else {
+            return Ok(false);
+        };
+        let Some(slot) = l.find(hash).filter(|&s| l.meta(s).state == SlotState::Ready as u32) else {
+            return Ok(false);
+        };
+        l.discard(slot, hash);
+        Ok(true)
+    }
+
+    fn status(&self) -> TierStatus {
+        let g = self.arena.geometry();
+        let (blocks, free) = match self.arena.lock() {
+            Ok(l) => (u64::from(l.ready_count()), u64::from(l.free_count())),
+            Err(_) => (0, 0),
+        };
+        TierStatus {
+            up: true,
+            writable: true,
+            blocks,
+            capacity_blocks: u64::from(g.n_slots),
+            capacity_bytes: g.file_len,
+            free_blocks: free,
+            consistent: true,
+            ..TierStatus::default()
+        }
+    }
+
+    fn report(&self, r: &mut crate::metrics::Report) {
+        HostTier::report(self, r);
     }
 }
 

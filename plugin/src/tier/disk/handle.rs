@@ -10,12 +10,16 @@
 //!    once it dies) and, if not, reopens the tier as its owner (recovering the
 //!    index from the file and publishing a new directory; readers re-map it).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use super::{DiskError, DiskSettings, DiskTier};
+use super::{DiskError, DiskRead, DiskSettings, DiskTier, SECTOR};
+use crate::metrics::Report;
+use crate::prefix::BlockHash;
+use crate::tier::{BlockCtx, LoadOutcome, StoreOutcome, Tier, TierError, TierId, TierStatus};
 
 /// How often a missing tier is retried and a reader checks for a dead owner.
 const RETRY: Duration = Duration::from_secs(1);
@@ -97,5 +101,125 @@ impl DiskHandle {
             Some(d) => d.down_reason(),
             None => self.error.lock().clone(),
         }
+    }
+}
+
+/// The disk tier as movement sees it: every call goes to the tier open now (opened
+/// late or taken over first when it is time to); while none is open it answers
+/// misses and `NoSpace`, and reports itself down.
+impl Tier for DiskHandle {
+    fn id(&self) -> TierId {
+        TierId::Disk
+    }
+
+    fn lookup_run(&self, hashes: &[BlockHash]) -> Result<usize, TierError> {
+        Ok(self.get().map_or(0, |d| d.lookup_run(hashes)))
+    }
+
+    fn holds(&self, hash: BlockHash) -> bool {
+        self.get().is_some_and(|d| d.holds(hash))
+    }
+
+    fn record_hits(&self, blocks: u64) {
+        if let Some(d) = self.get() {
+            d.stats().hit_blocks.fetch_add(blocks, Ordering::Relaxed);
+        }
+    }
+
+    fn writable(&self) -> bool {
+        self.get().is_some_and(|d| d.is_owner() && d.is_up())
+    }
+
+    fn begin_request(&self) {
+        if let Some(d) = self.get() {
+            d.begin_request();
+        }
+    }
+
+    fn store(&self, hash: BlockHash, ctx: BlockCtx, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
+        let Some(d) = self.get() else {
+            return Ok(StoreOutcome::NoSpace);
+        };
+        if d.is_owner() && d.holds(hash) {
+            return Ok(StoreOutcome::AlreadyPresent);
+        }
+        Ok(if d.offload(hash, ctx.namespace, ctx.depth, segs) {
+            StoreOutcome::Stored
+        } else {
+            StoreOutcome::NoSpace
+        })
+    }
+
+    fn load_into(
+        &self,
+        hashes: &[BlockHash],
+        namespace: u64,
+        dsts: &mut [Vec<&mut [u8]>],
+        outcomes: &mut [LoadOutcome],
+    ) -> Result<(), TierError> {
+        let Some(d) = self.get() else {
+            outcomes.fill(LoadOutcome::Miss);
+            return Ok(());
+        };
+        let block_bytes = d.geometry().block_bytes as usize;
+        let reads = d.load_batch(hashes, namespace);
+        for ((r, dst), o) in reads.into_iter().zip(dsts.iter_mut()).zip(outcomes.iter_mut()) {
+            *o = match r {
+                DiskRead::Loaded(buf) => {
+                    let payload = &buf.as_slice()[SECTOR..SECTOR + block_bytes];
+                    let mut off = 0;
+                    for seg in dst.iter_mut() {
+                        seg.copy_from_slice(&payload[off..off + seg.len()]);
+                        off += seg.len();
+                    }
+                    d.recycle(buf);
+                    LoadOutcome::Loaded
+                }
+                DiskRead::Miss => LoadOutcome::Miss,
+                DiskRead::Corrupt => LoadOutcome::Corrupt,
+                DiskRead::Failed => LoadOutcome::IoError,
+            };
+        }
+        Ok(())
+    }
+
+    fn remove(&self, hash: BlockHash) -> Result<bool, TierError> {
+        Ok(self.get().is_some_and(|d| d.remove(hash)))
+    }
+
+    fn wait_idle(&self, timeout: Duration) -> bool {
+        self.get().is_none_or(|d| d.wait_idle(timeout))
+    }
+
+    fn status(&self) -> TierStatus {
+        let mut st = TierStatus {
+            problem: self.problem(),
+            ..TierStatus::default()
+        };
+        let Some(d) = self.get() else { return st };
+        let g = d.geometry();
+        let s = d.stats();
+        st.up = d.is_up();
+        st.writable = d.is_owner() && st.up;
+        st.direct_io = d.direct_io();
+        st.blocks = d.block_count();
+        st.capacity_blocks = g.n_slots;
+        st.capacity_bytes = g.file_len;
+        st.recovered_blocks = s.recovered_blocks.load(Ordering::Relaxed);
+        st.recovery_dropped = s.recovery_dropped.load(Ordering::Relaxed);
+        st.pending_writes = d.queue_depths().1 as u64;
+        if d.is_owner() {
+            let c = d.census();
+            st.writing_blocks = c.writing;
+            st.free_blocks = c.free;
+            st.consistent = c.consistent();
+        } else {
+            st.consistent = true;
+        }
+        st
+    }
+
+    fn report(&self, r: &mut Report) {
+        super::report(self.peek().as_deref(), r);
     }
 }

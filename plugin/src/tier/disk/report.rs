@@ -88,12 +88,6 @@ pub fn report(tier: Option<&DiskTier>, r: &mut Report) {
             ("queue=\"disk_write\"", writes as u64),
         ],
     );
-    let (admitted, rejected) = tier.map_or((0, 0), DiskTier::admission_decisions);
-    r.counter(
-        "tierkv_disk_admission_total",
-        "Disk admission decisions.",
-        &[("decision=\"admit\"", admitted), ("decision=\"reject\"", rejected)],
-    );
     r.counter(
         "tierkv_offload_total",
         "Host-to-disk offloads by outcome (queued; dropped: queue full, no free slot).",

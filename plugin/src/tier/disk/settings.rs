@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use crate::evict::PolicyKind;
-use crate::offload::AdmitMode;
 
 /// How much a restart reads to rebuild the disk tier's index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +27,6 @@ pub struct DiskSettings {
     pub shm_dir: PathBuf,
     /// Group allowed to share the files (`TIERKV_SHARE_GROUP`).
     pub share_group: Option<u32>,
-    /// Admission (`TIERKV_DISK_ADMIT`, `TIERKV_DISK_ADMIT_USES`).
-    pub admit: AdmitMode,
     /// Eviction policy (`TIERKV_DISK_EVICTION`).
     pub eviction: PolicyKind,
     /// I/O threads (`TIERKV_DISK_THREADS`).

@@ -5,7 +5,7 @@
 use super::*;
 use crate::config::Config;
 use crate::evict::PolicyKind;
-use crate::offload::AdmitMode;
+use crate::movement::AdmitMode;
 use crate::tier::{HostTier, LoadOutcome, StoreOutcome};
 use std::os::unix::fs::PermissionsExt;
 
@@ -432,28 +432,6 @@ fn offloads_are_staged_so_host_evictions_before_the_write_lose_nothing() {
     assert!(host.lookup(&[BlockHash(1)]).unwrap() == 0, "block 1 left the host tier");
     assert_eq!(d.stats().offload_dropped_full.load(Ordering::Relaxed), 0);
     assert_eq!(check_loads(&d, &keys), 12);
-}
-
-#[test]
-fn reuse_admission_writes_only_reused_blocks() {
-    let e = env(16);
-    let cfg = Config {
-        disk_admit: AdmitMode::Reuse(2),
-        ..e.cfg.clone()
-    };
-    let d = DiskTier::open(&cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), false).unwrap();
-    e.host.store(BlockHash(1), &[&payload(1)]).unwrap();
-    e.host.store(BlockHash(2), &[&payload(2)]).unwrap();
-    for k in [1, 2] {
-        d.observe(BlockHash(k));
-        d.offload(BlockHash(k), NS, 0, &[&payload(k)]);
-    }
-    d.observe(BlockHash(1)); // block 1 is used again
-    d.offload(BlockHash(1), NS, 0, &[&payload(1)]);
-    assert!(d.wait_idle(Duration::from_secs(5)));
-    assert!(d.contains(BlockHash(1)));
-    assert!(!d.contains(BlockHash(2)));
-    assert_eq!(d.admission_decisions(), (1, 2));
 }
 
 /// Run only as the child of `killed_writers_leave_only_verifiable_blocks`: writes
