@@ -15,14 +15,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use self::parse::{parse_addr, parse_log, BOOL_FORMS, DURATION_FORMS, SIZE_FORMS};
+use self::parse::{
+    parse_addr, parse_interval, parse_log, ADDR_FORMS, BOOL_FORMS, DURATION_FORMS, NAME_FORMS, SIZE_FORMS,
+};
 pub use self::parse::{parse_bool, parse_duration, parse_size};
+use self::read::{int_in, or_off, Vars};
 pub use self::vars::{closest_var, VarDoc, TOOL_VARS, VARS};
 use crate::evict::PolicyKind;
 pub use crate::log::LogLevel;
 use crate::movement::AdmitMode;
 use crate::prefix::HashAlgo;
 pub use crate::tier::disk::{DiskSettings, RecoveryMode};
+use crate::tier::shared_file::resolve_group;
 use crate::tier::HostSettings;
 
 /// Eviction policies of the host tier.
@@ -144,169 +148,85 @@ impl Config {
             .collect()
     }
 
-    /// Reads the variables through `lookup` (the environment, or a map in tests).
+    /// Reads the variables through `lookup` (the environment, or a map in tests);
+    /// a variable that is not set takes its documented default ([`VARS`]).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &'static str| -> Option<(&'static str, String)> {
-            lookup(name).map(|v| (name, v.trim().to_string()))
-        };
-        let err = |var: &'static str, value: &str, expected: &str| ConfigError {
-            var,
-            value: value.to_string(),
-            expected: expected.to_string(),
-        };
-        let cpu_bytes = match get("TIERKV_CPU_BYTES") {
-            Some((var, v)) => parse_size(&v).ok_or_else(|| err(var, &v, SIZE_FORMS))?,
-            None => 1 << 30,
-        };
-        let store_name = match get("TIERKV_STORE_NAME") {
-            Some((_, v)) if valid_name(&v) => v,
-            Some((var, v)) => return Err(err(var, &v, "1-64 characters from [A-Za-z0-9_.-]")),
-            None => default_store_name(),
-        };
-        let share_group = match get("TIERKV_SHARE_GROUP") {
-            Some((_, v)) if v.is_empty() => None,
-            Some((var, v)) => Some(
-                crate::tier::shared_file::resolve_group(&v)
-                    .ok_or_else(|| err(var, &v, "the name or number of an existing group"))?,
-            ),
-            None => None,
-        };
-        let shm_dir = match get("TIERKV_SHM_DIR") {
-            Some((_, v)) if v.starts_with('/') => PathBuf::from(v),
-            Some((var, v)) => return Err(err(var, &v, "an absolute directory path")),
-            None => PathBuf::from("/dev/shm"),
-        };
-        let hash = match get("TIERKV_HASH") {
-            Some((var, v)) => {
-                HashAlgo::parse(&v).ok_or_else(|| err(var, &v, "one of xxh3_128, sha256_cbor, xxhash_cbor"))?
-            }
-            None => HashAlgo::Xxh3_128,
-        };
-        let namespace = get("TIERKV_NAMESPACE").map(|(_, v)| v).unwrap_or_default();
-        let metrics_addr = match get("TIERKV_METRICS_ADDR") {
-            Some((_, v)) if v.is_empty() => None,
-            Some((var, v)) => Some(parse_addr(&v).ok_or_else(|| {
-                err(
-                    var,
-                    &v,
-                    "a port (bound on 127.0.0.1) or an address such as 127.0.0.1:9400",
-                )
-            })?),
-            None => None,
-        };
-        let log = match get("TIERKV_LOG") {
-            Some((var, v)) => {
-                parse_log(&v).ok_or_else(|| err(var, &v, "one of off, error, warn, info, debug, trace"))?
-            }
-            None => LogLevel::Warn,
-        };
-        let eviction = match get("TIERKV_EVICTION") {
-            Some((_, v)) if v.eq_ignore_ascii_case("lru") => EvictionKind::Lru,
-            Some((var, v)) => return Err(err(var, &v, "lru")),
-            None => EvictionKind::Lru,
-        };
-        let lock_timeout = match get("TIERKV_LOCK_TIMEOUT") {
-            Some((var, v)) => parse_duration(&v).ok_or_else(|| err(var, &v, DURATION_FORMS))?,
-            None => Duration::from_secs(10),
-        };
-        let staging_bytes = match get("TIERKV_STAGING_BYTES") {
-            Some((var, v)) => parse_size(&v).ok_or_else(|| err(var, &v, SIZE_FORMS))?,
-            None => 2 << 30,
-        };
-        let store_decode = match get("TIERKV_STORE_DECODE") {
-            Some((var, v)) => parse_bool(&v).ok_or_else(|| err(var, &v, BOOL_FORMS))?,
-            None => true,
-        };
-        let disk_path = match get("TIERKV_DISK_PATH") {
-            Some((_, v)) if v.is_empty() => None,
-            Some((_, v)) if v.starts_with('/') => Some(PathBuf::from(v)),
-            Some((var, v)) => return Err(err(var, &v, "an absolute directory path")),
-            None => None,
-        };
-        let disk_bytes = match get("TIERKV_DISK_BYTES") {
-            Some((var, v)) => parse_size(&v).ok_or_else(|| err(var, &v, SIZE_FORMS))?,
-            None => 0,
-        };
-        let uses = match get("TIERKV_DISK_ADMIT_USES") {
-            Some((var, v)) => v
-                .parse::<u8>()
-                .ok()
-                .filter(|n| (1..=15).contains(n))
-                .ok_or_else(|| err(var, &v, "an integer from 1 to 15"))?,
-            None => 2,
-        };
-        let disk_admit = match get("TIERKV_DISK_ADMIT") {
-            Some((_, v)) if v.eq_ignore_ascii_case("always") => AdmitMode::Always,
-            Some((_, v)) if v.eq_ignore_ascii_case("reuse") => AdmitMode::Reuse(uses),
-            Some((var, v)) => return Err(err(var, &v, "reuse or always")),
-            None => AdmitMode::Reuse(uses),
-        };
-        let disk_eviction = match get("TIERKV_DISK_EVICTION") {
-            Some((var, v)) => PolicyKind::parse(&v).ok_or_else(|| err(var, &v, "one of lru, s3fifo, chat"))?,
-            None => PolicyKind::Lru,
-        };
-        let int = |name: &'static str, default: usize, max: usize| -> Result<usize, ConfigError> {
-            match get(name) {
-                Some((var, v)) => v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=max).contains(n))
-                    .ok_or_else(|| err(var, &v, &format!("an integer from 1 to {max}"))),
-                None => Ok(default),
-            }
-        };
-        let disk_threads = int("TIERKV_DISK_THREADS", 4, 64)?;
-        let disk_queue = int("TIERKV_DISK_QUEUE", 256, 65536)?;
-        let disk_direct = match get("TIERKV_DISK_DIRECT") {
-            Some((var, v)) => parse_bool(&v).ok_or_else(|| err(var, &v, BOOL_FORMS))?,
-            None => true,
-        };
-        let disk_recovery = match get("TIERKV_DISK_RECOVERY") {
-            Some((_, v)) if v.eq_ignore_ascii_case("headers") => RecoveryMode::Headers,
-            Some((_, v)) if v.eq_ignore_ascii_case("full") => RecoveryMode::Full,
-            Some((var, v)) => return Err(err(var, &v, "headers or full")),
-            None => RecoveryMode::Headers,
-        };
-        let hw_interval = match get("TIERKV_HW_INTERVAL") {
-            Some((_, v)) if v.eq_ignore_ascii_case("off") || v == "0" => None,
-            Some((var, v)) => {
-                let d = parse_duration(&v).ok_or_else(|| err(var, &v, &format!("off or {DURATION_FORMS}")))?;
-                (!d.is_zero()).then_some(d)
-            }
-            None => Some(Duration::from_secs(1)),
-        };
-        let gpu_device = match get("TIERKV_GPU_DEVICE") {
-            Some((var, v)) => v
-                .parse::<u8>()
-                .map(u32::from)
-                .map_err(|_| err(var, &v, "an integer from 0 to 255"))?,
-            None => 0,
-        };
-        let semantic = semantic::from_lookup(get)?;
+        let v = Vars { lookup };
+        let absolute = |s: &str| s.starts_with('/').then(|| PathBuf::from(s));
+        let (threads, thread_forms) = int_in(1usize, 64);
+        let (queue, queue_forms) = int_in(1usize, 65536);
+        let (uses, use_forms) = int_in(1u8, 15);
+        let uses = v.value("TIERKV_DISK_ADMIT_USES", uses, &use_forms)?;
         let cfg = Config {
-            semantic,
-            hw_interval,
-            gpu_device,
-            cpu_bytes,
-            store_name,
-            shm_dir,
-            share_group,
-            hash,
-            namespace,
-            metrics_addr,
-            log,
-            eviction,
-            lock_timeout,
-            store_decode,
-            staging_bytes,
-            disk_path,
-            disk_bytes,
-            disk_admit,
-            disk_eviction,
-            disk_threads,
-            disk_queue,
-            disk_direct,
-            disk_recovery,
+            cpu_bytes: v.value("TIERKV_CPU_BYTES", parse_size, SIZE_FORMS)?,
+            store_name: v
+                .get(
+                    "TIERKV_STORE_NAME",
+                    |s| valid_name(s).then(|| s.to_string()),
+                    NAME_FORMS,
+                )?
+                .unwrap_or_else(default_store_name),
+            shm_dir: v.value("TIERKV_SHM_DIR", absolute, "an absolute directory path")?,
+            share_group: v
+                .get(
+                    "TIERKV_SHARE_GROUP",
+                    or_off(resolve_group),
+                    "the name or number of an existing group",
+                )?
+                .flatten(),
+            hash: v.value(
+                "TIERKV_HASH",
+                HashAlgo::parse,
+                "one of xxh3_128, sha256_cbor, xxhash_cbor",
+            )?,
+            namespace: v.value("TIERKV_NAMESPACE", |s| Some(s.to_string()), "any text")?,
+            metrics_addr: v.get("TIERKV_METRICS_ADDR", or_off(parse_addr), ADDR_FORMS)?.flatten(),
+            log: v.value("TIERKV_LOG", parse_log, "one of off, error, warn, info, debug, trace")?,
+            eviction: v.value(
+                "TIERKV_EVICTION",
+                |s| s.eq_ignore_ascii_case("lru").then_some(EvictionKind::Lru),
+                "lru",
+            )?,
+            lock_timeout: v.value("TIERKV_LOCK_TIMEOUT", parse_duration, DURATION_FORMS)?,
+            hw_interval: v.value(
+                "TIERKV_HW_INTERVAL",
+                parse_interval,
+                &format!("off or {DURATION_FORMS}"),
+            )?,
+            gpu_device: v.value(
+                "TIERKV_GPU_DEVICE",
+                |s| s.parse::<u8>().ok().map(u32::from),
+                "an integer from 0 to 255",
+            )?,
+            store_decode: v.value("TIERKV_STORE_DECODE", parse_bool, BOOL_FORMS)?,
+            staging_bytes: v.value("TIERKV_STAGING_BYTES", parse_size, SIZE_FORMS)?,
+            disk_path: v
+                .get("TIERKV_DISK_PATH", or_off(absolute), "an absolute directory path")?
+                .flatten(),
+            disk_bytes: v.get("TIERKV_DISK_BYTES", parse_size, SIZE_FORMS)?.unwrap_or(0),
+            disk_admit: v.value(
+                "TIERKV_DISK_ADMIT",
+                |s| match s.to_ascii_lowercase().as_str() {
+                    "always" => Some(AdmitMode::Always),
+                    "reuse" => Some(AdmitMode::Reuse(uses)),
+                    _ => None,
+                },
+                "reuse or always",
+            )?,
+            disk_eviction: v.value("TIERKV_DISK_EVICTION", PolicyKind::parse, "one of lru, s3fifo, chat")?,
+            disk_threads: v.value("TIERKV_DISK_THREADS", threads, &thread_forms)?,
+            disk_queue: v.value("TIERKV_DISK_QUEUE", queue, &queue_forms)?,
+            disk_direct: v.value("TIERKV_DISK_DIRECT", parse_bool, BOOL_FORMS)?,
+            disk_recovery: v.value(
+                "TIERKV_DISK_RECOVERY",
+                |s| match s.to_ascii_lowercase().as_str() {
+                    "headers" => Some(RecoveryMode::Headers),
+                    "full" => Some(RecoveryMode::Full),
+                    _ => None,
+                },
+                "headers or full",
+            )?,
+            semantic: semantic::read(&v)?,
             unknown_vars: Vec::new(),
         };
         cfg.sanitize()?;
@@ -382,6 +302,7 @@ fn valid_name(v: &str) -> bool {
 }
 
 mod parse;
+mod read;
 mod semantic;
 mod vars;
 

@@ -10,6 +10,8 @@ pub(crate) const SIZE_FORMS: &str =
     "a byte size such as 4096, 512MB, 8GiB (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)";
 pub(crate) const DURATION_FORMS: &str = "a duration such as 250ms, 10s, 2m (units us, ms, s, m, h)";
 pub(crate) const BOOL_FORMS: &str = "one of 1, 0, true, false, yes, no, on, off";
+pub(crate) const NAME_FORMS: &str = "1-64 characters from [A-Za-z0-9_.-]";
+pub(crate) const ADDR_FORMS: &str = "a port (bound on 127.0.0.1) or an address such as 127.0.0.1:9400";
 
 fn split_number(s: &str) -> Option<(u64, f64, &str)> {
     let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
@@ -79,6 +81,15 @@ pub(crate) fn parse_log(s: &str) -> Option<LogLevel> {
         "trace" => LogLevel::Trace,
         _ => return None,
     })
+}
+
+/// Parses the telemetry interval: `off` or `0` (`Some(None)`), or a duration above
+/// zero.
+pub(crate) fn parse_interval(s: &str) -> Option<Option<Duration>> {
+    if s.eq_ignore_ascii_case("off") || s == "0" {
+        return Some(None);
+    }
+    parse_duration(s).map(|d| (!d.is_zero()).then_some(d))
 }
 
 pub(crate) fn parse_addr(s: &str) -> Option<SocketAddr> {

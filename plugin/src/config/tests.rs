@@ -174,3 +174,17 @@ fn config_reads_the_policy_and_refuses_bad_values() {
     assert_eq!(e.var, "TIERKV_SEMANTIC_MIN_SIMILARITY");
     assert!(env(&[("TIERKV_SEMANTIC_PROMPTS", "0")]).is_err());
 }
+
+/// Every default is written once, in the table: setting a variable to its
+/// documented default changes nothing, and the defaults semantic sharing has on
+/// its own (`SemanticPolicy::default`, for direct users of the library) are the
+/// table's.
+#[test]
+fn setting_a_variable_to_its_documented_default_changes_nothing() {
+    let base = Config::default();
+    for d in VARS.iter().filter(|d| d.default != "unset" && !d.default.contains('<')) {
+        let c = cfg(&[(d.name, d.default)]).unwrap_or_else(|e| panic!("{}={:?}: {e}", d.name, d.default));
+        assert_eq!(c, base, "{}={:?} is not the default", d.name, d.default);
+    }
+    assert_eq!(base.semantic, crate::semantic::SemanticPolicy::default());
+}

@@ -58,6 +58,45 @@ pub struct ManagerParams {
     pub disk_reader: bool,
 }
 
+impl ManagerParams {
+    /// Refuses parameters no manager can be built with.
+    fn check(&self) -> Result<(), ManagerError> {
+        let why = if self.block_tokens == 0 {
+            "block_tokens must be at least 1"
+        } else if self.block_bytes == 0 {
+            "block_bytes must be at least 1"
+        } else if self.pool_blocks == u32::MAX {
+            "pool_blocks must be below 2^32 - 1"
+        } else {
+            return Ok(());
+        };
+        Err(ManagerError::InvalidArgument(why.into()))
+    }
+}
+
+/// Starts the telemetry thread feeding `hw` every `every` (NVML for GPU
+/// `gpu_device` when there is a driver, host telemetry otherwise); `None`, with a
+/// warning, when the thread cannot start.
+fn start_sampler(
+    gpu_device: u32,
+    sched: Scheduler,
+    hw: &Arc<HwState>,
+    every: std::time::Duration,
+    dispatch: &tracing::Dispatch,
+) -> Option<Sampler> {
+    let (source, why) = hw::open_source(gpu_device);
+    if let Some(why) = why {
+        tracing::info!(reason = %why, "no GPU telemetry; scheduling from host telemetry");
+    }
+    match Sampler::start(source, sched, Arc::clone(hw), every, dispatch.clone()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "telemetry thread not started; default decisions");
+            None
+        }
+    }
+}
+
 /// Errors of manager creation and use.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -158,17 +197,7 @@ impl Manager {
     }
 
     fn build(config: Config, params: ManagerParams, dispatch: tracing::Dispatch) -> Result<Self, ManagerError> {
-        if params.block_tokens == 0 {
-            return Err(ManagerError::InvalidArgument("block_tokens must be at least 1".into()));
-        }
-        if params.block_bytes == 0 {
-            return Err(ManagerError::InvalidArgument("block_bytes must be at least 1".into()));
-        }
-        if params.pool_blocks == u32::MAX {
-            return Err(ManagerError::InvalidArgument(
-                "pool_blocks must be below 2^32 - 1".into(),
-            ));
-        }
+        params.check()?;
         for w in config.unknown_var_warnings() {
             tracing::warn!("{w}");
         }
@@ -199,24 +228,10 @@ impl Manager {
         if let Some(d) = disk {
             movement = movement.with_lower(Box::new(d), config.disk_admit);
         }
-        let sampler = match config.hw_interval {
-            None => None,
-            Some(every) => {
-                let (source, why) = hw::open_source(config.gpu_device);
-                if let Some(why) = why {
-                    tracing::info!(reason = %why, "no GPU telemetry; scheduling from host telemetry");
-                }
-                let can_disk = movement.can_place_lower();
-                let sched = Scheduler::new(SchedParams::new(params.block_bytes, can_disk));
-                match Sampler::start(source, sched, Arc::clone(&hw), every, dispatch.clone()) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "telemetry thread not started; default decisions");
-                        None
-                    }
-                }
-            }
-        };
+        let sampler = config.hw_interval.and_then(|every| {
+            let sched = Scheduler::new(SchedParams::new(params.block_bytes, movement.can_place_lower()));
+            start_sampler(config.gpu_device, sched, &hw, every, &dispatch)
+        });
         let semantic = config
             .semantic
             .on_for(&namespace)

@@ -53,7 +53,7 @@ pub use self::io::Fault;
 use self::io::{Faults, IoPool};
 pub use self::report::report;
 pub use self::settings::{DiskSettings, RecoveryMode};
-use crate::evict::{Access, Policy};
+use crate::evict::{Access, Policy, PolicyKind};
 use crate::metrics::Histogram;
 use crate::prefix::BlockHash;
 use crate::tier::shared_file::Sharing;
@@ -187,6 +187,46 @@ struct Index {
 }
 
 impl Index {
+    /// The index of `n` slots holding the blocks recovery `found`, oldest first in
+    /// the policy's order (so that it follows the write order).
+    fn recovered(found: &recovery::Found, n: usize, policy: PolicyKind, dir: Option<Arc<Directory>>) -> Self {
+        let mut policy = policy.build(n);
+        let mut map = HashMap::with_capacity(found.blocks.len());
+        let free_slot = SlotEntry {
+            state: SlotState::Free,
+            hash: BlockHash(0),
+            pins: 0,
+        };
+        let mut slots = vec![free_slot; n];
+        for (req, b) in found.blocks.iter().enumerate() {
+            let key = b.hash.fold64();
+            map.insert(key, b.slot);
+            slots[b.slot as usize] = SlotEntry {
+                state: SlotState::Ready,
+                hash: b.hash,
+                pins: 0,
+            };
+            policy.on_insert(Access {
+                key,
+                request: req as u64,
+                depth: 0,
+            });
+        }
+        let free = (0..n as u32)
+            .rev()
+            .filter(|&s| slots[s as usize].state == SlotState::Free)
+            .collect();
+        Index {
+            map,
+            slots,
+            free,
+            policy,
+            pending: HashSet::new(),
+            next_gen: found.max_generation + 1,
+            dir,
+        }
+    }
+
     fn ready(&self, hash: BlockHash) -> Option<u32> {
         let &s = self.map.get(&hash.fold64())?;
         let e = &self.slots[s as usize];
@@ -349,43 +389,7 @@ impl DiskTier {
             None
         };
         let stats = DiskStats::default();
-        let n = geo.n_slots as usize;
-        let mut policy = cfg.eviction.build(n);
-        let mut map = HashMap::with_capacity(found.blocks.len());
-        let free_slot = SlotEntry {
-            state: SlotState::Free,
-            hash: BlockHash(0),
-            pins: 0,
-        };
-        let mut slots = vec![free_slot; n];
-        // Oldest first, so the policy's order follows the write order.
-        for (req, b) in found.blocks.iter().enumerate() {
-            let key = b.hash.fold64();
-            map.insert(key, b.slot);
-            slots[b.slot as usize] = SlotEntry {
-                state: SlotState::Ready,
-                hash: b.hash,
-                pins: 0,
-            };
-            policy.on_insert(Access {
-                key,
-                request: req as u64,
-                depth: 0,
-            });
-        }
-        let mut index = Index {
-            map,
-            slots,
-            free: Vec::new(),
-            policy,
-            pending: HashSet::new(),
-            next_gen: found.max_generation + 1,
-            dir: directory,
-        };
-        index.free = (0..n as u32)
-            .rev()
-            .filter(|&s| index.slots[s as usize].state == SlotState::Free)
-            .collect();
+        let index = Index::recovered(&found, geo.n_slots as usize, cfg.eviction, directory);
         stats
             .recovered_blocks
             .store(found.blocks.len() as u64, Ordering::Relaxed);

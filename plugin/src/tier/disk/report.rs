@@ -41,6 +41,12 @@ pub fn report(tier: Option<&DiskTier>, r: &mut Report) {
         "Loaded blocks whose checksum or identity did not verify (served as misses).",
         &[("tier=\"disk\"", v(&d.checksum_failures))],
     );
+    report_state(tier, r);
+    report_io(d, r);
+}
+
+/// Occupancy, capacity, whether it serves, its queues.
+fn report_state(tier: Option<&DiskTier>, r: &mut Report) {
     let (blocks, cap_blocks, cap_bytes, up, direct, (reads, writes)) = match tier {
         Some(t) => {
             let g = t.geometry();
@@ -88,6 +94,11 @@ pub fn report(tier: Option<&DiskTier>, r: &mut Report) {
             ("queue=\"disk_write\"", writes as u64),
         ],
     );
+}
+
+/// Offload outcomes, I/O errors, recovery and the copy latencies.
+fn report_io(d: &DiskStats, r: &mut Report) {
+    let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
     r.counter(
         "tierkv_offload_total",
         "Host-to-disk offloads by outcome (queued; dropped: queue full, no free slot).",

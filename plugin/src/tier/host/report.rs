@@ -12,6 +12,13 @@ impl HostTier {
     /// Adds the host tier's series (and the engine-facing totals it keeps in the
     /// arena: lookups, loaded tokens, adapter errors) to `r`.
     pub fn report(&self, r: &mut Report) {
+        self.report_engine_totals(r);
+        self.report_operations(r);
+        self.report_gauges(r);
+    }
+
+    /// Totals of the engine's calls, shared by every process of the store.
+    fn report_engine_totals(&self, r: &mut Report) {
         let s = self.stats();
         let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
         r.counter(
@@ -47,6 +54,12 @@ impl HostTier {
             "Library errors an engine adapter caught and degraded (loads recomputed, lookups missed, stores skipped).",
             &series,
         );
+    }
+
+    /// Lookups, block operations, bytes, verification failures and repairs.
+    fn report_operations(&self, r: &mut Report) {
+        let s = self.stats();
+        let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
         r.counter(
             "tierkv_lookup_blocks_total",
             "Blocks asked for by lookups, by tier and result (result=miss: found in no tier).",
@@ -107,6 +120,11 @@ impl HostTier {
             "Host-tier stores whose slot was reclaimed (write deadline passed) before they committed.",
             &[("", v(&s.writes_lost))],
         );
+    }
+
+    /// Occupancy, capacity and the copy latencies.
+    fn report_gauges(&self, r: &mut Report) {
+        let s = self.stats();
         let g = self.arena().geometry();
         let blocks = self.block_count().unwrap_or(0);
         r.gauge(
