@@ -56,7 +56,9 @@ def base_tree(rev: str) -> Path:
     sha = run(["git", "rev-parse", "--short", rev], ROOT).strip()
     tree = ROOT / "target" / "ab" / sha
     if not (tree / "Cargo.toml").is_file():
-        subprocess.run(["git", "worktree", "add", "--force", "--detach", str(tree), sha], cwd=ROOT, check=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--force", "--detach", str(tree), sha], cwd=ROOT, check=True, stdout=sys.stderr
+        )
     return tree
 
 

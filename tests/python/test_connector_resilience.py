@@ -25,7 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "integration" / "vllm"))
 
 from tierkv_vllm import TierKV  # noqa: E402
-from tierkv_vllm.connector import TierKVConnector, TierKVMetadata, _ReqState  # noqa: E402
+from tierkv_vllm.connector import (  # noqa: E402
+    Degrader,
+    TierKVConnector,
+    TierKVConnectorScheduler,
+    TierKVConnectorWorker,
+    TierKVMetadata,
+)
 from tierkv_vllm.lib import HASH_BYTES, LOAD_LOADED, STORE_STORED  # noqa: E402
 
 BS = 16
@@ -33,27 +39,17 @@ BLOCK_BYTES = 4096
 
 
 def bare_connector(tkv: TierKV) -> TierKVConnector:
-    """A connector with only the state its scheduler and worker halves use (no
-    VllmConfig needed)."""
+    """A connector facade with both halves (scheduler and worker) over `tkv`, as
+    the two processes would have them (no VllmConfig needed)."""
     c = object.__new__(TierKVConnector)
     c._tkv = tkv
-    c._bs = BS
-    c._store_decode = True
-    c._rehash_from_start = False
-    c._semantic = False
-    c._reqs = {}
-    c._last_logged = {}
-    c._load_errors = set()
-    c._async_planned = []
-    c._device = None
-    c._layerwise = False
-    c._layer_loads = []
-    c._loader = None
-    c._loads_done = []
-    import threading
-
-    c._loads_lock = threading.Lock()
-    c._unstored = {}
+    c._degrade = Degrader(tkv)
+    c._scheduler = TierKVConnectorScheduler(
+        tkv, BS, store_decode=True, rehash_from_start=False, semantic=False, degrade=c._degrade
+    )
+    c._worker = TierKVConnectorWorker(
+        tkv, None, num_blocks=8, rope=None, semantic=False, layerwise=False, degrade=c._degrade
+    )
     return c
 
 
@@ -119,7 +115,7 @@ def test_async_scheduling_never_plans_blocks_without_identities(env):
     # 35 tokens counted as computed, 30 exist: block 1 (tokens 16..32) is not
     # planned yet, and nothing pairs an identity with the wrong block.
     assert check_stores(m2) == 0
-    assert c._reqs["r"].stored == 1
+    assert c._scheduler._reqs["r"].stored == 1
     # The tokens arrive (5 accepted), the next step is scheduled: 35 exist, 40 counted.
     req.all_token_ids += list(range(5))
     m3 = c.build_connector_meta(cached_step("r", 35, 5))
@@ -130,7 +126,7 @@ def test_async_scheduling_never_plans_blocks_without_identities(env):
     req.all_token_ids += list(range(30))
     m5 = c.build_connector_meta(cached_step("r", 64, 1))
     assert check_stores(m5) == 2
-    assert c._reqs["r"].stored == 4
+    assert c._scheduler._reqs["r"].stored == 4
     tkv.close()
 
 
@@ -155,15 +151,15 @@ def test_library_errors_degrade_instead_of_killing_the_step(env):
     c.wait_for_save()  # skipped, not raised
     req = fake_request("q", list(range(40)))
     assert c.get_num_new_matched_tokens(req, 0) == (0, False)
-    assert len(c._last_logged) >= 2, "logged (once per operation and status)"
+    assert len(c._degrade.last_logged) >= 2, "logged (once per operation and status)"
     tkv._h = ctypes.c_void_p()  # already destroyed
 
 
 def test_adapter_errors_and_loaded_tokens_are_counted(env):
     tkv = TierKV(block_tokens=BS, block_bytes=BLOCK_BYTES, exporter=False)
     c = bare_connector(tkv)
-    c._degraded(1, "load", RuntimeError("boom"))
-    c._degraded(1, "load", RuntimeError("boom"))
+    c._degrade(1, "load", RuntimeError("boom"))
+    c._degrade(1, "load", RuntimeError("boom"))
     engine = ctypes.create_string_buffer(BLOCK_BYTES * 4)
     tkv.register_layout([(ctypes.addressof(engine), BLOCK_BYTES, BLOCK_BYTES)], 4)
     hashes = tkv.hash_tokens(list(range(2 * BS)))
@@ -239,7 +235,7 @@ def test_stores_that_did_not_happen_are_planned_again(env, monkeypatch):
     assert c.build_connector_worker_meta() is None, "stored this time"
     assert tkv.lookup(tkv.hash_tokens(list(range(3 * BS)))) == 3
     # Bounded: a block that never stores is dropped after a few tries.
-    st = c._reqs["s"]
+    st = c._scheduler._reqs["s"]
     for _ in range(5):
         c.update_connector_output(types.SimpleNamespace(kv_connector_worker_meta=type(wmeta)(unstored={"s": [1]})))
     assert st.retries[1] == 3

@@ -236,3 +236,39 @@ fn the_scrape_is_well_formed_with_every_part_present() {
         assert!(text.contains(want), "{want} missing:\n{text}");
     }
 }
+
+/// Metrics are an API: every family a scrape can show (all parts present) is
+/// documented in docs/metrics.md.
+#[test]
+fn every_metric_family_is_documented() {
+    let shm = tempfile::tempdir().unwrap();
+    let disk = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        shm_dir: shm.path().to_path_buf(),
+        cpu_bytes: 1 << 20,
+        disk_path: Some(disk.path().to_path_buf()),
+        disk_bytes: 4 << 20,
+        hw_interval: None,
+        semantic: crate::semantic::SemanticPolicy {
+            enabled: true,
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let params = ManagerParams {
+        block_tokens: 4,
+        block_bytes: 8192,
+        pool_blocks: 8,
+        ..ManagerParams::default()
+    };
+    let m = Manager::new(cfg, params).unwrap();
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md")).unwrap();
+    let text = m.metrics_text();
+    let missing: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .filter(|name| !docs.contains(&format!("`{name}`")))
+        .collect();
+    assert!(missing.is_empty(), "families missing from docs/metrics.md: {missing:?}");
+}

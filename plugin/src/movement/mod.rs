@@ -160,6 +160,9 @@ impl Movement {
             mark(tiers, n, h, TierId::Host);
             n += h;
             host_hits += h;
+            if n == hashes.len() {
+                break;
+            }
             for (j, l) in self.lower.iter().enumerate() {
                 // This tier's run ends where a faster tier takes over again.
                 let run = l.tier.lookup_run(&hashes[n..])?;
@@ -178,7 +181,7 @@ impl Movement {
         }
         if count {
             self.host.record_lookup(host_hits as u64, (hashes.len() - n) as u64);
-            for (l, &k) in self.lower.iter().zip(&lower_hits) {
+            for (l, &k) in self.lower.iter().zip(&lower_hits).filter(|(_, &k)| k > 0) {
                 l.tier.record_hits(k as u64);
             }
         }

@@ -57,6 +57,7 @@ use crate::evict::{Access, Policy, PolicyKind};
 use crate::metrics::Histogram;
 use crate::prefix::BlockHash;
 use crate::tier::shared_file::Sharing;
+use crate::tier::StoreOutcome;
 
 /// Consecutive I/O errors after which the tier is taken down.
 const MAX_CONSECUTIVE_ERRORS: u32 = 8;
@@ -615,24 +616,31 @@ impl DiskTier {
     /// block is on disk or on its way there (false: queue full, tier down, or a
     /// reader).
     pub fn offload(&self, hash: BlockHash, namespace: u64, depth: u32, data: &[&[u8]]) -> bool {
+        self.store(hash, namespace, depth, data) != StoreOutcome::NoSpace
+    }
+
+    /// [`DiskTier::offload`], saying which: `Stored` (queued now),
+    /// `AlreadyPresent` (on disk or queued before), `NoSpace` (queue full, tier
+    /// down, a reader, or a block of the wrong length).
+    pub fn store(&self, hash: BlockHash, namespace: u64, depth: u32, data: &[&[u8]]) -> StoreOutcome {
         let inner = &self.inner;
         if !inner.owner {
-            return false;
+            return StoreOutcome::NoSpace;
         }
         let g = inner.geo;
         if data.iter().map(|s| s.len() as u64).sum::<u64>() != g.block_bytes {
             debug_assert!(false, "offload of a block of the wrong length");
-            return false;
+            return StoreOutcome::NoSpace;
         }
         inner.maybe_check_health();
         if !self.is_up() {
-            return false;
+            return StoreOutcome::NoSpace;
         }
         let key = hash.fold64();
         {
             let mut ix = inner.index.lock();
             if ix.map.contains_key(&key) || ix.pending.contains(&key) {
-                return true;
+                return StoreOutcome::AlreadyPresent;
             }
             ix.pending.insert(key);
         }
@@ -663,10 +671,10 @@ impl DiskTier {
             inner.index.lock().pending.remove(&key);
             inner.inflight.fetch_sub(1, Ordering::AcqRel);
             inner.stats.offload_dropped_full.fetch_add(1, Ordering::Relaxed);
-            false
+            StoreOutcome::NoSpace
         } else {
             inner.stats.offload_queued.fetch_add(1, Ordering::Relaxed);
-            true
+            StoreOutcome::Stored
         }
     }
 

@@ -137,17 +137,9 @@ impl Tier for DiskHandle {
     }
 
     fn store(&self, hash: BlockHash, ctx: BlockCtx, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
-        let Some(d) = self.get() else {
-            return Ok(StoreOutcome::NoSpace);
-        };
-        if d.is_owner() && d.holds(hash) {
-            return Ok(StoreOutcome::AlreadyPresent);
-        }
-        Ok(if d.offload(hash, ctx.namespace, ctx.depth, segs) {
-            StoreOutcome::Stored
-        } else {
-            StoreOutcome::NoSpace
-        })
+        Ok(self
+            .get()
+            .map_or(StoreOutcome::NoSpace, |d| d.store(hash, ctx.namespace, ctx.depth, segs)))
     }
 
     fn load_into(

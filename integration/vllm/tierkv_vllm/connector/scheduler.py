@@ -1,0 +1,298 @@
+"""The scheduler half of the connector: per request, how many tokens tierkv holds
+beyond vLLM's own hit (exact, or an approximate prefix from a near-duplicate), and
+per step, what the worker loads and stores (see the package docstring)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..lib import HASH_BYTES, OP_HASH, OP_LOOKUP, OP_OTHER, TIER_DISK, TOKEN_SOURCE_BYTES, TierKV
+from .common import Degrader, TierKVMetadata, TierKVWorkerMetadata, logger
+
+if TYPE_CHECKING:
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.request import Request
+
+# Times a block's store is planned again after it did not happen.
+_STORE_RETRIES = 3
+
+
+@dataclass
+class _ReqState:
+    request: Any
+    prompt_len: int
+    hashes: bytes = b""  # identities of the hashed full blocks, in order
+    block_ids: list[int] = field(default_factory=list)
+    stored: int = 0  # leading blocks already in tierkv (stored or loaded)
+    pending_load: tuple[int, int] | None = None  # (first block, end block)
+    pending_async: bool = False  # the pending load reaches the disk tier
+    cacheable: bool = True
+    # (first block, end block, source identities, token map) of a semantic load.
+    semantic: tuple[int, int, bytes, bytes] | None = None
+    approximate: bool = False  # KV built from a near-duplicate: never stored
+    looked_up: bool = False  # the first lookup was counted (re-asks are not)
+    retry: set[int] = field(default_factory=set)  # block positions to store again
+    retries: dict[int, int] = field(default_factory=dict)  # position -> times retried
+
+
+def _cacheable(request: "Request") -> bool:
+    """Whether a request's KV is a function of its token ids alone. A LoRA adapter,
+    a cache salt, multimodal inputs (placeholder tokens stand for different images)
+    or prompt embeddings change the KV of the same tokens: such requests are neither
+    looked up nor stored, rather than risk serving another request's KV."""
+    return not (
+        getattr(request, "lora_request", None)
+        or getattr(request, "cache_salt", None)
+        or getattr(request, "mm_features", None)
+        or getattr(request, "prompt_embeds", None) is not None
+    )
+
+
+class TierKVConnectorScheduler:
+    """The connector's scheduler-side state and calls (``KVConnectorRole.SCHEDULER``)."""
+
+    def __init__(
+        self, tkv: TierKV, block_size: int, store_decode: bool, rehash_from_start: bool, semantic: bool, degrade: Degrader
+    ):
+        self._tkv = tkv
+        self._bs = block_size
+        self._store_decode = store_decode
+        # sha256_cbor identities cannot be continued from a truncated parent.
+        self._rehash_from_start = rehash_from_start
+        self._semantic = semantic
+        self._degrade = degrade
+        self._reqs: dict[str, _ReqState] = {}
+        # Async loads planned in update_state_after_alloc, sent with the next step.
+        self._async_planned: list[tuple[str, bytes, list[int]]] = []
+
+    def _state(self, request: "Request") -> _ReqState:
+        st = self._reqs.get(request.request_id)
+        if st is None:
+            prompt = request.prompt_token_ids or []
+            st = _ReqState(request=request, prompt_len=len(prompt), cacheable=_cacheable(request))
+            if st.cacheable:
+                try:
+                    st.hashes = self._tkv.hash_tokens(prompt)
+                except Exception as e:  # the request bypasses the cache
+                    self._degrade(OP_HASH, "hashing a prompt", e)
+                    st.cacheable = False
+            self._reqs[request.request_id] = st
+        return st
+
+    def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int | None, bool]:
+        st = self._state(request)
+        st.pending_load = None
+        st.pending_async = False
+        st.semantic = None
+        if not st.cacheable:
+            return 0, False
+        # All known tokens: the prompt, plus the output so far for a request that
+        # resumes after preemption (its decode blocks were stored too).
+        max_blocks = max(len(request.all_token_ids) - 1, 0) // self._bs
+        if not self._hash_upto(st, max_blocks):
+            return 0, False
+        max_blocks = min(max_blocks, len(st.hashes) // HASH_BYTES)
+        start = num_computed_tokens // self._bs
+        if max_blocks <= start:
+            return 0, False
+        try:
+            # vLLM asks again for a waiting request: only its first lookup counts
+            # as a request in tierkv's lookup metrics.
+            tiers = self._tkv.lookup_tiers(st.hashes[: max_blocks * HASH_BYTES], repeat=st.looked_up)
+        except Exception as e:  # a failed lookup is a miss
+            self._degrade(OP_LOOKUP, "lookup", e)
+            return 0, False
+        st.looked_up = True
+        hits = max(len(tiers), start)
+        pending_async = TIER_DISK in tiers[start:hits]
+        end = hits
+        if self._semantic and not pending_async and num_computed_tokens == 0 and not st.approximate:
+            try:
+                end = self._semantic_plan(st, request, hits)
+            except Exception:  # a failed lookup is a miss, never a failed request
+                logger.exception("tierkv: semantic lookup failed for request %s", request.request_id)
+                st.semantic = None
+        if end <= start:
+            return 0, False
+        st.pending_load = (start, hits)
+        st.pending_async = pending_async
+        return (end - start) * self._bs, st.pending_async
+
+    def _semantic_plan(self, st: _ReqState, request: "Request", hits: int) -> int:
+        """End block of an approximate prefix after ``hits`` exact blocks (a fresh
+        prompt only), recording the token map in ``st.semantic``."""
+        if len(request.all_token_ids) != st.prompt_len:
+            return hits
+        plan, _ = self._tkv.semantic_lookup(request.prompt_token_ids, hits * self._bs)
+        if plan is None:
+            return hits
+        end = plan.approximate_prefix(hits * self._bs, st.prompt_len - 1) // self._bs
+        if end <= hits:
+            return hits
+        srcs, token_map = plan.token_map(hits, end - hits)
+        st.semantic = (hits, end, srcs, token_map)
+        return end
+
+    def update_state_after_alloc(self, request: "Request", blocks: "KVCacheBlocks", num_external_tokens: int) -> None:
+        st = self._reqs.get(request.request_id)
+        if st is None:
+            return
+        if num_external_tokens == 0 or st.pending_load is None:
+            st.pending_load = None  # vLLM chose not to load: plan nothing
+            st.semantic = None
+            return
+        start, end = st.pending_load
+        # vLLM may accept fewer external tokens than offered: load only those.
+        accepted = start + num_external_tokens // self._bs
+        end = min(end, accepted)
+        st.pending_load = (start, end)
+        if st.semantic is not None:
+            first, s_end, srcs, token_map = st.semantic
+            s_end = min(s_end, accepted)
+            st.semantic = None
+            if s_end > first:
+                n = (s_end - first) * self._bs * TOKEN_SOURCE_BYTES
+                st.semantic = (first, s_end, srcs, token_map[:n])
+                # Built from a near-duplicate: this request's KV is never stored.
+                st.approximate = True
+        st.block_ids = list(blocks.get_block_ids()[0])
+        if st.pending_async:
+            # The request waits (not scheduled) until the worker reports the load.
+            self._async_planned.append(
+                (request.request_id, st.hashes[start * HASH_BYTES : end * HASH_BYTES], st.block_ids[start:end])
+            )
+            st.stored = max(st.stored, end)
+            st.pending_load = None
+            st.pending_async = False
+
+    def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> TierKVMetadata:
+        meta = TierKVMetadata()
+        meta.async_loads, self._async_planned = self._async_planned, []
+        so = scheduler_output
+        for new_req in so.scheduled_new_reqs:
+            st = self._reqs.get(new_req.req_id)
+            if st is None:
+                continue
+            st.block_ids = list(new_req.block_ids[0])
+            self._plan_load(st, meta)
+            done = new_req.num_computed_tokens + so.num_scheduled_tokens.get(new_req.req_id, 0)
+            self._plan_stores(st, done, meta)
+        cached = so.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            st = self._reqs.get(req_id)
+            if st is None:
+                continue
+            new_ids = cached.new_block_ids[i]
+            if req_id in cached.resumed_req_ids:
+                # Back from preemption: a new block table, and possibly a new load
+                # planned by get_num_new_matched_tokens.
+                st.block_ids = list(new_ids[0]) if new_ids else []
+                st.stored = 0
+                st.retry.clear()  # a new block table: everything is re-planned
+                if st.pending_load is not None:
+                    logger.info(
+                        "tierkv: request %s resumed after preemption; loading %d blocks",
+                        req_id,
+                        st.pending_load[1] - st.pending_load[0],
+                    )
+                self._plan_load(st, meta)
+            elif new_ids:
+                st.block_ids.extend(new_ids[0])
+            done = cached.num_computed_tokens[i] + so.num_scheduled_tokens.get(req_id, 0)
+            self._plan_stores(st, done, meta)
+        return meta
+
+    def _hash_upto(self, st: _ReqState, n_blocks: int) -> bool:
+        """Extends st.hashes towards the first n_blocks full blocks of the request,
+        hashing only tokens that exist: under async scheduling vLLM counts tokens
+        still in flight as computed, and they are not in ``all_token_ids`` yet (so
+        st.hashes may end up shorter than asked). False when hashing failed (the
+        request then bypasses the cache)."""
+        have = len(st.hashes) // HASH_BYTES
+        tokens = st.request.all_token_ids
+        n_blocks = min(n_blocks, len(tokens) // self._bs)
+        if n_blocks <= have:
+            return True
+        try:
+            if self._rehash_from_start:
+                st.hashes = self._tkv.hash_tokens(list(tokens[: n_blocks * self._bs]))
+            else:
+                parent = st.hashes[-HASH_BYTES:] if have else None
+                st.hashes += self._tkv.hash_tokens(list(tokens[have * self._bs : n_blocks * self._bs]), parent)
+        except Exception as e:
+            self._degrade(OP_HASH, "hashing tokens", e)
+            st.cacheable = False
+            return False
+        return True
+
+    def _plan_load(self, st: _ReqState, meta: TierKVMetadata) -> None:
+        if st.semantic is not None:
+            first, end, srcs, token_map = st.semantic
+            meta.semantic_loads.append((srcs, token_map, st.block_ids[first:end]))
+            st.stored = max(st.stored, end)
+            st.semantic = None
+        if st.pending_load is None:
+            return
+        start, end = st.pending_load
+        if end > start:
+            meta.loads.append((st.hashes[start * HASH_BYTES : end * HASH_BYTES], st.block_ids[start:end]))
+        st.stored = max(st.stored, end)
+        st.pending_load = None
+
+    def _plan_stores(self, st: _ReqState, computed_tokens: int, meta: TierKVMetadata) -> None:
+        if not st.cacheable or st.approximate:
+            return
+        if st.retry:
+            # Blocks the worker could not store: the request still holds them (a
+            # resumed request's retries were cleared with its old block table).
+            limit = min(st.stored, len(st.block_ids), len(st.hashes) // HASH_BYTES)
+            again = sorted(p for p in st.retry if p < limit)
+            st.retry.clear()
+            if again:
+                hashes = b"".join(st.hashes[p * HASH_BYTES : (p + 1) * HASH_BYTES] for p in again)
+                meta.stores.append((st.request.request_id, again, hashes, [st.block_ids[p] for p in again]))
+        limit = computed_tokens if self._store_decode else min(computed_tokens, st.prompt_len)
+        n_full = min(limit // self._bs, len(st.block_ids))
+        if n_full <= st.stored or not self._hash_upto(st, n_full):
+            return
+        # Only blocks whose identities exist (async scheduling: the last tokens may
+        # still be in flight); the rest is stored in a later step, never skipped.
+        n_full = min(n_full, len(st.hashes) // HASH_BYTES)
+        if n_full <= st.stored:
+            return
+        meta.stores.append(
+            (
+                st.request.request_id,
+                list(range(st.stored, n_full)),
+                st.hashes[st.stored * HASH_BYTES : n_full * HASH_BYTES],
+                st.block_ids[st.stored : n_full],
+            )
+        )
+        st.stored = n_full
+
+    def update_connector_output(self, connector_output: Any) -> None:
+        """Scheduler: blocks the worker could not store are planned again (at most
+        ``_STORE_RETRIES`` times each) while their request still holds them."""
+        meta = getattr(connector_output, "kv_connector_worker_meta", None)
+        if not isinstance(meta, TierKVWorkerMetadata):
+            return
+        for req_id, positions in meta.unstored.items():
+            st = self._reqs.get(req_id)
+            if st is None:
+                continue
+            for p in positions:
+                if st.retries.get(p, 0) < _STORE_RETRIES:
+                    st.retries[p] = st.retries.get(p, 0) + 1
+                    st.retry.add(p)
+
+    def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        st = self._reqs.pop(request.request_id, None)
+        if self._semantic and st is not None and st.cacheable and not st.approximate and st.stored > 0:
+            # Its prompt blocks are stored: a later near-duplicate may reuse them.
+            try:
+                self._tkv.semantic_insert(request.prompt_token_ids)
+            except Exception as e:
+                self._degrade(OP_OTHER, "semantic insert", e)
+        return False, None
