@@ -175,17 +175,20 @@ fn device_layouts_round_trip_on_a_gpu_and_are_refused_without_one() {
     );
 }
 
-/// Every sample line parses as `name{labels} value`, every family has one TYPE
-/// line, and the series of a family are together, whichever part added them.
-#[test]
-fn the_scrape_is_well_formed_with_every_part_present() {
-    let shm = tempfile::tempdir().unwrap();
-    let disk = tempfile::tempdir().unwrap();
+/// A manager with every part that has metrics: host and disk tiers, an engine
+/// pool, semantic sharing (telemetry off, so the figures are the same each run).
+/// The directories must outlive it.
+fn full_manager(shm: &std::path::Path, disk: &std::path::Path) -> Manager {
     let cfg = Config {
-        shm_dir: shm.path().to_path_buf(),
+        shm_dir: shm.to_path_buf(),
         cpu_bytes: 1 << 20,
-        disk_path: Some(disk.path().to_path_buf()),
+        disk_path: Some(disk.to_path_buf()),
         disk_bytes: 4 << 20,
+        hw_interval: None,
+        semantic: crate::semantic::SemanticPolicy {
+            enabled: true,
+            ..Default::default()
+        },
         ..Config::default()
     };
     let params = ManagerParams {
@@ -194,14 +197,15 @@ fn the_scrape_is_well_formed_with_every_part_present() {
         pool_blocks: 8,
         ..ManagerParams::default()
     };
-    let m = Manager::new(
-        Config {
-            hw_interval: None,
-            ..cfg
-        },
-        params,
-    )
-    .unwrap();
+    Manager::new(cfg, params).unwrap()
+}
+
+/// Every sample line parses as `name{labels} value`, every family has one TYPE
+/// line, and the series of a family are together, whichever part added them.
+#[test]
+fn the_scrape_is_well_formed_with_every_part_present() {
+    let (shm, disk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let m = full_manager(shm.path(), disk.path());
     let text = m.metrics_text();
     let mut typed = Vec::new();
     let mut current = String::new();
@@ -241,27 +245,8 @@ fn the_scrape_is_well_formed_with_every_part_present() {
 /// documented in docs/metrics.md.
 #[test]
 fn every_metric_family_is_documented() {
-    let shm = tempfile::tempdir().unwrap();
-    let disk = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        shm_dir: shm.path().to_path_buf(),
-        cpu_bytes: 1 << 20,
-        disk_path: Some(disk.path().to_path_buf()),
-        disk_bytes: 4 << 20,
-        hw_interval: None,
-        semantic: crate::semantic::SemanticPolicy {
-            enabled: true,
-            ..Default::default()
-        },
-        ..Config::default()
-    };
-    let params = ManagerParams {
-        block_tokens: 4,
-        block_bytes: 8192,
-        pool_blocks: 8,
-        ..ManagerParams::default()
-    };
-    let m = Manager::new(cfg, params).unwrap();
+    let (shm, disk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let m = full_manager(shm.path(), disk.path());
     let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md")).unwrap();
     let text = m.metrics_text();
     let missing: Vec<&str> = text
