@@ -37,6 +37,10 @@ echo "== build libtierkv.so (release, for vLLM)"
 cargo build --release -p tierkv
 venv=$(scripts/vllm-env.sh | tail -n 1)
 
+echo "== Prometheus from Debian (evaluates the Grafana dashboard's queries)"
+export TIERKV_PROMETHEUS=$(scripts/prometheus-env.sh | tail -n 1)
+export TIERKV_REQUIRE_PROMETHEUS=1
+
 echo "== Python binding and end-to-end tests in real vLLM"
 export TIERKV_VLLM_PYTHON="$venv/bin/python"
 export TIERKV_LIB="$root/target/release/libtierkv.so"

@@ -6,6 +6,8 @@ so that the machine's drift hits both alike. Prints medians per case and the rat
 head / base (above 1: head is faster).
 
 Run: python3 integration/bench/ab_bench.py --base REV [--rounds 3] [--only core,abi]
+     [--ttft MODEL --python VENV_PYTHON]   (also time to first token in real vLLM:
+     each revision's own ttft_bench.py, connector and library)
 The base revision is checked out in target/ab/<rev> and built there
 (CARGO_TARGET_DIR=target/ab/target, kept between runs); head is the working tree,
 built with `cargo bench --no-run` and `cargo build --release -p tierkv`.
@@ -24,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHES = ["core", "disk"]
-LOWER_IS_BETTER = {"ns_per_block", "us_per_call", "s/GB"}
+LOWER_IS_BETTER = {"ns_per_block", "us_per_call", "s/GB", "s"}
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
@@ -89,17 +91,35 @@ def once(side: dict[str, Path], only: set[str], disk_dir: Path) -> str:
     return "\n".join(out)
 
 
+def ttft(tree: Path, side: dict[str, Path], model: str, python: str) -> str:
+    """One run of `tree`'s ttft_bench.py with its own connector and library, as
+    `case<TAB>unit<TAB>median` lines (cases prefixed `ttft_`)."""
+    env = dict(os.environ, TIERKV_LIB=str(side["lib"]), PYTHONPATH=str(tree / "integration" / "vllm"))
+    out = run([python, str(tree / "integration/bench/ttft_bench.py"), "--model", model], tree, env)
+    lines = []
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 5 and f[-1] in ("True", "False"):
+            lines.append(f"ttft_{f[0]}\ts\t{f[1]}")
+            if f[-1] != "True":
+                raise SystemExit(f"{tree}: outputs of {f[0]} differ from the cold run")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True, help="the revision to compare with (e.g. a commit)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="core,disk,abi", help="comma-separated: core, disk, abi")
+    ap.add_argument("--ttft", metavar="MODEL", help="also time to first token in real vLLM with this model")
+    ap.add_argument("--python", default=sys.executable, help="the vLLM environment's python (for --ttft)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     disk_dir = ROOT / "target" / "bench-disk"
     disk_dir.mkdir(parents=True, exist_ok=True)
+    trees = {"base": base_tree(args.base), "head": ROOT}
     sides = {
-        "base": build(base_tree(args.base), ROOT / "target" / "ab" / "target"),
+        "base": build(trees["base"], ROOT / "target" / "ab" / "target"),
         "head": build(ROOT, None),
     }
     values: dict[str, dict[str, list[float]]] = {"base": {}, "head": {}}
@@ -108,6 +128,8 @@ def main() -> None:
         order = ["base", "head"] if r % 2 == 0 else ["head", "base"]
         for name in order:
             parse(once(sides[name], only, disk_dir), values[name], units)
+            if args.ttft:
+                parse(ttft(trees[name], sides[name], args.ttft, args.python), values[name], units)
             print(f"round {r + 1}/{args.rounds}: {name} done", file=sys.stderr)
     print(f"base {args.base} against the working tree; medians of {args.rounds} rounds\n")
     print("| Case | Unit | Base | Head | Head vs base |")

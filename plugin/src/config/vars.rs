@@ -203,6 +203,8 @@ pub const TOOL_VARS: &[&str] = &[
     "TIERKV_TEST_SHM",
     "TIERKV_TEST_DISK",
     "TIERKV_TEST_SEED",
+    "TIERKV_PROMETHEUS",
+    "TIERKV_REQUIRE_PROMETHEUS",
 ];
 
 /// The known variable closest to `name` (edit distance at most 3).
