@@ -334,12 +334,15 @@ impl Tier for HostTier {
 
     fn status(&self) -> TierStatus {
         let g = self.arena.geometry();
-        let (blocks, free) = match self.arena.lock() {
-            Ok(l) => (u64::from(l.ready_count()), u64::from(l.free_count())),
-            Err(_) => (0, 0),
+        // A lock that cannot be taken (timed out, or a broken arena) is reported as
+        // the problem; the tier keeps serving what it can.
+        let (blocks, free, problem) = match self.arena.lock() {
+            Ok(l) => (u64::from(l.ready_count()), u64::from(l.free_count()), None),
+            Err(e) => (0, 0, Some(e.to_string())),
         };
         TierStatus {
             up: true,
+            problem,
             writable: true,
             blocks,
             capacity_blocks: u64::from(g.n_slots),

@@ -1,6 +1,11 @@
-//! Tiers below the engine: where a block identity can be found, and how blocks move.
+//! Tiers below the engine: where a block identity can be found, each behind one
+//! shape, [`Tier`]. Moving blocks between them is `crate::movement`'s work; a tier
+//! only stores, finds, loads (verified) and drops what it is given.
 //!
-//! Core types: [`TierId`], [`HostTier`] (G2, a shared host-memory arena).
+//! Core types: [`Tier`] (the contract), [`TierId`], [`StoreOutcome`] and
+//! [`LoadOutcome`] (the one outcome vocabulary), [`TierStatus`], [`BlockCtx`];
+//! [`HostTier`] (G2, a shared host-memory arena), [`disk`] (G3), [`layout`] (the
+//! engine's KV memory as regions).
 //!
 //! Workflow of a block: the engine computes it (G1) -> [`HostTier::store`] copies it
 //! out, checksummed -> a later lookup finds its identity -> [`HostTier::load`] copies

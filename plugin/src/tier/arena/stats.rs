@@ -150,3 +150,21 @@ const _: () = {
         "SharedStats changed: bump the arena format version (tier/arena.rs VERSION) and pin the new layout in tier/arena/stats.rs LAYOUT"
     );
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same check as the compile-time one, as a test that names the rule: the
+    /// counters' layout in shared memory is the one pinned for this format version.
+    #[test]
+    fn the_shared_counters_layout_is_pinned_to_the_arena_format_version() {
+        let (size, offsets) = actual_layout();
+        assert_eq!(LAYOUT.0, super::super::VERSION, "pinned for another format version");
+        assert_eq!(
+            (LAYOUT.1, LAYOUT.2),
+            (size, offsets),
+            "SharedStats changed: bump VERSION and pin it again"
+        );
+    }
+}
