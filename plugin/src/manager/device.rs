@@ -1,4 +1,4 @@
-//! The manager's calls for engine KV in GPU memory (see [`crate::tier::gpu`]):
+//! The manager's calls for engine KV in GPU memory (see [`crate::tier::device`]):
 //! register a device layout, store and load through pinned staging, and
 //! layer-by-layer loads that the engine's compute stream waits on per layer.
 //! Without the `cuda` feature, registration and layer loads are `Unavailable`.
@@ -10,7 +10,7 @@ use super::{Manager, ManagerError};
 #[cfg(feature = "cuda")]
 use crate::prefix::BlockHash;
 #[cfg(feature = "cuda")]
-use crate::tier::gpu::{DeviceError, DeviceLink, LayerLoad};
+use crate::tier::device::{DeviceError, DeviceLink, LayerLoad};
 use crate::tier::layout::Region;
 #[cfg(feature = "cuda")]
 use crate::tier::{LoadOutcome, StoreOutcome};
@@ -53,7 +53,7 @@ impl Manager {
     }
 
     /// Stores from device blocks through the staging buffer, paced by the
-    /// scheduler's offload rate (see [`crate::tier::gpu`]).
+    /// scheduler's offload rate (see [`crate::tier::device`]).
     ///
     /// # Safety
     /// The device blocks must not be written during the call.
@@ -73,8 +73,8 @@ impl Manager {
         }
         self.deferred_blocks
             .fetch_add((hashes.len() - k) as u64, std::sync::atomic::Ordering::Relaxed);
-        for start in (0..k).step_by(crate::tier::gpu::STAGING_BLOCKS) {
-            let end = (start + crate::tier::gpu::STAGING_BLOCKS).min(k);
+        for start in (0..k).step_by(crate::tier::device::STAGING_BLOCKS) {
+            let end = (start + crate::tier::device::STAGING_BLOCKS).min(k);
             let slots: Vec<u64> = (0..(end - start) as u64).collect();
             let mut outs = vec![StoreOutcome::NoSpace; end - start];
             dev.with_staging(|staging, ops| {
@@ -103,8 +103,8 @@ impl Manager {
         outcomes: &mut [LoadOutcome],
     ) -> Result<(), ManagerError> {
         Self::check_load_blocks(dev.num_blocks(), hashes, block_ids)?;
-        for start in (0..hashes.len()).step_by(crate::tier::gpu::STAGING_BLOCKS) {
-            let end = (start + crate::tier::gpu::STAGING_BLOCKS).min(hashes.len());
+        for start in (0..hashes.len()).step_by(crate::tier::device::STAGING_BLOCKS) {
+            let end = (start + crate::tier::device::STAGING_BLOCKS).min(hashes.len());
             let slots: Vec<u64> = (0..(end - start) as u64).collect();
             let mut outs = vec![LoadOutcome::Miss; end - start];
             dev.with_staging(|staging, ops| {

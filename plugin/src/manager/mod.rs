@@ -39,7 +39,7 @@ pub use crate::prefix::{BlockHash, HashAlgo};
 pub use crate::semantic::synth::{row_rope, TokenRows};
 pub use crate::semantic::{Rejection, ReusePlan, TokenSource};
 #[cfg(feature = "cuda")]
-pub use crate::tier::gpu::LayerLoad;
+pub use crate::tier::device::LayerLoad;
 pub use crate::tier::layout::Region;
 pub use crate::tier::{LoadOutcome, StoreOutcome, TierId, TierStatus};
 
@@ -185,7 +185,7 @@ pub struct Manager {
     token_layout: RwLock<Option<crate::semantic::synth::TokenLayout>>,
     /// The engine's layout in GPU memory, when it registered one.
     #[cfg(feature = "cuda")]
-    device: RwLock<Option<Arc<crate::tier::gpu::DeviceLink>>>,
+    device: RwLock<Option<Arc<crate::tier::device::DeviceLink>>>,
 }
 
 impl Manager {

@@ -13,9 +13,9 @@
 
 pub mod arena;
 pub mod checksum;
-pub mod disk;
 #[cfg(feature = "cuda")]
-pub mod gpu;
+pub mod device;
+pub mod disk;
 mod host;
 pub mod layout;
 pub mod shared_file;
