@@ -72,9 +72,10 @@ def scrape_families(text: str) -> dict[str, tuple[str, set[str]]]:
     return fams
 
 
-def busy_manager(tmp: Path, monkeypatch, **env: str) -> TierKV:
+def busy_manager(tmp: Path, monkeypatch, **env: str) -> tuple[TierKV, ctypes.Array]:
     """A manager with every part that has metrics (host and disk tiers, pool,
-    semantic sharing, telemetry), some traffic, an adapter error and a sample."""
+    semantic sharing, telemetry), some traffic, an adapter error and a sample;
+    with the engine memory its layout names (keep it while the manager lives)."""
     settings = dict(
         TIERKV_SEMANTIC="on",
         TIERKV_DISK_PATH=str(tmp / "disk"),
@@ -87,7 +88,6 @@ def busy_manager(tmp: Path, monkeypatch, **env: str) -> TierKV:
         monkeypatch.setenv(k, v)
     tkv = TierKV(block_tokens=4, block_bytes=BLOCK, pool_blocks=8)
     engine = ctypes.create_string_buffer(BLOCK * 8)
-    tkv._engine = engine  # keep the memory alive with the manager
     tkv.register_layout([(ctypes.addressof(engine), BLOCK, BLOCK)], 8)
     traffic(tkv, 0)
     tkv.record_error(1, 4)
@@ -95,7 +95,7 @@ def busy_manager(tmp: Path, monkeypatch, **env: str) -> TierKV:
     while "tierkv_host_memory_bytes" not in tkv.metrics_text():
         assert time.monotonic() < deadline, "no telemetry sample within 10 s"
         time.sleep(0.05)
-    return tkv
+    return tkv, engine
 
 
 def traffic(tkv: TierKV, seed: int) -> None:
@@ -126,7 +126,7 @@ def test_the_dashboard_is_a_grafana_dashboard():
 
 
 def test_every_query_names_series_the_library_exports(env, monkeypatch):
-    tkv = busy_manager(env, monkeypatch)
+    tkv, _engine = busy_manager(env, monkeypatch)
     try:
         fams = scrape_families(tkv.metrics_text())
     finally:
@@ -175,7 +175,7 @@ def test_prometheus_evaluates_every_query_to_data(env, monkeypatch):
         if os.environ.get("TIERKV_REQUIRE_PROMETHEUS") == "1":
             pytest.fail("prometheus not found (scripts/test.sh installs Debian's package)")
         pytest.skip("prometheus not installed (Debian package `prometheus`)")
-    tkv = busy_manager(env, monkeypatch, TIERKV_METRICS_ADDR="0")
+    tkv, _engine = busy_manager(env, monkeypatch, TIERKV_METRICS_ADDR="0")
     port = tkv.info()["metrics_port"]
     assert port, "the exporter runs"
     web = free_port()

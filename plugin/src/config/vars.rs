@@ -205,6 +205,7 @@ pub const TOOL_VARS: &[&str] = &[
     "TIERKV_TEST_SEED",
     "TIERKV_PROMETHEUS",
     "TIERKV_REQUIRE_PROMETHEUS",
+    "TIERKV_LAYERS_SRC",
 ];
 
 /// The known variable closest to `name` (edit distance at most 3).

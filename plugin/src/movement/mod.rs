@@ -281,12 +281,18 @@ impl Movement {
     ) -> Result<(), TierError> {
         self.lower.iter().for_each(|l| l.tier.begin_request());
         let mut missed = Vec::new();
+        let mut segs: Vec<&mut [u8]> = Vec::with_capacity(layout.regions().len());
         for (i, (&h, &b)) in hashes.iter().zip(block_ids).enumerate() {
-            // SAFETY: the caller's contract, for this block alone.
-            let mut segs = unsafe { block_mut(layout, b) };
+            segs.clear();
+            // SAFETY: the caller's contract, for this block alone (the previous
+            // block's slices were cleared).
+            segs.extend(unsafe { block_mut(layout, b) });
             let o = self.host.load(h, &mut segs)?;
             if let Some(slot) = outcomes.get_mut(i) {
                 *slot = o;
+            }
+            if self.lower.is_empty() {
+                continue;
             }
             match o {
                 // A reuse: counts for admission, and may now go down.
@@ -294,10 +300,11 @@ impl Movement {
                     let view: Vec<&[u8]> = segs.iter().map(|s| &**s).collect();
                     self.offer_down(h, i, &view)?;
                 }
-                LoadOutcome::Miss if !self.lower.is_empty() => missed.push(i),
+                LoadOutcome::Miss => missed.push(i),
                 _ => {}
             }
         }
+        drop(segs);
         for l in &self.lower {
             if missed.is_empty() {
                 break;
@@ -327,7 +334,7 @@ impl Movement {
         // SAFETY: the caller's contract; one destination per distinct block.
         let mut dsts: Vec<Vec<&mut [u8]>> = which
             .iter()
-            .map(|&i| unsafe { block_mut(layout, block_ids[i]) })
+            .map(|&i| unsafe { block_mut(layout, block_ids[i]) }.collect())
             .collect();
         let mut got = vec![LoadOutcome::Miss; which.len()];
         tier.load_into(&want, self.namespace, &mut dsts, &mut got)?;
@@ -411,13 +418,10 @@ fn mark(tiers: &mut [TierId], at: usize, n: usize, id: TierId) {
 /// `layout`'s memory must be valid for writes for `'m`, and nothing else may
 /// access this block's ranges while the slices live (regions of one block never
 /// overlap: they are separate tensors).
-unsafe fn block_mut<'m>(layout: &EngineLayout, b: u64) -> Vec<&'m mut [u8]> {
-    layout
-        .ranges(b)
-        .map(|(p, n)| {
-            // SAFETY: the layout is validated (in range, no overflow); exclusive
-            // access is the caller's contract.
-            unsafe { std::slice::from_raw_parts_mut(p as *mut u8, n) }
-        })
-        .collect()
+unsafe fn block_mut<'m, 'l>(layout: &'l EngineLayout, b: u64) -> impl Iterator<Item = &'m mut [u8]> + 'l {
+    layout.ranges(b).map(|(p, n)| {
+        // SAFETY: the layout is validated (in range, no overflow); exclusive
+        // access is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(p as *mut u8, n) }
+    })
 }

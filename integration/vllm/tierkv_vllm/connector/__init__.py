@@ -82,7 +82,7 @@ from .. import identity
 from ..lib import TierKV
 from .common import Degrader, TierKVMetadata, TierKVWorkerMetadata, logger
 from .layouts import _block_bytes, _rope_params, kv_regions
-from .scheduler import TierKVConnectorScheduler, _cacheable, _ReqState
+from .scheduler import TierKVConnectorScheduler, _cacheable
 from .worker import TierKVConnectorWorker
 
 if TYPE_CHECKING:
@@ -101,7 +101,6 @@ __all__ = [
     "TierKVWorkerMetadata",
     "kv_regions",
     "_cacheable",
-    "_ReqState",
 ]
 
 
