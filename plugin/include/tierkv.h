@@ -89,6 +89,9 @@
 // Anything else.
 #define TIERKV_OP_OTHER 4
 
+// A buffer of this many bytes always holds a batch of at least one event.
+#define TIERKV_EVENTS_MIN_BUFFER 512
+
 // `out_reason` of `tierkv_semantic_lookup`: a plan was returned.
 #define TIERKV_SEMANTIC_ACCEPTED 0
 
@@ -574,6 +577,47 @@ enum TierkvStatus tierkv_disk_status(const struct TierkvManager *mgr, struct Tie
 enum TierkvStatus tierkv_disk_flush(const struct TierkvManager *mgr,
                                     uint64_t timeout_ms,
                                     uint8_t *out_idle);
+
+// Starts recording KV events (`BlockStored` / `BlockRemoved` of the host tier,
+// medium `CPU`, and the disk tier, medium `STORAGE`), keeping at most `capacity`
+// undelivered events (0: 65536; the oldest are dropped beyond, counted in
+// `tierkv_events_total{outcome="dropped"}`). Until then nothing is recorded.
+//
+// # Safety
+// `mgr` a live handle (checked).
+enum TierkvStatus tierkv_events_start(const struct TierkvManager *mgr, size_t capacity);
+
+// Names blocks for KV events: the engine's 64-bit key `keys[i]` (the hash it
+// publishes for its own GPU blocks) and its parent's `parents[i]` (0: none;
+// `parents` may be null) for identity `hashes[i]`. Call it before storing or
+// loading the blocks; the key is kept with each block in every tier, so whichever
+// process later evicts it names it the same way. Key 0 names nothing. A no-op
+// while events are off.
+//
+// # Safety
+// `hashes`, `keys` valid for `n` reads; `parents` null or valid for `n` reads.
+enum TierkvStatus tierkv_name_blocks(const struct TierkvManager *mgr,
+                                     const struct TierkvHash *hashes,
+                                     const uint64_t *keys,
+                                     const uint64_t *parents,
+                                     size_t n);
+
+// Takes the oldest KV events as one `KVEventBatch` in vLLM's wire format
+// (msgpack: `[ts, [event...], nil]`, each event a map tagged `"type"`), as many
+// as fit in `cap` bytes. Writes the batch's length to `*out_len` (0 when no event
+// was queued), the events in it to `*out_events`, and those still queued to
+// `*out_remaining` (call again while it is not 0). A `cap` below
+// `TIERKV_EVENTS_MIN_BUFFER` is `BUFFER_TOO_SMALL` (with that size in
+// `*out_len`), taking nothing.
+//
+// # Safety
+// `buf` valid for `cap` writes; the three out pointers valid for one write each.
+enum TierkvStatus tierkv_take_events(const struct TierkvManager *mgr,
+                                     uint8_t *buf,
+                                     size_t cap,
+                                     size_t *out_len,
+                                     size_t *out_events,
+                                     size_t *out_remaining);
 
 // Writes the scheduler's latest decisions to `*out`. With sampling off
 // (`TIERKV_HW_INTERVAL=off`) it reports the defaults: host placement, no NUMA

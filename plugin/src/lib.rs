@@ -28,6 +28,8 @@ pub mod block;
 /// cbindgen:ignore
 pub mod config;
 /// cbindgen:ignore
+pub mod events;
+/// cbindgen:ignore
 pub mod evict;
 pub mod ffi;
 /// cbindgen:ignore
@@ -47,4 +49,4 @@ pub mod semantic;
 /// cbindgen:ignore
 pub mod tier;
 
-pub use manager::{ErrorKind, Manager, ManagerError, ManagerParams};
+pub use manager::{ErrorKind, EventsTaken, Manager, ManagerError, ManagerParams};

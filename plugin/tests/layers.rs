@@ -21,7 +21,7 @@ const LAYERS: &[(u8, &[&str])] = &[
     (4, &["semantic"]),
     (3, &["tier"]),
     (2, &["block", "hw"]),
-    (1, &["evict"]),
+    (1, &["evict", "events"]),
     (0, &["prefix", "metrics", "log"]),
 ];
 

@@ -21,6 +21,7 @@
 
 mod api;
 mod disk_api;
+mod events_api;
 mod handles;
 mod hw_api;
 mod layer_api;
@@ -29,6 +30,7 @@ mod types;
 
 pub use api::*;
 pub use disk_api::*;
+pub use events_api::*;
 pub use hw_api::*;
 pub use layer_api::*;
 pub use semantic_api::*;

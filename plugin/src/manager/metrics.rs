@@ -31,6 +31,7 @@ impl Manager {
         if let Some(ix) = &self.semantic {
             ix.report(&mut r);
         }
+        self.report_events(&mut r);
         r.finish()
     }
 }

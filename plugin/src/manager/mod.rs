@@ -21,6 +21,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::block::BlockPool;
 use crate::config::Config;
+use crate::events::EventLog;
 use crate::hw::{self, HwState, Sampler, SchedParams, Scheduler};
 use crate::metrics::exporter::Exporter;
 use crate::movement::Movement;
@@ -33,7 +34,9 @@ use crate::tier::{HostTier, TierError};
 // The facade's vocabulary: the value types engines and adapters exchange with a
 // manager (the C ABI and the C++ bridge name them through here, never through
 // the parts that define them).
+pub use self::events::EventsTaken;
 pub use crate::block::CowOutcome;
+pub use crate::events::MIN_BATCH_BYTES as EVENTS_MIN_BUFFER;
 pub use crate::hw::{Decisions, Placement, Telemetry};
 pub use crate::prefix::{BlockHash, HashAlgo};
 pub use crate::semantic::synth::{row_rope, TokenRows};
@@ -186,6 +189,8 @@ pub struct Manager {
     /// The engine's layout in GPU memory, when it registered one.
     #[cfg(feature = "cuda")]
     device: RwLock<Option<Arc<crate::tier::device::DeviceLink>>>,
+    /// KV events of this manager's tiers (off until the engine starts them).
+    events: Arc<EventLog>,
 }
 
 impl Manager {
@@ -205,14 +210,18 @@ impl Manager {
         let seed = std::env::var("PYTHONHASHSEED").unwrap_or_else(|_| VLLM_DEFAULT_SEED.to_string());
         let hasher = BlockHasher::new(config.hash, params.block_tokens as usize, &namespace, &seed)
             .ok_or(ManagerError::InvalidArgument("block_tokens must be at least 1".into()))?;
-        let host = Arc::new(HostTier::open(
-            &config.host_settings(),
-            params.block_bytes,
-            u64::from(params.block_tokens),
-        )?);
-        let disk = config
-            .disk_settings()
-            .map(|s| DiskHandle::open(&s, params.block_bytes, &dispatch, params.disk_reader));
+        let events = Arc::new(EventLog::new());
+        let host = Arc::new(
+            HostTier::open(
+                &config.host_settings(),
+                params.block_bytes,
+                u64::from(params.block_tokens),
+            )?
+            .with_events(Arc::clone(&events)),
+        );
+        let disk = config.disk_settings().map(|s| {
+            DiskHandle::open(&s, params.block_bytes, &dispatch, params.disk_reader).with_events(Arc::clone(&events))
+        });
         let pool = match params.pool_blocks {
             0 => None,
             n => Some(Mutex::new(
@@ -224,7 +233,8 @@ impl Manager {
             Arc::clone(&host),
             Arc::clone(&hw),
             xxhash_rust::xxh3::xxh3_64(namespace.as_bytes()),
-        );
+        )
+        .with_events(Arc::clone(&events));
         if let Some(d) = disk {
             movement = movement.with_lower(Box::new(d), config.disk_admit);
         }
@@ -251,6 +261,7 @@ impl Manager {
             token_layout: RwLock::new(None),
             #[cfg(feature = "cuda")]
             device: RwLock::new(None),
+            events,
         };
         if let Some(node) = mgr.hw.latest().and_then(|(_, d)| d.numa_node) {
             // The host tier near the GPU (pages faulted from now on, by any process).
@@ -567,6 +578,7 @@ impl Drop for Manager {
     }
 }
 
+mod events;
 mod metrics;
 mod pool;
 mod semantic;

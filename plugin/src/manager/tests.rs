@@ -257,3 +257,160 @@ fn every_metric_family_is_documented() {
         .collect();
     assert!(missing.is_empty(), "families missing from docs/metrics.md: {missing:?}");
 }
+
+/// KV events through the facade: every block the host tier stores and evicts and
+/// every block the disk tier writes is reported once, under the engine's names,
+/// in batches that fit the smallest buffer; blocks never named are counted, not
+/// reported.
+#[test]
+fn kv_events_report_each_tier_change_once_under_the_engines_names() {
+    use crate::events::wire::decode;
+    let shm = tempfile::tempdir().unwrap();
+    let disk = tempfile::tempdir().unwrap();
+    const BYTES: usize = 64 << 10;
+    let cfg = Config {
+        shm_dir: shm.path().to_path_buf(),
+        cpu_bytes: 1 << 20,
+        disk_path: Some(disk.path().to_path_buf()),
+        disk_bytes: 64 << 20,
+        disk_admit: AdmitMode::Always,
+        ..Config::default()
+    };
+    let m = manager(cfg, BYTES as u64);
+    let mut mem = vec![5u8; 4 * BYTES];
+    let region = Region {
+        base: mem.as_mut_ptr() as u64,
+        block_stride: BYTES as u64,
+        bytes_per_block: BYTES as u64,
+    };
+    m.register_layout(&[region], 4).unwrap();
+    let n = 40u64;
+    let hs: Vec<BlockHash> = (1..=u128::from(n)).map(BlockHash).collect();
+    let keys: Vec<u64> = (1..=n).map(|i| u64::MAX - i).collect();
+    let parents: Vec<u64> = (0..n).map(|i| if i == 0 { 0 } else { u64::MAX - i }).collect();
+    // Not started: naming is a no-op, nothing is recorded.
+    m.name_blocks(&hs, &keys, Some(&parents)).unwrap();
+    assert!(!m.events_on());
+    m.events_start(0);
+    m.name_blocks(&hs, &keys, Some(&parents)).unwrap();
+    assert!(m.name_blocks(&hs, &keys[1..], None).is_err());
+    for (i, h) in hs.iter().enumerate() {
+        let mut out = [StoreOutcome::NoSpace];
+        // SAFETY: `mem` is valid for reads and not written meanwhile.
+        unsafe { m.store_blocks(&[*h], &[(i % 4) as u64], &mut out) }.unwrap();
+        assert_eq!(out[0], StoreOutcome::Stored);
+    }
+    // A block the engine never named.
+    let mut out = [StoreOutcome::NoSpace];
+    // SAFETY: as above.
+    unsafe { m.store_blocks(&[BlockHash(999)], &[0], &mut out) }.unwrap();
+    assert!(m.flush(std::time::Duration::from_secs(10)));
+    let host_slots = m.tier_status(TierId::Host).unwrap().capacity_blocks;
+    assert!(host_slots < n, "the host tier must evict in this test");
+
+    let mut events = Vec::new();
+    let mut buf = vec![0u8; crate::events::MIN_BATCH_BYTES];
+    loop {
+        let t = m.take_events(&mut buf).unwrap();
+        if t.events == 0 {
+            assert_eq!(t.remaining, 0);
+            break;
+        }
+        events.extend(decode(&buf[..t.bytes]));
+    }
+    let count = |ty: &str, medium: &str| -> Vec<u64> {
+        events
+            .iter()
+            .filter(|e| e.0 == ty && e.1 == medium)
+            .flat_map(|e| e.3.clone())
+            .collect()
+    };
+    let mut host_stored = count("BlockStored", "CPU");
+    host_stored.sort_unstable();
+    let mut want = keys.clone();
+    want.sort_unstable();
+    assert_eq!(host_stored, want, "each host store once");
+    let mut disk_stored = count("BlockStored", "STORAGE");
+    disk_stored.sort_unstable();
+    assert_eq!(disk_stored, want, "each disk write once");
+    // The host tier evicted the oldest blocks: the named ones, in store order
+    // (block 999 is the one that stays unnamed).
+    let removed = count("BlockRemoved", "CPU");
+    let evictions = n + 1 - m.tier_status(TierId::Host).unwrap().blocks;
+    assert_eq!(removed.len() as u64, evictions);
+    assert_eq!(removed, keys[..removed.len()].to_vec());
+    assert!(events
+        .iter()
+        .all(|e| e.2 == if e.1 == "CPU" { "tierkv:host" } else { "tierkv:disk" }));
+    // Parents travel with the chain's first block.
+    let first = events.iter().find(|e| e.0 == "BlockStored" && e.1 == "CPU").unwrap();
+    assert_eq!((first.3[0], first.4), (keys[0], None));
+    let text = m.metrics_text();
+    assert!(text.contains("tierkv_events_total{outcome=\"unnamed\"} 2"), "{text}");
+    assert!(text.contains("tierkv_events_enabled 1"));
+    let mut small = [0u8; 16];
+    assert!(m.take_events(&mut small).is_ok(), "nothing queued: nothing to encode");
+}
+
+/// Two engines on one host tier: the one that stores a block reports it, the
+/// other's store of the same block is no event; the engine whose store evicts a
+/// block reports its removal under the name the first engine gave it.
+#[test]
+fn shared_host_tier_each_change_is_reported_once_by_the_engine_that_made_it() {
+    use crate::events::wire::decode;
+    let shm = tempfile::tempdir().unwrap();
+    const BYTES: usize = 64 << 10;
+    let cfg = || Config {
+        shm_dir: shm.path().to_path_buf(),
+        cpu_bytes: 1 << 20,
+        store_name: "shared-events".into(),
+        ..Config::default()
+    };
+    let (a, b) = (manager(cfg(), BYTES as u64), manager(cfg(), BYTES as u64));
+    let mut mem = vec![1u8; 2 * BYTES];
+    let region = Region {
+        base: mem.as_mut_ptr() as u64,
+        block_stride: BYTES as u64,
+        bytes_per_block: BYTES as u64,
+    };
+    for m in [&a, &b] {
+        m.register_layout(&[region], 2).unwrap();
+        m.events_start(0);
+    }
+    let take = |m: &Manager| {
+        let mut buf = vec![0u8; 1 << 16];
+        let t = m.take_events(&mut buf).unwrap();
+        assert_eq!(t.remaining, 0);
+        if t.events == 0 {
+            Vec::new()
+        } else {
+            decode(&buf[..t.bytes])
+        }
+    };
+    let store = |m: &Manager, h: u128, key: u64| {
+        m.name_blocks(&[BlockHash(h)], &[key], None).unwrap();
+        let mut out = [StoreOutcome::NoSpace];
+        // SAFETY: `mem` is valid for reads and not written meanwhile.
+        unsafe { m.store_blocks(&[BlockHash(h)], &[0], &mut out) }.unwrap();
+        out[0]
+    };
+    assert_eq!(store(&a, 1, 11), StoreOutcome::Stored);
+    assert_eq!(store(&b, 1, 11), StoreOutcome::AlreadyPresent);
+    assert_eq!(
+        take(&a).iter().map(|e| (e.0.as_str(), e.3.clone())).collect::<Vec<_>>(),
+        vec![("BlockStored", vec![11])]
+    );
+    assert!(take(&b).is_empty(), "B stored nothing");
+    // B fills the tier: its stores evict block 1, which B reports under A's name.
+    let slots = b.tier_status(TierId::Host).unwrap().capacity_blocks as u128;
+    for h in 2..=slots + 1 {
+        assert_eq!(store(&b, h, 100 + h as u64), StoreOutcome::Stored);
+    }
+    let removed: Vec<u64> = take(&b)
+        .into_iter()
+        .filter(|e| e.0 == "BlockRemoved")
+        .flat_map(|e| e.3)
+        .collect();
+    assert_eq!(removed, vec![11]);
+    assert!(take(&a).is_empty(), "A saw nothing happen");
+}

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 pub use admission::{Admission, AdmitMode};
 
+use crate::events::EventLog;
 use crate::hw::{HwState, Placement};
 use crate::metrics::Report;
 use crate::prefix::BlockHash;
@@ -101,6 +102,7 @@ pub struct Movement {
     lower: Vec<Lower>,
     hw: Arc<HwState>,
     namespace: u64,
+    events: Arc<EventLog>,
 }
 
 impl Movement {
@@ -112,7 +114,14 @@ impl Movement {
             lower: Vec::new(),
             hw,
             namespace,
+            events: Arc::new(EventLog::new()),
         }
+    }
+
+    /// Names blocks from `log` (the engine's keys, for KV events) in every store.
+    pub fn with_events(mut self, log: Arc<EventLog>) -> Self {
+        self.events = log;
+        self
     }
 
     /// Adds a lower tier below the ones already there (slower than them).
@@ -229,13 +238,13 @@ impl Movement {
                 // Host memory is short (the scheduler says so): straight down.
                 let first = &self.lower[0];
                 first.observe(h);
-                if first.offer(h, self.ctx(i), &segs)? {
+                if first.offer(h, self.ctx(i, h), &segs)? {
                     StoreOutcome::Stored
                 } else {
                     StoreOutcome::NoSpace
                 }
             } else {
-                let o = self.host.store(h, &segs)?;
+                let o = Tier::store(&*self.host, h, self.ctx(i, h), &segs)?;
                 if matches!(o, StoreOutcome::Stored | StoreOutcome::AlreadyPresent) {
                     self.offer_down(h, i, &segs)?;
                 }
@@ -253,15 +262,20 @@ impl Movement {
     fn offer_down(&self, hash: BlockHash, i: usize, segs: &[&[u8]]) -> Result<(), TierError> {
         for l in &self.lower {
             l.observe(hash);
-            l.offer(hash, self.ctx(i), segs)?;
+            l.offer(hash, self.ctx(i, hash), segs)?;
         }
         Ok(())
     }
 
-    fn ctx(&self, i: usize) -> BlockCtx {
+    /// The context of block `i` of a call, `hash`: its position and the engine's
+    /// name for it.
+    fn ctx(&self, i: usize, hash: BlockHash) -> BlockCtx {
+        let (key, parent) = self.events.key_of(hash);
         BlockCtx {
             namespace: self.namespace,
             depth: i as u32,
+            key,
+            parent,
         }
     }
 
@@ -343,7 +357,7 @@ impl Movement {
             match o {
                 LoadOutcome::Loaded => {
                     let view: Vec<&[u8]> = dst.iter().map(|s| &**s).collect();
-                    self.host.store(hashes[i], &view)?;
+                    Tier::store(&*self.host, hashes[i], self.ctx(i, hashes[i]), &view)?;
                 }
                 LoadOutcome::Miss => still.push(i),
                 _ => {}

@@ -61,7 +61,11 @@ use crate::prefix::BlockHash;
 const MAGIC: u64 = 0x7469_6572_6b76_4152; // "tierkvAR"
 /// 2: the header no longer keeps a separate count of ready slots.
 /// 3: leases instead of pids, slot generations, pin counts, lock timeouts.
-const VERSION: u32 = 3;
+/// 4: each slot keeps the engine's key for its block (KV events).
+const VERSION: u32 = 4;
+/// The oldest format whose users hold leases as this one does: a store of such a
+/// version with nobody attached is recreated in this format.
+const LEASED_SINCE: u32 = 3;
 const PAGE: u64 = 4096;
 const HEADER_BYTES: u64 = 4 * PAGE;
 /// How long a lock of the index may be waited for before the operation is a miss.
@@ -108,6 +112,8 @@ pub struct SlotMeta {
     pub last_access: u64,
     /// `CLOCK_BOOTTIME` nanoseconds when the slot entered `Writing`.
     pub write_started: u64,
+    /// The engine's key for the block (its KV-event name; 0: none).
+    pub key: u64,
     /// A [`SlotState`] value.
     pub state: u32,
     /// Bumped each time the slot is reserved for a write.
@@ -365,7 +371,7 @@ impl Arena {
         if !initialised {
             return Self::create_locked(fd, path, want);
         }
-        if version != VERSION {
+        if !(LEASED_SINCE..=VERSION).contains(&version) {
             // Another library version may be using it (it takes no lease we could
             // see): never re-initialise it.
             return Err(ArenaError::Version {
@@ -374,6 +380,18 @@ impl Arena {
             });
         }
         let attached = lease::any_held(&fd).map_err(io_err("probe leases", path))?;
+        if version != VERSION {
+            if attached {
+                // Engines of another library version use it now.
+                return Err(ArenaError::Version {
+                    path: path.to_path_buf(),
+                    found: version,
+                });
+            }
+            tracing::warn!(path = %path.display(), found = version, want = VERSION,
+                "host-tier store has an older format and no process attached; recreating it");
+            return Self::create_locked(fd, path, want);
+        }
         match found {
             Some(g) if g == want && existing >= g.file_len => Self::mapped(fd, path, g),
             _ if !attached => {
@@ -679,6 +697,7 @@ impl SlotMeta {
             len: 0,
             last_access: 0,
             write_started: 0,
+            key: 0,
             state: SlotState::Free as u32,
             generation: 0,
             writer_lease: 0,

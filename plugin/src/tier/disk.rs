@@ -53,11 +53,12 @@ pub use self::io::Fault;
 use self::io::{Faults, IoPool};
 pub use self::report::report;
 pub use self::settings::{DiskSettings, RecoveryMode};
+use crate::events::{EventKind, EventLog, EventTier};
 use crate::evict::{Access, Policy, PolicyKind};
 use crate::metrics::Histogram;
 use crate::prefix::BlockHash;
 use crate::tier::shared_file::Sharing;
-use crate::tier::StoreOutcome;
+use crate::tier::{BlockCtx, StoreOutcome};
 
 /// Consecutive I/O errors after which the tier is taken down.
 const MAX_CONSECUTIVE_ERRORS: u32 = 8;
@@ -174,6 +175,8 @@ struct SlotEntry {
     state: SlotState,
     hash: BlockHash,
     pins: u32,
+    /// The engine's key for the block (KV events; 0: none).
+    key: u64,
 }
 
 struct Index {
@@ -197,6 +200,7 @@ impl Index {
             state: SlotState::Free,
             hash: BlockHash(0),
             pins: 0,
+            key: 0,
         };
         let mut slots = vec![free_slot; n];
         for (req, b) in found.blocks.iter().enumerate() {
@@ -206,6 +210,7 @@ impl Index {
                 state: SlotState::Ready,
                 hash: b.hash,
                 pins: 0,
+                key: b.key,
             };
             policy.on_insert(Access {
                 key,
@@ -234,8 +239,10 @@ impl Index {
         (e.state == SlotState::Ready && e.hash == hash).then_some(s)
     }
 
-    /// A free slot, or one evicted by policy; marked `Writing`.
-    fn take_slot(&mut self, stats: &DiskStats) -> Option<u32> {
+    /// A free slot, or one evicted by policy; marked `Writing`. With the key of
+    /// the block evicted for it, if any.
+    fn take_slot(&mut self, stats: &DiskStats) -> Option<(u32, Option<u64>)> {
+        let mut evicted = None;
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -249,15 +256,18 @@ impl Index {
                 if let Some(d) = &self.dir {
                     d.remove(self.slots[s as usize].hash);
                 }
+                evicted = Some(self.slots[s as usize].key);
                 s
             }
         };
         self.slots[slot as usize].state = SlotState::Writing;
-        Some(slot)
+        Some((slot, evicted))
     }
 
-    fn drop_slot(&mut self, slot: u32) {
+    /// Frees `slot`; returns the key of the block it held when it was `Ready`.
+    fn drop_slot(&mut self, slot: u32) -> Option<u64> {
         let e = &mut self.slots[slot as usize];
+        let held = (e.state == SlotState::Ready).then_some(e.key);
         if e.state == SlotState::Ready {
             let key = e.hash.fold64();
             self.map.remove(&key);
@@ -269,6 +279,7 @@ impl Index {
         e.state = SlotState::Free;
         e.pins = 0;
         self.free.push(slot);
+        held
     }
 }
 
@@ -303,6 +314,9 @@ struct Inner {
     /// them from the owner's index, so it stops reading them (a miss) instead of
     /// failing on them again. Bounded; cleared when full.
     reader_bad: Mutex<HashSet<(u128, u32)>>,
+    /// The event logs of the managers using this tier in this process; events go
+    /// to the first live one that records (one report per change).
+    events: Mutex<Vec<Weak<EventLog>>>,
 }
 
 /// The disk tier of this process for one file.
@@ -436,6 +450,7 @@ impl DiskTier {
             sharing,
             reader_dir: Mutex::new((None, None)),
             reader_bad: Mutex::new(HashSet::new()),
+            events: Mutex::new(Vec::new()),
         });
         Ok(Self { inner, pool })
     }
@@ -577,12 +592,14 @@ impl DiskTier {
             let Some(s) = ix.ready(hash).filter(|&s| ix.slots[s as usize].pins == 0) else {
                 return false;
             };
-            ix.drop_slot(s);
+            let key = ix.drop_slot(s);
             // Not free until its header is gone: a new block must not land in a slot
             // whose clearing is still to come.
             let last = ix.free.pop();
             debug_assert_eq!(last, Some(s));
             ix.slots[s as usize].state = SlotState::Writing;
+            drop(ix);
+            self.inner.record(EventKind::Removed, key.unwrap_or(0), 0);
             s
         };
         self.inner.clear_header(slot);
@@ -619,10 +636,36 @@ impl DiskTier {
         self.store(hash, namespace, depth, data) != StoreOutcome::NoSpace
     }
 
+    /// Records this tier's KV events (writes landed, evictions, drops) in `log`
+    /// too; the first live log that records gets each event.
+    pub fn attach_events(&self, log: &Arc<EventLog>) {
+        let mut logs = self.inner.events.lock();
+        logs.retain(|w| w.strong_count() > 0);
+        if !logs.iter().any(|w| w.as_ptr() == Arc::as_ptr(log)) {
+            logs.push(Arc::downgrade(log));
+        }
+    }
+
+    /// [`DiskTier::store`] with the block's context: namespace, chain depth and
+    /// the engine's key (kept in the block's header).
+    pub fn store_ctx(&self, hash: BlockHash, ctx: BlockCtx, data: &[&[u8]]) -> StoreOutcome {
+        self.store_named(hash, ctx, data)
+    }
+
     /// [`DiskTier::offload`], saying which: `Stored` (queued now),
     /// `AlreadyPresent` (on disk or queued before), `NoSpace` (queue full, tier
     /// down, a reader, or a block of the wrong length).
     pub fn store(&self, hash: BlockHash, namespace: u64, depth: u32, data: &[&[u8]]) -> StoreOutcome {
+        let ctx = BlockCtx {
+            namespace,
+            depth,
+            key: 0,
+            parent: 0,
+        };
+        self.store_named(hash, ctx, data)
+    }
+
+    fn store_named(&self, hash: BlockHash, ctx: BlockCtx, data: &[&[u8]]) -> StoreOutcome {
         let inner = &self.inner;
         if !inner.owner {
             return StoreOutcome::NoSpace;
@@ -660,7 +703,7 @@ impl DiskTier {
         let job_inner = Arc::clone(inner);
         let job = Box::new(move || {
             let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                job_inner.write_block(buf, hash, namespace, request, depth);
+                job_inner.write_block(buf, hash, ctx, request);
             }));
             if written.is_err() {
                 job_inner.index.lock().pending.remove(&key);
@@ -762,7 +805,9 @@ impl DiskTier {
             let e = &mut ix.slots[s as usize];
             e.pins = e.pins.saturating_sub(1);
             if matches!(out[i], DiskRead::Corrupt | DiskRead::Failed) && e.hash == hashes[i] {
-                ix.drop_slot(s);
+                if let Some(k) = ix.drop_slot(s) {
+                    inner.record(EventKind::Removed, k, 0);
+                }
                 let job_inner = Arc::clone(inner);
                 // Best effort: clear the header so a restart does not index it again.
                 let _ = self.pool.try_submit_write(Box::new(move || job_inner.clear_header(s)));
@@ -773,6 +818,14 @@ impl DiskTier {
 }
 
 impl Inner {
+    /// An event for the first live log that records.
+    fn record(&self, kind: EventKind, key: u64, parent: u64) {
+        let logs = self.events.lock();
+        if let Some(log) = logs.iter().filter_map(Weak::upgrade).find(|l| l.is_on()) {
+            log.record(kind, EventTier::Disk, key, parent);
+        }
+    }
+
     /// A reader's view of the owner's directory: opened when the owner has
     /// published one, and opened again when a new owner renamed a new one into
     /// place (the path's inode changed); checked at most once a second.
@@ -792,14 +845,15 @@ impl Inner {
         g.0.clone()
     }
 
-    fn write_block(&self, mut buf: AlignedBuf, hash: BlockHash, namespace: u64, request: u64, depth: u32) {
+    fn write_block(&self, mut buf: AlignedBuf, hash: BlockHash, ctx: BlockCtx, request: u64) {
+        let (namespace, depth) = (ctx.namespace, ctx.depth);
         let key = hash.fold64();
         let g = self.geo;
         // The key stays pending until the write has landed (or failed): an offer of
         // the same identity meanwhile is answered "on its way", never written twice.
         let slot = {
             let mut ix = self.index.lock();
-            let Some(slot) = ix.take_slot(&self.stats) else {
+            let Some((slot, evicted)) = ix.take_slot(&self.stats) else {
                 ix.pending.remove(&key);
                 drop(ix);
                 self.stats.offload_dropped_no_slot.fetch_add(1, Ordering::Relaxed);
@@ -809,14 +863,18 @@ impl Inner {
             ix.slots[slot as usize].hash = hash;
             let generation = ix.next_gen;
             ix.next_gen += 1;
-            (slot, generation)
+            (slot, generation, evicted)
         };
-        let (slot, generation) = slot;
+        let (slot, generation, evicted) = slot;
+        if let Some(k) = evicted {
+            self.record(EventKind::Removed, k, 0);
+        }
         let mut header = BlockHeader {
             hash,
             namespace,
             len: g.block_bytes,
             generation,
+            key: ctx.key,
             payload_sum: 0,
         };
         let (hdr, rest) = buf.as_mut_slice().split_at_mut(SECTOR);
@@ -834,13 +892,16 @@ impl Inner {
                 // leaves the policy (only reachable if two writers raced anyway).
                 if let Some(&old) = ix.map.get(&key) {
                     if old != slot {
-                        ix.drop_slot(old);
+                        if let Some(k) = ix.drop_slot(old) {
+                            self.record(EventKind::Removed, k, 0);
+                        }
                     }
                 }
                 ix.slots[slot as usize] = SlotEntry {
                     state: SlotState::Ready,
                     hash,
                     pins: 0,
+                    key: ctx.key,
                 };
                 ix.map.insert(key, slot);
                 ix.policy.on_insert(Access { key, request, depth });
@@ -848,6 +909,7 @@ impl Inner {
                     d.insert(hash, slot);
                 }
                 drop(ix);
+                self.record(EventKind::Stored, ctx.key, ctx.parent);
                 self.stats.written_blocks.fetch_add(1, Ordering::Relaxed);
                 self.stats.written_bytes.fetch_add(g.block_bytes, Ordering::Relaxed);
                 self.stats.write_latency.observe_ns(start.elapsed().as_nanos() as u64);

@@ -26,6 +26,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::arena::SharedStats;
@@ -33,6 +34,7 @@ use super::arena::{Arena, ArenaError, ArenaSpec, Locked, SlotState, WriteTicket}
 use super::checksum::FusedHasher;
 use super::shared_file::Sharing;
 use super::{BlockCtx, LoadOutcome, StoreOutcome, Tier, TierId, TierStatus};
+use crate::events::{EventKind, EventLog, EventTier};
 use crate::prefix::BlockHash;
 
 /// How many LRU entries a store inspects for an unpinned victim before giving up.
@@ -58,6 +60,7 @@ pub enum TierError {
 pub struct HostTier {
     arena: Arena,
     block_tokens: u64,
+    events: Arc<EventLog>,
 }
 
 impl HostTier {
@@ -82,7 +85,11 @@ impl HostTier {
         }
         let g = arena.geometry();
         tracing::info!(path = %path.display(), blocks = g.n_slots, block_bytes, "host tier open");
-        Ok(Self { arena, block_tokens })
+        Ok(Self {
+            arena,
+            block_tokens,
+            events: Arc::new(EventLog::new()),
+        })
     }
 
     /// The arena (geometry, path, stats).
@@ -152,11 +159,29 @@ impl HostTier {
         }
     }
 
+    /// Records this tier's KV events (stores, evictions, removals) in `log`.
+    pub fn with_events(mut self, log: Arc<EventLog>) -> Self {
+        self.events = log;
+        self
+    }
+
     /// Stores one block given as segments (their concatenation is the payload).
     pub fn store(&self, hash: BlockHash, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
+        self.store_keyed(hash, 0, 0, segs)
+    }
+
+    /// [`HostTier::store`] of a block the engine calls `key` (its parent `parent`;
+    /// 0: none): the key is kept with the block and names it in KV events.
+    pub fn store_keyed(
+        &self,
+        hash: BlockHash,
+        key: u64,
+        parent: u64,
+        segs: &[&[u8]],
+    ) -> Result<StoreOutcome, TierError> {
         self.check_len(segs.iter().map(|s| s.len() as u64).sum())?;
         let start = Instant::now();
-        let ticket = match self.reserve(hash)? {
+        let ticket = match self.reserve(hash, key)? {
             Ok(t) => t,
             Err(outcome) => return Ok(outcome),
         };
@@ -182,12 +207,13 @@ impl HostTier {
         s.stored_blocks.fetch_add(1, Ordering::Relaxed);
         s.stored_bytes.fetch_add(off as u64, Ordering::Relaxed);
         s.store_latency.observe_ns(start.elapsed().as_nanos() as u64);
+        self.events.record(EventKind::Stored, EventTier::Host, key, parent);
         Ok(StoreOutcome::Stored)
     }
 
     /// Step 1 of a store: a reserved slot, or the outcome that ends the store
     /// (a lock that timed out ends it as not stored).
-    fn reserve(&self, hash: BlockHash) -> Result<Result<WriteTicket, StoreOutcome>, TierError> {
+    fn reserve(&self, hash: BlockHash, key: u64) -> Result<Result<WriteTicket, StoreOutcome>, TierError> {
         let Some(mut l) = self.lock_or_miss()? else {
             return Ok(Err(StoreOutcome::NoSpace));
         };
@@ -214,10 +240,14 @@ impl HostTier {
             self.stats().store_rejected.fetch_add(1, Ordering::Relaxed);
             return Ok(Err(StoreOutcome::NoSpace));
         };
-        if evicted.is_some() {
+        let evicted_key = evicted.map(|_| l.meta(slot).key);
+        let ticket = l.begin_write(slot, hash, key);
+        drop(l);
+        if let Some(k) = evicted_key {
             self.stats().evictions.fetch_add(1, Ordering::Relaxed);
+            self.events.record(EventKind::Removed, EventTier::Host, k, 0);
         }
-        Ok(Ok(l.begin_write(slot, hash)))
+        Ok(Ok(ticket))
     }
 
     /// Loads one block into `segs` and verifies it. On [`LoadOutcome::Corrupt`] the
@@ -258,7 +288,10 @@ impl HostTier {
                 Ok(mut l) => {
                     l.unpin(slot);
                     if !ok {
-                        l.discard(slot, hash);
+                        if let Some(k) = l.discard(slot, hash) {
+                            drop(l);
+                            self.events.record(EventKind::Removed, EventTier::Host, k, 0);
+                        }
                     }
                     break;
                 }
@@ -304,8 +337,8 @@ impl Tier for HostTier {
         true
     }
 
-    fn store(&self, hash: BlockHash, _ctx: BlockCtx, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
-        HostTier::store(self, hash, segs)
+    fn store(&self, hash: BlockHash, ctx: BlockCtx, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
+        self.store_keyed(hash, ctx.key, ctx.parent, segs)
     }
 
     fn load_into(
@@ -328,7 +361,10 @@ impl Tier for HostTier {
         let Some(slot) = l.find(hash).filter(|&s| l.meta(s).state == SlotState::Ready as u32) else {
             return Ok(false);
         };
-        l.discard(slot, hash);
+        if let Some(k) = l.discard(slot, hash) {
+            drop(l);
+            self.events.record(EventKind::Removed, EventTier::Host, k, 0);
+        }
         Ok(true)
     }
 

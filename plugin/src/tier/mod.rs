@@ -92,6 +92,10 @@ pub struct BlockCtx {
     /// Position of the block in the caller's batch (eviction policies that keep
     /// chains use it; see [`crate::evict::Chat`]).
     pub depth: u32,
+    /// The engine's key for the block (its KV-event name; 0: none), kept with it.
+    pub key: u64,
+    /// The engine's key of the block before it (0: none), for the store event.
+    pub parent: u64,
 }
 
 /// A tier as a status call sees it (fields a tier has no notion of stay zero).

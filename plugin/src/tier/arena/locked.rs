@@ -272,13 +272,15 @@ impl<'a> Locked<'a> {
         None
     }
 
-    /// Reserves `slot` (just taken) for writing `hash` by this mapping's lease.
-    pub fn begin_write(&mut self, slot: u32, hash: BlockHash) -> WriteTicket {
+    /// Reserves `slot` (just taken) for writing `hash` (the engine's `key` for it,
+    /// 0: none) by this mapping's lease.
+    pub fn begin_write(&mut self, slot: u32, hash: BlockHash, key: u64) -> WriteTicket {
         let me = self.arena.me;
         let now = boottime_ns();
         let m = self.meta_mut(slot);
         m.generation = m.generation.wrapping_add(1);
         m.hash = hash.to_parts();
+        m.key = key;
         m.state = SlotState::Writing as u32;
         m.writer_lease = me.index_plus_one;
         m.writer_gen = me.generation;
@@ -359,10 +361,11 @@ impl<'a> Locked<'a> {
     /// Removes a `Ready` slot still holding `hash` after a failed verification: no
     /// reader finds it from now on; it is freed at once, or when the readers still
     /// pinning it (each verifying for itself) are done.
-    pub fn discard(&mut self, slot: u32, hash: BlockHash) {
+    /// Returns the engine's key of the block when this call dropped it.
+    pub fn discard(&mut self, slot: u32, hash: BlockHash) -> Option<u64> {
         let m = *self.meta(slot);
         if m.state != SlotState::Ready as u32 || m.block_hash() != hash {
-            return;
+            return None;
         }
         self.unlink_ready(slot);
         if m.pins == 0 {
@@ -370,6 +373,7 @@ impl<'a> Locked<'a> {
         } else {
             self.meta_mut(slot).state = SlotState::Dropped as u32;
         }
+        Some(m.key)
     }
 
     /// One pin of `slot` is gone: a `Dropped` slot whose last pin it was is freed.

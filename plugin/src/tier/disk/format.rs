@@ -5,10 +5,14 @@
 //!   offset 0        SECTOR             SECTOR + slot_bytes
 //!   [superblock    ][hdr | payload ... ][hdr | payload ... ] ...   n_slots slots
 //!
-//!   header sector: magic "TKVG3BK1" | version u32 | flags u32 | identity u128
-//!                  | namespace u64 | len u64 | generation u64 | payload_sum u64
-//!                  | header_sum u64 | zeros to 4 KiB
+//!   header sector: magic "TKVG3BK1" | version u32 (2) | flags u32 | identity u128
+//!                  | namespace u64 | len u64 | generation u64 | key u64
+//!                  | payload_sum u64 | header_sum u64 | zeros to 4 KiB
 //! ```
+//!
+//! `key` is the engine's name for the block (its KV-event key, 0: none). Headers
+//! of version 1 (no `key`; `payload_sum` at 56, `header_sum` at 64) are still read,
+//! with key 0; new blocks are written as version 2.
 //!
 //! `payload_sum` is xxh3-64 over the header fields before it and the payload, so a
 //! block verifies only with its own identity, namespace, length and generation.
@@ -28,12 +32,20 @@ pub const SECTOR: usize = 4096;
 pub const SUPER_MAGIC: [u8; 8] = *b"TKVG3SB1";
 /// First bytes of a block header.
 pub const BLOCK_MAGIC: [u8; 8] = *b"TKVG3BK1";
-/// On-disk format version; another version is refused, never rewritten.
+/// On-disk format version of the superblock; another version is refused, never
+/// rewritten.
 pub const FORMAT_VERSION: u32 = 1;
-/// Byte offset of `payload_sum` in a header (the fields it covers end here).
-const PAYLOAD_SUM_AT: usize = 56;
-/// Byte offset of `header_sum`.
-const HEADER_SUM_AT: usize = 64;
+/// Version of the block headers written now (version 1 is read too).
+pub const BLOCK_VERSION: u32 = 2;
+/// Byte offsets of `payload_sum` (the fields it covers end there) and
+/// `header_sum` in a header of `version`.
+fn sums_at(version: u32) -> Option<(usize, usize)> {
+    match version {
+        1 => Some((56, 64)),
+        2 => Some((64, 72)),
+        _ => None,
+    }
+}
 /// Seed of the header checksums (fixed: the format must read back across restarts).
 const SUM_SEED: u64 = 0x7469_6572_6b76_6733;
 
@@ -120,6 +132,8 @@ pub struct BlockHeader {
     pub len: u64,
     /// Write sequence number (newest wins when recovery finds an identity twice).
     pub generation: u64,
+    /// The engine's key for the block (0: none; version-1 headers have none).
+    pub key: u64,
     /// Checksum over the header fields and the payload.
     pub payload_sum: u64,
 }
@@ -139,17 +153,19 @@ impl BlockHeader {
     pub fn encode(&mut self, out: &mut [u8], payload: &[u8]) {
         out[..SECTOR].fill(0);
         out[0..8].copy_from_slice(&BLOCK_MAGIC);
-        out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[8..12].copy_from_slice(&BLOCK_VERSION.to_le_bytes());
         let [lo, hi] = self.hash.to_parts();
         out[16..24].copy_from_slice(&lo.to_le_bytes());
         out[24..32].copy_from_slice(&hi.to_le_bytes());
         out[32..40].copy_from_slice(&self.namespace.to_le_bytes());
         out[40..48].copy_from_slice(&self.len.to_le_bytes());
         out[48..56].copy_from_slice(&self.generation.to_le_bytes());
-        self.payload_sum = payload_sum(&out[..PAYLOAD_SUM_AT], payload);
-        out[56..64].copy_from_slice(&self.payload_sum.to_le_bytes());
-        let hsum = xxh3_64_with_seed(&out[..HEADER_SUM_AT], SUM_SEED);
-        out[64..72].copy_from_slice(&hsum.to_le_bytes());
+        out[56..64].copy_from_slice(&self.key.to_le_bytes());
+        let (ps, hs) = sums_at(BLOCK_VERSION).expect("the written version has offsets");
+        self.payload_sum = payload_sum(&out[..ps], payload);
+        out[ps..ps + 8].copy_from_slice(&self.payload_sum.to_le_bytes());
+        let hsum = xxh3_64_with_seed(&out[..hs], SUM_SEED);
+        out[hs..hs + 8].copy_from_slice(&hsum.to_le_bytes());
     }
 
     /// Reads a header sector (checks magic, version and the header checksum).
@@ -157,10 +173,11 @@ impl BlockHeader {
         if b[..SECTOR].iter().all(|&x| x == 0) {
             return Err(HeaderState::Empty);
         }
-        if b[0..8] != BLOCK_MAGIC
-            || u32::from_le_bytes([b[8], b[9], b[10], b[11]]) != FORMAT_VERSION
-            || xxh3_64_with_seed(&b[..HEADER_SUM_AT], SUM_SEED) != le64(b, HEADER_SUM_AT)
-        {
+        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        let Some((ps, hs)) = sums_at(version) else {
+            return Err(HeaderState::Invalid);
+        };
+        if b[0..8] != BLOCK_MAGIC || xxh3_64_with_seed(&b[..hs], SUM_SEED) != le64(b, hs) {
             return Err(HeaderState::Invalid);
         }
         Ok(Self {
@@ -168,13 +185,18 @@ impl BlockHeader {
             namespace: le64(b, 32),
             len: le64(b, 40),
             generation: le64(b, 48),
-            payload_sum: le64(b, PAYLOAD_SUM_AT),
+            key: if version >= 2 { le64(b, 56) } else { 0 },
+            payload_sum: le64(b, ps),
         })
     }
 
     /// Whether `payload` (with the header sector `hdr` it was read with) verifies.
     pub fn verifies(&self, hdr: &[u8], payload: &[u8]) -> bool {
-        payload.len() as u64 == self.len && payload_sum(&hdr[..PAYLOAD_SUM_AT], payload) == self.payload_sum
+        let version = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
+        let Some((ps, _)) = sums_at(version) else {
+            return false;
+        };
+        payload.len() as u64 == self.len && payload_sum(&hdr[..ps], payload) == self.payload_sum
     }
 }
 
@@ -260,6 +282,7 @@ mod tests {
             namespace: 42,
             len: 5000,
             generation: 9,
+            key: 77,
             payload_sum: 0,
         };
         let mut sec = vec![0u8; SECTOR];
@@ -270,11 +293,36 @@ mod tests {
         let mut bad = payload.clone();
         bad[4999] ^= 0x10;
         assert!(!d.verifies(&sec, &bad));
-        for bit in [0, 8 * 17, 8 * 33, 8 * 50, 8 * 60, 8 * 66] {
+        for bit in [0, 8 * 17, 8 * 33, 8 * 50, 8 * 58, 8 * 66, 8 * 74] {
             let mut s = sec.clone();
             s[bit / 8] ^= 1 << (bit % 8);
             assert_eq!(BlockHeader::decode(&s), Err(HeaderState::Invalid), "bit {bit}");
         }
         assert_eq!(BlockHeader::decode(&vec![0u8; SECTOR]), Err(HeaderState::Empty));
+    }
+
+    #[test]
+    fn a_version_1_header_still_reads_without_a_key() {
+        // Written as version 1 did: no key, payload_sum at 56, header_sum at 64.
+        let payload = vec![3u8; 4096];
+        let mut sec = vec![0u8; SECTOR];
+        sec[0..8].copy_from_slice(&BLOCK_MAGIC);
+        sec[8..12].copy_from_slice(&1u32.to_le_bytes());
+        sec[16..24].copy_from_slice(&5u64.to_le_bytes());
+        sec[32..40].copy_from_slice(&42u64.to_le_bytes());
+        sec[40..48].copy_from_slice(&4096u64.to_le_bytes());
+        sec[48..56].copy_from_slice(&2u64.to_le_bytes());
+        let ps = payload_sum(&sec[..56], &payload);
+        sec[56..64].copy_from_slice(&ps.to_le_bytes());
+        let hs = xxh3_64_with_seed(&sec[..64], SUM_SEED);
+        sec[64..72].copy_from_slice(&hs.to_le_bytes());
+        let d = BlockHeader::decode(&sec).unwrap();
+        assert_eq!(
+            (d.hash, d.namespace, d.len, d.generation, d.key),
+            (BlockHash(5), 42, 4096, 2, 0)
+        );
+        assert!(d.verifies(&sec, &payload));
+        sec[8] = 3;
+        assert_eq!(BlockHeader::decode(&sec), Err(HeaderState::Invalid));
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 
 use super::{DiskError, DiskRead, DiskSettings, DiskTier, SECTOR};
+use crate::events::EventLog;
 use crate::metrics::Report;
 use crate::prefix::BlockHash;
 use crate::tier::{BlockCtx, LoadOutcome, StoreOutcome, Tier, TierError, TierId, TierStatus};
@@ -33,6 +34,7 @@ pub struct DiskHandle {
     current: RwLock<Option<Arc<DiskTier>>>,
     error: Mutex<Option<String>>,
     last_try: Mutex<Instant>,
+    events: Arc<EventLog>,
 }
 
 impl DiskHandle {
@@ -54,7 +56,18 @@ impl DiskHandle {
             current: RwLock::new(current),
             error: Mutex::new(error),
             last_try: Mutex::new(Instant::now()),
+            events: Arc::new(EventLog::new()),
         }
+    }
+
+    /// Records the tier's KV events in `log` (the tier open now and any opened
+    /// later).
+    pub fn with_events(mut self, log: Arc<EventLog>) -> Self {
+        if let Some(d) = self.current.get_mut() {
+            d.attach_events(&log);
+        }
+        self.events = log;
+        self
     }
 
     /// The tier, if open (retrying or taking over first when it is time to).
@@ -79,6 +92,7 @@ impl DiskHandle {
         match DiskTier::open(&self.cfg, self.block_bytes, &self.dispatch, self.reader_only) {
             Ok(d) => {
                 tracing::info!(owner = d.is_owner(), "disk tier {what}");
+                d.attach_events(&self.events);
                 *self.error.lock() = None;
                 *self.current.write() = Some(Arc::clone(&d));
                 Some(d)
@@ -139,7 +153,7 @@ impl Tier for DiskHandle {
     fn store(&self, hash: BlockHash, ctx: BlockCtx, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
         Ok(self
             .get()
-            .map_or(StoreOutcome::NoSpace, |d| d.store(hash, ctx.namespace, ctx.depth, segs)))
+            .map_or(StoreOutcome::NoSpace, |d| d.store_ctx(hash, ctx, segs)))
     }
 
     fn load_into(

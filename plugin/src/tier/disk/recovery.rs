@@ -42,6 +42,8 @@ pub(super) struct FoundBlock {
     pub slot: u32,
     pub hash: BlockHash,
     pub generation: u64,
+    /// The engine's key for the block (0: none).
+    pub key: u64,
 }
 
 /// What [`scan`] found: blocks oldest first.
@@ -236,6 +238,7 @@ fn scan_range(
                     slot,
                     hash: h.hash,
                     generation: h.generation,
+                    key: h.key,
                 };
                 blocks.push(f);
             }

@@ -6,7 +6,7 @@ use super::*;
 use crate::config::Config;
 use crate::evict::PolicyKind;
 use crate::movement::AdmitMode;
-use crate::tier::{HostTier, LoadOutcome, StoreOutcome};
+use crate::tier::{BlockCtx, HostTier, LoadOutcome, StoreOutcome};
 use std::os::unix::fs::PermissionsExt;
 
 /// Payload bytes of a test block: not a multiple of the sector size.
@@ -126,6 +126,60 @@ fn blocks_survive_a_restart_and_files_are_private() {
     assert_eq!(d.stats().recovered_blocks.load(Ordering::Relaxed), 5);
     assert_eq!(d.lookup_run(&[BlockHash(1), BlockHash(2), BlockHash(9)]), 2);
     assert_eq!(check_loads(&d, &[1, 2, 3, 4, 5]), 5);
+}
+
+/// A block's KV-event key is written with it: after a restart, the process that
+/// evicts it names it as the engine did when storing it, and a dropped corrupt
+/// block is reported removed too.
+#[test]
+fn the_engines_key_survives_a_restart_and_names_the_eviction() {
+    use crate::events::{BlockEvent, EventKind, EventLog, EventTier};
+    let e = env(2);
+    let log = Arc::new(EventLog::new());
+    log.start(0);
+    let d = e.open().unwrap();
+    d.attach_events(&log);
+    for k in 1..=2u128 {
+        let ctx = BlockCtx {
+            namespace: NS,
+            depth: 0,
+            key: 1000 + k as u64,
+            parent: 0,
+        };
+        assert_eq!(d.store_ctx(BlockHash(k), ctx, &[&payload(k)]), StoreOutcome::Stored);
+        assert!(d.wait_idle(Duration::from_secs(10)));
+    }
+    let stored: Vec<BlockEvent> = log.take(10);
+    assert_eq!(
+        stored.iter().map(|e| (e.kind, e.tier, e.key)).collect::<Vec<_>>(),
+        vec![
+            (EventKind::Stored, EventTier::Disk, 1001),
+            (EventKind::Stored, EventTier::Disk, 1002)
+        ]
+    );
+    drop(d);
+
+    let later = Arc::new(EventLog::new());
+    later.start(0);
+    let d = e.open().unwrap();
+    d.attach_events(&later);
+    // Unnamed block 3 evicts block 1 (LRU): removal named 1001, store unnamed.
+    e.put(&d, [3]);
+    let got = later.take(10);
+    assert_eq!(
+        got.iter().map(|e| (e.kind, e.key)).collect::<Vec<_>>(),
+        vec![(EventKind::Removed, 1001)]
+    );
+    assert_eq!(later.counts().unnamed, 1);
+    // Block 2 corrupt on disk: the failed read drops it, reported removed.
+    flip_byte(&e.file(), d.geometry().slot_offset(1) + SECTOR as u64 + 7);
+    assert_eq!(check_loads(&d, &[2]), 0);
+    assert!(d.wait_idle(Duration::from_secs(10)));
+    let got = later.take(10);
+    assert_eq!(
+        got.iter().map(|e| (e.kind, e.key)).collect::<Vec<_>>(),
+        vec![(EventKind::Removed, 1002)]
+    );
 }
 
 #[test]

@@ -165,7 +165,7 @@ fn crashed_process_leaves_store_usable() {
         if let Ok(c) = child {
             let mut l = c.arena().lock().unwrap();
             if let Some((s, _)) = l.take_slot(8) {
-                let _ = l.begin_write(s, BlockHash(99));
+                let _ = l.begin_write(s, BlockHash(99), 0);
             }
             std::mem::forget(l);
             // Keep the mapping: a crashing process dies with its mappings in place,
@@ -272,4 +272,25 @@ fn other_format_version_is_refused_not_overwritten() {
     let e = HostTier::open(&cfg(d.path(), 1 << 20), 4096, 16).err().unwrap();
     assert!(e.to_string().contains("format version 1"), "{e}");
     assert_eq!(std::fs::read(&path).unwrap(), f, "the file was left as it was");
+}
+
+/// An arena of the previous format (version 3, leases as now) is recreated in this
+/// format once nobody is attached (the cache is empty then), and refused while an
+/// engine of that version uses it.
+#[test]
+fn a_store_of_the_previous_format_is_recreated_once_nobody_uses_it() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tier_for(d.path(), 4096, 2);
+    t.store(BlockHash(1), &[&block(1, 4096)]).unwrap();
+    let path = t.arena().path().to_path_buf();
+    let mut f = std::fs::read(&path).unwrap();
+    f[8..12].copy_from_slice(&3u32.to_le_bytes()); // header.version
+    std::fs::write(&path, &f).unwrap();
+    let e = HostTier::open(&cfg(d.path(), 1 << 20), 4096, 16).err().unwrap();
+    assert!(e.to_string().contains("format version 3"), "{e}");
+    drop(t);
+    let t = HostTier::open(&cfg(d.path(), 1 << 20), 4096, 16).unwrap();
+    assert_eq!(t.lookup(&[BlockHash(1)]).unwrap(), 0, "a new, empty store");
+    t.store(BlockHash(2), &[&block(2, 4096)]).unwrap();
+    assert_eq!(t.lookup(&[BlockHash(2)]).unwrap(), 1);
 }

@@ -93,7 +93,7 @@ fn a_dead_writers_slot_does_not_block_its_identity() {
         };
         let mut l = mine.arena().lock().unwrap();
         let Some((s, _)) = l.take_slot(8) else { return 2 };
-        let _ = l.begin_write(s, BlockHash(99));
+        let _ = l.begin_write(s, BlockHash(99), 0);
         drop(l);
         std::mem::forget(mine); // dies mid-write, holding its lease until exit
         0
@@ -121,7 +121,7 @@ fn a_reclaimed_slot_is_never_committed_by_its_old_writer() {
     let ticket = {
         let mut l = slow.arena().lock().unwrap();
         let (s, _) = l.take_slot(8).unwrap();
-        let t = l.begin_write(s, BlockHash(7));
+        let t = l.begin_write(s, BlockHash(7), 0);
         // Stuck past the deadline (a stopped process).
         l.meta_mut(s).write_started -= WRITE_DEADLINE.as_nanos() as u64 + 1;
         t
