@@ -486,6 +486,70 @@ fn engine_pool_through_the_abi() {
     destroy(m);
 }
 
+/// KV events through the C ABI: bad arguments are errors, a buffer below the
+/// minimum is BUFFER_TOO_SMALL with the minimum written, a named store comes back
+/// as one msgpack `KVEventBatch` holding the engine's key.
+#[test]
+fn kv_events_through_the_abi() {
+    let a = api();
+    let (m, _s) = create(4, 4096, 0, &[]);
+    let mut mem = vec![9u8; 2 * 4096];
+    let region = Region {
+        base: mem.as_mut_ptr() as u64,
+        block_stride: 4096,
+        bytes_per_block: 4096,
+    };
+    let h = Hash { lo: 41, hi: 42 };
+    let key = 0xdead_beef_0000_0001u64;
+    let mut buf = vec![0u8; 4096];
+    let (mut len, mut n, mut rest) = (0usize, 0usize, 0usize);
+    // SAFETY: valid buffers throughout, except the null ones under test (validated).
+    unsafe {
+        assert_eq!((a.tierkv_register_layout)(m, &region, 1, 2), status::OK);
+        assert_eq!(
+            (a.tierkv_name_blocks)(m, &h, std::ptr::null(), std::ptr::null(), 1),
+            status::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            (a.tierkv_take_events)(m, buf.as_mut_ptr(), 4096, std::ptr::null_mut(), &mut n, &mut rest),
+            status::INVALID_ARGUMENT
+        );
+        assert_eq!((a.tierkv_events_start)(m, 0), status::OK);
+        assert_eq!((a.tierkv_name_blocks)(m, &h, &key, std::ptr::null(), 1), status::OK);
+        let mut res = [0u8; 1];
+        assert_eq!(
+            (a.tierkv_store_blocks)(m, &h, [0u64].as_ptr(), 1, res.as_mut_ptr()),
+            status::OK
+        );
+        assert_eq!(res[0], code::STORED);
+        assert_eq!(
+            (a.tierkv_take_events)(m, buf.as_mut_ptr(), 100, &mut len, &mut n, &mut rest),
+            status::BUFFER_TOO_SMALL
+        );
+        assert_eq!((len, n), (512, 0), "the minimum is written, nothing taken");
+        assert_eq!(
+            (a.tierkv_take_events)(m, buf.as_mut_ptr(), 512, &mut len, &mut n, &mut rest),
+            status::OK
+        );
+        assert_eq!((n, rest), (1, 0));
+        let batch = &buf[..len];
+        assert_eq!(&batch[..2], &[0x93, 0xcb], "[ts: float64, ...]");
+        let mut tagged = vec![0xcf];
+        tagged.extend_from_slice(&key.to_be_bytes());
+        assert!(
+            batch.windows(9).any(|w| w == tagged),
+            "the engine's key is in the batch"
+        );
+        assert!(batch.windows(11).any(|w| w == b"BlockStored"));
+        assert_eq!(
+            (a.tierkv_take_events)(m, buf.as_mut_ptr(), 512, &mut len, &mut n, &mut rest),
+            status::OK
+        );
+        assert_eq!((len, n, rest), (0, 0, 0), "taken once");
+    }
+    destroy(m);
+}
+
 #[test]
 fn two_managers_in_one_process_share_a_store_and_destroy_races_safely() {
     let a = api();

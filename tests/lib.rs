@@ -215,6 +215,9 @@ api! {
     tierkv_pool_copy_on_write: fn(Mgr, u32, *mut u32, *mut u8) -> i32;
     tierkv_pool_register: fn(Mgr, u32, *const Hash, *mut u8) -> i32;
     tierkv_pool_acquire_cached: fn(Mgr, *const Hash, usize, *mut u32, *mut usize) -> i32;
+    tierkv_events_start: fn(Mgr, usize) -> i32;
+    tierkv_name_blocks: fn(Mgr, *const Hash, *const u64, *const u64, usize) -> i32;
+    tierkv_take_events: fn(Mgr, *mut u8, usize, *mut usize, *mut usize, *mut usize) -> i32;
 }
 
 impl Api {

@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--wait-for", help="wait for this file to exist before generating")
     ap.add_argument("--signal", help="create this file after generating")
     ap.add_argument("--hold-until", help="after --signal, wait for this file before exiting")
+    ap.add_argument("--kv-events", help="publish vLLM's KV events on this ZMQ endpoint (topic 'kv')")
+    ap.add_argument("--prefix-cache", action="store_true", help="vLLM's own prefix cache on in every mode")
     args = ap.parse_args()
 
     from vllm import LLM, SamplingParams
@@ -115,8 +117,13 @@ def main() -> None:
     t0 = time.perf_counter()
     llm = LLM(
         model=args.model,
-        enable_prefix_caching=(args.mode == "prefix"),
+        enable_prefix_caching=(args.mode == "prefix" or args.prefix_cache),
         kv_transfer_config=kv_transfer_config(args),
+        kv_events_config=(
+            {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": args.kv_events, "topic": "kv"}
+            if args.kv_events
+            else None
+        ),
         block_size=args.block_size,
         kv_cache_memory_bytes=args.kv_bytes,
         max_model_len=args.max_model_len,
@@ -153,6 +160,9 @@ def main() -> None:
     else:
         outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], greedy, use_tqdm=False)
     gen_s = time.perf_counter() - t
+    if args.kv_events:
+        # The last step's events leave through vLLM's publisher thread.
+        time.sleep(2.0)
     if args.signal:
         open(args.signal, "w").close()
     result = {

@@ -130,3 +130,40 @@ def test_requests_whose_kv_is_not_a_function_of_tokens_are_not_cached():
     assert not _cacheable(SimpleNamespace(**dict(plain, cache_salt="tenant-1")))
     assert not _cacheable(SimpleNamespace(**dict(plain, mm_features=[object()])))
     assert not _cacheable(SimpleNamespace(**dict(plain, prompt_embeds=object())))
+
+
+def test_kv_events_decode_with_vllms_own_classes(env):
+    """The library's batches are vLLM's ``KVEventBatch``: decoded by msgspec into
+    vLLM's classes, stores and evictions under the names the engine gave."""
+    msgspec = pytest.importorskip("msgspec")
+    kv_events = pytest.importorskip("vllm.distributed.kv_events")
+    t = TierKV(block_tokens=4, block_bytes=262144, namespace="m")
+    engine = ctypes.create_string_buffer(262144)
+    t.register_layout([(ctypes.addressof(engine), 262144, 262144)], 1)
+    assert t.take_events() == [], "off: nothing recorded"
+    t.events_start()
+    cap = t.info()["host_capacity_blocks"]
+    n = cap + 3
+    hashes = t.hash_tokens(list(range(4 * n)))
+    keys = [(1 << 63) + i for i in range(n)]
+    t.name_blocks(hashes, keys, [0] + keys[:-1])
+    for i in range(n):
+        assert t.store_blocks(hashes[16 * i : 16 * (i + 1)], [0]) == [STORE_STORED]
+    events = []
+    for b in t.take_events():
+        batch = msgspec.msgpack.decode(b, type=kv_events.KVEventBatch)
+        events.extend(batch.events)
+    stored = [h for e in events if isinstance(e, kv_events.BlockStored) for h in e.block_hashes]
+    removed = [h for e in events if isinstance(e, kv_events.BlockRemoved) for h in e.block_hashes]
+    assert stored == keys
+    assert removed == keys[:3], "the oldest three evicted, named as stored"
+    first = next(e for e in events if isinstance(e, kv_events.BlockStored))
+    assert (first.medium, first.ownership, first.parent_block_hash, first.block_size) == (
+        "CPU",
+        "tierkv:host",
+        None,
+        4,
+    )
+    with pytest.raises(ValueError):
+        t.name_blocks(hashes, keys[:-1])
+    t.close()

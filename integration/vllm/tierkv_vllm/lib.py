@@ -246,6 +246,9 @@ def _load(path: str) -> ctypes.CDLL:
         "tierkv_layer_load_wait_stream": ([vp, ctypes.c_uint32, vp], ctypes.c_int),
         "tierkv_layer_load_wait": ([vp, ctypes.c_uint32], ctypes.c_int),
         "tierkv_layer_load_destroy": ([vp], None),
+        "tierkv_events_start": ([vp, ctypes.c_size_t], ctypes.c_int),
+        "tierkv_name_blocks": ([vp, hp, u64p, u64p, ctypes.c_size_t], ctypes.c_int),
+        "tierkv_take_events": ([vp, u8p, ctypes.c_size_t, szp, szp, szp], ctypes.c_int),
     }
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)
@@ -427,6 +430,44 @@ class TierKV:
         loaded = ctypes.c_size_t()
         self._check(self._lib.tierkv_load_blocks(self._h, arr, ids, n, res, ctypes.byref(loaded)))
         return list(res)
+
+    # ------------------------------------------------------------------ KV events
+
+    def events_start(self, capacity: int = 0) -> None:
+        """Starts recording KV events of this manager's tiers (docs/events.md)."""
+        self._check(self._lib.tierkv_events_start(self._h, capacity))
+
+    def name_blocks(self, hashes: bytes, keys: Sequence[int], parents: Sequence[int] | None = None) -> None:
+        """The engine's 64-bit keys (and parents' keys, 0: none) for ``hashes``:
+        the names the blocks' KV events carry. Key 0 names nothing."""
+        arr, n = _hash_array(hashes)
+        _same_length(n, keys)
+        if parents is not None:
+            _same_length(n, parents)
+        if n == 0:
+            return
+        ks = (ctypes.c_uint64 * n)(*keys)
+        ps = (ctypes.c_uint64 * n)(*parents) if parents is not None else None
+        self._check(self._lib.tierkv_name_blocks(self._h, arr, ks, ps, n))
+
+    def take_events(self, max_batches: int = 64) -> list[bytes]:
+        """The queued KV events as msgpack ``KVEventBatch`` buffers (vLLM's wire
+        format; decode with ``msgspec.msgpack.decode(b, type=KVEventBatch)``)."""
+        out: list[bytes] = []
+        size = 1 << 16
+        buf = (ctypes.c_uint8 * size)()
+        length, n, rest = ctypes.c_size_t(), ctypes.c_size_t(), ctypes.c_size_t()
+        for _ in range(max_batches):
+            self._check(
+                self._lib.tierkv_take_events(
+                    self._h, buf, size, ctypes.byref(length), ctypes.byref(n), ctypes.byref(rest)
+                )
+            )
+            if n.value:
+                out.append(bytes(buf[: length.value]))
+            if not rest.value or not n.value:
+                break
+        return out
 
     def metrics_text(self) -> str:
         need = ctypes.c_size_t()

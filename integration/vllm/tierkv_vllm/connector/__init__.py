@@ -81,6 +81,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from .. import identity
 from ..lib import TierKV
 from .common import Degrader, TierKVMetadata, TierKVWorkerMetadata, logger
+from .events import TierKVEvents, events_wanted
 from .layouts import _block_bytes, _rope_params, kv_regions
 from .scheduler import TierKVConnectorScheduler, _cacheable
 from .worker import TierKVConnectorWorker
@@ -97,6 +98,7 @@ __all__ = [
     "TierKVConnector",
     "TierKVConnectorScheduler",
     "TierKVConnectorWorker",
+    "TierKVEvents",
     "TierKVMetadata",
     "TierKVWorkerMetadata",
     "kv_regions",
@@ -153,6 +155,7 @@ class TierKVConnector(KVConnectorBase_V1):
         info = self._tkv.info()
         rope = _rope_params(vllm_config)
         semantic = self._semantic_allowed(vllm_config, rope)
+        events = events_wanted(vllm_config)
         self._degrade = Degrader(self._tkv)
         self._scheduler: TierKVConnectorScheduler | None = None
         self._worker: TierKVConnectorWorker | None = None
@@ -169,11 +172,12 @@ class TierKVConnector(KVConnectorBase_V1):
                 rehash_from_start=info["hash_algo"] == 1,
                 semantic=semantic,
                 degrade=self._degrade,
+                events=events,
             )
         else:
             layerwise = bool(self._kv_transfer_config.kv_connector_extra_config.get("layerwise", False))
             self._worker = TierKVConnectorWorker(
-                self._tkv, vllm_config, kv_cache_config.num_blocks, rope, semantic, layerwise, self._degrade
+                self._tkv, vllm_config, kv_cache_config.num_blocks, rope, semantic, layerwise, self._degrade, events
             )
         logger.info(
             "tierkv connector (%s): block_size=%d block_bytes=%d host blocks=%d",
@@ -233,6 +237,10 @@ class TierKVConnector(KVConnectorBase_V1):
         assert self._worker is not None
         return self._worker.get_finished(finished_req_ids)
 
+    def get_kv_connector_kv_cache_events(self) -> TierKVEvents | None:
+        assert self._worker is not None
+        return self._worker.get_kv_connector_kv_cache_events()
+
     def get_block_ids_with_load_errors(self) -> set[int]:
         assert self._worker is not None
         return self._worker.get_block_ids_with_load_errors()
@@ -258,6 +266,11 @@ class TierKVConnector(KVConnectorBase_V1):
     def update_connector_output(self, connector_output: Any) -> None:
         if self._scheduler is not None:
             self._scheduler.update_connector_output(connector_output)
+
+    def take_events(self) -> Any:
+        if self._scheduler is None:
+            return ()
+        return self._scheduler.take_events()
 
     def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         assert self._scheduler is not None

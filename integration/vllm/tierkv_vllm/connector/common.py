@@ -26,6 +26,9 @@ class TierKVMetadata(KVConnectorMetadata):
     async_loads: list[tuple[str, bytes, list[int]]] = field(default_factory=list)
     # (source identities, token map, engine block ids): built from a near-duplicate.
     semantic_loads: list[tuple[bytes, bytes, list[int]]] = field(default_factory=list)
+    # KV events on: (hashes, vLLM block hashes, their parents') of every block
+    # stored or loaded, named in tierkv before the loads and stores.
+    names: list[tuple[bytes, list[int], list[int]]] = field(default_factory=list)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..lib import HASH_BYTES, OP_HASH, OP_LOOKUP, OP_OTHER, TIER_DISK, TOKEN_SOURCE_BYTES, TierKV
 from .common import Degrader, TierKVMetadata, TierKVWorkerMetadata, logger
+from .events import EventNames
 
 if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
@@ -54,7 +55,14 @@ class TierKVConnectorScheduler:
     """The connector's scheduler-side state and calls (``KVConnectorRole.SCHEDULER``)."""
 
     def __init__(
-        self, tkv: TierKV, block_size: int, store_decode: bool, rehash_from_start: bool, semantic: bool, degrade: Degrader
+        self,
+        tkv: TierKV,
+        block_size: int,
+        store_decode: bool,
+        rehash_from_start: bool,
+        semantic: bool,
+        degrade: Degrader,
+        events: bool = False,
     ):
         self._tkv = tkv
         self._bs = block_size
@@ -66,6 +74,10 @@ class TierKVConnectorScheduler:
         self._reqs: dict[str, _ReqState] = {}
         # Async loads planned in update_state_after_alloc, sent with the next step.
         self._async_planned: list[tuple[str, bytes, list[int]]] = []
+        # KV events: block names for the worker (sent with the next step), and the
+        # events the worker reported, for vLLM's publisher.
+        self._events = EventNames(block_size) if events else None
+        self._names: list[tuple[bytes, list[int], list[int]]] = []
 
     def _state(self, request: "Request") -> _ReqState:
         st = self._reqs.get(request.request_id)
@@ -160,9 +172,9 @@ class TierKVConnectorScheduler:
         st.block_ids = list(blocks.get_block_ids()[0])
         if st.pending_async:
             # The request waits (not scheduled) until the worker reports the load.
-            self._async_planned.append(
-                (request.request_id, st.hashes[start * HASH_BYTES : end * HASH_BYTES], st.block_ids[start:end])
-            )
+            hashes = st.hashes[start * HASH_BYTES : end * HASH_BYTES]
+            self._async_planned.append((request.request_id, hashes, st.block_ids[start:end]))
+            self._name(st, list(range(start, end)), hashes)
             st.stored = max(st.stored, end)
             st.pending_load = None
             st.pending_async = False
@@ -202,7 +214,13 @@ class TierKVConnectorScheduler:
                 st.block_ids.extend(new_ids[0])
             done = cached.num_computed_tokens[i] + so.num_scheduled_tokens.get(req_id, 0)
             self._plan_stores(st, done, meta)
+        meta.names, self._names = self._names, []
         return meta
+
+    def _name(self, st: _ReqState, positions: list[int], hashes: bytes) -> None:
+        """KV events on: the worker names these blocks before moving them."""
+        if self._events is not None and positions:
+            self._events.name(st.request, positions, hashes, self._names)
 
     def _hash_upto(self, st: _ReqState, n_blocks: int) -> bool:
         """Extends st.hashes towards the first n_blocks full blocks of the request,
@@ -237,7 +255,9 @@ class TierKVConnectorScheduler:
             return
         start, end = st.pending_load
         if end > start:
-            meta.loads.append((st.hashes[start * HASH_BYTES : end * HASH_BYTES], st.block_ids[start:end]))
+            hashes = st.hashes[start * HASH_BYTES : end * HASH_BYTES]
+            meta.loads.append((hashes, st.block_ids[start:end]))
+            self._name(st, list(range(start, end)), hashes)
         st.stored = max(st.stored, end)
         st.pending_load = None
 
@@ -253,6 +273,7 @@ class TierKVConnectorScheduler:
             if again:
                 hashes = b"".join(st.hashes[p * HASH_BYTES : (p + 1) * HASH_BYTES] for p in again)
                 meta.stores.append((st.request.request_id, again, hashes, [st.block_ids[p] for p in again]))
+                self._name(st, again, hashes)
         limit = computed_tokens if self._store_decode else min(computed_tokens, st.prompt_len)
         n_full = min(limit // self._bs, len(st.block_ids))
         if n_full <= st.stored or not self._hash_upto(st, n_full):
@@ -262,19 +283,18 @@ class TierKVConnectorScheduler:
         n_full = min(n_full, len(st.hashes) // HASH_BYTES)
         if n_full <= st.stored:
             return
-        meta.stores.append(
-            (
-                st.request.request_id,
-                list(range(st.stored, n_full)),
-                st.hashes[st.stored * HASH_BYTES : n_full * HASH_BYTES],
-                st.block_ids[st.stored : n_full],
-            )
-        )
+        positions = list(range(st.stored, n_full))
+        hashes = st.hashes[st.stored * HASH_BYTES : n_full * HASH_BYTES]
+        meta.stores.append((st.request.request_id, positions, hashes, st.block_ids[st.stored : n_full]))
+        self._name(st, positions, hashes)
         st.stored = n_full
 
     def update_connector_output(self, connector_output: Any) -> None:
         """Scheduler: blocks the worker could not store are planned again (at most
-        ``_STORE_RETRIES`` times each) while their request still holds them."""
+        ``_STORE_RETRIES`` times each) while their request still holds them; the
+        worker's KV events wait for vLLM's publisher (``take_events``)."""
+        if self._events is not None:
+            self._events.collect(connector_output)
         meta = getattr(connector_output, "kv_connector_worker_meta", None)
         if not isinstance(meta, TierKVWorkerMetadata):
             return
@@ -286,6 +306,10 @@ class TierKVConnectorScheduler:
                 if st.retries.get(p, 0) < _STORE_RETRIES:
                     st.retries[p] = st.retries.get(p, 0) + 1
                     st.retry.add(p)
+
+    def take_events(self) -> list[Any]:
+        """The tiers' KV events reported since the last call."""
+        return self._events.take() if self._events is not None else []
 
     def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         st = self._reqs.pop(request.request_id, None)

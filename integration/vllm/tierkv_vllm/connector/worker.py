@@ -15,6 +15,7 @@ from ..lib import (
     DTYPE_F32,
     LOAD_LOADED,
     OP_LOAD,
+    OP_OTHER,
     OP_STORE,
     STORE_DEFERRED,
     STORE_FAILED,
@@ -24,6 +25,7 @@ from ..lib import (
     _rope,
 )
 from .common import Degrader, TierKVMetadata, TierKVWorkerMetadata, logger
+from .events import TierKVEvents, decode_batches
 from .layouts import kv_regions
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ class TierKVConnectorWorker:
         semantic: bool,
         layerwise: bool,
         degrade: Degrader,
+        events: bool = False,
     ):
         self._tkv = tkv
         self._vllm_config = vllm_config
@@ -62,6 +65,10 @@ class TierKVConnectorWorker:
         self._layerwise = layerwise
         self._layer_index: dict[str, int] = {}
         self._layer_loads: list[Any] = []
+        # KV events of the tiers (this process's stores, loads and evictions).
+        self._events = events
+        if events:
+            tkv.events_start()
 
     def register_kv_caches(self, kv_caches: dict[str, Any]) -> None:
         regions = kv_regions(kv_caches, self._num_blocks)
@@ -125,6 +132,7 @@ class TierKVConnectorWorker:
     def start_load_kv(self, meta: TierKVMetadata) -> None:
         """Starts this step's loads: synchronous ones before returning (or queued
         per layer), disk hits on the loader thread."""
+        self._name_blocks(meta)
         if self._device is not None and (meta.loads or meta.async_loads):
             # vLLM may still zero or write these blocks on its stream.
             self._sync_engine_stream()
@@ -154,6 +162,28 @@ class TierKVConnectorWorker:
             if self._loader is None:
                 self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tierkv-load")
             self._loader.submit(self._load_async, req_id, hashes, block_ids)
+
+    def _name_blocks(self, meta: TierKVMetadata) -> None:
+        """KV events on: names the step's blocks before they move (once per step)."""
+        if not (self._events and meta.names):
+            return
+        names, meta.names = meta.names, []
+        for hashes, keys, parents in names:
+            try:
+                self._tkv.name_blocks(hashes, keys, parents)
+            except Exception as e:  # their events go unreported (counted as unnamed)
+                self._degrade(OP_OTHER, "naming blocks for KV events", e)
+
+    def get_kv_connector_kv_cache_events(self) -> TierKVEvents | None:
+        """This step's KV events of the tiers, decoded with vLLM's classes."""
+        if not self._events:
+            return None
+        try:
+            events = decode_batches(self._tkv.take_events())
+        except Exception as e:  # events are lost, never the step
+            self._degrade(OP_OTHER, "taking KV events", e)
+            return None
+        return TierKVEvents(events) if events else None
 
     def _load_async(self, req_id: str, hashes: bytes, block_ids: list[int]) -> None:
         """Loader thread: the ctypes call releases the GIL while tierkv reads."""
@@ -204,6 +234,7 @@ class TierKVConnectorWorker:
             load.close()
         if meta is None:
             return
+        self._name_blocks(meta)
         if self._device is not None and meta.stores:
             self._sync_engine_stream()  # the forward's writes before the copies out
         for req_id, positions, hashes, block_ids in meta.stores:
