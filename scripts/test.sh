@@ -41,7 +41,14 @@ echo "== Prometheus from Debian (evaluates the Grafana dashboard's queries)"
 export TIERKV_PROMETHEUS=$(scripts/prometheus-env.sh | tail -n 1)
 export TIERKV_REQUIRE_PROMETHEUS=1
 
+echo "== the connector wheel, installed into the vLLM environment (what ships is what is tested)"
+wheel=$(scripts/build-wheel.sh | tail -n 1)
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$wheel"
+export TIERKV_WHEEL="$wheel"
+export TIERKV_E2E_INSTALLED=1
+
 echo "== Python binding and end-to-end tests in real vLLM"
 export TIERKV_VLLM_PYTHON="$venv/bin/python"
-export TIERKV_LIB="$root/target/release/libtierkv.so"
+# The library inside the installed package.
+export TIERKV_LIB=$(cd /tmp && TIERKV_LIB= "$venv/bin/python" -c 'from tierkv_vllm import find_library; print(find_library())')
 "$venv/bin/python" -m pytest -v -p no:cacheprovider tests/python tests/e2e

@@ -41,6 +41,9 @@ BLOCK = 32
 PYTHON = os.environ.get("TIERKV_VLLM_PYTHON")
 VENV = Path(PYTHON).parent.parent if PYTHON else None
 MODEL = os.environ.get("TIERKV_VLLM_MODEL") or (str(VENV / "smollm2") if VENV else None)
+# scripts/test.sh installed the connector wheel into the vLLM environment: engines
+# use it (found by name through its vLLM plugin), not the source tree.
+INSTALLED = os.environ.get("TIERKV_E2E_INSTALLED") == "1"
 
 if not PYTHON or not os.environ.get("TIERKV_LIB"):
     pytest.fail(
@@ -62,10 +65,15 @@ def driver(tmp: Path, mode: str, texts: list[str], store: str | None = None, arg
     out = tmp / f"out-{uuid.uuid4().hex[:8]}.json"
     port = free_port()
     env = dict(os.environ)
+    if INSTALLED:
+        # The installed wheel: its package and the library inside it.
+        env.pop("TIERKV_LIB", None)
+        env.pop("PYTHONPATH", None)
+    else:
+        env["PYTHONPATH"] = str(ROOT / "integration" / "vllm")
     env.update(
         {
             "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(ROOT / "integration" / "vllm"),
             "VLLM_CPU_OMP_THREADS_BIND": "0-1",
             "TIERKV_METRICS_ADDR": f"127.0.0.1:{port}",
             "TIERKV_CPU_BYTES": "512MiB",

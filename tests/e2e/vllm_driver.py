@@ -33,11 +33,11 @@ import urllib.request
 
 def kv_transfer_config(args) -> dict | None:
     if args.mode == "tierkv":
-        return {
-            "kv_connector": "TierKVConnector",
-            "kv_connector_module_path": "tierkv_vllm",
-            "kv_role": "kv_both",
-        }
+        cfg = {"kv_connector": "TierKVConnector", "kv_role": "kv_both"}
+        if os.environ.get("TIERKV_E2E_INSTALLED") != "1":
+            # From the source tree; an installed wheel registers the name itself.
+            cfg["kv_connector_module_path"] = "tierkv_vllm"
+        return cfg
     if args.mode == "example":
         return {
             "kv_connector": "ExampleConnector",

@@ -206,6 +206,10 @@ pub const TOOL_VARS: &[&str] = &[
     "TIERKV_PROMETHEUS",
     "TIERKV_REQUIRE_PROMETHEUS",
     "TIERKV_LAYERS_SRC",
+    "TIERKV_WHEEL",
+    "TIERKV_WHEEL_TOOLS",
+    "TIERKV_E2E_INSTALLED",
+    "TIERKV_VLLM_MODEL",
 ];
 
 /// The known variable closest to `name` (edit distance at most 3).
