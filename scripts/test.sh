@@ -52,3 +52,6 @@ export TIERKV_VLLM_PYTHON="$venv/bin/python"
 # The library inside the installed package.
 export TIERKV_LIB=$(cd /tmp && TIERKV_LIB= "$venv/bin/python" -c 'from tierkv_vllm import find_library; print(find_library())')
 "$venv/bin/python" -m pytest -v -p no:cacheprovider tests/python tests/e2e
+
+echo "== the end-to-end suite again, tierkv's pool shadowing vLLM's in every engine (no disagreement allowed)"
+TIERKV_VLLM_POOL=shadow "$venv/bin/python" -m pytest -v -p no:cacheprovider tests/e2e

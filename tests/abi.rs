@@ -486,6 +486,59 @@ fn engine_pool_through_the_abi() {
     destroy(m);
 }
 
+/// The pool's queries and the shadow counters: two blocks holding one identity
+/// (the first is found, the second takes over), forgetting, a reset, the state, and
+/// shadow counts that show on the scrape.
+#[test]
+fn pool_queries_and_shadow_counters_through_the_abi() {
+    let a = api();
+    let (m, _s) = create(4, 4096, 6, &[]);
+    let h = Hash { lo: 7, hi: 8 };
+    let mut ids = [0u32; 2];
+    let (mut flag, mut n) = (0u8, 0usize);
+    let mut st = tierkv_abi_tests::PoolState::default();
+    // SAFETY: valid buffers throughout, except the null ones under test (validated).
+    unsafe {
+        assert_eq!((a.tierkv_pool_allocate)(m, 2, ids.as_mut_ptr()), status::OK);
+        assert_eq!((a.tierkv_pool_register)(m, ids[0], &h, &mut flag), status::OK);
+        assert_eq!(flag, 1);
+        assert_eq!((a.tierkv_pool_register)(m, ids[1], &h, &mut flag), status::OK);
+        assert_eq!(flag, 0, "a second holder is not the one found");
+        let mut found = [0u32; 2];
+        let other = Hash { lo: 1, hi: 1 };
+        assert_eq!(
+            (a.tierkv_pool_find)(m, [h, other].as_ptr(), 2, found.as_mut_ptr()),
+            status::OK
+        );
+        assert_eq!(found, [ids[0], u32::MAX]);
+        assert_eq!((a.tierkv_pool_forget)(m, &ids[0], 1, &mut n), status::OK);
+        assert_eq!(n, 1);
+        assert_eq!((a.tierkv_pool_find)(m, &h, 1, found.as_mut_ptr()), status::OK);
+        assert_eq!(found[0], ids[1], "the second holder took over");
+        assert_eq!(
+            (a.tierkv_pool_forget)(m, [99u32].as_ptr(), 1, &mut n),
+            status::INVALID_ARGUMENT
+        );
+        assert_eq!((a.tierkv_pool_state)(m, &mut st), status::OK);
+        assert_eq!((st.num_blocks, st.free, st.cached, st.allocated), (6, 4, 1, 2));
+        assert_eq!((a.tierkv_pool_reset_prefix_cache)(m, &mut n), status::OK);
+        assert_eq!(n, 1);
+        assert_eq!((a.tierkv_pool_state)(m, std::ptr::null_mut()), status::INVALID_ARGUMENT);
+        assert_eq!(
+            (a.tierkv_pool_shadow_record)(m, 10, [0u64, 0, 2, 0].as_ptr()),
+            status::OK
+        );
+        assert_eq!(
+            (a.tierkv_pool_shadow_record)(m, 1, std::ptr::null()),
+            status::INVALID_ARGUMENT
+        );
+    }
+    let text = metrics(m);
+    assert!(text.contains("tierkv_pool_shadow_ops_total 10"), "{text}");
+    assert!(text.contains("tierkv_pool_shadow_disagreements_total{kind=\"prefix_hits\"} 2"));
+    destroy(m);
+}
+
 /// KV events through the C ABI: bad arguments are errors, a buffer below the
 /// minimum is BUFFER_TOO_SMALL with the minimum written, a named store comes back
 /// as one msgpack `KVEventBatch` holding the engine's key.

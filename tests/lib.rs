@@ -105,6 +105,26 @@ pub mod code {
     pub const STORE_FAILED: u8 = 5;
 }
 
+/// `TierkvPoolState`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolState {
+    /// Slots.
+    pub num_blocks: u64,
+    /// Free slots.
+    pub free: u64,
+    /// Slots holding an identity.
+    pub cached: u64,
+    /// Blocks allocated.
+    pub allocated: u64,
+    /// References released.
+    pub freed: u64,
+    /// Blocks reused by identity.
+    pub hits: u64,
+    /// Cached blocks evicted.
+    pub evictions: u64,
+}
+
 /// `TierkvDiskStatus`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -215,6 +235,11 @@ api! {
     tierkv_pool_copy_on_write: fn(Mgr, u32, *mut u32, *mut u8) -> i32;
     tierkv_pool_register: fn(Mgr, u32, *const Hash, *mut u8) -> i32;
     tierkv_pool_acquire_cached: fn(Mgr, *const Hash, usize, *mut u32, *mut usize) -> i32;
+    tierkv_pool_find: fn(Mgr, *const Hash, usize, *mut u32) -> i32;
+    tierkv_pool_forget: fn(Mgr, *const u32, usize, *mut usize) -> i32;
+    tierkv_pool_reset_prefix_cache: fn(Mgr, *mut usize) -> i32;
+    tierkv_pool_state: fn(Mgr, *mut PoolState) -> i32;
+    tierkv_pool_shadow_record: fn(Mgr, u64, *const u64) -> i32;
     tierkv_events_start: fn(Mgr, usize) -> i32;
     tierkv_name_blocks: fn(Mgr, *const Hash, *const u64, *const u64, usize) -> i32;
     tierkv_take_events: fn(Mgr, *mut u8, usize, *mut usize, *mut usize, *mut usize) -> i32;

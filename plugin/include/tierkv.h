@@ -92,6 +92,13 @@
 // A buffer of this many bytes always holds a batch of at least one event.
 #define TIERKV_EVENTS_MIN_BUFFER 512
 
+// `tierkv_pool_find`'s answer for an identity no block holds.
+#define TIERKV_POOL_NONE UINT32_MAX
+
+// Kinds of `tierkv_pool_shadow_record`'s disagreements, in order: allocated ids,
+// eviction victims, prefix hits, free counts.
+#define TIERKV_POOL_DISAGREEMENT_KINDS 4
+
 // `out_reason` of `tierkv_semantic_lookup`: a plan was returned.
 #define TIERKV_SEMANTIC_ACCEPTED 0
 
@@ -254,6 +261,24 @@ typedef struct TierkvHwHints {
   // Telemetry samples taken so far (0: sampling is off, defaults reported).
   uint64_t samples;
 } TierkvHwHints;
+
+// What `tierkv_pool_state` reports.
+typedef struct TierkvPoolState {
+  // Slots.
+  uint64_t num_blocks;
+  // Free slots (cached ones included).
+  uint64_t free;
+  // Slots holding an identity (in use or free; two may hold one identity).
+  uint64_t cached;
+  // Blocks handed out by allocations.
+  uint64_t allocated;
+  // References released.
+  uint64_t freed;
+  // Blocks reused by identity.
+  uint64_t hits;
+  // Cached blocks evicted by allocations.
+  uint64_t evictions;
+} TierkvPoolState;
 
 // Summary of a plan.
 typedef struct TierkvPlanSummary {
@@ -538,7 +563,9 @@ enum TierkvStatus tierkv_pool_copy_on_write(const struct TierkvManager *mgr,
                                             uint8_t *out_copy);
 
 // Records that held block `id` holds the computed full block `*hash`. Writes 1 to
-// `*out_indexed` when it is now findable, 0 when another block already holds it.
+// `*out_indexed` when it is the block found for `*hash`, 0 when another block
+// registered it first (that one stays the one found; `id` is found once it
+// leaves, as vLLM's prefix cache keeps both).
 //
 // # Safety
 // `hash` valid for one read; `out_indexed` valid for one write. Takes the pool lock.
@@ -674,6 +701,55 @@ enum TierkvStatus tierkv_layer_load_wait(const struct TierkvLayerLoad *load, uin
 // # Safety
 // None beyond passing a value that was a load handle (or null).
 void tierkv_layer_load_destroy(struct TierkvLayerLoad *load);
+
+// Writes the block found for each of `hashes` to `out_ids` (`TIERKV_POOL_NONE`
+// when no block holds it), changing nothing: the first block registered for an
+// identity and still holding it, as vLLM's `get_cached_block`.
+//
+// # Safety
+// `hashes` valid for `n` reads, `out_ids` for `n` writes. Takes the pool lock.
+enum TierkvStatus tierkv_pool_find(const struct TierkvManager *mgr,
+                                   const struct TierkvHash *hashes,
+                                   size_t n,
+                                   uint32_t *out_ids);
+
+// Drops the identity each of `ids` holds (the engine found their KV unusable, as
+// vLLM's `evict_blocks` after a failed load); held blocks stay held. Writes how many
+// identities were dropped to `*out_dropped`. An id out of range changes nothing.
+//
+// # Safety
+// `ids` valid for `n` reads; `out_dropped` for one write. Takes the pool lock.
+enum TierkvStatus tierkv_pool_forget(const struct TierkvManager *mgr,
+                                     const uint32_t *ids,
+                                     size_t n,
+                                     size_t *out_dropped);
+
+// Forgets every identity in the pool (the engine's weights changed); held blocks
+// stay held. Writes how many were dropped to `*out_dropped`.
+//
+// # Safety
+// `out_dropped` valid for one write. Takes the pool lock.
+enum TierkvStatus tierkv_pool_reset_prefix_cache(const struct TierkvManager *mgr,
+                                                 size_t *out_dropped);
+
+// Writes the pool's sizes and counters to `*out`.
+//
+// # Safety
+// `out` valid for one write. Takes the pool lock.
+enum TierkvStatus tierkv_pool_state(const struct TierkvManager *mgr, struct TierkvPoolState *out);
+
+// Adds what a shadow of the engine's own block pool compared to the store-wide
+// counters (`tierkv_pool_shadow_ops_total`,
+// `tierkv_pool_shadow_disagreements_total{kind}`): `ops` operations mirrored and
+// `disagreements[k]` of each of the `TIERKV_POOL_DISAGREEMENT_KINDS` kinds. Any
+// process sharing the store exports them (the shadow runs in vLLM's scheduler
+// process, the exporter in its worker).
+//
+// # Safety
+// `disagreements` valid for `TIERKV_POOL_DISAGREEMENT_KINDS` reads.
+enum TierkvStatus tierkv_pool_shadow_record(const struct TierkvManager *mgr,
+                                            uint64_t ops,
+                                            const uint64_t *disagreements);
 
 // Writes 1 to `*out_enabled` if semantic sharing is on for this manager's
 // namespace (`TIERKV_SEMANTIC`, `TIERKV_SEMANTIC_NAMESPACES`), else 0.

@@ -49,4 +49,4 @@ pub mod semantic;
 /// cbindgen:ignore
 pub mod tier;
 
-pub use manager::{ErrorKind, EventsTaken, Manager, ManagerError, ManagerParams};
+pub use manager::{ErrorKind, EventsTaken, Manager, ManagerError, ManagerParams, PoolState};

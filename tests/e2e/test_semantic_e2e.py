@@ -120,6 +120,10 @@ def test_a_near_duplicate_is_an_approximate_prefix_and_is_never_stored(tmp_path,
     r = run(tmp_path, "tierkv", [source, target], store, args=("--max-tokens", "4", "--one-by-one"), extra_env=env)
     assert metric(r["metrics"], "tierkv_semantic_load_blocks_total", 'result="loaded"') > 0
     assert metric(r["metrics"], "tierkv_semantic_load_blocks_total", 'result="failed"') == 0
+    # The index is consulted in the scheduler process; its counters are store-wide,
+    # so the worker's exporter shows them too.
+    assert metric(r["metrics"], "tierkv_semantic_lookups_total") > 0
+    assert metric(r["metrics"], "tierkv_semantic_plans_total", 'result="accepted"') > 0
     monkeypatch.setenv("TIERKV_STORE_NAME", store)
     monkeypatch.setenv("TIERKV_CPU_BYTES", "512MiB")
     # The connector's namespace (identity.py), as the engine logged it.

@@ -44,6 +44,8 @@ MODEL = os.environ.get("TIERKV_VLLM_MODEL") or (str(VENV / "smollm2") if VENV el
 # scripts/test.sh installed the connector wheel into the vLLM environment: engines
 # use it (found by name through its vLLM plugin), not the source tree.
 INSTALLED = os.environ.get("TIERKV_E2E_INSTALLED") == "1"
+# The suite runs a second time with tierkv's pool shadowing vLLM's (scripts/test.sh).
+SHADOW = os.environ.get("TIERKV_VLLM_POOL") == "shadow"
 
 if not PYTHON or not os.environ.get("TIERKV_LIB"):
     pytest.fail(
@@ -81,6 +83,10 @@ def driver(tmp: Path, mode: str, texts: list[str], store: str | None = None, arg
     )
     if store:
         env["TIERKV_STORE_NAME"] = store
+    elif SHADOW:
+        # An engine without the connector: the shadow pool's own small store.
+        env["TIERKV_STORE_NAME"] = f"shadow-{uuid.uuid4().hex[:8]}"
+        env["TIERKV_CPU_BYTES"] = "16MiB"
     env.update(extra_env or {})
     cmd = [PYTHON, str(HERE / "vllm_driver.py"), "--model", MODEL, "--mode", mode]
     cmd += ["--prompts", str(prompts), "--out", str(out), "--no-timing", "--block-size", str(BLOCK), *args]
@@ -98,7 +104,22 @@ def finish(handle, timeout: int = 900) -> dict:
         raise AssertionError(f"engine exited with {rc}:\n{tail}")
     result = json.loads(out.read_text())
     result["log"] = log.name
+    if SHADOW:
+        check_shadow(result)
     return result
+
+
+def check_shadow(result: dict) -> None:
+    """``TIERKV_VLLM_POOL=shadow``: tierkv's pool mirrored vLLM's in this engine
+    and never decided otherwise (log and, with the connector, the metrics)."""
+    text = Path(result["log"]).read_text()
+    assert "tierkv: pool shadow installed" in text, "the shadow pool was not installed"
+    bad = [line for line in text.splitlines() if "tierkv pool shadow" in line]
+    assert not bad, "tierkv's pool disagreed with vLLM's:\n" + "\n".join(bad[:10])
+    if result.get("metrics"):
+        assert metric(result["metrics"], "tierkv_pool_shadow_ops_total") > 0
+        for kind in ("allocated_ids", "eviction_victims", "prefix_hits", "free_count"):
+            assert metric(result["metrics"], "tierkv_pool_shadow_disagreements_total", f'kind="{kind}"') == 0
 
 
 def engine_namespace(result: dict) -> str:

@@ -111,6 +111,22 @@ class _DiskStatus(ctypes.Structure):
     ]
 
 
+class _PoolState(ctypes.Structure):
+    _fields_ = [
+        ("num_blocks", ctypes.c_uint64),
+        ("free", ctypes.c_uint64),
+        ("cached", ctypes.c_uint64),
+        ("allocated", ctypes.c_uint64),
+        ("freed", ctypes.c_uint64),
+        ("hits", ctypes.c_uint64),
+        ("evictions", ctypes.c_uint64),
+    ]
+
+
+POOL_NONE = 0xFFFFFFFF
+POOL_DISAGREEMENT_KINDS = ("allocated_ids", "eviction_victims", "prefix_hits", "free_count")
+
+
 class _TokenRows(ctypes.Structure):
     _fields_ = [
         ("region", ctypes.c_uint32),
@@ -192,6 +208,7 @@ def _load(path: str) -> ctypes.CDLL:
         return _LIBS[path]
     lib = ctypes.CDLL(path)
     u64p, szp = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_size_t)
+    u32p = ctypes.POINTER(ctypes.c_uint32)
     hp, vp, u8p = ctypes.POINTER(_Hash), ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint8)
     sigs = {
         "tierkv_abi_version": ([], ctypes.c_uint32),
@@ -247,6 +264,16 @@ def _load(path: str) -> ctypes.CDLL:
         "tierkv_layer_load_wait": ([vp, ctypes.c_uint32], ctypes.c_int),
         "tierkv_layer_load_destroy": ([vp], None),
         "tierkv_events_start": ([vp, ctypes.c_size_t], ctypes.c_int),
+        "tierkv_pool_allocate": ([vp, ctypes.c_size_t, u32p], ctypes.c_int),
+        "tierkv_pool_free": ([vp, u32p, ctypes.c_size_t], ctypes.c_int),
+        "tierkv_pool_fork": ([vp, u32p, ctypes.c_size_t], ctypes.c_int),
+        "tierkv_pool_register": ([vp, ctypes.c_uint32, hp, u8p], ctypes.c_int),
+        "tierkv_pool_acquire_cached": ([vp, hp, ctypes.c_size_t, u32p, szp], ctypes.c_int),
+        "tierkv_pool_find": ([vp, hp, ctypes.c_size_t, u32p], ctypes.c_int),
+        "tierkv_pool_forget": ([vp, u32p, ctypes.c_size_t, szp], ctypes.c_int),
+        "tierkv_pool_reset_prefix_cache": ([vp, szp], ctypes.c_int),
+        "tierkv_pool_state": ([vp, ctypes.POINTER(_PoolState)], ctypes.c_int),
+        "tierkv_pool_shadow_record": ([vp, ctypes.c_uint64, u64p], ctypes.c_int),
         "tierkv_name_blocks": ([vp, hp, u64p, u64p, ctypes.c_size_t], ctypes.c_int),
         "tierkv_take_events": ([vp, u8p, ctypes.c_size_t, szp, szp, szp], ctypes.c_int),
     }
@@ -430,6 +457,68 @@ class TierKV:
         loaded = ctypes.c_size_t()
         self._check(self._lib.tierkv_load_blocks(self._h, arr, ids, n, res, ctypes.byref(loaded)))
         return list(res)
+
+    # --------------------------------------------------------------- engine pool
+    # The engine block pool (created with pool_blocks > 0): vLLM's BlockPool
+    # semantics over block ids; identities are 16-byte hashes as everywhere here.
+
+    def _ids(self, ids: Sequence[int]):
+        return (ctypes.c_uint32 * max(len(ids), 1))(*ids)
+
+    def pool_allocate(self, n: int) -> list[int]:
+        out = (ctypes.c_uint32 * max(n, 1))()
+        self._check(self._lib.tierkv_pool_allocate(self._h, n, out))
+        return list(out)[:n]
+
+    def pool_free(self, ids: Sequence[int]) -> None:
+        self._check(self._lib.tierkv_pool_free(self._h, self._ids(ids), len(ids)))
+
+    def pool_fork(self, ids: Sequence[int]) -> None:
+        self._check(self._lib.tierkv_pool_fork(self._h, self._ids(ids), len(ids)))
+
+    def pool_register(self, block_id: int, hash16: bytes) -> bool:
+        """Whether ``block_id`` is now the block found for ``hash16``."""
+        arr, n = _hash_array(hash16)
+        if n != 1:
+            raise ValueError("one identity")
+        first = ctypes.c_uint8()
+        self._check(self._lib.tierkv_pool_register(self._h, block_id, arr, ctypes.byref(first)))
+        return bool(first.value)
+
+    def pool_acquire_cached(self, hashes: bytes) -> list[int]:
+        arr, n = _hash_array(hashes)
+        out = (ctypes.c_uint32 * max(n, 1))()
+        got = ctypes.c_size_t()
+        self._check(self._lib.tierkv_pool_acquire_cached(self._h, arr, n, out, ctypes.byref(got)))
+        return list(out)[: got.value]
+
+    def pool_find(self, hashes: bytes) -> list[int | None]:
+        arr, n = _hash_array(hashes)
+        out = (ctypes.c_uint32 * max(n, 1))()
+        self._check(self._lib.tierkv_pool_find(self._h, arr, n, out))
+        return [None if i == POOL_NONE else i for i in list(out)[:n]]
+
+    def pool_forget(self, ids: Sequence[int]) -> int:
+        dropped = ctypes.c_size_t()
+        self._check(self._lib.tierkv_pool_forget(self._h, self._ids(ids), len(ids), ctypes.byref(dropped)))
+        return dropped.value
+
+    def pool_reset_prefix_cache(self) -> int:
+        dropped = ctypes.c_size_t()
+        self._check(self._lib.tierkv_pool_reset_prefix_cache(self._h, ctypes.byref(dropped)))
+        return dropped.value
+
+    def pool_state(self) -> dict:
+        st = _PoolState()
+        self._check(self._lib.tierkv_pool_state(self._h, ctypes.byref(st)))
+        return {name: getattr(st, name) for name, _ in _PoolState._fields_}
+
+    def pool_shadow_record(self, ops: int, disagreements: Sequence[int]) -> None:
+        """Adds a shadow comparison's counts to the store-wide counters."""
+        if len(disagreements) != len(POOL_DISAGREEMENT_KINDS):
+            raise ValueError(f"{len(POOL_DISAGREEMENT_KINDS)} kinds")
+        d = (ctypes.c_uint64 * len(disagreements))(*disagreements)
+        self._check(self._lib.tierkv_pool_shadow_record(self._h, ops, d))
 
     # ------------------------------------------------------------------ KV events
 

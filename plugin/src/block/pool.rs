@@ -10,14 +10,25 @@
 //!    free list; a free block that still held an identified block is evicted then
 //!    (that is the LRU eviction: the free list is ordered by release time).
 //! 3. As blocks fill, [`BlockPool::register`] records their identity in the index.
+//!    Two blocks may hold one identity (two requests computed it at once): both are
+//!    indexed, the first registered is the one found, the next takes over when it
+//!    leaves (vLLM's `BlockHashToBlockMap`).
 //! 4. [`BlockPool::free`] releases them; a block whose count drops to zero goes to the
-//!    tail of the free list and stays findable by identity until it is reused.
+//!    tail of the free list and stays findable by identity until it is reused, or,
+//!    when it holds no identity, to the head (reused first: vLLM's LIFO reuse of
+//!    blocks that can never be hit).
 //!
 //! ```text
-//!   free list:  head [evict first] 4 <-> 9 <-> 1 <-> 7 [released last] tail
+//!   free list:  head [reuse first] 3 <-> 4 <-> 9 <-> 1 <-> 7 [released last] tail
+//!               (3: no identity, freed last; 4, 9, 1, 7 in release order)
 //!   index:      h(a)->9, h(b)->7         (cached and free: reusable on a hit)
 //!   in use:     2 (ref 1), 5 (ref 2: forked)
 //! ```
+//!
+//! Every operation has the outcome vLLM 0.32's `BlockPool` has for the same calls:
+//! `tests/python/test_pool_vs_vllm.py` drives both with the same random operations,
+//! and the vLLM plugin's shadow mode (`TIERKV_VLLM_POOL=shadow`) compares them on
+//! every call of a real engine.
 
 use std::collections::HashMap;
 
@@ -121,7 +132,12 @@ pub struct BlockPool {
     slots: Vec<Slot>,
     links: Vec<(u32, u32)>,
     free: ListEnds,
+    /// The block found for each identity (the first registered still holding it).
     index: HashMap<BlockHash, BlockId, IdentityHash>,
+    /// Later holders of an identity, in registration order.
+    dups: HashMap<BlockHash, Vec<BlockId>, IdentityHash>,
+    /// Slots holding an identity (index plus duplicates).
+    n_cached: usize,
     stats: PoolStats,
 }
 
@@ -164,6 +180,8 @@ impl BlockPool {
             links,
             free,
             index,
+            dups: HashMap::with_hasher(IdentityHash),
+            n_cached: 0,
             stats: PoolStats::default(),
         })
     }
@@ -178,9 +196,38 @@ impl BlockPool {
         self.free.len as usize
     }
 
-    /// Slots holding an identified block (in use or free).
+    /// Slots holding an identified block (in use or free; duplicates included).
     pub fn num_cached(&self) -> usize {
-        self.index.len()
+        self.n_cached
+    }
+
+    /// Drops the identity `id` holds, if any, from the index (the next holder of
+    /// the identity, if any, becomes the one found). Returns whether it held one.
+    fn unindex(&mut self, id: BlockId) -> bool {
+        let Some(h) = self.slots[id as usize].hash.take() else {
+            return false;
+        };
+        self.n_cached -= 1;
+        if self.index.get(&h) == Some(&id) {
+            match self.dups.get_mut(&h) {
+                Some(later) => {
+                    let next = later.remove(0);
+                    if later.is_empty() {
+                        self.dups.remove(&h);
+                    }
+                    self.index.insert(h, next);
+                }
+                None => {
+                    self.index.remove(&h);
+                }
+            }
+        } else if let Some(later) = self.dups.get_mut(&h) {
+            later.retain(|&d| d != id);
+            if later.is_empty() {
+                self.dups.remove(&h);
+            }
+        }
+        true
     }
 
     /// Counters.
@@ -225,48 +272,52 @@ impl BlockPool {
             let Some(id) = self.free.pop_front(&mut self.links) else {
                 unreachable!("free list shorter than its length");
             };
-            let slot = &mut self.slots[id as usize];
-            if let Some(h) = slot.hash.take() {
-                self.index.remove(&h);
+            if self.unindex(id) {
                 self.stats.evictions += 1;
             }
-            slot.ref_cnt = 1;
+            self.slots[id as usize].ref_cnt = 1;
             out.push(id);
         }
         self.stats.allocated += n as u64;
         Ok(())
     }
 
-    /// Releases one reference to each block in `ids`. Blocks that reach zero join the
-    /// tail of the free list in the order given, so pass a request's blocks from last
-    /// to first to have its tail evicted before its prefix (as vLLM does). Validates
-    /// every id first: on error nothing is changed.
+    /// Releases one reference to each block in `ids`. Blocks that reach zero and
+    /// hold an identity join the tail of the free list in the order given, so pass a
+    /// request's blocks from last to first to have its tail evicted before its prefix
+    /// (as vLLM does); blocks that reach zero without an identity go to the head, in
+    /// the order given (reused first: nothing can hit them). Validates every id
+    /// first: on error nothing is changed.
     pub fn free(&mut self, ids: &[BlockId]) -> Result<(), PoolError> {
+        let mut first = Vec::new();
+        let mut last = Vec::new();
         for (i, &id) in ids.iter().enumerate() {
             let held = (id as usize) < self.slots.len() && self.slots[id as usize].ref_cnt > 0;
             if !held {
-                self.undo_free(&ids[..i]);
+                for &done in ids[..i].iter().rev() {
+                    self.slots[done as usize].ref_cnt += 1;
+                }
                 self.check_id(id)?;
                 return Err(PoolError::NotAllocated { id });
             }
             let slot = &mut self.slots[id as usize];
             slot.ref_cnt -= 1;
             if slot.ref_cnt == 0 {
-                self.free.push_back(&mut self.links, id);
+                if slot.hash.is_some() {
+                    last.push(id);
+                } else {
+                    first.push(id);
+                }
             }
+        }
+        for &id in first.iter().rev() {
+            self.free.push_front(&mut self.links, id);
+        }
+        for &id in &last {
+            self.free.push_back(&mut self.links, id);
         }
         self.stats.freed += ids.len() as u64;
         Ok(())
-    }
-
-    /// Reverts the releases of `done` (a prefix of a failed `free`), last first.
-    fn undo_free(&mut self, done: &[BlockId]) {
-        for &id in done.iter().rev() {
-            if self.slots[id as usize].ref_cnt == 0 {
-                self.free.remove(&mut self.links, id);
-            }
-            self.slots[id as usize].ref_cnt += 1;
-        }
     }
 
     /// Adds one reference to each block in `ids` (sharing a prefix with a forked
@@ -293,9 +344,7 @@ impl BlockPool {
     pub fn copy_on_write(&mut self, id: BlockId) -> Result<CowOutcome, PoolError> {
         self.check_held(id)?;
         if self.slots[id as usize].ref_cnt == 1 {
-            if let Some(h) = self.slots[id as usize].hash.take() {
-                self.index.remove(&h);
-            }
+            self.unindex(id);
             return Ok(CowOutcome::Exclusive(id));
         }
         let mut out = Vec::with_capacity(1);
@@ -306,21 +355,39 @@ impl BlockPool {
     }
 
     /// Records that held block `id` now holds the full, computed block `hash`.
-    /// Returns `Ok(false)` when another block already holds that identity (the first
-    /// one stays the one found; `id` stays usable but unindexed).
+    /// Returns whether `id` is the block found for `hash`: `Ok(false)` when another
+    /// block registered it first (that one stays the one found; `id` is found once
+    /// it leaves).
     pub fn register(&mut self, id: BlockId, hash: BlockHash) -> Result<bool, PoolError> {
         self.check_held(id)?;
         match self.slots[id as usize].hash {
-            Some(h) if h == hash => return Ok(true),
+            Some(h) if h == hash => return Ok(self.index.get(&hash) == Some(&id)),
             Some(_) => return Err(PoolError::AlreadyRegistered { id }),
             None => {}
         }
+        self.slots[id as usize].hash = Some(hash);
+        self.n_cached += 1;
         if self.index.contains_key(&hash) {
+            self.dups.entry(hash).or_default().push(id);
             return Ok(false);
         }
         self.index.insert(hash, id);
-        self.slots[id as usize].hash = Some(hash);
         Ok(true)
+    }
+
+    /// The block found for each of `hashes` (`None`: not held), changing nothing.
+    pub fn find(&self, hashes: &[BlockHash], out: &mut Vec<Option<BlockId>>) {
+        out.extend(hashes.iter().map(|h| self.index.get(h).copied()));
+    }
+
+    /// Drops the identity of each of `ids` that holds one (the engine found their
+    /// KV unusable, e.g. a failed load); held blocks stay held, free ones stay where
+    /// they are in the free list. Returns how many identities were dropped.
+    pub fn forget(&mut self, ids: &[BlockId]) -> Result<usize, PoolError> {
+        for &id in ids {
+            self.check_id(id)?;
+        }
+        Ok(ids.iter().filter(|&&id| self.unindex(id)).count())
     }
 
     /// Number of leading `hashes` held by the pool. Changes nothing.
@@ -352,8 +419,10 @@ impl BlockPool {
     /// Forgets every identity (for example after the engine's weights changed).
     /// Returns how many were dropped. Held blocks stay held.
     pub fn reset_prefix_cache(&mut self) -> usize {
-        let n = self.index.len();
+        let n = self.n_cached;
         self.index.clear();
+        self.dups.clear();
+        self.n_cached = 0;
         for s in &mut self.slots {
             s.hash = None;
         }
@@ -377,12 +446,26 @@ impl BlockPool {
             let in_free = free.contains(&(id as u32));
             assert_eq!(in_free, s.ref_cnt == 0, "block {id}: free-list membership vs ref count");
             if let Some(h) = s.hash {
-                assert_eq!(self.index.get(&h), Some(&(id as u32)), "block {id} index entry");
+                let id = id as u32;
+                let found = self.index.get(&h) == Some(&id) || self.dups.get(&h).is_some_and(|d| d.contains(&id));
+                assert!(found, "block {id} index entry");
             }
         }
         for (h, &id) in &self.index {
             assert_eq!(self.slots[id as usize].hash, Some(*h));
         }
+        for (h, later) in &self.dups {
+            assert!(
+                !later.is_empty() && self.index.contains_key(h),
+                "duplicates of an unindexed identity"
+            );
+            for &id in later {
+                assert_eq!(self.slots[id as usize].hash, Some(*h));
+            }
+        }
+        let listed = self.index.len() + self.dups.values().map(Vec::len).sum::<usize>();
+        assert_eq!(listed, self.n_cached);
+        assert_eq!(self.slots.iter().filter(|s| s.hash.is_some()).count(), self.n_cached);
     }
 }
 

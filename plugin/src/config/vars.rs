@@ -210,6 +210,7 @@ pub const TOOL_VARS: &[&str] = &[
     "TIERKV_WHEEL_TOOLS",
     "TIERKV_E2E_INSTALLED",
     "TIERKV_VLLM_MODEL",
+    "TIERKV_VLLM_POOL",
 ];
 
 /// The known variable closest to `name` (edit distance at most 3).

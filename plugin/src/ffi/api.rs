@@ -647,7 +647,9 @@ pub unsafe extern "C" fn tierkv_pool_copy_on_write(
 }
 
 /// Records that held block `id` holds the computed full block `*hash`. Writes 1 to
-/// `*out_indexed` when it is now findable, 0 when another block already holds it.
+/// `*out_indexed` when it is the block found for `*hash`, 0 when another block
+/// registered it first (that one stays the one found; `id` is found once it
+/// leaves, as vLLM's prefix cache keeps both).
 ///
 /// # Safety
 /// `hash` valid for one read; `out_indexed` valid for one write. Takes the pool lock.

@@ -25,6 +25,7 @@ mod events_api;
 mod handles;
 mod hw_api;
 mod layer_api;
+mod pool_api;
 mod semantic_api;
 mod types;
 
@@ -33,6 +34,7 @@ pub use disk_api::*;
 pub use events_api::*;
 pub use hw_api::*;
 pub use layer_api::*;
+pub use pool_api::*;
 pub use semantic_api::*;
 pub use types::*;
 

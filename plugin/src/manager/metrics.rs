@@ -32,6 +32,7 @@ impl Manager {
             ix.report(&mut r);
         }
         self.report_events(&mut r);
+        self.report_pool_shadow(&mut r);
         r.finish()
     }
 }

@@ -35,6 +35,7 @@ use crate::tier::{HostTier, TierError};
 // manager (the C ABI and the C++ bridge name them through here, never through
 // the parts that define them).
 pub use self::events::EventsTaken;
+pub use self::pool::{PoolState, POOL_DISAGREEMENT_KINDS};
 pub use crate::block::CowOutcome;
 pub use crate::events::MIN_BATCH_BYTES as EVENTS_MIN_BUFFER;
 pub use crate::hw::{Decisions, Placement, Telemetry};
@@ -245,7 +246,7 @@ impl Manager {
         let semantic = config
             .semantic
             .on_for(&namespace)
-            .then(|| crate::semantic::SemanticIndex::new(config.semantic.prompts));
+            .then(|| crate::semantic::SemanticIndex::with_shared_counters(config.semantic.prompts, Arc::clone(&host)));
         let mgr = Self {
             config,
             hasher,

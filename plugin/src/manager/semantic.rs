@@ -124,7 +124,7 @@ impl Manager {
             payloads.push(buf);
         }
         let mut tables = HashMap::new();
-        let ix = self.semantic.as_ref().map(|s| &s.stats);
+        let ix = self.semantic.as_ref().map(|s| s.stats());
         for (i, &b) in block_ids.iter().enumerate() {
             let m = &map[i * bt..(i + 1) * bt];
             let failed = m

@@ -32,13 +32,14 @@ mod report;
 pub mod synth;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use crate::prefix::BlockHash;
+use crate::tier::HostTier;
 pub use align::Alignment;
 use minhash::{LshIndex, Signature};
 pub use plan::{ReusePlan, ReuseRun, TokenSource};
@@ -82,30 +83,24 @@ impl Rejection {
     }
 }
 
-/// Counters of semantic sharing (per manager).
-#[derive(Debug, Default)]
-pub struct SemanticStats {
-    /// Lookups that consulted the index.
-    pub lookups: AtomicU64,
-    /// Candidates aligned.
-    pub candidates: AtomicU64,
-    /// Plans accepted.
-    pub accepted: AtomicU64,
-    /// Rejections, by [`Rejection`] (index = discriminant, NotConsulted excluded).
-    pub rejected: [AtomicU64; 5],
-    /// Target tokens planned from a source / to recompute (accepted plans).
-    pub reused_tokens: AtomicU64,
-    /// Target tokens planned for recompute (accepted plans).
-    pub recompute_tokens: AtomicU64,
-    /// Target blocks built from sources, and those that failed (source gone or
-    /// corrupt: recomputed by the engine).
-    pub loaded_blocks: AtomicU64,
-    /// Target blocks that could not be built.
-    pub failed_blocks: AtomicU64,
-    /// Prompts removed because their source blocks were gone.
-    pub removed_gone: AtomicU64,
-    /// Lookup time (signature, probe, alignment, plan), nanoseconds.
-    pub lookup_ns: crate::metrics::Histogram,
+/// Counters of semantic sharing: the host arena's store-wide block (vLLM's
+/// scheduler looks up, its worker exports: any process sharing the store reports
+/// them), or a private one for an index without a store (tests).
+pub use crate::tier::arena::stats::SemanticCounters as SemanticStats;
+
+/// Where an index's counters live.
+enum Counters {
+    Own(Box<SemanticStats>),
+    Shared(Arc<HostTier>),
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Counters::Own(_) => "Counters::Own",
+            Counters::Shared(_) => "Counters::Shared",
+        })
+    }
 }
 
 /// One cached prompt.
@@ -147,17 +142,32 @@ struct Inner {
 pub struct SemanticIndex {
     inner: Mutex<Inner>,
     capacity: usize,
-    /// Counters.
-    pub stats: SemanticStats,
+    counters: Counters,
 }
 
 impl SemanticIndex {
-    /// An empty index holding at most `capacity` prompts.
+    /// An empty index holding at most `capacity` prompts, with counters of its own.
     pub fn new(capacity: usize) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             capacity: capacity.max(1),
-            stats: SemanticStats::default(),
+            counters: Counters::Own(Box::default()),
+        }
+    }
+
+    /// An empty index whose counters are the store-wide ones of `host`'s arena.
+    pub fn with_shared_counters(capacity: usize, host: Arc<HostTier>) -> Self {
+        Self {
+            counters: Counters::Shared(host),
+            ..Self::new(capacity)
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &SemanticStats {
+        match &self.counters {
+            Counters::Own(s) => s,
+            Counters::Shared(h) => &h.stats().semantic,
         }
     }
 
@@ -208,7 +218,7 @@ impl SemanticIndex {
     pub fn remove(&self, id: u64) {
         let mut g = self.inner.lock();
         if remove_locked(&mut g, id) {
-            self.stats.removed_gone.fetch_add(1, Ordering::Relaxed);
+            self.stats().removed_gone.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -251,21 +261,21 @@ impl SemanticIndex {
         alive: impl Fn(&[BlockHash]) -> bool,
     ) -> Result<ReusePlan, Rejection> {
         let started = std::time::Instant::now();
-        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        self.stats().lookups.fetch_add(1, Ordering::Relaxed);
         let out = self.plan(tokens, exact_tokens, block_tokens, policy, alive);
-        self.stats.lookup_ns.observe_ns(started.elapsed().as_nanos() as u64);
+        self.stats().lookup_ns.observe_ns(started.elapsed().as_nanos() as u64);
         match &out {
             Ok(p) => {
-                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                self.stats
+                self.stats().accepted.fetch_add(1, Ordering::Relaxed);
+                self.stats()
                     .reused_tokens
                     .fetch_add(u64::from(p.reused_tokens()), Ordering::Relaxed);
-                self.stats
+                self.stats()
                     .recompute_tokens
                     .fetch_add(u64::from(p.recompute_tokens()), Ordering::Relaxed);
             }
             Err(r) => {
-                self.stats.rejected[*r as usize].fetch_add(1, Ordering::Relaxed);
+                self.stats().rejected[*r as usize].fetch_add(1, Ordering::Relaxed);
             }
         }
         out
@@ -287,7 +297,7 @@ impl SemanticIndex {
             if best.as_ref().is_some_and(|b| b.coverage() >= c.estimate) {
                 break;
             }
-            self.stats.candidates.fetch_add(1, Ordering::Relaxed);
+            self.stats().candidates.fetch_add(1, Ordering::Relaxed);
             let al = align::align(&c.tokens, tokens, ALIGN_DEADLINE, policy.align_options());
             let p = ReusePlan::build(&al, c.id, Arc::clone(&c.hashes), block_tokens, n, c.estimate, policy);
             if best.as_ref().is_none_or(|b| p.coverage() > b.coverage()) {

@@ -8,7 +8,7 @@ use crate::metrics::Report;
 impl SemanticIndex {
     /// Adds the index's series to `r`.
     pub fn report(&self, r: &mut Report) {
-        let s = &self.stats;
+        let s = self.stats();
         let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
         r.gauge(
             "tierkv_semantic_index_prompts",

@@ -90,7 +90,7 @@ fn a_prompt_that_is_not_similar_gets_no_plan() {
     assert_eq!(p.runs.len(), 1);
     assert_eq!((p.runs[0].target, p.runs[0].source), (0, 0));
     assert_eq!(
-        ix.stats.rejected[Rejection::NoCandidate as usize].load(Ordering::Relaxed),
+        ix.stats().rejected[Rejection::NoCandidate as usize].load(Ordering::Relaxed),
         1
     );
 }
@@ -198,7 +198,7 @@ fn gone_sources_are_removed_and_capacity_is_bounded() {
         Rejection::NoCandidate
     );
     assert_eq!(ix.len(), 2, "the gone source was removed");
-    assert_eq!(ix.stats.removed_gone.load(Ordering::Relaxed), 1);
+    assert_eq!(ix.stats().removed_gone.load(Ordering::Relaxed), 1);
 }
 
 #[test]

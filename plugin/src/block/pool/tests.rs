@@ -97,12 +97,14 @@ fn contract_violations_change_nothing() {
     p.check_invariants();
 }
 
-/// A simple reference model: vectors and linear scans.
+/// A simple reference model of vLLM 0.32's `BlockPool`: vectors and linear scans.
 #[derive(Default)]
 struct Model {
     refs: Vec<u32>,
     hash: Vec<Option<u128>>,
     free_order: Vec<u32>,
+    /// (identity, block) in registration order: the first of an identity is found.
+    holders: Vec<(u128, u32)>,
 }
 
 impl Model {
@@ -111,18 +113,25 @@ impl Model {
             refs: vec![0; n],
             hash: vec![None; n],
             free_order: (0..n as u32).collect(),
+            holders: Vec::new(),
         }
     }
     fn find(&self, v: u128) -> Option<u32> {
-        self.hash.iter().position(|x| *x == Some(v)).map(|i| i as u32)
+        self.holders.iter().find(|(h, _)| *h == v).map(|&(_, id)| id)
+    }
+    fn unindex(&mut self, id: u32) -> bool {
+        let had = self.hash[id as usize].take().is_some();
+        self.holders.retain(|&(_, b)| b != id);
+        had
     }
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
-    /// Random operation sequences agree with the model: same ids, same eviction order.
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// Random operation sequences agree with the model: same ids, same eviction order,
+    /// same hits with duplicate holders, same identities dropped.
     #[test]
-    fn matches_reference_model(ops in proptest::collection::vec((0u8..5, 0u32..8, 0u128..6), 1..150)) {
+    fn matches_reference_model(ops in proptest::collection::vec((0u8..7, 0u32..8, 0u128..6), 1..200)) {
         let n = 6;
         let mut p = BlockPool::new(n);
         let mut m = Model::new(n);
@@ -137,20 +146,28 @@ proptest! {
                     } else {
                         let want: Vec<u32> = m.free_order.drain(..k).collect();
                         for &id in &want {
-                            m.hash[id as usize] = None;
+                            m.unindex(id);
                             m.refs[id as usize] = 1;
                         }
                         prop_assert_eq!(out, want);
                     }
                 }
                 1 => {
-                    let id = x % n as u32;
-                    let r = p.free(&[id]);
-                    if m.refs[id as usize] == 0 {
-                        prop_assert!(r.is_err());
-                    } else {
-                        m.refs[id as usize] -= 1;
-                        if m.refs[id as usize] == 0 { m.free_order.push(id); }
+                    // Two blocks at once: the order of release decides the free order.
+                    let ids = [x % n as u32, (x + v as u32) % n as u32];
+                    let ok = if ids[0] == ids[1] { m.refs[ids[0] as usize] >= 2 } else { ids.iter().all(|&i| m.refs[i as usize] > 0) };
+                    let r = p.free(&ids);
+                    prop_assert_eq!(r.is_ok(), ok);
+                    if ok {
+                        let mut front = Vec::new();
+                        for &id in &ids {
+                            m.refs[id as usize] -= 1;
+                            if m.refs[id as usize] == 0 {
+                                if m.hash[id as usize].is_some() { m.free_order.push(id); } else { front.push(id); }
+                            }
+                        }
+                        front.append(&mut m.free_order);
+                        m.free_order = front;
                     }
                 }
                 2 => {
@@ -159,12 +176,15 @@ proptest! {
                     if m.refs[id as usize] == 0 {
                         prop_assert!(r.is_err());
                     } else if let Some(cur) = m.hash[id as usize] {
-                        prop_assert_eq!(r.is_ok(), cur == v);
-                    } else if m.find(v).is_some() {
-                        prop_assert_eq!(r, Ok(false));
+                        if cur == v {
+                            prop_assert_eq!(r, Ok(m.find(v) == Some(id)));
+                        } else {
+                            prop_assert!(r.is_err());
+                        }
                     } else {
-                        prop_assert_eq!(r, Ok(true));
+                        prop_assert_eq!(r, Ok(m.find(v).is_none()));
                         m.hash[id as usize] = Some(v);
+                        m.holders.push((v, id));
                     }
                 }
                 3 => {
@@ -180,6 +200,16 @@ proptest! {
                         None => prop_assert_eq!(got, 0),
                     }
                 }
+                4 => {
+                    let id = x % n as u32;
+                    let dropped = p.forget(&[id]).unwrap();
+                    prop_assert_eq!(dropped, usize::from(m.unindex(id)));
+                }
+                5 => {
+                    let mut out = Vec::new();
+                    p.find(&[BlockHash(v)], &mut out);
+                    prop_assert_eq!(out[0], m.find(v));
+                }
                 _ => {
                     let id = x % n as u32;
                     let r = p.fork(&[id]);
@@ -189,6 +219,7 @@ proptest! {
             }
             p.check_invariants();
             prop_assert_eq!(p.num_free(), m.free_order.len());
+            prop_assert_eq!(p.num_cached(), m.holders.len());
         }
     }
 }

@@ -64,7 +64,54 @@ pub struct SharedStats {
     pub store_latency: Histogram,
     /// Load latency (one block).
     pub load_latency: Histogram,
+    /// The semantic index's counters: its lookups run in vLLM's scheduler
+    /// process, the exporter in the worker's; kept here, any process reports them.
+    pub semantic: SemanticCounters,
+    /// The engine pool's shadow comparisons (vLLM's scheduler process).
+    pub pool_shadow: PoolShadowCounters,
 }
+
+/// Counters of semantic sharing (store-wide: every manager sharing the store adds
+/// to them; see `crate::semantic`).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct SemanticCounters {
+    /// Lookups that consulted the index.
+    pub lookups: AtomicU64,
+    /// Candidates aligned.
+    pub candidates: AtomicU64,
+    /// Plans accepted.
+    pub accepted: AtomicU64,
+    /// Rejections, by the semantic module's `Rejection` (index = discriminant).
+    pub rejected: [AtomicU64; 5],
+    /// Target tokens planned from a source (accepted plans).
+    pub reused_tokens: AtomicU64,
+    /// Target tokens planned for recompute (accepted plans).
+    pub recompute_tokens: AtomicU64,
+    /// Target blocks built from sources.
+    pub loaded_blocks: AtomicU64,
+    /// Target blocks that could not be built (source gone or corrupt: recomputed).
+    pub failed_blocks: AtomicU64,
+    /// Prompts removed because their source blocks were gone.
+    pub removed_gone: AtomicU64,
+    /// Lookup time (signature, probe, alignment, plan).
+    pub lookup_ns: Histogram,
+}
+
+/// What the engine pool's shadow mode compared (`TIERKV_VLLM_POOL=shadow`: vLLM's
+/// pool decides, tierkv's pool mirrors every operation).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct PoolShadowCounters {
+    /// Pool operations mirrored.
+    pub ops: AtomicU64,
+    /// Disagreements by kind ([`POOL_DISAGREEMENTS`]).
+    pub disagreements: [AtomicU64; POOL_DISAGREEMENTS.len()],
+}
+
+/// The kinds of pool disagreement (`tierkv_pool_shadow_disagreements_total{kind}`),
+/// in `tierkv_pool_shadow_record`'s numbering.
+pub const POOL_DISAGREEMENTS: [&str; 4] = ["allocated_ids", "eviction_victims", "prefix_hits", "free_count"];
 
 /// The operations an engine adapter reports degraded errors for
 /// (`tierkv_adapter_errors_total{op}`), in `tierkv_record_error`'s numbering.
@@ -90,16 +137,17 @@ pub const STATUS_LABELS: [&str; ADAPTER_STATUSES] = [
 /// [`SharedStats`] (or to [`Histogram`]) fails the check below until this is
 /// updated, and updating it means bumping [`super::VERSION`] (an arena of the old
 /// layout must be refused, not read with the new one).
-pub const LAYOUT: (u32, usize, [usize; 24]) = (
+pub const LAYOUT: (u32, usize, [usize; 26]) = (
     4,
-    984,
+    1336,
     [
-        0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, 136, 144, 152, 160, 168, 568, 776,
+        0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, 136, 144, 152, 160, 168, 568, 776, 984,
+        1296,
     ],
 );
 
 /// The layout `SharedStats` has in this build.
-const fn actual_layout() -> (usize, [usize; 24]) {
+const fn actual_layout() -> (usize, [usize; 26]) {
     use std::mem::offset_of;
     (
         std::mem::size_of::<SharedStats>(),
@@ -128,13 +176,15 @@ const fn actual_layout() -> (usize, [usize; 24]) {
             offset_of!(SharedStats, adapter_errors),
             offset_of!(SharedStats, store_latency),
             offset_of!(SharedStats, load_latency),
+            offset_of!(SharedStats, semantic),
+            offset_of!(SharedStats, pool_shadow),
         ],
     )
 }
 
-const fn same(a: &[usize; 24], b: &[usize; 24]) -> bool {
+const fn same(a: &[usize; 26], b: &[usize; 26]) -> bool {
     let mut i = 0;
-    while i < 24 {
+    while i < 26 {
         if a[i] != b[i] {
             return false;
         }

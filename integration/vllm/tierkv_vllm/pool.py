@@ -1,0 +1,257 @@
+"""tierkv's engine block pool beside vLLM's own: the shadow mode.
+
+With ``TIERKV_VLLM_POOL=shadow`` the vLLM plugin (``plugin.py``) has vLLM build a
+``ShadowBlockPool`` instead of its ``BlockPool``: vLLM's pool still decides
+everything, and every operation is mirrored into tierkv's pool (the C library's
+``tierkv_pool_*``, vLLM v1 ``BlockPool`` semantics) and the two outcomes compared:
+
+| vLLM call | tierkv | compared |
+|---|---|---|
+| ``__init__`` (takes the null block) | ``pool_allocate(1)`` | the id (0) |
+| ``get_new_blocks(n)`` | ``pool_allocate(n)`` | the ids, in order; how many cached blocks were evicted |
+| ``free_blocks(blocks)`` | ``pool_free(ids)`` | the free count |
+| ``touch(blocks)`` (prefix hit) | ``pool_acquire_cached`` / ``pool_fork`` | the block found for each identity |
+| ``cache_full_blocks`` | ``pool_register`` per new full block | which block is found for the identity |
+| ``get_cached_block`` | ``pool_find`` | the block found |
+| ``evict_blocks(ids)`` (failed loads) | ``pool_forget(ids)`` | how many identities were dropped |
+| ``reset_prefix_cache`` | ``pool_reset_prefix_cache`` | the free count |
+
+Every mutating call also compares the free counts. A disagreement is counted by
+kind (allocated ids, eviction victims, prefix hits, free counts) and the first
+few are logged with what each pool said. The counts reach the arena's store-wide
+counters once per scheduler step (``take_events``), so the engine's metrics
+endpoint (``TIERKV_METRICS_ADDR``, served by the connector's worker) shows
+``tierkv_pool_shadow_ops_total`` and ``tierkv_pool_shadow_disagreements_total``
+although the pool runs in the scheduler process.
+
+Identities: vLLM's ``BlockHashWithGroupId`` (block hash and group id) folded to
+tierkv's 16-byte identity with BLAKE2b.
+
+Calls that reach into pool internals tierkv does not mirror (``unpin_blocks`` of
+HiSparse, ``move_block_hashes`` of copy-on-write partial hits,
+``cache_partial_block`` of partial-block prefix caching) end the shadow for that
+pool with a warning naming the feature; vLLM's pool goes on unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from vllm.v1.core.block_pool import BlockPool
+
+from .lib import POOL_DISAGREEMENT_KINDS, TierKV
+
+_log = logging.getLogger("vllm.tierkv")
+
+ALLOCATED_IDS, EVICTION_VICTIMS, PREFIX_HITS, FREE_COUNT = range(4)
+# Disagreements logged with their details (the rest are counted).
+_EXAMPLES = 5
+
+
+def identity(block_hash_with_group: bytes) -> bytes:
+    """tierkv's 16-byte identity for vLLM's ``BlockHashWithGroupId``."""
+    return hashlib.blake2b(bytes(block_hash_with_group), digest_size=16).digest()
+
+
+class ShadowBlockPool(BlockPool):
+    """vLLM's ``BlockPool``, every operation mirrored into tierkv's pool."""
+
+    def __init__(self, *args: Any, tkv_factory: Callable[[int], TierKV], **kwargs: Any):
+        self._shadow = False
+        self._victims: list[int] = []
+        super().__init__(*args, **kwargs)
+        self._tkv = tkv_factory(self.num_gpu_blocks)
+        self._ops = 0
+        self._pending_ops = 0
+        self._pending = [0] * len(POOL_DISAGREEMENT_KINDS)
+        self.disagreements = [0] * len(POOL_DISAGREEMENT_KINDS)
+        self._logged = 0
+        self._shadow = True
+        # vLLM's first block is its null block, never freed.
+        null = self._mirror(ALLOCATED_IDS, "the null block", lambda: self._tkv.pool_allocate(1))
+        if self._shadow:
+            self._compare(ALLOCATED_IDS, [self.null_block.block_id], null, "the null block")
+            self._compare_free("init")
+
+    # ---------------------------------------------------------------- comparing
+
+    def _compare(self, kind: int, vllm: Any, tierkv: Any, what: str) -> None:
+        self._ops += 1
+        self._pending_ops += 1
+        if vllm == tierkv:
+            return
+        self.disagreements[kind] += 1
+        self._pending[kind] += 1
+        if self._logged < _EXAMPLES:
+            self._logged += 1
+            _log.warning(
+                "tierkv pool shadow: %s disagree on %s: vLLM %r, tierkv %r%s",
+                POOL_DISAGREEMENT_KINDS[kind],
+                what,
+                vllm,
+                tierkv,
+                " (further ones counted, not logged)" if self._logged == _EXAMPLES else "",
+            )
+
+    def _compare_free(self, what: str) -> dict | None:
+        st = self._mirror(FREE_COUNT, "pool_state", self._tkv.pool_state)
+        if st is not None:
+            self._compare(FREE_COUNT, self.get_num_free_blocks(), st["free"], f"free blocks after {what}")
+        return st
+
+    def _mirror(self, kind: int, what: str, call: Callable[[], Any]) -> Any:
+        """Runs one tierkv call of the mirror; a failure (tierkv refused an
+        operation vLLM's pool accepted) is a disagreement and ends the shadow,
+        never an error in vLLM."""
+        try:
+            return call()
+        except Exception as e:
+            self._compare(kind, "accepted", f"refused: {e}", what)
+            self._stop(f"tierkv's pool refused {what}, so the two pools no longer match")
+            return None
+
+    def _stop(self, why: str) -> None:
+        if self._shadow:
+            self._shadow = False
+            _log.warning("tierkv pool shadow stopped: %s; vLLM's pool goes on unchanged", why)
+
+    def flush(self) -> None:
+        """Adds the counts since the last flush to the store-wide counters."""
+        if not (self._pending_ops or any(self._pending)):
+            return
+        try:
+            self._tkv.pool_shadow_record(self._pending_ops, self._pending)
+        except Exception as e:  # counting is best effort; the engine goes on
+            _log.warning("tierkv pool shadow: recording counts failed: %s", e)
+            return
+        self._pending_ops = 0
+        self._pending = [0] * len(POOL_DISAGREEMENT_KINDS)
+
+    # ------------------------------------------------------------ vLLM's calls
+
+    def _maybe_evict_cached_block(self, block):  # type: ignore[override]
+        evicted = super()._maybe_evict_cached_block(block)
+        if evicted:
+            self._victims.append(block.block_id)
+        return evicted
+
+    def get_new_blocks(self, num_blocks: int):  # type: ignore[override]
+        self._victims = []
+        ret = super().get_new_blocks(num_blocks)
+        if not self._shadow:
+            return ret
+        what = f"get_new_blocks({num_blocks})"
+        before = self._mirror(FREE_COUNT, "pool_state", self._tkv.pool_state)
+        ids = self._mirror(ALLOCATED_IDS, what, lambda: self._tkv.pool_allocate(num_blocks))
+        if before is None or ids is None:
+            return ret
+        self._compare(ALLOCATED_IDS, [b.block_id for b in ret], ids, what)
+        after = self._compare_free("get_new_blocks")
+        if after is not None:
+            self._compare(EVICTION_VICTIMS, len(self._victims), after["evictions"] - before["evictions"], what)
+        return ret
+
+    def free_blocks(self, ordered_blocks: Iterable):  # type: ignore[override]
+        blocks = list(ordered_blocks)
+        super().free_blocks(blocks)
+        if not self._shadow:
+            return
+        ids = [b.block_id for b in blocks if not b.is_null and (b.pool is None or b.pool is self)]
+        if ids:
+            self._mirror(FREE_COUNT, f"free_blocks({len(ids)})", lambda: self._tkv.pool_free(ids))
+        if self._shadow:
+            self._compare_free(f"free_blocks({len(ids)})")
+
+    def touch(self, blocks: Sequence):  # type: ignore[override]
+        super().touch(blocks)
+        if not self._shadow:
+            return
+        for b in blocks:
+            if b.is_null:
+                continue
+            if b.block_hash is not None:
+                key = identity(b.block_hash)
+                got = self._mirror(PREFIX_HITS, "touch", lambda: self._tkv.pool_acquire_cached(key))
+                self._compare(PREFIX_HITS, [b.block_id], got, "touch of a cached block")
+            else:
+                self._mirror(FREE_COUNT, "touch of an uncached block", lambda: self._tkv.pool_fork([b.block_id]))
+            if not self._shadow:
+                return
+        self._compare_free("touch")
+
+    def cache_full_blocks(self, request, blocks, num_cached_blocks, num_full_blocks, *args, **kwargs):  # type: ignore[override]
+        if not self._shadow:
+            return super().cache_full_blocks(request, blocks, num_cached_blocks, num_full_blocks, *args, **kwargs)
+        window = blocks[num_cached_blocks:num_full_blocks]
+        before = [b.block_hash for b in window]
+        super().cache_full_blocks(request, blocks, num_cached_blocks, num_full_blocks, *args, **kwargs)
+        for b, old in zip(window, before):
+            if b.is_null or b.block_hash is None or b.block_hash == old:
+                continue
+            key = b.block_hash
+            first = self.cached_block_hash_to_block.get_one_block(key)
+            indexed = self._mirror(
+                PREFIX_HITS, "cache_full_blocks", lambda: self._tkv.pool_register(b.block_id, identity(key))
+            )
+            if not self._shadow:
+                return
+            self._compare(
+                PREFIX_HITS,
+                first is not None and first.block_id == b.block_id,
+                indexed,
+                f"block {b.block_id} found first for its identity",
+            )
+
+    def get_cached_block(self, block_hash, kv_cache_group_ids):  # type: ignore[override]
+        got = super().get_cached_block(block_hash, kv_cache_group_ids)
+        if not self._shadow:
+            return got
+        from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
+
+        keys = b"".join(identity(make_block_hash_with_group_id(block_hash, g)) for g in kv_cache_group_ids)
+        found = self._mirror(PREFIX_HITS, "get_cached_block", lambda: self._tkv.pool_find(keys))
+        if found is None:
+            return got
+        want = [b.block_id for b in got] if got is not None else None
+        theirs = found if all(f is not None for f in found) else None
+        self._compare(PREFIX_HITS, want, theirs, "get_cached_block")
+        return got
+
+    def evict_blocks(self, block_ids: set[int]) -> None:  # type: ignore[override]
+        self._victims = []
+        super().evict_blocks(block_ids)
+        if not self._shadow:
+            return
+        dropped = self._mirror(EVICTION_VICTIMS, "evict_blocks", lambda: self._tkv.pool_forget(sorted(block_ids)))
+        if dropped is not None:
+            self._compare(EVICTION_VICTIMS, len(self._victims), dropped, f"evict_blocks({len(block_ids)})")
+
+    def reset_prefix_cache(self) -> bool:  # type: ignore[override]
+        ok = super().reset_prefix_cache()
+        if ok and self._shadow:
+            self._mirror(PREFIX_HITS, "reset_prefix_cache", self._tkv.pool_reset_prefix_cache)
+            if self._shadow:
+                self._compare_free("reset_prefix_cache")
+        return ok
+
+    def take_events(self):  # type: ignore[override]
+        # Once per scheduler step: the counts reach the store-wide counters.
+        self.flush()
+        return super().take_events()
+
+    # Features that reach into pool internals: the shadow ends, vLLM goes on.
+
+    def unpin_blocks(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        self._stop("unpin_blocks (HiSparse) reaches into pool internals tierkv does not mirror")
+        return super().unpin_blocks(*args, **kwargs)
+
+    def move_block_hashes(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        self._stop("move_block_hashes (copy-on-write of a partial prefix hit) is not mirrored")
+        return super().move_block_hashes(*args, **kwargs)
+
+    def cache_partial_block(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        self._stop("cache_partial_block (partial-block prefix caching) is not mirrored")
+        return super().cache_partial_block(*args, **kwargs)
