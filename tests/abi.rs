@@ -523,6 +523,18 @@ fn pool_queries_and_shadow_counters_through_the_abi() {
         assert_eq!((st.num_blocks, st.free, st.cached, st.allocated), (6, 4, 1, 2));
         assert_eq!((a.tierkv_pool_reset_prefix_cache)(m, &mut n), status::OK);
         assert_eq!(n, 1);
+        let mut flags = [9u8; 2];
+        let two = [Hash { lo: 20, hi: 0 }, Hash { lo: 20, hi: 0 }];
+        assert_eq!(
+            (a.tierkv_pool_register_many)(m, ids.as_ptr(), two.as_ptr(), 2, flags.as_mut_ptr()),
+            status::OK
+        );
+        assert_eq!(flags, [1, 0], "one call, the first holder found");
+        assert_eq!(
+            (a.tierkv_pool_register_many)(m, [ids[0], 5].as_ptr(), two.as_ptr(), 2, std::ptr::null_mut()),
+            status::INVALID_ARGUMENT,
+            "block 5 is not held"
+        );
         assert_eq!((a.tierkv_pool_state)(m, std::ptr::null_mut()), status::INVALID_ARGUMENT);
         assert_eq!(
             (a.tierkv_pool_shadow_record)(m, 10, [0u64, 0, 2, 0].as_ptr()),

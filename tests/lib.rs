@@ -236,6 +236,7 @@ api! {
     tierkv_pool_register: fn(Mgr, u32, *const Hash, *mut u8) -> i32;
     tierkv_pool_acquire_cached: fn(Mgr, *const Hash, usize, *mut u32, *mut usize) -> i32;
     tierkv_pool_find: fn(Mgr, *const Hash, usize, *mut u32) -> i32;
+    tierkv_pool_register_many: fn(Mgr, *const u32, *const Hash, usize, *mut u8) -> i32;
     tierkv_pool_forget: fn(Mgr, *const u32, usize, *mut usize) -> i32;
     tierkv_pool_reset_prefix_cache: fn(Mgr, *mut usize) -> i32;
     tierkv_pool_state: fn(Mgr, *mut PoolState) -> i32;

@@ -751,6 +751,20 @@ enum TierkvStatus tierkv_pool_shadow_record(const struct TierkvManager *mgr,
                                             uint64_t ops,
                                             const uint64_t *disagreements);
 
+// `tierkv_pool_register` for `n` blocks in one call (one lock, one crossing):
+// held block `ids[i]` holds `hashes[i]`; `out_indexed[i]` (may be null) says
+// whether it is the block found for its identity. Stops at the first error (the
+// blocks before it stay registered; the message names the failing one).
+//
+// # Safety
+// `ids`, `hashes` valid for `n` reads; `out_indexed` null or valid for `n` writes.
+// Takes the pool lock.
+enum TierkvStatus tierkv_pool_register_many(const struct TierkvManager *mgr,
+                                            const uint32_t *ids,
+                                            const struct TierkvHash *hashes,
+                                            size_t n,
+                                            uint8_t *out_indexed);
+
 // Writes 1 to `*out_enabled` if semantic sharing is on for this manager's
 // namespace (`TIERKV_SEMANTIC`, `TIERKV_SEMANTIC_NAMESPACES`), else 0.
 //

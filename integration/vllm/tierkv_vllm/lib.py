@@ -270,6 +270,7 @@ def _load(path: str) -> ctypes.CDLL:
         "tierkv_pool_register": ([vp, ctypes.c_uint32, hp, u8p], ctypes.c_int),
         "tierkv_pool_acquire_cached": ([vp, hp, ctypes.c_size_t, u32p, szp], ctypes.c_int),
         "tierkv_pool_find": ([vp, hp, ctypes.c_size_t, u32p], ctypes.c_int),
+        "tierkv_pool_register_many": ([vp, u32p, hp, ctypes.c_size_t, u8p], ctypes.c_int),
         "tierkv_pool_forget": ([vp, u32p, ctypes.c_size_t, szp], ctypes.c_int),
         "tierkv_pool_reset_prefix_cache": ([vp, szp], ctypes.c_int),
         "tierkv_pool_state": ([vp, ctypes.POINTER(_PoolState)], ctypes.c_int),
@@ -484,6 +485,16 @@ class TierKV:
         first = ctypes.c_uint8()
         self._check(self._lib.tierkv_pool_register(self._h, block_id, arr, ctypes.byref(first)))
         return bool(first.value)
+
+    def pool_register_many(self, block_ids: Sequence[int], hashes: bytes) -> list[bool]:
+        """``pool_register`` of many blocks in one call."""
+        arr, n = _hash_array(hashes)
+        _same_length(n, block_ids)
+        if n == 0:
+            return []
+        out = (ctypes.c_uint8 * n)()
+        self._check(self._lib.tierkv_pool_register_many(self._h, self._ids(block_ids), arr, n, out))
+        return [bool(x) for x in out]
 
     def pool_acquire_cached(self, hashes: bytes) -> list[int]:
         arr, n = _hash_array(hashes)

@@ -11,7 +11,7 @@ everything, and every operation is mirrored into tierkv's pool (the C library's
 | ``get_new_blocks(n)`` | ``pool_allocate(n)`` | the ids, in order; how many cached blocks were evicted |
 | ``free_blocks(blocks)`` | ``pool_free(ids)`` | the free count |
 | ``touch(blocks)`` (prefix hit) | ``pool_acquire_cached`` / ``pool_fork`` | the block found for each identity |
-| ``cache_full_blocks`` | ``pool_register`` per new full block | which block is found for the identity |
+| ``cache_full_blocks`` | ``pool_register_many`` (the new full blocks) | which block is found for each identity |
 | ``get_cached_block`` | ``pool_find`` | the block found |
 | ``evict_blocks(ids)`` (failed loads) | ``pool_forget(ids)`` | how many identities were dropped |
 | ``reset_prefix_cache`` | ``pool_reset_prefix_cache`` | the free count |
@@ -188,22 +188,21 @@ class ShadowBlockPool(BlockPool):
         window = blocks[num_cached_blocks:num_full_blocks]
         before = [b.block_hash for b in window]
         super().cache_full_blocks(request, blocks, num_cached_blocks, num_full_blocks, *args, **kwargs)
+        ids, keys, firsts = [], [], []
         for b, old in zip(window, before):
             if b.is_null or b.block_hash is None or b.block_hash == old:
                 continue
-            key = b.block_hash
-            first = self.cached_block_hash_to_block.get_one_block(key)
-            indexed = self._mirror(
-                PREFIX_HITS, "cache_full_blocks", lambda: self._tkv.pool_register(b.block_id, identity(key))
-            )
-            if not self._shadow:
-                return
-            self._compare(
-                PREFIX_HITS,
-                first is not None and first.block_id == b.block_id,
-                indexed,
-                f"block {b.block_id} found first for its identity",
-            )
+            first = self.cached_block_hash_to_block.get_one_block(b.block_hash)
+            ids.append(b.block_id)
+            keys.append(identity(b.block_hash))
+            firsts.append(first is not None and first.block_id == b.block_id)
+        if not ids:
+            return
+        indexed = self._mirror(
+            PREFIX_HITS, "cache_full_blocks", lambda: self._tkv.pool_register_many(ids, b"".join(keys))
+        )
+        if indexed is not None:
+            self._compare(PREFIX_HITS, firsts, indexed, f"blocks {ids} found first for their identities")
 
     def get_cached_block(self, block_hash, kv_cache_group_ids):  # type: ignore[override]
         got = super().get_cached_block(block_hash, kv_cache_group_ids)

@@ -145,3 +145,41 @@ pub unsafe extern "C" fn tierkv_pool_shadow_record(
         manager(mgr)?.pool_shadow_record(ops, d).map_err(FfiError::from)
     })
 }
+
+/// `tierkv_pool_register` for `n` blocks in one call (one lock, one crossing):
+/// held block `ids[i]` holds `hashes[i]`; `out_indexed[i]` (may be null) says
+/// whether it is the block found for its identity. Stops at the first error (the
+/// blocks before it stay registered; the message names the failing one).
+///
+/// # Safety
+/// `ids`, `hashes` valid for `n` reads; `out_indexed` null or valid for `n` writes.
+/// Takes the pool lock.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_pool_register_many(
+    mgr: *const TierkvManager,
+    ids: *const u32,
+    hashes: *const TierkvHash,
+    n: usize,
+    out_indexed: *mut u8,
+) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointers, caller contract.
+        let (ids, hs) = unsafe { (slice_in(ids, n, "ids")?, slice_in(hashes, n, "hashes")?) };
+        let out = if out_indexed.is_null() {
+            None
+        } else {
+            // SAFETY: as above.
+            Some(unsafe { slice_out(out_indexed, n, "out_indexed") }?)
+        };
+        let hs: Vec<BlockHash> = hs.iter().map(|&h| h.into()).collect();
+        let mut flags = Vec::with_capacity(n);
+        let r = m.pool_register_many(ids, &hs, &mut flags);
+        if let Some(out) = out {
+            for (o, &f) in out.iter_mut().zip(&flags) {
+                *o = u8::from(f);
+            }
+        }
+        r.map_err(FfiError::from)
+    })
+}

@@ -44,6 +44,26 @@ impl Manager {
         self.with_pool(|p| p.register(id, hash))
     }
 
+    /// [`Manager::pool_register`] for many blocks under one lock: `ids[i]` holds
+    /// `hashes[i]`; appends whether each is the block found to `out`, stopping at
+    /// the first error (the blocks before it stay registered).
+    pub fn pool_register_many(
+        &self,
+        ids: &[BlockId],
+        hashes: &[BlockHash],
+        out: &mut Vec<bool>,
+    ) -> Result<(), ManagerError> {
+        if ids.len() != hashes.len() {
+            return Err(ManagerError::InvalidArgument("ids and hashes differ in length".into()));
+        }
+        self.with_pool(|p| {
+            for (&id, &h) in ids.iter().zip(hashes) {
+                out.push(p.register(id, h)?);
+            }
+            Ok(())
+        })
+    }
+
     /// References the blocks of the longest leading run of `hashes` the pool holds,
     /// appending their ids to `out`; returns the run's length.
     pub fn pool_acquire_cached(&self, hashes: &[BlockHash], out: &mut Vec<BlockId>) -> Result<usize, ManagerError> {

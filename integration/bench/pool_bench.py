@@ -1,0 +1,115 @@
+"""The engine block pool's cost per block: vLLM's own ``BlockPool`` (Python objects)
+against tierkv's (``tierkv_pool_*`` through ctypes: one call per request and
+operation, ``tierkv_pool_register_many`` for a request's blocks), and the
+shadow mode (vLLM's pool plus the mirror and its comparisons), on the operations a
+scheduler step makes: allocate a request's blocks, register (cache) them, look the
+prefix up and hit it, free them in reverse order.
+
+Run inside the vLLM environment:
+    TIERKV_LIB=target/release/libtierkv.so python integration/bench/pool_bench.py
+Prints one line per case: nanoseconds per block (median of --reps repetitions of
+--requests requests of --blocks blocks), all cases in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration" / "vllm"))
+
+BS = 16
+
+
+def hashes(requests: int, blocks: int) -> list[list[bytes]]:
+    return [[hashlib.sha256(f"{r}/{i}".encode()).digest() for i in range(blocks)] for r in range(requests)]
+
+
+def vllm_cycle(pool, reqs) -> None:
+    held = []
+    for hs in reqs:
+        blocks = pool.get_new_blocks(len(hs))
+        pool.cache_full_blocks(SimpleNamespace(block_hashes=hs), blocks, 0, len(hs), BS, 0)
+        held.append(blocks)
+    for blocks in held:
+        pool.free_blocks(reversed(blocks))
+    for hs in reqs:  # the same prompts again: every block a hit
+        hit = []
+        for h in hs:
+            got = pool.get_cached_block(h, [0])
+            if got is None:
+                break
+            hit.append(got[0])
+        pool.touch(hit)
+        pool.free_blocks(reversed(hit))
+
+
+def tierkv_cycle(tkv, reqs_keys) -> None:
+    held = []
+    for keys in reqs_keys:
+        n = len(keys) // 16
+        ids = tkv.pool_allocate(n)
+        tkv.pool_register_many(ids, keys)
+        held.append(ids)
+    for ids in held:
+        tkv.pool_free(ids[::-1])
+    for keys in reqs_keys:
+        ids = tkv.pool_acquire_cached(keys)
+        tkv.pool_free(ids[::-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--blocks", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=15)
+    args = ap.parse_args()
+    os.environ.setdefault("TIERKV_SHM_DIR", tempfile.mkdtemp())
+    os.environ["TIERKV_STORE_NAME"] = f"pool-bench-{uuid.uuid4().hex[:8]}"
+    os.environ.setdefault("TIERKV_CPU_BYTES", "4MiB")
+    from tierkv_vllm.lib import TierKV
+    from tierkv_vllm.pool import ShadowBlockPool, identity
+    from vllm.v1.core.block_pool import BlockPool
+    from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
+
+    n_blocks = args.requests * args.blocks + 1
+    reqs = hashes(args.requests, args.blocks)
+    keys = [b"".join(identity(make_block_hash_with_group_id(h, 0)) for h in hs) for hs in reqs]
+    per_cycle = 2 * args.requests * args.blocks  # each block allocated once and hit once
+
+    def bench(name: str, make, cycle, data) -> float:
+        times = []
+        for _ in range(args.reps):
+            pool = make()
+            t = time.perf_counter()
+            cycle(pool, data)
+            times.append(time.perf_counter() - t)
+        ns = statistics.median(times) / per_cycle * 1e9
+        print(f"{name}\tns_per_block\t{ns:.0f}", flush=True)
+        return ns
+
+    def tkv():
+        return TierKV(block_tokens=BS, block_bytes=4096, pool_blocks=n_blocks, exporter=False)
+
+    vllm_ns = bench("vllm_blockpool", lambda: BlockPool(n_blocks, True, BS), vllm_cycle, reqs)
+    tierkv_ns = bench("tierkv_pool_ctypes", tkv, tierkv_cycle, keys)
+    shadow_ns = bench(
+        "shadow_vllm_plus_mirror",
+        lambda: ShadowBlockPool(n_blocks, True, BS, tkv_factory=lambda n: tkv()),
+        vllm_cycle,
+        reqs,
+    )
+    print(f"ratio\ttierkv_over_vllm\t{tierkv_ns / vllm_ns:.2f}")
+    print(f"ratio\tshadow_over_vllm\t{shadow_ns / vllm_ns:.2f}")
+
+
+if __name__ == "__main__":
+    main()
