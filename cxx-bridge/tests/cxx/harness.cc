@@ -1,0 +1,119 @@
+// C++ checks of the tierkv cxx bridge, run by tests/cxx.rs under `cargo test`.
+// Each check appends to `failures` instead of stopping, so one run reports all.
+#include "tierkv-cxx/tests/cxx/harness.h"
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "tierkv-cxx/src/harness.rs.h"
+#include "tierkv-cxx/src/lib.rs.h"
+#include "tierkv.h"
+
+namespace tierkv_test {
+namespace {
+
+std::string failures;
+
+void check(bool ok, const std::string &what) {
+  if (!ok) failures += what + "\n";
+}
+
+template <class F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const rust::Error &e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+rust::String run_all() {
+  failures.clear();
+  constexpr uint64_t half = 4096, block = 2 * half, blocks = 8;
+  std::vector<uint8_t> mem(blocks * block);
+  for (size_t i = 0; i < mem.size(); ++i) mem[i] = static_cast<uint8_t>(i * 7 % 251);
+
+  tierkv::Params p{4, block, "cxx-harness", 8, false, false};
+  rust::Box<tierkv::Manager> m = tierkv::new_manager(p);
+  check(m->block_tokens() == 4, "block_tokens");
+
+  // K and V halves of each block: two regions.
+  uint64_t base = reinterpret_cast<uint64_t>(mem.data());
+  std::vector<tierkv::Region> regions{{base, block, half}, {base + half, block, half}};
+  m->register_layout(rust::Slice<const tierkv::Region>(regions.data(), regions.size()), blocks);
+
+  std::vector<uint32_t> tokens{1, 2, 3, 4, 5, 6, 7, 8, 9};
+  rust::Vec<tierkv::Hash> h = m->hash_tokens(rust::Slice<const uint32_t>(tokens.data(), tokens.size()), {});
+  check(h.size() == 2, "two full blocks hashed");
+  rust::Slice<const tierkv::Hash> hs(h.data(), h.size());
+  check(m->lookup(hs).hits == 0, "nothing held before the store");
+
+  std::vector<uint64_t> src{0, 1}, dst{4, 5};
+  rust::Vec<uint8_t> stored = m->store_blocks(hs, rust::Slice<const uint64_t>(src.data(), 2));
+  check(stored.size() == 2 && stored[0] == TIERKV_STORE_STORED && stored[1] == TIERKV_STORE_STORED, "stored");
+  tierkv::Lookup l = m->lookup(hs);
+  check(l.hits == 2 && l.tiers[0] == TIERKV_TIER_HOST && l.tiers[1] == TIERKV_TIER_HOST, "held in the host tier");
+  rust::Vec<uint8_t> loaded = m->load_blocks(hs, rust::Slice<const uint64_t>(dst.data(), 2));
+  check(loaded[0] == TIERKV_LOAD_LOADED && loaded[1] == TIERKV_LOAD_LOADED, "loaded");
+  check(std::memcmp(mem.data(), mem.data() + 4 * block, 2 * block) == 0, "loaded bytes equal the stored ones");
+
+  // Errors: the same text as tierkv_last_error for the same failure.
+  std::vector<uint64_t> bad{0, 99};
+  std::string e = error_of([&] { m->store_blocks(hs, rust::Slice<const uint64_t>(bad.data(), 2)); });
+  check(!e.empty(), "a block id out of range is an exception");
+  TierkvManagerParams cp{};
+  cp.block_tokens = 4;
+  cp.block_bytes = block;
+  cp.namespace_ = "cxx-harness";
+  cp.flags = TIERKV_CREATE_NO_EXPORTER;
+  TierkvManager *c = nullptr;
+  check(tierkv_manager_create(&cp, &c) == TIERKV_STATUS_OK, "C ABI manager");
+  TierkvRegion cr[2] = {{base, block, half}, {base + half, block, half}};
+  tierkv_register_layout(c, cr, 2, blocks);
+  TierkvHash ch[2] = {{h[0].lo, h[0].hi}, {h[1].lo, h[1].hi}};
+  check(tierkv_store_blocks(c, ch, bad.data(), 2, nullptr) == TIERKV_STATUS_INVALID_ARGUMENT, "C ABI refuses");
+  check(e == tierkv_last_error(), "what() == tierkv_last_error(): '" + e + "' vs '" + tierkv_last_error() + "'");
+  tierkv_manager_destroy(c);
+  std::vector<uint64_t> one{0};
+  check(error_of([&] { m->store_blocks(hs, rust::Slice<const uint64_t>(one.data(), 1)); }).find("hashes and block_ids") !=
+            std::string::npos,
+        "lengths must agree");
+  check(error_of([] { tierkv_test::guarded_panic(); }) == "internal error in tierkv: deliberate panic of the C++ harness",
+        "a panic is an exception, not an abort");
+
+  // KV events: named stores come back as one vLLM KVEventBatch.
+  m->events_start(0);
+  std::vector<uint64_t> keys{1001, 1002};
+  m->name_blocks(hs, rust::Slice<const uint64_t>(keys.data(), 2), {});
+  std::vector<uint32_t> more{10, 11, 12, 13, 14, 15, 16, 17};
+  rust::Vec<tierkv::Hash> h2 = m->hash_tokens(rust::Slice<const uint32_t>(more.data(), more.size()), {});
+  m->name_blocks(rust::Slice<const tierkv::Hash>(h2.data(), 2), rust::Slice<const uint64_t>(keys.data(), 2), {});
+  m->store_blocks(rust::Slice<const tierkv::Hash>(h2.data(), 2), rust::Slice<const uint64_t>(src.data(), 2));
+  tierkv::EventBatch b = m->take_events(4096);
+  check(b.events == 2 && b.remaining == 0, "two stores, two events");
+  check(b.bytes.size() > 2 && b.bytes[0] == 0x93 && b.bytes[1] == 0xcb, "msgpack [ts, events, null]");
+  check(!error_of([&] { m->take_events(16); }).empty(), "a buffer below 512 bytes is refused");
+
+  // The engine block pool.
+  rust::Vec<uint32_t> ids = m->pool_allocate(2);
+  check(ids.size() == 2, "allocated");
+  rust::Vec<bool> first = m->pool_register(rust::Slice<const uint32_t>(ids.data(), 2), hs);
+  check(first[0] && first[1], "registered");
+  rust::Vec<uint32_t> found = m->pool_find(hs);
+  check(found[0] == ids[0] && found[1] == ids[1], "found");
+  m->pool_free(rust::Slice<const uint32_t>(ids.data(), 2));
+  rust::Vec<uint32_t> hit = m->pool_acquire_cached(hs);
+  check(hit.size() == 2, "a prefix hit in the pool");
+  check(m->pool_state().hits == 2, "pool counters");
+  check(!error_of([&] { m->pool_allocate(100); }).empty(), "too many blocks is an exception");
+  check(m->tier_status(TIERKV_TIER_HOST).up && !m->tier_status(TIERKV_TIER_DISK).configured, "tier status");
+  check(std::string(m->metrics_text()).find("tierkv_block_ops_total") != std::string::npos, "metrics");
+  return rust::String(failures);
+}
+
+}  // namespace tierkv_test
