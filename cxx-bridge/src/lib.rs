@@ -218,14 +218,7 @@ fn invalid(msg: impl Into<String>) -> Error {
 pub fn guard<T>(body: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(r) => r,
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Error(format!("internal error in tierkv: {msg}")))
-        }
+        Err(panic) => Err(Error(tierkv::ffi::panic_text(&*panic))),
     }
 }
 

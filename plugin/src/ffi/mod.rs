@@ -135,15 +135,21 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<(), FfiError>) -> TierkvStatus
             e.status
         }
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            set_last_error(&format!("internal error in tierkv: {msg}"));
+            set_last_error(&panic_text(&*panic));
             TierkvStatus::Internal
         }
     }
+}
+
+/// The error text of a panic caught at the wall (`tierkv_last_error`'s, and the
+/// C++ bridge's exception text).
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("internal error in tierkv: {msg}")
 }
 
 static MANAGERS: Registry<Manager> = Registry::new();
