@@ -167,3 +167,18 @@ def test_kv_events_decode_with_vllms_own_classes(env):
     with pytest.raises(ValueError):
         t.name_blocks(hashes, keys[:-1])
     t.close()
+
+
+@pytest.mark.parametrize("version,message", [(2, "has C ABI 2"), (3, "lacks tierkv_last_error")])
+def test_an_older_library_is_a_clear_error(tmp_path, version, message):
+    """Another ABI version, or an older build of this one (exports are only added
+    within a version), is refused with a message saying so, not a symbol error."""
+    from tierkv_vllm.lib import _load
+
+    src = tmp_path / "old.c"
+    src.write_text(f"unsigned tierkv_abi_version(void) {{ return {version}; }}\n")
+    lib = tmp_path / f"libold{version}.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    with pytest.raises(TierKVError) as e:
+        _load(str(lib))
+    assert message in str(e.value)

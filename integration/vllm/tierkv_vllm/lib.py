@@ -278,12 +278,17 @@ def _load(path: str) -> ctypes.CDLL:
         "tierkv_name_blocks": ([vp, hp, u64p, u64p, ctypes.c_size_t], ctypes.c_int),
         "tierkv_take_events": ([vp, u8p, ctypes.c_size_t, szp, szp, szp], ctypes.c_int),
     }
-    for name, (args, res) in sigs.items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = args, res
+    lib.tierkv_abi_version.argtypes, lib.tierkv_abi_version.restype = [], ctypes.c_uint32
     version = lib.tierkv_abi_version()
     if version != ABI_VERSION:
         raise TierKVError(2, f"{path} has C ABI {version}, this binding needs {ABI_VERSION}")
+    for name, (args, res) in sigs.items():
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            # Same ABI version, older build: exports are only ever added within one.
+            raise TierKVError(2, f"{path} lacks {name}: it is older than this binding (rebuild or reinstall it)") from None
+        fn.argtypes, fn.restype = args, res
     _LIBS[path] = lib
     return lib
 
