@@ -52,12 +52,16 @@ def vllm_cycle(pool, reqs) -> None:
         pool.free_blocks(reversed(hit))
 
 
-def tierkv_cycle(tkv, reqs_keys) -> None:
+def tierkv_cycle(tkv, reqs_keys, per_block: bool = False) -> None:
     held = []
     for keys in reqs_keys:
         n = len(keys) // 16
         ids = tkv.pool_allocate(n)
-        tkv.pool_register_many(ids, keys)
+        if per_block:  # one crossing per block: what batching saves
+            for i, block_id in enumerate(ids):
+                tkv.pool_register(block_id, keys[16 * i : 16 * (i + 1)])
+        else:
+            tkv.pool_register_many(ids, keys)
         held.append(ids)
     for ids in held:
         tkv.pool_free(ids[::-1])
@@ -101,6 +105,7 @@ def main() -> None:
 
     vllm_ns = bench("vllm_blockpool", lambda: BlockPool(n_blocks, True, BS), vllm_cycle, reqs)
     tierkv_ns = bench("tierkv_pool_ctypes", tkv, tierkv_cycle, keys)
+    bench("tierkv_pool_ctypes_register_per_block", tkv, lambda t, k: tierkv_cycle(t, k, per_block=True), keys)
     shadow_ns = bench(
         "shadow_vllm_plus_mirror",
         lambda: ShadowBlockPool(n_blocks, True, BS, tkv_factory=lambda n: tkv()),

@@ -66,12 +66,9 @@ def _register_connector() -> None:
     except Exception as e:  # another vLLM layout: the module path still works
         _log.info("tierkv: connector not registered by name (%s); use kv_connector_module_path", e)
         return
-    registry = getattr(KVConnectorFactory, "_registry", {})
-    if CONNECTOR_NAME in registry:
-        return
     try:
         KVConnectorFactory.register_connector(CONNECTOR_NAME, "tierkv_vllm.connector", "TierKVConnector")
-    except ValueError:  # registered concurrently
+    except ValueError:  # already registered: plugins may load more than once
         return
 
 

@@ -69,6 +69,9 @@ class ShadowBlockPool(BlockPool):
         self._pending = [0] * len(POOL_DISAGREEMENT_KINDS)
         self.disagreements = [0] * len(POOL_DISAGREEMENT_KINDS)
         self._logged = 0
+        # tierkv's eviction count as of its last state read (every mutating call
+        # reads the state to compare free counts).
+        self._evictions = 0
         self._shadow = True
         # vLLM's first block is its null block, never freed.
         null = self._mirror(ALLOCATED_IDS, "the null block", lambda: self._tkv.pool_allocate(1))
@@ -100,6 +103,7 @@ class ShadowBlockPool(BlockPool):
         st = self._mirror(FREE_COUNT, "pool_state", self._tkv.pool_state)
         if st is not None:
             self._compare(FREE_COUNT, self.get_num_free_blocks(), st["free"], f"free blocks after {what}")
+            self._evictions = st["evictions"]
         return st
 
     def _mirror(self, kind: int, what: str, call: Callable[[], Any]) -> Any:
@@ -144,14 +148,14 @@ class ShadowBlockPool(BlockPool):
         if not self._shadow:
             return ret
         what = f"get_new_blocks({num_blocks})"
-        before = self._mirror(FREE_COUNT, "pool_state", self._tkv.pool_state)
+        before = self._evictions
         ids = self._mirror(ALLOCATED_IDS, what, lambda: self._tkv.pool_allocate(num_blocks))
-        if before is None or ids is None:
+        if ids is None:
             return ret
         self._compare(ALLOCATED_IDS, [b.block_id for b in ret], ids, what)
         after = self._compare_free("get_new_blocks")
         if after is not None:
-            self._compare(EVICTION_VICTIMS, len(self._victims), after["evictions"] - before["evictions"], what)
+            self._compare(EVICTION_VICTIMS, len(self._victims), after["evictions"] - before, what)
         return ret
 
     def free_blocks(self, ordered_blocks: Iterable):  # type: ignore[override]

@@ -234,19 +234,20 @@ impl Movement {
                 // caller guarantees the memory is readable and not being written.
                 unsafe { std::slice::from_raw_parts(p as *const u8, n) }
             }));
+            let ctx = self.ctx(i, h);
             let o = if direct {
                 // Host memory is short (the scheduler says so): straight down.
                 let first = &self.lower[0];
                 first.observe(h);
-                if first.offer(h, self.ctx(i, h), &segs)? {
+                if first.offer(h, ctx, &segs)? {
                     StoreOutcome::Stored
                 } else {
                     StoreOutcome::NoSpace
                 }
             } else {
-                let o = Tier::store(&*self.host, h, self.ctx(i, h), &segs)?;
+                let o = Tier::store(&*self.host, h, ctx, &segs)?;
                 if matches!(o, StoreOutcome::Stored | StoreOutcome::AlreadyPresent) {
-                    self.offer_down(h, i, &segs)?;
+                    self.offer_down(h, ctx, &segs)?;
                 }
                 o
             };
@@ -259,10 +260,10 @@ impl Movement {
 
     /// A use of a block the host tier holds: counted by every lower tier's
     /// admission and offered to each.
-    fn offer_down(&self, hash: BlockHash, i: usize, segs: &[&[u8]]) -> Result<(), TierError> {
+    fn offer_down(&self, hash: BlockHash, ctx: BlockCtx, segs: &[&[u8]]) -> Result<(), TierError> {
         for l in &self.lower {
             l.observe(hash);
-            l.offer(hash, self.ctx(i, hash), segs)?;
+            l.offer(hash, ctx, segs)?;
         }
         Ok(())
     }
@@ -312,7 +313,7 @@ impl Movement {
                 // A reuse: counts for admission, and may now go down.
                 LoadOutcome::Loaded => {
                     let view: Vec<&[u8]> = segs.iter().map(|s| &**s).collect();
-                    self.offer_down(h, i, &view)?;
+                    self.offer_down(h, self.ctx(i, h), &view)?;
                 }
                 LoadOutcome::Miss => missed.push(i),
                 _ => {}

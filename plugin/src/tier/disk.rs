@@ -646,12 +646,6 @@ impl DiskTier {
         }
     }
 
-    /// [`DiskTier::store`] with the block's context: namespace, chain depth and
-    /// the engine's key (kept in the block's header).
-    pub fn store_ctx(&self, hash: BlockHash, ctx: BlockCtx, data: &[&[u8]]) -> StoreOutcome {
-        self.store_named(hash, ctx, data)
-    }
-
     /// [`DiskTier::offload`], saying which: `Stored` (queued now),
     /// `AlreadyPresent` (on disk or queued before), `NoSpace` (queue full, tier
     /// down, a reader, or a block of the wrong length).
@@ -662,10 +656,12 @@ impl DiskTier {
             key: 0,
             parent: 0,
         };
-        self.store_named(hash, ctx, data)
+        self.store_ctx(hash, ctx, data)
     }
 
-    fn store_named(&self, hash: BlockHash, ctx: BlockCtx, data: &[&[u8]]) -> StoreOutcome {
+    /// [`DiskTier::store`] with the block's context: namespace, chain depth and
+    /// the engine's key (kept in the block's header).
+    pub fn store_ctx(&self, hash: BlockHash, ctx: BlockCtx, data: &[&[u8]]) -> StoreOutcome {
         let inner = &self.inner;
         if !inner.owner {
             return StoreOutcome::NoSpace;

@@ -172,13 +172,7 @@ impl HostTier {
 
     /// [`HostTier::store`] of a block the engine calls `key` (its parent `parent`;
     /// 0: none): the key is kept with the block and names it in KV events.
-    pub fn store_keyed(
-        &self,
-        hash: BlockHash,
-        key: u64,
-        parent: u64,
-        segs: &[&[u8]],
-    ) -> Result<StoreOutcome, TierError> {
+    fn store_keyed(&self, hash: BlockHash, key: u64, parent: u64, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
         self.check_len(segs.iter().map(|s| s.len() as u64).sum())?;
         let start = Instant::now();
         let ticket = match self.reserve(hash, key)? {

@@ -114,7 +114,8 @@ class EventNames:
 
     def __init__(self, block_size: int):
         self._bs = block_size
-        self._tokens: OrderedDict[int, tuple[int, tuple[int, ...]]] = OrderedDict()
+        # vLLM block hash -> the block's tokens (parents travel with the names).
+        self._tokens: OrderedDict[int, tuple[int, ...]] = OrderedDict()
         self._pending: list[KVCacheEvent] = []
 
     def name(self, request: "Request", positions: list[int], hashes: bytes, names: list) -> None:
@@ -123,9 +124,9 @@ class EventNames:
         keys = [block_key(request, p) for p in positions]
         parents = [block_key(request, p - 1) if p > 0 else 0 for p in positions]
         tokens = request.all_token_ids
-        for p, k, parent in zip(positions, keys, parents):
+        for p, k in zip(positions, keys):
             if k:
-                self._tokens[k] = (parent, tuple(tokens[p * self._bs : (p + 1) * self._bs]))
+                self._tokens[k] = tuple(tokens[p * self._bs : (p + 1) * self._bs])
                 self._tokens.move_to_end(k)
         while len(self._tokens) > _TOKENS_KEPT:
             self._tokens.popitem(last=False)
@@ -139,10 +140,8 @@ class EventNames:
         for ev in got.get_all_events():
             if isinstance(ev, BlockStored) and not ev.token_ids:
                 known = [self._tokens.get(k) for k in ev.block_hashes]
-                if all(t is not None and len(t[1]) == self._bs for t in known):
-                    ev.token_ids = [tok for t in known for tok in t[1]]  # type: ignore[union-attr]
-                if ev.parent_block_hash is None and known[0] is not None and known[0][0]:
-                    ev.parent_block_hash = known[0][0]
+                if all(t is not None and len(t) == self._bs for t in known):
+                    ev.token_ids = [tok for t in known for tok in t]  # type: ignore[union-attr]
             self._pending.append(ev)
 
     def take(self) -> list[KVCacheEvent]:
