@@ -475,6 +475,11 @@ fn engine_pool_through_the_abi() {
             status::OK
         );
         assert_eq!((n, got[0]), (1, 0));
+        // touch references exactly the block named (here held: one more reference,
+        // released below with the acquired one); an unknown id is refused.
+        assert_eq!((a.tierkv_pool_touch)(m, got.as_ptr(), 1), status::OK);
+        assert_eq!((a.tierkv_pool_free)(m, [0u32, 0].as_ptr(), 2), status::OK);
+        assert_eq!((a.tierkv_pool_touch)(m, [99u32].as_ptr(), 1), status::INVALID_ARGUMENT);
     }
     destroy(m);
     let (m, _s) = create(4, 4096, 0, &[]);

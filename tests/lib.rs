@@ -232,6 +232,7 @@ api! {
     tierkv_pool_allocate: fn(Mgr, usize, *mut u32) -> i32;
     tierkv_pool_free: fn(Mgr, *const u32, usize) -> i32;
     tierkv_pool_fork: fn(Mgr, *const u32, usize) -> i32;
+    tierkv_pool_touch: fn(Mgr, *const u32, usize) -> i32;
     tierkv_pool_copy_on_write: fn(Mgr, u32, *mut u32, *mut u8) -> i32;
     tierkv_pool_register: fn(Mgr, u32, *const Hash, *mut u8) -> i32;
     tierkv_pool_acquire_cached: fn(Mgr, *const Hash, usize, *mut u32, *mut usize) -> i32;

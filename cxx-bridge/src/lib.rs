@@ -179,6 +179,9 @@ mod ffi {
         fn pool_free(self: &Manager, ids: &[u32]) -> Result<()>;
         /// Adds one reference to each of `ids`.
         fn pool_fork(self: &Manager, ids: &[u32]) -> Result<()>;
+        /// References exactly these blocks (a prefix hit on blocks `pool_find`
+        /// named); free ones leave the free list.
+        fn pool_touch(self: &Manager, ids: &[u32]) -> Result<()>;
         /// Held blocks `ids[i]` hold `hashes[i]`; whether each is the one found.
         fn pool_register(self: &Manager, ids: &[u32], hashes: &[Hash]) -> Result<Vec<bool>>;
         /// References the blocks of the longest leading run of `hashes` held.
@@ -463,6 +466,11 @@ impl Manager {
     /// References engine blocks once more.
     pub fn pool_fork(&self, ids: &[u32]) -> Result<(), Error> {
         guard(|| Ok(self.0.pool_fork(ids)?))
+    }
+
+    /// References exactly these blocks (a prefix hit on blocks `pool_find` named).
+    pub fn pool_touch(&self, ids: &[u32]) -> Result<(), Error> {
+        guard(|| Ok(self.0.pool_touch(ids)?))
     }
 
     /// Registers identities of held blocks.

@@ -551,6 +551,14 @@ enum TierkvStatus tierkv_pool_free(const struct TierkvManager *mgr, const uint32
 // `ids` valid for `n` reads. Takes the pool lock.
 enum TierkvStatus tierkv_pool_fork(const struct TierkvManager *mgr, const uint32_t *ids, size_t n);
 
+// References exactly the blocks `ids` (a prefix hit on blocks found with
+// `tierkv_pool_find`): a free block leaves the free list, a held one gains a
+// reference. Validates all first: on error nothing changes.
+//
+// # Safety
+// `ids` valid for `n` reads. Takes the pool lock.
+enum TierkvStatus tierkv_pool_touch(const struct TierkvManager *mgr, const uint32_t *ids, size_t n);
+
 // Prepares block `id` for writing. Writes the block to write to `*out_id`, and 1 to
 // `*out_copy` when the engine must first copy the KV of `id` into `*out_id` (the
 // block was shared), else 0.

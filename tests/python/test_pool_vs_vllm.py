@@ -142,3 +142,47 @@ def test_a_pool_out_of_line_is_caught(env):
     for _ in range(200):
         s.step()
     assert pool.disagreements[0] > 0 and pool.disagreements[3] > 0
+
+
+# ------------------------------------------------ TIERKV_VLLM_POOL=rust: tierkv decides
+
+
+def _view(pool, s: Scheduler) -> tuple:
+    """What vLLM's scheduler and the engine see of a pool."""
+    return (
+        [(b.block_id, b.ref_cnt, b.block_hash) for b in pool.blocks],
+        pool.get_num_free_blocks(),
+        [[b.block_id for b in blocks] for _, blocks, _ in s.admitted],
+        [[b.block_id for b in blocks] for _, blocks in s.running],
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tierkvs_pool_deciding_serves_vllm_exactly_as_its_own(env, seed):
+    """RustBlockPool (tierkv's pool chooses blocks, victims and hits) and vLLM's
+    BlockPool, driven by the same random schedule, give vLLM the same view after
+    every call: the same blocks, counts, hashes and free counts; tierkv's own free
+    count matches; every victim reaches the demotion sink once."""
+    from vllm.v1.core.block_pool import BlockPool
+
+    from tierkv_vllm import pool as pool_mod
+
+    victims: list[tuple[bytes, int, bool]] = []
+    pool_mod.set_demotion_sink(victims.extend)
+    try:
+        theirs = BlockPool(24, True, BS)
+        ours = pool_mod.RustBlockPool(
+            24, True, BS, tkv_factory=lambda n: TierKV(block_tokens=BS, block_bytes=4096, pool_blocks=n)
+        )
+        a, b = Scheduler(theirs, random.Random(seed)), Scheduler(ours, random.Random(seed))
+        for i in range(1500):
+            a.step()
+            b.step()
+            assert _view(theirs, a) == _view(ours, b), f"step {i}"
+            assert ours._tkv.pool_state()["free"] == ours.get_num_free_blocks()
+        st = ours._tkv.pool_state()
+        assert st["hits"] > 0 and st["evictions"] > 0
+        assert ours.victims == len(victims) == st["evictions"]
+        assert all(isinstance(h, bytes) and 0 < bid < 24 for h, bid, _ in victims)
+    finally:
+        pool_mod.set_demotion_sink(None)

@@ -110,6 +110,10 @@ rust::String run_all() {
   rust::Vec<uint32_t> hit = m->pool_acquire_cached(hs);
   check(hit.size() == 2, "a prefix hit in the pool");
   check(m->pool_state().hits == 2, "pool counters");
+  // touch: exactly the blocks find named, held or free.
+  m->pool_free(rust::Slice<const uint32_t>(hit.data(), 2));
+  m->pool_touch(rust::Slice<const uint32_t>(found.data(), 2));
+  check(m->pool_state().hits == 4 && m->pool_state().free == m->pool_state().num_blocks - 2, "touched");
   check(!error_of([&] { m->pool_allocate(100); }).empty(), "too many blocks is an exception");
   check(m->tier_status(TIERKV_TIER_HOST).up && !m->tier_status(TIERKV_TIER_DISK).configured, "tier status");
   check(std::string(m->metrics_text()).find("tierkv_block_ops_total") != std::string::npos, "metrics");

@@ -267,6 +267,7 @@ def _load(path: str) -> ctypes.CDLL:
         "tierkv_pool_allocate": ([vp, ctypes.c_size_t, u32p], ctypes.c_int),
         "tierkv_pool_free": ([vp, u32p, ctypes.c_size_t], ctypes.c_int),
         "tierkv_pool_fork": ([vp, u32p, ctypes.c_size_t], ctypes.c_int),
+        "tierkv_pool_touch": ([vp, u32p, ctypes.c_size_t], ctypes.c_int),
         "tierkv_pool_register": ([vp, ctypes.c_uint32, hp, u8p], ctypes.c_int),
         "tierkv_pool_acquire_cached": ([vp, hp, ctypes.c_size_t, u32p, szp], ctypes.c_int),
         "tierkv_pool_find": ([vp, hp, ctypes.c_size_t, u32p], ctypes.c_int),
@@ -481,6 +482,11 @@ class TierKV:
 
     def pool_fork(self, ids: Sequence[int]) -> None:
         self._check(self._lib.tierkv_pool_fork(self._h, self._ids(ids), len(ids)))
+
+    def pool_touch(self, ids: Sequence[int]) -> None:
+        """References exactly these blocks (a prefix hit on blocks ``pool_find``
+        named); free ones leave the free list."""
+        self._check(self._lib.tierkv_pool_touch(self._h, self._ids(ids), len(ids)))
 
     def pool_register(self, block_id: int, hash16: bytes) -> bool:
         """Whether ``block_id`` is now the block found for ``hash16``."""

@@ -11,13 +11,16 @@ anything. It
    (``kv_connector_module_path`` still works and takes precedence);
 2. with ``TIERKV_VLLM_POOL=shadow``, has vLLM's KV cache coordinator build a
    ``pool.ShadowBlockPool`` (vLLM's pool, every operation mirrored into tierkv's
-   and compared) instead of its ``BlockPool``. It refuses, with a log line saying
-   why, and leaves vLLM untouched, for a vLLM version other than the ones tested
-   (``TESTED_VLLM``) and for engines whose pool use tierkv does not mirror: hybrid
-   models (several KV cache groups), partial-block prefix caching
-   (``hash_block_size`` below the block size), decode or prefill context
-   parallelism. ``TIERKV_VLLM_POOL=rust`` (tierkv's pool deciding) is not
-   available yet: it is refused the same way.
+   and compared) instead of its ``BlockPool``; with ``TIERKV_VLLM_POOL=rust``, a
+   ``pool.RustBlockPool`` (tierkv's pool deciding free order, eviction victims
+   and prefix hits; victims demoted to the host tier by the connector). It
+   refuses, with a log line saying why, and leaves vLLM untouched, for a vLLM
+   version other than the ones tested (``TESTED_VLLM``) and for engines whose
+   pool use tierkv does not follow: hybrid models (several KV cache groups),
+   partial-block prefix caching (``hash_block_size`` below the block size),
+   decode or prefill context parallelism, and (``rust``) any attention type but
+   full attention (Mamba's copy-on-write and HiSparse change block counts
+   outside the pool).
 
 Registration is idempotent (vLLM may load plugins more than once per process) and
 never fails the engine.
@@ -32,14 +35,14 @@ import threading
 from typing import Any
 
 CONNECTOR_NAME = "TierKVConnector"
-# vLLM versions the pool shadow was run against (tests/e2e, TIERKV_VLLM_POOL=shadow).
+# vLLM versions the pool modes were run against (tests/e2e with TIERKV_VLLM_POOL=shadow and rust).
 TESTED_VLLM = ("0.32.0",)
 POOL_MODES = ("off", "shadow", "rust")
 
 _log = logging.getLogger("vllm.tierkv")
 _lock = threading.Lock()
 _pool_installed = False
-# The coordinator being built, while it is built (its pool is a shadow).
+# The coordinator being built, while it is built (its pool is tierkv-backed).
 _building = threading.local()
 
 
@@ -51,13 +54,7 @@ def register() -> None:
     if mode not in POOL_MODES:
         _log.error("tierkv: TIERKV_VLLM_POOL=%r is not one of %s; vLLM's pool is used", mode, "/".join(POOL_MODES))
         return
-    if mode == "rust":
-        _log.error(
-            "tierkv: TIERKV_VLLM_POOL=rust (tierkv's pool deciding) is not available in this version; "
-            "vLLM's pool is used (TIERKV_VLLM_POOL=shadow compares the two)"
-        )
-        return
-    _install_shadow()
+    _install_pool(mode)
 
 
 def _register_connector() -> None:
@@ -72,8 +69,11 @@ def _register_connector() -> None:
         return
 
 
-def refusal(kv_cache_config: Any, hash_block_size: int, dcp_world_size: int, pcp_world_size: int) -> str | None:
-    """Why this engine's pool cannot be shadowed (``None``: it can)."""
+def refusal(
+    kv_cache_config: Any, hash_block_size: int, dcp_world_size: int, pcp_world_size: int, mode: str = "shadow"
+) -> str | None:
+    """Why this engine's pool cannot be shadowed (``mode="shadow"``) or replaced
+    (``"rust"``); ``None``: it can."""
     groups = kv_cache_config.kv_cache_groups
     if len(groups) != 1:
         return f"{len(groups)} KV cache groups (hybrid model)"
@@ -82,10 +82,15 @@ def refusal(kv_cache_config: Any, hash_block_size: int, dcp_world_size: int, pcp
         return f"partial-block prefix caching (hash_block_size {hash_block_size} != block size {block_size})"
     if dcp_world_size > 1 or pcp_world_size > 1:
         return "decode/prefill context parallelism"
+    spec = type(groups[0].kv_cache_spec).__name__
+    if mode == "rust" and spec != "FullAttentionSpec":
+        return f"attention type {spec} (only full attention keeps every block count inside the pool)"
+    if mode == "rust" and getattr(kv_cache_config, "needs_kv_cache_zeroing", False):
+        return "KV cache zeroing (mixed precision): vLLM zeroes new blocks before a victim could be demoted"
     return None
 
 
-def _install_shadow() -> None:
+def _install_pool(mode: str) -> None:
     global _pool_installed
     with _lock:
         if _pool_installed:
@@ -94,12 +99,13 @@ def _install_shadow() -> None:
             import vllm
             from vllm.v1.core import kv_cache_coordinator, kv_cache_manager
         except Exception as e:
-            _log.error("tierkv: pool shadow not installed: %s", e)
+            _log.error("tierkv: pool %s not installed: %s", mode, e)
             return
         version = getattr(vllm, "__version__", "?")
         if version not in TESTED_VLLM:
             _log.error(
-                "tierkv: pool shadow refused: vLLM %s was not tested with it (tested: %s); vLLM's pool is used as is",
+                "tierkv: pool %s refused: vLLM %s was not tested with it (tested: %s); vLLM's pool is used as is",
+                mode,
                 version,
                 ", ".join(TESTED_VLLM),
             )
@@ -111,9 +117,9 @@ def _install_shadow() -> None:
         def get_kv_cache_coordinator(*args, **kwargs):
             a = signature.bind(*args, **kwargs).arguments
             config = a["kv_cache_config"]
-            why = refusal(config, a["hash_block_size"], a.get("dcp_world_size", 1), a.get("pcp_world_size", 1))
+            why = refusal(config, a["hash_block_size"], a.get("dcp_world_size", 1), a.get("pcp_world_size", 1), mode)
             if why is not None:
-                _log.error("tierkv: pool shadow refused: %s; vLLM's pool is used as is", why)
+                _log.error("tierkv: pool %s refused: %s; vLLM's pool is used as is", mode, why)
                 return original_get(*args, **kwargs)
             _building.config = config
             try:
@@ -125,18 +131,19 @@ def _install_shadow() -> None:
             config = getattr(_building, "config", None)
             if config is None:
                 return original_pool(*args, **kwargs)
-            from .pool import ShadowBlockPool
+            from .pool import RustBlockPool, ShadowBlockPool
 
-            return ShadowBlockPool(*args, tkv_factory=_tierkv_for(config), **kwargs)
+            cls = RustBlockPool if mode == "rust" else ShadowBlockPool
+            return cls(*args, tkv_factory=_tierkv_for(config, mode), **kwargs)
 
         kv_cache_manager.get_kv_cache_coordinator = get_kv_cache_coordinator
         kv_cache_coordinator.BlockPool = block_pool
         _pool_installed = True
-        _log.info("tierkv: pool shadow installed (TIERKV_VLLM_POOL=shadow, vLLM %s)", version)
+        _log.info("tierkv: pool %s installed (TIERKV_VLLM_POOL=%s, vLLM %s)", mode, mode, version)
 
 
-def _tierkv_for(kv_cache_config: Any):
-    """A factory of the tierkv manager holding the shadow pool: it joins the
+def _tierkv_for(kv_cache_config: Any, mode: str):
+    """A factory of the tierkv manager holding the engine pool: it joins the
     engine's store (same block size as the connector's), exports nothing (the
     connector's worker does) and never writes the disk tier."""
 
@@ -147,7 +154,7 @@ def _tierkv_for(kv_cache_config: Any):
         return TierKV(
             block_tokens=kv_cache_config.kv_cache_groups[0].kv_cache_spec.block_size,
             block_bytes=_block_bytes(kv_cache_config),
-            namespace="tierkv-pool-shadow",
+            namespace=f"tierkv-pool-{mode}",
             pool_blocks=num_blocks,
             exporter=False,
             disk_reader=True,

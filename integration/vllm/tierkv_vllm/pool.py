@@ -258,3 +258,180 @@ class ShadowBlockPool(BlockPool):
     def cache_partial_block(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         self._stop("cache_partial_block (partial-block prefix caching) is not mirrored")
         return super().cache_partial_block(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------- rust mode
+
+# The scheduler process's consumer of G1 victims (the connector's scheduler half
+# registers itself): ``None`` when no connector runs, and then nothing is kept.
+_demotion_sink: Callable[[list[tuple[bytes, int, bool]]], None] | None = None
+# RustBlockPools with prefix caching on built in this process: the connector then
+# demotes G1 victims instead of storing every block after every step (with
+# caching off nothing stays in G1, so the connector stores as it always did).
+_demoting_pools = 0
+
+
+def pool_demotes() -> bool:
+    """Whether tierkv's pool decides for vLLM here and keeps blocks cached in G1
+    (the connector copies a block to the host tier only when it is evicted)."""
+    return _demoting_pools > 0
+
+
+def set_demotion_sink(sink: Callable[[list[tuple[bytes, int, bool]]], None] | None) -> None:
+    """Registers the callable that receives, at each allocation that evicted cached
+    blocks, ``(vLLM block hash, block id, last holder)`` of every victim, before
+    the engine may write them (see ``RustBlockPool``)."""
+    global _demotion_sink
+    _demotion_sink = sink
+
+
+class RustBlockPool(BlockPool):
+    """vLLM's ``BlockPool`` interface with tierkv's pool deciding
+    (``TIERKV_VLLM_POOL=rust``).
+
+    tierkv's pool (``tierkv_pool_*``) decides which block each allocation gets
+    (free order, so which cached block is evicted) and which block a prefix hit
+    finds. vLLM's Python objects stay vLLM's view of those decisions, kept in step
+    in the same call:
+
+    - ``KVCacheBlock.ref_cnt``: vLLM's managers read it (``is_block_writable``,
+      asserts) and vLLM's own code in this class changes it exactly where tierkv's
+      pool changes its count (allocate: 1; touch: +1; free: -1), so the two counts
+      are equal after every call. Nothing outside the pool writes it in vLLM 0.32
+      (the managers call ``touch``/``free_blocks``; HiSparse's ``unpin_blocks`` is
+      refused below).
+    - ``free_block_queue``: only its membership and count are kept (a block is in
+      it exactly when its count is 0), for ``get_num_free_blocks`` and
+      ``get_usage``; its order is never used to choose a block.
+    - ``cached_block_hash_to_block`` and ``block.block_hash``: updated by vLLM's
+      own code (``cache_full_blocks``, ``_maybe_evict_cached_block``) so vLLM's
+      KV events, metrics and the connector see what they always saw. Lookups
+      (``get_cached_block``) ask tierkv's index, not this map.
+
+    Every allocated block that still holds a hash is a victim of tierkv's
+    eviction: vLLM's view drops it (``_maybe_evict_cached_block``: BlockRemoved
+    event as before) and it goes to the demotion sink, so the connector copies
+    it to the host tier before the step's forward pass overwrites it.
+
+    Calls that reach into pool internals (``unpin_blocks``, ``move_block_hashes``,
+    ``cache_partial_block``) are refused when the pool is installed (see
+    ``plugin.refusal``); reaching one anyway raises, since vLLM's and tierkv's
+    counts would part.
+    """
+
+    def __init__(self, *args: Any, tkv_factory: Callable[[int], TierKV], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._tkv = tkv_factory(self.num_gpu_blocks)
+        # vLLM's constructor took block 0 as its null block: tierkv's pool does too.
+        null = self._tkv.pool_allocate(1)
+        if null != [self.null_block.block_id]:
+            raise RuntimeError(f"tierkv's pool gave block {null} as the null block, vLLM has block 0")
+        self.victims = 0
+        if self.enable_caching:
+            global _demoting_pools
+            _demoting_pools += 1
+
+    def get_new_blocks(self, num_blocks: int):  # type: ignore[override]
+        if num_blocks > self.get_num_free_blocks():
+            raise ValueError(f"Cannot get {num_blocks} free blocks from the pool")
+        ids = self._tkv.pool_allocate(num_blocks)
+        blocks = self.blocks
+        queue = self.free_block_queue
+        ret = [blocks[i] for i in ids]
+        if self._reuse_watchers:
+            self._notify_reuse(ret)
+        victims: list[tuple[bytes, int, bool]] = []
+        for block in ret:
+            assert block.ref_cnt == 0, f"tierkv allocated block {block.block_id} that vLLM counts as held"
+            queue.remove(block)
+            h = block.block_hash
+            if self.enable_caching and self._maybe_evict_cached_block(block) and h is not None:
+                last = self.cached_block_hash_to_block.get_one_block(h) is None
+                victims.append((h, block.block_id, last))
+            block.ref_cnt = 1
+            if self.metrics_collector:
+                self.metrics_collector.on_block_allocated(block)
+        if victims:
+            self.victims += len(victims)
+            if _demotion_sink is not None:
+                _demotion_sink(victims)
+        return ret
+
+    def free_blocks(self, ordered_blocks: Iterable):  # type: ignore[override]
+        ids: list[int] = []
+        other_pools: dict[BlockPool, list] = {}
+        released = []
+        for block in ordered_blocks:
+            if block.pool is not None and block.pool is not self:
+                other_pools.setdefault(block.pool, []).append(block)
+                continue
+            if block.is_null:
+                continue
+            ids.append(block.block_id)
+        if ids:
+            # tierkv orders the free list (vLLM's rule: unhashed to the head,
+            # hashed to the tail in the order given); it validates every id first.
+            self._tkv.pool_free(ids)
+            blocks = self.blocks
+            for i in ids:
+                block = blocks[i]
+                block.ref_cnt -= 1
+                if block.ref_cnt == 0:
+                    released.append(block)
+            self.free_block_queue.append_n(released)
+        for pool, blocks in other_pools.items():
+            pool.free_blocks(blocks)
+
+    def touch(self, blocks: Sequence):  # type: ignore[override]
+        ids = [b.block_id for b in blocks if not b.is_null]
+        if ids:
+            self._tkv.pool_touch(ids)
+        queue = self.free_block_queue
+        for block in blocks:
+            if block.ref_cnt == 0 and not block.is_null:
+                queue.remove(block)
+            block.ref_cnt += 1
+            if self.metrics_collector:
+                self.metrics_collector.on_block_accessed(block)
+
+    def cache_full_blocks(self, request, blocks, num_cached_blocks, num_full_blocks, *args, **kwargs):  # type: ignore[override]
+        window = blocks[num_cached_blocks:num_full_blocks]
+        before = [b.block_hash for b in window]
+        super().cache_full_blocks(request, blocks, num_cached_blocks, num_full_blocks, *args, **kwargs)
+        ids, keys = [], []
+        for b, old in zip(window, before):
+            if b.is_null or b.block_hash is None or b.block_hash == old:
+                continue
+            ids.append(b.block_id)
+            keys.append(identity(b.block_hash))
+        if ids:
+            self._tkv.pool_register_many(ids, b"".join(keys))
+
+    def get_cached_block(self, block_hash, kv_cache_group_ids):  # type: ignore[override]
+        from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
+
+        keys = b"".join(identity(make_block_hash_with_group_id(block_hash, g)) for g in kv_cache_group_ids)
+        found = self._tkv.pool_find(keys)
+        if any(i is None for i in found):
+            return None
+        return [self.blocks[i] for i in found]  # type: ignore[index]
+
+    def evict_blocks(self, block_ids: set[int]) -> None:  # type: ignore[override]
+        # Failed loads: their KV is unusable, so never demoted.
+        self._tkv.pool_forget(sorted(block_ids))
+        super().evict_blocks(block_ids)
+
+    def reset_prefix_cache(self) -> bool:  # type: ignore[override]
+        ok = super().reset_prefix_cache()
+        if ok:
+            self._tkv.pool_reset_prefix_cache()
+        return ok
+
+    def unpin_blocks(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        raise NotImplementedError("tierkv's pool (TIERKV_VLLM_POOL=rust) does not support unpin_blocks (HiSparse)")
+
+    def move_block_hashes(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        raise NotImplementedError("tierkv's pool (TIERKV_VLLM_POOL=rust) does not support move_block_hashes")
+
+    def cache_partial_block(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        raise NotImplementedError("tierkv's pool (TIERKV_VLLM_POOL=rust) does not support partial-block caching")

@@ -338,6 +338,33 @@ impl BlockPool {
         Ok(())
     }
 
+    /// References exactly the blocks in `ids` (a prefix hit on blocks the caller
+    /// found with [`BlockPool::find`]): a free block leaves the free list, a held one
+    /// gains a reference, as vLLM's `BlockPool.touch`. Validates every id first: on
+    /// error nothing is changed.
+    pub fn touch(&mut self, ids: &[BlockId]) -> Result<(), PoolError> {
+        let mut extra: HashMap<BlockId, u32> = HashMap::new();
+        for &id in ids {
+            self.check_id(id)?;
+            let e = extra.entry(id).or_insert(0);
+            *e += 1;
+            if self.slots[id as usize].ref_cnt.checked_add(*e).is_none() {
+                return Err(PoolError::TooManyReferences { id });
+            }
+        }
+        for &id in ids {
+            let slot = &mut self.slots[id as usize];
+            if slot.ref_cnt == 0 {
+                self.free.remove(&mut self.links, id);
+            }
+            if slot.hash.is_some() {
+                self.stats.hits += 1;
+            }
+            slot.ref_cnt += 1;
+        }
+        Ok(())
+    }
+
     /// Prepares `id` for writing. An exclusively held block is written in place
     /// (and forgets its identity, since its content will change); a shared one is
     /// replaced by a fresh block that the caller fills with a copy.

@@ -621,6 +621,23 @@ pub unsafe extern "C" fn tierkv_pool_fork(mgr: *const TierkvManager, ids: *const
     })
 }
 
+/// References exactly the blocks `ids` (a prefix hit on blocks found with
+/// `tierkv_pool_find`): a free block leaves the free list, a held one gains a
+/// reference. Validates all first: on error nothing changes.
+///
+/// # Safety
+/// `ids` valid for `n` reads. Takes the pool lock.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_pool_touch(mgr: *const TierkvManager, ids: *const u32, n: usize) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointer, caller contract.
+        let ids = unsafe { slice_in(ids, n, "ids") }?;
+        m.pool_touch(ids)?;
+        Ok(())
+    })
+}
+
 /// Prepares block `id` for writing. Writes the block to write to `*out_id`, and 1 to
 /// `*out_copy` when the engine must first copy the KV of `id` into `*out_id` (the
 /// block was shared), else 0.

@@ -34,6 +34,12 @@ impl Manager {
         self.with_pool(|p| p.fork(ids))
     }
 
+    /// References exactly the blocks `ids` (a prefix hit on blocks found with
+    /// [`Manager::pool_find`]); free ones leave the free list.
+    pub fn pool_touch(&self, ids: &[BlockId]) -> Result<(), ManagerError> {
+        self.with_pool(|p| p.touch(ids))
+    }
+
     /// Prepares block `id` for writing (copy-on-write when shared).
     pub fn pool_copy_on_write(&self, id: BlockId) -> Result<CowOutcome, ManagerError> {
         self.with_pool(|p| p.copy_on_write(id))

@@ -29,6 +29,9 @@ class TierKVMetadata(KVConnectorMetadata):
     # KV events on: (hashes, vLLM block hashes, their parents') of every block
     # stored or loaded, named in tierkv before the loads and stores.
     names: list[tuple[bytes, list[int], list[int]]] = field(default_factory=list)
+    # TIERKV_VLLM_POOL=rust: (hashes, engine block ids) of cached blocks tierkv's
+    # pool evicted this step, stored before anything else touches them.
+    demotes: list[tuple[bytes, list[int]]] = field(default_factory=list)
 
 
 @dataclass

@@ -7,9 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from collections import OrderedDict
+
 from ..lib import HASH_BYTES, OP_HASH, OP_LOOKUP, OP_OTHER, TIER_DISK, TOKEN_SOURCE_BYTES, TierKV
+from .. import pool as engine_pool
 from .common import Degrader, TierKVMetadata, TierKVWorkerMetadata, logger
-from .events import EventNames
+from .events import EventNames, block_key
 
 if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
@@ -18,6 +21,9 @@ if TYPE_CHECKING:
 
 # Times a block's store is planned again after it did not happen.
 _STORE_RETRIES = 3
+# TIERKV_VLLM_POOL=rust: vLLM block hashes remembered for demotion (the oldest
+# forgotten first: such a block is recomputed when needed again, never wrong).
+_DEMOTION_MAP_MAX = 1 << 18
 
 
 @dataclass
@@ -36,6 +42,7 @@ class _ReqState:
     looked_up: bool = False  # the first lookup was counted (re-asks are not)
     retry: set[int] = field(default_factory=set)  # block positions to store again
     retries: dict[int, int] = field(default_factory=dict)  # position -> times retried
+    mapped: int = 0  # TIERKV_VLLM_POOL=rust: leading blocks in the demotion map
 
 
 def _cacheable(request: "Request") -> bool:
@@ -78,6 +85,11 @@ class TierKVConnectorScheduler:
         # events the worker reported, for vLLM's publisher.
         self._events = EventNames(block_size) if events else None
         self._names: list[tuple[bytes, list[int], list[int]]] = []
+        # TIERKV_VLLM_POOL=rust: vLLM block hash -> (identity, event key, parent
+        # key) of the blocks cached in G1, and the victims to demote this step.
+        self._ident: OrderedDict[bytes, tuple[bytes, int, int]] = OrderedDict()
+        self._demotes: list[tuple[bytes, int, int, int]] = []
+        engine_pool.set_demotion_sink(self._on_victims)
 
     def _state(self, request: "Request") -> _ReqState:
         st = self._reqs.get(request.request_id)
@@ -110,15 +122,17 @@ class TierKVConnectorScheduler:
         if max_blocks <= start:
             return 0, False
         try:
-            # vLLM asks again for a waiting request: only its first lookup counts
-            # as a request in tierkv's lookup metrics.
-            tiers = self._tkv.lookup_tiers(st.hashes[: max_blocks * HASH_BYTES], repeat=st.looked_up)
+            # From the end of vLLM's own (G1) hit: one prefix hit spans G1 then the
+            # tiers (with TIERKV_VLLM_POOL=rust, G1's blocks are not in the host
+            # tier until evicted). vLLM asks again for a waiting request: only its
+            # first lookup counts as a request in tierkv's lookup metrics.
+            tiers = self._tkv.lookup_tiers(st.hashes[start * HASH_BYTES : max_blocks * HASH_BYTES], repeat=st.looked_up)
         except Exception as e:  # a failed lookup is a miss
             self._degrade(OP_LOOKUP, "lookup", e)
             return 0, False
         st.looked_up = True
-        hits = max(len(tiers), start)
-        pending_async = TIER_DISK in tiers[start:hits]
+        hits = start + len(tiers)
+        pending_async = TIER_DISK in tiers
         end = hits
         if self._semantic and not pending_async and num_computed_tokens == 0 and not st.approximate:
             try:
@@ -214,8 +228,62 @@ class TierKVConnectorScheduler:
                 st.block_ids.extend(new_ids[0])
             done = cached.num_computed_tokens[i] + so.num_scheduled_tokens.get(req_id, 0)
             self._plan_stores(st, done, meta)
+        if self._take_demotes(meta):
+            # The worker's start_load_kv must run before this step's forward pass
+            # (vLLM defers it past the forward when no load is synchronous): the
+            # forward overwrites the victims.
+            so.has_sync_kv_loads = True
         meta.names, self._names = self._names, []
         return meta
+
+    def _on_victims(self, victims: list[tuple[bytes, int, bool]]) -> None:
+        """tierkv's pool evicted these cached G1 blocks (``(vLLM hash with group,
+        block id, last holder)``) in this step's allocation: the worker stores the
+        ones it knows before the step's loads and forward pass reuse them."""
+        from vllm.v1.core.kv_cache_utils import get_block_hash
+
+        for h, block_id, last in victims:
+            vh = get_block_hash(h)
+            entry = self._ident.pop(vh, None) if last else self._ident.get(vh)
+            if entry is not None:
+                ident, key, parent = entry
+                self._demotes.append((ident, block_id, key, parent))
+
+    def _take_demotes(self, meta: TierKVMetadata) -> bool:
+        """Adds this step's demotions to ``meta``; whether there are any."""
+        if not self._demotes:
+            return False
+        demotes, self._demotes = self._demotes, []
+        hashes = b"".join(d[0] for d in demotes)
+        meta.demotes.append((hashes, [d[1] for d in demotes]))
+        if self._events is not None:
+            self._names.append((hashes, [d[2] for d in demotes], [d[3] for d in demotes]))
+        return True
+
+    def _map_blocks(self, st: _ReqState, computed_tokens: int) -> None:
+        """TIERKV_VLLM_POOL=rust: remembers the identities of the request's newly
+        full blocks by vLLM block hash (vLLM caches them in G1); nothing is copied
+        until tierkv's pool evicts one of them."""
+        limit = computed_tokens if self._store_decode else min(computed_tokens, st.prompt_len)
+        vhashes = getattr(st.request, "block_hashes", None) or ()
+        n_full = min(limit // self._bs, len(vhashes))
+        if n_full <= st.mapped or not self._hash_upto(st, n_full):
+            return
+        n_full = min(n_full, len(st.hashes) // HASH_BYTES)
+        if n_full <= st.mapped:
+            return
+        positions = list(range(st.mapped, n_full))
+        if self._events is not None:
+            # Remembers the blocks' tokens for the stored events of a demotion.
+            self._events.name(st.request, positions, b"", [])
+        for p in positions:
+            key = block_key(st.request, p) if self._events is not None else 0
+            parent = block_key(st.request, p - 1) if self._events is not None and p > 0 else 0
+            self._ident[vhashes[p]] = (st.hashes[p * HASH_BYTES : (p + 1) * HASH_BYTES], key, parent)
+            self._ident.move_to_end(vhashes[p])
+        while len(self._ident) > _DEMOTION_MAP_MAX:
+            self._ident.popitem(last=False)
+        st.mapped = n_full
 
     def _name(self, st: _ReqState, positions: list[int], hashes: bytes) -> None:
         """KV events on: the worker names these blocks before moving them."""
@@ -263,6 +331,9 @@ class TierKVConnectorScheduler:
 
     def _plan_stores(self, st: _ReqState, computed_tokens: int, meta: TierKVMetadata) -> None:
         if not st.cacheable or st.approximate:
+            return
+        if engine_pool.pool_demotes():
+            self._map_blocks(st, computed_tokens)
             return
         if st.retry:
             # Blocks the worker could not store: the request still holds them (a
@@ -313,7 +384,7 @@ class TierKVConnectorScheduler:
 
     def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         st = self._reqs.pop(request.request_id, None)
-        if self._semantic and st is not None and st.cacheable and not st.approximate and st.stored > 0:
+        if self._semantic and st is not None and st.cacheable and not st.approximate and (st.stored or st.mapped):
             # Its prompt blocks are stored: a later near-duplicate may reuse them.
             try:
                 self._tkv.semantic_insert(request.prompt_token_ids)

@@ -133,9 +133,16 @@ class TierKVConnectorWorker:
         """Starts this step's loads: synchronous ones before returning (or queued
         per layer), disk hits on the loader thread."""
         self._name_blocks(meta)
-        if self._device is not None and (meta.loads or meta.async_loads):
+        if self._device is not None and (meta.loads or meta.async_loads or meta.demotes):
             # vLLM may still zero or write these blocks on its stream.
             self._sync_engine_stream()
+        # Victims of tierkv's pool (TIERKV_VLLM_POOL=rust) first: this step's loads
+        # and forward pass are about to overwrite them.
+        for hashes, block_ids in meta.demotes:
+            try:
+                self._tkv.store_blocks(hashes, block_ids)
+            except Exception as e:  # not demoted: recomputed when needed again
+                self._degrade(OP_STORE, "demotion", e)
         for hashes, block_ids in meta.loads:
             try:
                 if self._device is not None and self._layerwise:

@@ -64,6 +64,33 @@ fn hit_reuses_cached_free_block_and_removes_it_from_free_list() {
 }
 
 #[test]
+fn touch_references_exactly_the_blocks_found() {
+    let mut p = BlockPool::new(4);
+    let mut a = Vec::new();
+    p.allocate(3, &mut a).unwrap();
+    p.register(0, h(1)).unwrap();
+    p.register(1, h(2)).unwrap();
+    // Block 2 is a second holder of identity 1: find names block 0.
+    assert!(!p.register(2, h(1)).unwrap());
+    p.free(&[2, 1, 0]).unwrap();
+    let mut found = Vec::new();
+    p.find(&[h(1), h(2)], &mut found);
+    assert_eq!(found, [Some(0), Some(1)]);
+    let before = p.stats().hits;
+    // A free block leaves the free list; a held one gains a reference.
+    p.touch(&[0, 1]).unwrap();
+    p.touch(&[0]).unwrap();
+    assert_eq!(p.ref_count(0).unwrap(), 2);
+    assert_eq!(p.ref_count(1).unwrap(), 1);
+    assert_eq!(p.num_free(), 2);
+    assert_eq!(p.stats().hits - before, 3);
+    // Validated first: an unknown id changes nothing.
+    assert_eq!(p.touch(&[2, 9]), Err(PoolError::UnknownBlock { id: 9, num_blocks: 4 }));
+    assert_eq!(p.ref_count(2).unwrap(), 0);
+    p.check_invariants();
+}
+
+#[test]
 fn fork_and_copy_on_write() {
     let mut p = BlockPool::new(3);
     let mut a = Vec::new();

@@ -1,0 +1,218 @@
+"""tierkv's pool deciding inside real vLLM (``TIERKV_VLLM_POOL=rust``) against vLLM's
+own pool, one run, same prompts, same outputs required.
+
+Cases (each a fresh engine in its own process; vLLM's prefix cache on in all):
+
+- ``throughput``: 256 concurrent short requests with heavy prefix sharing (8 system
+  prompts of 10 blocks, a 16-token question each, 16 tokens generated), all at
+  once. Reported: scheduler time per step (a timer around ``Scheduler.schedule``,
+  the engine core in-process), end-to-end generated tokens per second. Engines:
+  ``vllm`` (vLLM's BlockPool, no connector), ``rust`` (tierkv's pool, no
+  connector: the pool alone), ``rust+connector`` (tierkv's pool with the connector,
+  the full configuration).
+- ``copies``: 64 requests over the same 8 prompts, round robin, 4 at a time, on a
+  G1 that holds them all (``fits``) and on one of 40 blocks that does not
+  (``small``). Reported: bytes copied to the host tier per generated token
+  (``tierkv_transfer_bytes_total{src="engine",dst="host"}``), connector alone vs
+  ``rust``; and the time to first token of one more request per system prompt
+  after the round robin (median), where ``small`` has evicted them from G1: vLLM
+  alone recomputes, tierkv loads them from the host tier.
+
+Run inside the vLLM environment (threads pinned as in every compared run):
+    TIERKV_LIB=target/release/libtierkv.so VLLM_CPU_OMP_THREADS_BIND=0-1 \\
+        python integration/bench/pool_vllm_bench.py --model ~/.cache/tierkv/vllm-cpu-venv/smollm2
+Prints one tab-separated line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BS = 16
+PREFIXES, PREFIX_BLOCKS, QUESTION, GEN = 8, 10, 16, 16
+BLOCK_BYTES = 30 * 2 * 3 * 64 * 4 * BS  # SmolLM2-135M, fp32
+
+
+def prompts(n: int, seed: int) -> list[list[int]]:
+    rng = random.Random(7)
+    systems = [[rng.randrange(1000, 40000) for _ in range(PREFIX_BLOCKS * BS)] for _ in range(PREFIXES)]
+    rng = random.Random(seed)
+    return [systems[i % PREFIXES] + [rng.randrange(1000, 40000) for _ in range(QUESTION)] for i in range(n)]
+
+
+def scrape(addr: str) -> str:
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def metric(text: str, name: str, labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def child(args) -> None:
+    """One engine: runs the case and writes its figures as JSON."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the scheduler in this process
+    from vllm.v1.core.sched import scheduler as sched_mod
+
+    step_ns: list[int] = []
+    original = sched_mod.Scheduler.schedule
+
+    def timed(self, *a, **k):
+        t = time.perf_counter_ns()
+        out = original(self, *a, **k)
+        if out.total_num_scheduled_tokens:
+            step_ns.append(time.perf_counter_ns() - t)
+        return out
+
+    sched_mod.Scheduler.schedule = timed
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    connector = None
+    if args.connector:
+        connector = {"kv_connector": "TierKVConnector", "kv_role": "kv_both"}
+        if os.environ.get("PYTHONPATH"):
+            connector["kv_connector_module_path"] = "tierkv_vllm"
+    llm = LLM(
+        model=args.model,
+        enable_prefix_caching=True,
+        kv_transfer_config=connector,
+        block_size=BS,
+        kv_cache_memory_bytes=args.kv_bytes,
+        max_model_len=512,
+        max_num_seqs=args.max_seqs,
+        enforce_eager=True,
+        dtype="float32",
+        seed=0,
+    )
+    greedy = SamplingParams(temperature=0.0, max_tokens=GEN, ignore_eos=True)
+    one = SamplingParams(temperature=0.0, max_tokens=1)
+    ps = prompts(args.requests, seed=1)
+    addr = os.environ.get("TIERKV_METRICS_ADDR")
+    before = scrape(addr) if connector else ""
+    step_ns.clear()
+    t = time.perf_counter()
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in ps], greedy, use_tqdm=False)
+    wall = time.perf_counter() - t
+    steps = list(step_ns)
+    after = scrape(addr) if connector else ""
+    ttft = []
+    if args.ttft:
+        for p in prompts(PREFIXES, seed=2):
+            t = time.perf_counter()
+            llm.generate([TokensPrompt(prompt_token_ids=p)], one, use_tqdm=False)
+            ttft.append(time.perf_counter() - t)
+    copied = metric(after, "tierkv_transfer_bytes_total", 'src="engine",dst="host"') - metric(
+        before, "tierkv_transfer_bytes_total", 'src="engine",dst="host"'
+    )
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    result = {
+        "outputs": [list(o.outputs[0].token_ids) for o in outs],
+        "tokens": tokens,
+        "wall_s": wall,
+        "steps": len(steps),
+        "schedule_us_median": statistics.median(steps) / 1e3 if steps else 0.0,
+        "schedule_us_mean": statistics.fmean(steps) / 1e3 if steps else 0.0,
+        "copied_bytes": copied,
+        "ttft_s": ttft,
+    }
+    Path(args.out).write_text(json.dumps(result))
+
+
+def run(args, name: str, pool: str, connector: bool, kv_bytes: int, requests: int, max_seqs: int, ttft: bool) -> dict:
+    out = Path(tempfile.mkdtemp()) / "result.json"
+    env = dict(os.environ)
+    env["TIERKV_VLLM_POOL"] = pool
+    env["TIERKV_STORE_NAME"] = f"pool-vllm-bench-{uuid.uuid4().hex[:8]}"
+    env["TIERKV_METRICS_ADDR"] = f"127.0.0.1:{args.port}"
+    env.setdefault("TIERKV_CPU_BYTES", "512MiB")
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
+    env["HF_HUB_OFFLINE"] = "1"
+    cmd = [sys.executable, __file__, "--child", "--model", args.model, "--out", str(out)]
+    cmd += ["--kv-bytes", str(kv_bytes), "--requests", str(requests), "--max-seqs", str(max_seqs)]
+    cmd += ["--connector"] if connector else []
+    cmd += ["--ttft"] if ttft else []
+    log = out.with_suffix(".log")
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    store = Path(os.environ.get("TIERKV_SHM_DIR", "/dev/shm")) / f"tierkv-{env['TIERKV_STORE_NAME']}.arena"
+    store.unlink(missing_ok=True)
+    if rc != 0:
+        raise SystemExit(f"{name}: engine failed ({rc}); log {log}:\n{log.read_text()[-3000:]}")
+    text = log.read_text()
+    if pool == "rust" and "tierkv: pool rust installed" not in text:
+        raise SystemExit(f"{name}: tierkv's pool was not installed; log {log}")
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--out")
+    ap.add_argument("--kv-bytes", type=int, default=1 << 30)
+    ap.add_argument("--requests", type=int, default=256)
+    ap.add_argument("--max-seqs", type=int, default=256)
+    ap.add_argument("--connector", action="store_true")
+    ap.add_argument("--ttft", action="store_true")
+    ap.add_argument("--port", type=int, default=9477)
+    ap.add_argument("--only", choices=["throughput", "copies"])
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    if not os.environ.get("TIERKV_LIB"):
+        raise SystemExit("set TIERKV_LIB to the release library")
+    if "PYTHONPATH" not in os.environ:
+        os.environ["PYTHONPATH"] = str(ROOT / "integration" / "vllm")
+
+    if args.only in (None, "throughput"):
+        cases = [("vllm", "off", False), ("rust", "rust", False), ("rust+connector", "rust", True)]
+        res = {name: run(args, name, pool, conn, 1 << 30, 256, 256, False) for name, pool, conn in cases}
+        same = all(r["outputs"] == res["vllm"]["outputs"] for r in res.values())
+        print(f"throughput\toutputs_identical\t{same}")
+        for name, r in res.items():
+            print(f"throughput\t{name}\tschedule_us_median\t{r['schedule_us_median']:.0f}\tsteps\t{r['steps']}")
+            print(f"throughput\t{name}\ttokens_per_s\t{r['tokens'] / r['wall_s']:.1f}")
+        base = res["vllm"]
+        for name in ("rust", "rust+connector"):
+            r = res[name]
+            print(f"ratio\t{name}_over_vllm\tschedule\t{r['schedule_us_median'] / base['schedule_us_median']:.2f}")
+            print(f"ratio\t{name}_over_vllm\tthroughput\t{(r['tokens'] / r['wall_s']) / (base['tokens'] / base['wall_s']):.2f}")
+
+    if args.only in (None, "copies"):
+        small = 40 * BLOCK_BYTES
+        cases = [
+            ("fits/connector", "off", True, 1 << 30),
+            ("fits/rust", "rust", True, 1 << 30),
+            ("small/vllm", "off", False, small),
+            ("small/connector", "off", True, small),
+            ("small/rust", "rust", True, small),
+        ]
+        res = {name: run(args, name, pool, conn, kv, 64, 4, True) for name, pool, conn, kv in cases}
+        same = all(r["outputs"] == res["fits/connector"]["outputs"] for r in res.values())
+        print(f"copies\toutputs_identical\t{same}")
+        for name, r in res.items():
+            if name != "small/vllm":
+                print(f"copies\t{name}\tbytes_copied_per_generated_token\t{r['copied_bytes'] / r['tokens']:.0f}")
+        for name in ("small/vllm", "small/connector", "small/rust"):
+            print(f"copies\t{name}\tttft_ms_median_evicted_prefix\t{statistics.median(res[name]['ttft_s']) * 1e3:.1f}")
+
+
+if __name__ == "__main__":
+    main()
