@@ -1,7 +1,10 @@
 """The engine block pool's cost per block: vLLM's own ``BlockPool`` (Python objects)
 against tierkv's (``tierkv_pool_*`` through ctypes: one call per request and
-operation, ``tierkv_pool_register_many`` for a request's blocks), and the
-shadow mode (vLLM's pool plus the mirror and its comparisons), on the operations a
+operation, ``tierkv_pool_register_many`` for a request's blocks), the shadow mode
+(vLLM's pool plus the mirror and its comparisons), and the rust mode as vLLM's
+scheduler calls it (``RustBlockPool``: tierkv deciding, vLLM's block objects kept
+in step; vLLM's block-by-block prefix questions answered from chunked
+``tierkv_pool_find`` calls, as the plugin wraps them), on the operations a
 scheduler step makes: allocate a request's blocks, register (cache) them, look the
 prefix up and hit it, free them in reverse order.
 
@@ -14,6 +17,7 @@ Prints one line per case: nanoseconds per block (median of --reps repetitions of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import statistics
@@ -34,6 +38,7 @@ def hashes(requests: int, blocks: int) -> list[list[bytes]]:
 
 
 def vllm_cycle(pool, reqs) -> None:
+    lookahead = getattr(pool, "lookahead", None)  # RustBlockPool: as the plugin wraps vLLM's lookups
     held = []
     for hs in reqs:
         blocks = pool.get_new_blocks(len(hs))
@@ -43,11 +48,12 @@ def vllm_cycle(pool, reqs) -> None:
         pool.free_blocks(reversed(blocks))
     for hs in reqs:  # the same prompts again: every block a hit
         hit = []
-        for h in hs:
-            got = pool.get_cached_block(h, [0])
-            if got is None:
-                break
-            hit.append(got[0])
+        with lookahead(hs, len(hs)) if lookahead else contextlib.nullcontext():
+            for h in hs:
+                got = pool.get_cached_block(h, [0])
+                if got is None:
+                    break
+                hit.append(got[0])
         pool.touch(hit)
         pool.free_blocks(reversed(hit))
 
@@ -80,7 +86,7 @@ def main() -> None:
     os.environ["TIERKV_STORE_NAME"] = f"pool-bench-{uuid.uuid4().hex[:8]}"
     os.environ.setdefault("TIERKV_CPU_BYTES", "4MiB")
     from tierkv_vllm.lib import TierKV
-    from tierkv_vllm.pool import ShadowBlockPool, identity
+    from tierkv_vllm.pool import RustBlockPool, ShadowBlockPool, identity
     from vllm.v1.core.block_pool import BlockPool
     from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
 
@@ -112,8 +118,15 @@ def main() -> None:
         vllm_cycle,
         reqs,
     )
+    rust_ns = bench(
+        "rust_through_vllms_interface",
+        lambda: RustBlockPool(n_blocks, True, BS, tkv_factory=lambda n: tkv()),
+        vllm_cycle,
+        reqs,
+    )
     print(f"ratio\ttierkv_over_vllm\t{tierkv_ns / vllm_ns:.2f}")
     print(f"ratio\tshadow_over_vllm\t{shadow_ns / vllm_ns:.2f}")
+    print(f"ratio\trust_over_vllm\t{rust_ns / vllm_ns:.2f}")
 
 
 if __name__ == "__main__":

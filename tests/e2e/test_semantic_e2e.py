@@ -14,8 +14,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent.parent / "integration" / "vllm"))

@@ -123,9 +123,12 @@ def _install_pool(mode: str) -> None:
                 return original_get(*args, **kwargs)
             _building.config = config
             try:
-                return original_get(*args, **kwargs)
+                coordinator = original_get(*args, **kwargs)
             finally:
                 _building.config = None
+            if mode == "rust":
+                _batch_lookups(coordinator)
+            return coordinator
 
         def block_pool(*args, **kwargs):
             config = getattr(_building, "config", None)
@@ -140,6 +143,25 @@ def _install_pool(mode: str) -> None:
         kv_cache_coordinator.BlockPool = block_pool
         _pool_installed = True
         _log.info("tierkv: pool %s installed (TIERKV_VLLM_POOL=%s, vLLM %s)", mode, mode, version)
+
+
+def _batch_lookups(coordinator: Any) -> None:
+    """Runs the coordinator's prefix lookups inside ``RustBlockPool.lookahead``, so
+    vLLM's block-by-block questions cost a few ctypes crossings per request."""
+    from .pool import RustBlockPool
+
+    pool = getattr(coordinator, "block_pool", None)
+    find = getattr(coordinator, "find_longest_cache_hit", None)
+    groups = getattr(getattr(coordinator, "kv_cache_config", None), "kv_cache_groups", None)
+    if not isinstance(pool, RustBlockPool) or find is None or not groups:
+        return
+    block_size = groups[0].kv_cache_spec.block_size
+
+    def find_longest_cache_hit(block_hashes, max_cache_hit_length, *args, **kwargs):
+        with pool.lookahead(block_hashes, max_cache_hit_length // block_size):
+            return find(block_hashes, max_cache_hit_length, *args, **kwargs)
+
+    coordinator.find_longest_cache_hit = find_longest_cache_hit
 
 
 def _tierkv_for(kv_cache_config: Any, mode: str):

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from vllm.v1.core.block_pool import BlockPool
@@ -54,6 +55,27 @@ _EXAMPLES = 5
 def identity(block_hash_with_group: bytes) -> bytes:
     """tierkv's 16-byte identity for vLLM's ``BlockHashWithGroupId``."""
     return hashlib.blake2b(bytes(block_hash_with_group), digest_size=16).digest()
+
+
+def _pool_key(block_hash: bytes, group: int) -> bytes:
+    """The rust mode's key for vLLM's ``BlockHash`` in group ``group``: vLLM's
+    hashes are 16 (xxh3_128) or 32 bytes (sha256) of a cryptographic or 128-bit
+    hash, so their first 16 bytes serve as they are in group 0 (the only group the
+    rust mode accepts); anything else is folded by ``identity``. The keys live in
+    this engine's pool only (the tiers use tierkv's token identities)."""
+    if group == 0 and len(block_hash) >= 16:
+        return bytes(block_hash[:16])
+    from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
+
+    return identity(make_block_hash_with_group_id(block_hash, group))
+
+
+_GROUP_0 = (0).to_bytes(4, "big")
+
+
+def _pool_key_with_group(block_hash_with_group: bytes) -> bytes:
+    """``_pool_key`` of a ``BlockHashWithGroupId`` (4-byte big-endian group last)."""
+    return _pool_key(block_hash_with_group[:-4], int.from_bytes(block_hash_with_group[-4:], "big"))
 
 
 class ShadowBlockPool(BlockPool):
@@ -327,6 +349,13 @@ class RustBlockPool(BlockPool):
         if null != [self.null_block.block_id]:
             raise RuntimeError(f"tierkv's pool gave block {null} as the null block, vLLM has block 0")
         self.victims = 0
+        # Lookahead of a prefix lookup (``lookahead``): the request's block hashes,
+        # how many may hit, the next position vLLM asks for, and the block found
+        # for each position fetched so far (one tierkv_pool_find per chunk).
+        self._ahead: Sequence | None = None
+        self._ahead_n = 0
+        self._ahead_pos = 0
+        self._ahead_found: list[int | None] = []
         if self.enable_caching:
             global _demoting_pools
             _demoting_pools += 1
@@ -395,22 +424,50 @@ class RustBlockPool(BlockPool):
                 self.metrics_collector.on_block_accessed(block)
 
     def cache_full_blocks(self, request, blocks, num_cached_blocks, num_full_blocks, *args, **kwargs):  # type: ignore[override]
-        window = blocks[num_cached_blocks:num_full_blocks]
-        before = [b.block_hash for b in window]
+        # Only blocks without a hash can gain one (vLLM never re-hashes a block).
+        fresh = [b for b in blocks[num_cached_blocks:num_full_blocks] if b.block_hash is None and not b.is_null]
         super().cache_full_blocks(request, blocks, num_cached_blocks, num_full_blocks, *args, **kwargs)
         ids, keys = [], []
-        for b, old in zip(window, before):
-            if b.is_null or b.block_hash is None or b.block_hash == old:
-                continue
-            ids.append(b.block_id)
-            keys.append(identity(b.block_hash))
+        for b in fresh:
+            h = b.block_hash
+            if h is not None:
+                ids.append(b.block_id)
+                keys.append(h[:16] if len(h) >= 20 and h[-4:] == _GROUP_0 else _pool_key_with_group(h))
         if ids:
             self._tkv.pool_register_many(ids, b"".join(keys))
 
-    def get_cached_block(self, block_hash, kv_cache_group_ids):  # type: ignore[override]
-        from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
+    @contextmanager
+    def lookahead(self, block_hashes: Sequence, max_blocks: int):
+        """vLLM asks for a request's prefix block by block (``get_cached_block``
+        until the first miss); within this context those questions are answered
+        from ``tierkv_pool_find`` calls over chunks of ``block_hashes`` (16 blocks,
+        then doubling), so a prefix costs a few crossings instead of one per block.
+        The plugin wraps the coordinator's ``find_longest_cache_hit`` in it."""
+        self._ahead, self._ahead_n, self._ahead_pos, self._ahead_found = block_hashes, max_blocks, 0, []
+        try:
+            yield
+        finally:
+            self._ahead, self._ahead_found = None, []
 
-        keys = b"".join(identity(make_block_hash_with_group_id(block_hash, g)) for g in kv_cache_group_ids)
+    def _from_lookahead(self, block_hash, kv_cache_group_ids) -> tuple[bool, Any]:
+        ahead, pos = self._ahead, self._ahead_pos
+        if ahead is None or pos >= self._ahead_n or len(kv_cache_group_ids) != 1 or ahead[pos] != block_hash:
+            return False, None
+        found = self._ahead_found
+        if pos >= len(found):
+            g = kv_cache_group_ids[0]
+            n = min(max(16, len(found)), self._ahead_n - pos)
+            keys = b"".join(_pool_key(h, g) for h in ahead[pos : pos + n])
+            found.extend(self._tkv.pool_find(keys))
+        self._ahead_pos = pos + 1
+        i = found[pos]
+        return True, None if i is None else [self.blocks[i]]
+
+    def get_cached_block(self, block_hash, kv_cache_group_ids):  # type: ignore[override]
+        hit, got = self._from_lookahead(block_hash, kv_cache_group_ids)
+        if hit:
+            return got
+        keys = b"".join(_pool_key(block_hash, g) for g in kv_cache_group_ids)
         found = self._tkv.pool_find(keys)
         if any(i is None for i in found):
             return None

@@ -323,15 +323,7 @@ impl BlockPool {
     /// Adds one reference to each block in `ids` (sharing a prefix with a forked
     /// sequence). Every block must already be held.
     pub fn fork(&mut self, ids: &[BlockId]) -> Result<(), PoolError> {
-        let mut extra: HashMap<BlockId, u32> = HashMap::new();
-        for &id in ids {
-            self.check_held(id)?;
-            let e = extra.entry(id).or_insert(0);
-            *e += 1;
-            if self.slots[id as usize].ref_cnt.checked_add(*e).is_none() {
-                return Err(PoolError::TooManyReferences { id });
-            }
-        }
+        self.check_more_refs(ids, true)?;
         for &id in ids {
             self.slots[id as usize].ref_cnt += 1;
         }
@@ -343,15 +335,7 @@ impl BlockPool {
     /// gains a reference, as vLLM's `BlockPool.touch`. Validates every id first: on
     /// error nothing is changed.
     pub fn touch(&mut self, ids: &[BlockId]) -> Result<(), PoolError> {
-        let mut extra: HashMap<BlockId, u32> = HashMap::new();
-        for &id in ids {
-            self.check_id(id)?;
-            let e = extra.entry(id).or_insert(0);
-            *e += 1;
-            if self.slots[id as usize].ref_cnt.checked_add(*e).is_none() {
-                return Err(PoolError::TooManyReferences { id });
-            }
-        }
+        self.check_more_refs(ids, false)?;
         for &id in ids {
             let slot = &mut self.slots[id as usize];
             if slot.ref_cnt == 0 {
@@ -454,6 +438,25 @@ impl BlockPool {
             s.hash = None;
         }
         n
+    }
+
+    /// Checks that one more reference to each of `ids` (an id may repeat) fits its
+    /// count, and with `held` that each is held.
+    fn check_more_refs(&self, ids: &[BlockId], held: bool) -> Result<(), PoolError> {
+        let mut extra: HashMap<BlockId, u32> = HashMap::new();
+        for &id in ids {
+            if held {
+                self.check_held(id)?;
+            } else {
+                self.check_id(id)?;
+            }
+            let e = extra.entry(id).or_insert(0);
+            *e += 1;
+            if self.slots[id as usize].ref_cnt.checked_add(*e).is_none() {
+                return Err(PoolError::TooManyReferences { id });
+            }
+        }
+        Ok(())
     }
 
     /// Checks that `id` is held.

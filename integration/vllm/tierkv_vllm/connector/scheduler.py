@@ -264,13 +264,9 @@ class TierKVConnectorScheduler:
         """TIERKV_VLLM_POOL=rust: remembers the identities of the request's newly
         full blocks by vLLM block hash (vLLM caches them in G1); nothing is copied
         until tierkv's pool evicts one of them."""
-        limit = computed_tokens if self._store_decode else min(computed_tokens, st.prompt_len)
         vhashes = getattr(st.request, "block_hashes", None) or ()
-        n_full = min(limit // self._bs, len(vhashes))
-        if n_full <= st.mapped or not self._hash_upto(st, n_full):
-            return
-        n_full = min(n_full, len(st.hashes) // HASH_BYTES)
-        if n_full <= st.mapped:
+        n_full = self._full_blocks(st, computed_tokens, len(vhashes), st.mapped)
+        if n_full is None:
             return
         positions = list(range(st.mapped, n_full))
         if self._events is not None:
@@ -345,20 +341,27 @@ class TierKVConnectorScheduler:
                 hashes = b"".join(st.hashes[p * HASH_BYTES : (p + 1) * HASH_BYTES] for p in again)
                 meta.stores.append((st.request.request_id, again, hashes, [st.block_ids[p] for p in again]))
                 self._name(st, again, hashes)
-        limit = computed_tokens if self._store_decode else min(computed_tokens, st.prompt_len)
-        n_full = min(limit // self._bs, len(st.block_ids))
-        if n_full <= st.stored or not self._hash_upto(st, n_full):
-            return
-        # Only blocks whose identities exist (async scheduling: the last tokens may
-        # still be in flight); the rest is stored in a later step, never skipped.
-        n_full = min(n_full, len(st.hashes) // HASH_BYTES)
-        if n_full <= st.stored:
+        n_full = self._full_blocks(st, computed_tokens, len(st.block_ids), st.stored)
+        if n_full is None:
             return
         positions = list(range(st.stored, n_full))
         hashes = st.hashes[st.stored * HASH_BYTES : n_full * HASH_BYTES]
         meta.stores.append((st.request.request_id, positions, hashes, st.block_ids[st.stored : n_full]))
         self._name(st, positions, hashes)
         st.stored = n_full
+
+    def _full_blocks(self, st: _ReqState, computed_tokens: int, cap: int, done: int) -> int | None:
+        """How many leading blocks of the request are full, computed, to be kept
+        (the prompt's, and decode's with ``TIERKV_STORE_DECODE``), at most ``cap``,
+        and hashed; ``None`` when that is not beyond ``done``. Only blocks whose
+        identities exist count (async scheduling: the last tokens may still be in
+        flight); the rest comes in a later step, never skipped."""
+        limit = computed_tokens if self._store_decode else min(computed_tokens, st.prompt_len)
+        n_full = min(limit // self._bs, cap)
+        if n_full <= done or not self._hash_upto(st, n_full):
+            return None
+        n_full = min(n_full, len(st.hashes) // HASH_BYTES)
+        return n_full if n_full > done else None
 
     def update_connector_output(self, connector_output: Any) -> None:
         """Scheduler: blocks the worker could not store are planned again (at most
