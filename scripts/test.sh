@@ -47,7 +47,13 @@ wheel=$(scripts/build-wheel.sh | tail -n 1)
 export TIERKV_WHEEL="$wheel"
 export TIERKV_E2E_INSTALLED=1
 
-echo "== Python binding and end-to-end tests in real vLLM"
+echo "== llama.cpp (built once, cached by version) and the C++ host over tierkv's bridge"
+llama_out=$(scripts/build-llamacpp-host.sh)
+export TIERKV_LLAMA_DIR=$(echo "$llama_out" | tail -n 2 | head -n 1)
+export TIERKV_LLAMA_HOST=$(echo "$llama_out" | tail -n 1)
+export TIERKV_REQUIRE_LLAMACPP=1
+
+echo "== Python binding and end-to-end tests (real vLLM, real llama.cpp)"
 export TIERKV_VLLM_PYTHON="$venv/bin/python"
 # The library inside the installed package.
 export TIERKV_LIB=$(cd /tmp && TIERKV_LIB= "$venv/bin/python" -c 'from tierkv_vllm import find_library; print(find_library())')

@@ -137,6 +137,9 @@ mod ffi {
         /// Creates a manager: reads `TIERKV_*`, opens (or joins) the host tier,
         /// starts the exporter when asked.
         fn new_manager(params: &Params) -> Result<Box<Manager>>;
+        /// SHA-256 of a file's content, lowercase hex: for the namespace (a model
+        /// file replaced in place is a different cache).
+        fn file_sha256(path: &str) -> Result<String>;
         /// Tokens per block.
         fn block_tokens(self: &Manager) -> u32;
         /// Identities of the full blocks of `tokens`, continuing `parent` (empty,
@@ -252,6 +255,27 @@ fn same_len(a: usize, b: usize, what: &str) -> Result<(), Error> {
 
 /// A tierkv manager as C++ holds it.
 pub struct Manager(Arc<tierkv::Manager>);
+
+/// SHA-256 of the file at `path`, lowercase hex.
+pub fn file_sha256(path: &str) -> Result<String, Error> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    guard(|| {
+        let mut f = std::fs::File::open(path).map_err(|e| Error(format!("cannot open {path}: {e}")))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| Error(format!("cannot read {path}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    })
+}
 
 /// Creates a manager (see the bridge declaration).
 pub fn new_manager(p: &Params) -> Result<Box<Manager>, Error> {

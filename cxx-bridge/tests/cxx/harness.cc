@@ -3,7 +3,10 @@
 #include "tierkv-cxx/tests/cxx/harness.h"
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -117,6 +120,15 @@ rust::String run_all() {
   check(!error_of([&] { m->pool_allocate(100); }).empty(), "too many blocks is an exception");
   check(m->tier_status(TIERKV_TIER_HOST).up && !m->tier_status(TIERKV_TIER_DISK).configured, "tier status");
   check(std::string(m->metrics_text()).find("tierkv_block_ops_total") != std::string::npos, "metrics");
+  {
+    std::string path = std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") + "/tierkv-cxx-sha.txt";
+    std::ofstream(path) << "abc";
+    check(std::string(tierkv::file_sha256(path)) ==
+              "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+          "file digest");
+    std::remove(path.c_str());
+    check(!error_of([&] { tierkv::file_sha256(path); }).empty(), "a missing file is an exception");
+  }
   return rust::String(failures);
 }
 
