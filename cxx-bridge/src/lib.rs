@@ -111,6 +111,39 @@ mod ffi {
         remaining: usize,
     }
 
+    /// A run of a reuse plan: `len` tokens at target positions `target..` built
+    /// from the source prompt's positions `source..`.
+    #[derive(Debug, Clone, Copy)]
+    struct PlanRun {
+        /// First target position.
+        target: u32,
+        /// First source position.
+        source: u32,
+        /// Tokens.
+        len: u32,
+    }
+
+    /// A semantic lookup's answer (docs/semantic.md). With `reason` =
+    /// `TIERKV_SEMANTIC_ACCEPTED` (0): load `runs` (source positions in the source
+    /// prompt's blocks `source_hashes`, shifted to their target positions) and
+    /// recompute `recompute` (target ranges `[2i, 2i+1)`); any other reason: no plan
+    /// (the rest is empty).
+    #[derive(Debug, Clone)]
+    struct SemanticPlan {
+        /// `TIERKV_SEMANTIC_*` code.
+        reason: u8,
+        /// Identities of the source prompt's stored full blocks.
+        source_hashes: Vec<Hash>,
+        /// Runs to load, sorted by target, disjoint.
+        runs: Vec<PlanRun>,
+        /// Target ranges to recompute, flattened: start, end, start, end...
+        recompute: Vec<u32>,
+        /// Tokens the plan reuses.
+        reused_tokens: u32,
+        /// Estimated similarity of the two prompts.
+        estimate: f32,
+    }
+
     /// The engine block pool's sizes and counters.
     #[derive(Debug, Clone, Copy)]
     struct PoolState {
@@ -167,6 +200,13 @@ mod ffi {
         fn tier_status(self: &Manager, tier: u8) -> Result<TierState>;
         /// Waits up to `timeout_ms` for queued lower-tier writes; whether they landed.
         fn flush(self: &Manager, timeout_ms: u64) -> Result<bool>;
+
+        /// Indexes a prompt whose full blocks are stored, for semantic lookups;
+        /// whether it was indexed (sharing off, or shorter than a block: not).
+        fn semantic_insert(self: &Manager, tokens: &[u32]) -> Result<bool>;
+        /// A plan to build `tokens`' KV from a cached near-duplicate, after an
+        /// exact prefix hit of `exact_tokens` (see `SemanticPlan`).
+        fn semantic_lookup(self: &Manager, tokens: &[u32], exact_tokens: u32) -> Result<SemanticPlan>;
 
         /// Starts recording KV events (0: keep up to 65536).
         fn events_start(self: &Manager, capacity: usize) -> Result<()>;
@@ -490,6 +530,40 @@ impl Manager {
     /// References engine blocks once more.
     pub fn pool_fork(&self, ids: &[u32]) -> Result<(), Error> {
         guard(|| Ok(self.0.pool_fork(ids)?))
+    }
+
+    /// Indexes a stored prompt for semantic lookups (see the bridge declaration).
+    pub fn semantic_insert(&self, tokens: &[u32]) -> Result<bool, Error> {
+        guard(|| Ok(self.0.semantic_insert(tokens)?))
+    }
+
+    /// A reuse plan from a cached near-duplicate (see the bridge declaration).
+    pub fn semantic_lookup(&self, tokens: &[u32], exact_tokens: u32) -> Result<ffi::SemanticPlan, Error> {
+        guard(|| {
+            let run = |r: &tierkv::semantic::ReuseRun| ffi::PlanRun {
+                target: r.target,
+                source: r.source,
+                len: r.len,
+            };
+            Ok(match self.0.semantic_lookup(tokens, exact_tokens) {
+                Ok(plan) => ffi::SemanticPlan {
+                    reason: 0,
+                    source_hashes: plan.source_hashes.iter().map(|&h| Hash::from(h)).collect(),
+                    runs: plan.runs.iter().map(run).collect(),
+                    recompute: plan.recompute.iter().flat_map(|r| [r.start, r.end]).collect(),
+                    reused_tokens: plan.reused_tokens(),
+                    estimate: plan.estimate,
+                },
+                Err(why) => ffi::SemanticPlan {
+                    reason: tierkv::ffi::semantic_reason(why) as u8,
+                    source_hashes: Vec::new(),
+                    runs: Vec::new(),
+                    recompute: Vec::new(),
+                    reused_tokens: 0,
+                    estimate: 0.0,
+                },
+            })
+        })
     }
 
     /// References exactly these blocks (a prefix hit on blocks `pool_find` named).

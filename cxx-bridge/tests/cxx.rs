@@ -9,6 +9,7 @@ fn the_bridge_from_cpp() {
         std::env::set_var("TIERKV_SHM_DIR", dir.path());
         std::env::set_var("TIERKV_STORE_NAME", "cxx-harness");
         std::env::set_var("TIERKV_CPU_BYTES", "4MiB");
+        std::env::set_var("TIERKV_SEMANTIC", "1");
     }
     let failures = tierkv_cxx::harness::run_all();
     assert!(failures.is_empty(), "C++ checks failed:\n{failures}");

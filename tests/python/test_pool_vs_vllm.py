@@ -192,3 +192,20 @@ def test_tierkvs_pool_deciding_serves_vllm_exactly_as_its_own(env, seed):
         assert all(isinstance(h, bytes) and 0 < bid < 24 for h, bid, _ in victims)
     finally:
         pool_mod.set_demotion_sink(None)
+
+
+def test_the_null_block_moves_as_in_vllms_pool(env):
+    """vLLM touches and frees its null block like any other (its count is not
+    maintained); tierkv's pool never sees it, vLLM's view moves as vLLM's does."""
+    from vllm.v1.core.block_pool import BlockPool
+
+    from tierkv_vllm.pool import RustBlockPool
+
+    theirs = BlockPool(8, True, BS)
+    ours = RustBlockPool(8, True, BS, tkv_factory=lambda n: TierKV(block_tokens=BS, block_bytes=4096, pool_blocks=n))
+    for pool in (theirs, ours):
+        blocks = [pool.null_block, *pool.get_new_blocks(2)]
+        pool.touch([pool.null_block])
+        pool.free_blocks(reversed(blocks))
+    assert [(b.block_id, b.ref_cnt) for b in theirs.blocks] == [(b.block_id, b.ref_cnt) for b in ours.blocks]
+    assert ours.get_num_free_blocks() == theirs.get_num_free_blocks() == ours._tkv.pool_state()["free"]

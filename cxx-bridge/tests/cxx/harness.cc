@@ -2,6 +2,7 @@
 // Each check appends to `failures` instead of stopping, so one run reports all.
 #include "tierkv-cxx/tests/cxx/harness.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -101,6 +102,30 @@ rust::String run_all() {
   check(b.events == 2 && b.remaining == 0, "two stores, two events");
   check(b.bytes.size() > 2 && b.bytes[0] == 0x93 && b.bytes[1] == 0xcb, "msgpack [ts, events, null]");
   check(!error_of([&] { m->take_events(16); }).empty(), "a buffer below 512 bytes is refused");
+
+  // Semantic sharing (TIERKV_SEMANTIC=1 in this test): a stored prompt is indexed
+  // and planned from; an unrelated prompt gets a reason, no plan.
+  {
+    std::vector<uint32_t> doc(48);
+    for (size_t i = 0; i < doc.size(); ++i) doc[i] = 1000 + static_cast<uint32_t>(i * 37 % 101);
+    rust::Vec<tierkv::Hash> dh = m->hash_tokens(rust::Slice<const uint32_t>(doc.data(), doc.size()), {});
+    std::vector<uint64_t> slots{0, 1, 2, 3, 4, 5, 6, 7};
+    for (size_t b = 0; b < dh.size(); b += 8) {
+      size_t n = std::min<size_t>(8, dh.size() - b);
+      m->store_blocks(rust::Slice<const tierkv::Hash>(dh.data() + b, n), rust::Slice<const uint64_t>(slots.data(), n));
+    }
+    check(m->semantic_insert(rust::Slice<const uint32_t>(doc.data(), doc.size())), "a stored prompt is indexed");
+    check(!m->semantic_insert(rust::Slice<const uint32_t>(doc.data(), 2)), "shorter than a block: not indexed");
+    std::vector<uint32_t> near = doc;
+    near[21] = 7;  // one token differs
+    tierkv::SemanticPlan plan = m->semantic_lookup(rust::Slice<const uint32_t>(near.data(), near.size()), 0);
+    check(plan.reason == TIERKV_SEMANTIC_ACCEPTED, "a near-duplicate gets a plan (reason " + std::to_string(plan.reason) + ")");
+    check(!plan.runs.empty() && plan.reused_tokens > 0 && plan.source_hashes.size() == dh.size(), "the plan's runs");
+    check(plan.recompute.size() % 2 == 0 && !plan.recompute.empty(), "recompute ranges cover the change");
+    std::vector<uint32_t> other(48, 5);
+    tierkv::SemanticPlan none = m->semantic_lookup(rust::Slice<const uint32_t>(other.data(), other.size()), 0);
+    check(none.reason != TIERKV_SEMANTIC_ACCEPTED && none.runs.empty(), "an unrelated prompt: no plan");
+  }
 
   // The engine block pool.
   rust::Vec<uint32_t> ids = m->pool_allocate(2);

@@ -395,6 +395,7 @@ class RustBlockPool(BlockPool):
                 other_pools.setdefault(block.pool, []).append(block)
                 continue
             if block.is_null:
+                block.ref_cnt -= 1  # not maintained, but moved as vLLM moves it
                 continue
             ids.append(block.block_id)
         if ids:

@@ -227,18 +227,21 @@ pub unsafe extern "C" fn tierkv_semantic_lookup(
                 *out_plan = PLANS.insert(std::sync::Arc::new(p)) as usize as *mut TierkvPlan;
                 *out_reason = TIERKV_SEMANTIC_ACCEPTED;
             }
-            Err(r) => {
-                *out_reason = match r {
-                    Rejection::NotConsulted => TIERKV_SEMANTIC_NOT_CONSULTED,
-                    Rejection::NoCandidate => TIERKV_SEMANTIC_NO_CANDIDATE,
-                    Rejection::BelowSimilarity => TIERKV_SEMANTIC_BELOW_SIMILARITY,
-                    Rejection::TooMuchRecompute => TIERKV_SEMANTIC_TOO_MUCH_RECOMPUTE,
-                    Rejection::NoGain => TIERKV_SEMANTIC_NO_GAIN,
-                }
-            }
+            Err(r) => *out_reason = semantic_reason(r),
         }
         Ok(())
     })
+}
+
+/// The `TIERKV_SEMANTIC_*` code of a rejected lookup (the C++ bridge's too).
+pub fn semantic_reason(r: Rejection) -> i32 {
+    match r {
+        Rejection::NotConsulted => TIERKV_SEMANTIC_NOT_CONSULTED,
+        Rejection::NoCandidate => TIERKV_SEMANTIC_NO_CANDIDATE,
+        Rejection::BelowSimilarity => TIERKV_SEMANTIC_BELOW_SIMILARITY,
+        Rejection::TooMuchRecompute => TIERKV_SEMANTIC_TOO_MUCH_RECOMPUTE,
+        Rejection::NoGain => TIERKV_SEMANTIC_NO_GAIN,
+    }
 }
 
 /// Frees a plan once no call on another thread reads it. Null, an unknown or an
