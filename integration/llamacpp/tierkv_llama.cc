@@ -20,7 +20,11 @@
 // and stored, the generated token ids.
 //
 // Options: --max-tokens N (16), --block N (tokens per block, 32), --ctx N (2048),
-// --threads N (2), --no-cache (tierkv off: everything computed), --flash-attn.
+// --threads N (2), --no-cache (tierkv off: everything computed), --flash-attn,
+// --semantic (with TIERKV_SEMANTIC=1: after the exact prefix, tierkv's full reuse
+// plan from a near-duplicate prompt: its runs loaded, shifted to their positions
+// with llama_memory_seq_add, every other position computed; such a prompt stores
+// nothing beyond its exact prefix).
 //
 // Namespace: "llama.cpp|<TIERKV_LLAMA_BUILD>|model sha256|K and V types|flash
 // attention (V transposed or not)|block tokens|blob bytes" plus TIERKV_NAMESPACE:
@@ -50,7 +54,7 @@ namespace {
 struct Options {
   std::string model, prompts, out;
   int max_tokens = 16, block = 32, ctx = 2048, threads = 2;
-  bool cache = true, flash_attn = false;
+  bool cache = true, flash_attn = false, semantic = false;
 };
 
 [[noreturn]] void die(const std::string &msg) {
@@ -75,6 +79,7 @@ Options parse(int argc, char **argv) {
     else if (a == "--threads") o.threads = std::stoi(next());
     else if (a == "--no-cache") o.cache = false;
     else if (a == "--flash-attn") o.flash_attn = true;
+    else if (a == "--semantic") o.semantic = true;
     else die("unknown option " + a);
   }
   if (o.model.empty() || o.prompts.empty() || o.out.empty()) die("--model, --prompts and --out are required");
@@ -105,6 +110,7 @@ std::vector<std::string> read_prompts(const std::string &path) {
 
 const int kSeq = 0;      // the prompt's sequence
 const int kScratch = 1;  // blocks pass through it on export and import
+const int kGather = 2;   // a semantic run's source blocks, shifted to their new place
 
 class Runner {
  public:
@@ -118,7 +124,7 @@ class Runner {
     cp.n_ctx = o.ctx;
     cp.n_batch = 512;
     cp.n_ubatch = 512;
-    cp.n_seq_max = 2;
+    cp.n_seq_max = 3;
     cp.kv_unified = true;
     cp.n_threads = cp.n_threads_batch = o.threads;
     cp.flash_attn_type = o.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
@@ -127,6 +133,8 @@ class Runner {
     ctx_ = llama_init_from_model(model_, cp);
     if (!ctx_) die("cannot create a llama.cpp context");
     mem_ = llama_get_memory(ctx_);
+    can_shift_ = llama_memory_can_shift(mem_);
+    if (o.semantic && !can_shift_) std::fprintf(stderr, "tierkv-llama: this model's KV cannot shift: --semantic is off\n");
     if (o.cache) open_cache();
   }
 
@@ -151,12 +159,25 @@ class Runner {
       hashes = tkv().hash_tokens({ids.data(), ids.size()}, {});
       loaded = import_prefix(hashes, usable);
     }
-    size_t pos = loaded * B;
-    llama_token next = decode_prompt(tokens, pos);
+    // Semantic sharing: runs of a near-duplicate's KV at their new positions, the
+    // rest (holes, blend, the last token) computed.
+    size_t reused = 0;
+    llama_token next;
+    if (tkv_ && o_.semantic && can_shift_) {
+      next = decode_with_plan(tokens, loaded * B, reused);
+    } else {
+      next = decode_prompt(tokens, loaded * B);
+    }
     auto t1 = std::chrono::steady_clock::now();
-    if (tkv_ && full > loaded) stored = export_blocks(hashes, loaded, full);
+    // Only exact KV is stored: after a reused run every later token attended
+    // approximate KV, so a semantic prompt stores nothing beyond its exact prefix.
+    if (tkv_ && !reused && full > loaded) stored = export_blocks(hashes, loaded, full);
+    if (tkv_ && o_.semantic && !reused && full > 0) {
+      std::vector<uint32_t> ids(tokens.begin(), tokens.end());
+      tkv().semantic_insert({ids.data(), ids.size()});
+    }
     std::vector<llama_token> outs;
-    pos = tokens.size();
+    size_t pos = tokens.size();
     for (int i = 0; i < o_.max_tokens; i++) {
       outs.push_back(next);
       if (llama_vocab_is_eog(vocab_, next) || i + 1 == o_.max_tokens) break;
@@ -165,7 +186,7 @@ class Runner {
     double ttft_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
     std::ostringstream js;
     js << "{\"ttft_ms\":" << ttft_ms << ",\"prompt_tokens\":" << tokens.size() << ",\"loaded_blocks\":" << loaded
-       << ",\"stored_blocks\":" << stored << ",\"tokens\":[";
+       << ",\"semantic_tokens\":" << reused << ",\"stored_blocks\":" << stored << ",\"tokens\":[";
     for (size_t i = 0; i < outs.size(); i++) js << (i ? "," : "") << outs[i];
     js << "]}";
     return js.str();
@@ -233,6 +254,73 @@ class Runner {
     return next;
   }
 
+  // Decodes tokens[from, to) into the prompt's sequence (llama.cpp needs each
+  // batch to continue right after the sequence's last cell); returns the next
+  // token when `to` is the prompt's end.
+  llama_token decode_span(const std::vector<llama_token> &tokens, size_t from, size_t to) {
+    llama_batch batch = llama_batch_init(512, 0, 1);
+    int last = -1;
+    while (from < to) {
+      batch.n_tokens = 0;
+      for (; from < to && batch.n_tokens < 512; from++) {
+        int i = batch.n_tokens++;
+        batch.token[i] = tokens[from];
+        batch.pos[i] = from;
+        batch.n_seq_id[i] = 1;
+        batch.seq_id[i][0] = kSeq;
+        batch.logits[i] = from + 1 == tokens.size();
+        last = i;
+      }
+      if (llama_decode(ctx_, batch) != 0) die("llama_decode failed");
+    }
+    llama_token t = to == tokens.size() && last >= 0 ? argmax(last) : 0;
+    llama_batch_free(batch);
+    return t;
+  }
+
+  // Semantic sharing: asks tierkv for a reuse plan after the exact prefix of
+  // `exact` tokens and applies it in position order: each hole before a run is
+  // computed, then the run's source blocks are loaded (verified), imported into
+  // the gather sequence, cut to the run, shifted to the run's target positions
+  // (llama.cpp re-rotates K by the shift at the next decode) and added to the
+  // prompt; a run whose blocks fail is computed instead. The last prompt token is
+  // always computed. Returns the next token; `reused` gets the tokens reused.
+  llama_token decode_with_plan(const std::vector<llama_token> &tokens, size_t exact, size_t &reused) {
+    std::vector<uint32_t> ids(tokens.begin(), tokens.end());
+    tierkv::SemanticPlan plan = tkv().semantic_lookup({ids.data(), ids.size()}, exact);
+    if (plan.reason != TIERKV_SEMANTIC_ACCEPTED) return decode_prompt(tokens, exact);
+    const size_t B = o_.block, n = tokens.size();
+    size_t cur = exact;
+    for (const auto &run : plan.runs) {
+      size_t s0 = run.source, t0 = run.target;
+      size_t len = std::min<size_t>(run.len, t0 < n - 1 ? n - 1 - t0 : 0);  // never the last token
+      if (len == 0 || t0 < cur) continue;
+      size_t b0 = s0 / B, b1 = (s0 + len - 1) / B + 1;
+      if (b1 > plan.source_hashes.size() || b1 - b0 > kStagingBlocks) continue;
+      std::vector<uint64_t> slots(b1 - b0);
+      for (size_t i = 0; i < slots.size(); i++) slots[i] = i;
+      auto codes = tkv().load_blocks({plan.source_hashes.data() + b0, slots.size()}, {slots.data(), slots.size()});
+      bool ok = true;
+      llama_memory_seq_rm(mem_, kGather, -1, -1);
+      for (size_t i = 0; ok && i < slots.size(); i++) {
+        ok = codes[i] == TIERKV_LOAD_LOADED && import_block(i);
+        if (ok) llama_memory_seq_cp(mem_, kScratch, kGather, -1, -1);
+        llama_memory_seq_rm(mem_, kScratch, -1, -1);
+      }
+      if (ok) {
+        decode_span(tokens, cur, t0);  // the hole before the run
+        llama_memory_seq_rm(mem_, kGather, -1, s0);
+        llama_memory_seq_rm(mem_, kGather, s0 + len, -1);
+        if (t0 != s0) llama_memory_seq_add(mem_, kGather, s0, s0 + len, (llama_pos)t0 - (llama_pos)s0);
+        llama_memory_seq_cp(mem_, kGather, kSeq, t0, t0 + len);
+        cur = t0 + len;
+        reused += len;
+      }
+      llama_memory_seq_rm(mem_, kGather, -1, -1);
+    }
+    return decode_span(tokens, cur, n);
+  }
+
   // The bytes of one block of the prompt's sequence, through the scratch sequence.
   std::vector<uint8_t> export_block(size_t b) {
     const llama_pos p0 = b * o_.block, p1 = p0 + o_.block;
@@ -280,7 +368,10 @@ class Runner {
       for (size_t i = 0; i < n; i++) slots[i] = i;
       auto codes = tkv().load_blocks({hashes.data() + done, n}, {slots.data(), n});
       for (size_t i = 0; i < n; i++) {
-        if (codes[i] != TIERKV_LOAD_LOADED || !import_block(i)) {
+        bool ok = codes[i] == TIERKV_LOAD_LOADED && import_block(i);
+        if (ok) llama_memory_seq_cp(mem_, kScratch, kSeq, -1, -1);
+        llama_memory_seq_rm(mem_, kScratch, -1, -1);
+        if (!ok) {
           // The run ends here: what follows is computed. Nothing of a failed
           // import stays in the sequence.
           llama_memory_seq_rm(mem_, kSeq, (done + i) * o_.block, -1);
@@ -292,13 +383,12 @@ class Runner {
     return done;
   }
 
+  // Restores a staged block's cells, at their own positions, into the scratch
+  // sequence (the caller copies them on and clears it).
   bool import_block(size_t slot) {
     const uint8_t *blob = staging_.data() + slot * blob_bytes_;
     llama_memory_seq_rm(mem_, kScratch, -1, -1);
-    bool ok = llama_state_seq_set_data(ctx_, blob, blob_bytes_, kScratch) != 0;
-    if (ok) llama_memory_seq_cp(mem_, kScratch, kSeq, -1, -1);
-    llama_memory_seq_rm(mem_, kScratch, -1, -1);
-    return ok;
+    return llama_state_seq_set_data(ctx_, blob, blob_bytes_, kScratch) != 0;
   }
 
   // Exports and stores blocks [from, to) of the prompt's sequence.
@@ -330,6 +420,7 @@ class Runner {
   llama_memory_t mem_ = nullptr;
   ggml_type type_k_, type_v_;
   uint64_t blob_bytes_ = 0;
+  bool can_shift_ = false;
   std::vector<uint8_t> staging_;
   std::string namespace_;
   std::optional<rust::Box<tierkv::Manager>> tkv_;

@@ -10,7 +10,9 @@ and tierkv's C++ bridge. Each engine run is a fresh process:
   full recompute (``--no-cache``);
 - bytes flipped in the shared store behind tierkv's back: B recomputes what fails
   verification, outputs still identical, the failures counted;
-- another layout (flash attention on: V not transposed) never shares a block.
+- another layout (flash attention on: V not transposed) never shares a block;
+- semantic sharing with full plans: a near-duplicate reuses shifted KV and is never
+  stored.
 """
 
 from __future__ import annotations
@@ -39,8 +41,12 @@ pytestmark = pytest.mark.skipif(SHADOW, reason="no vLLM pool here: runs in the n
 
 
 def run(tmp: Path, questions: list[str], store: str, *args: str) -> tuple[list[dict], str]:
+    return run_texts(tmp, [prompt_sets.prompt(q) for q in questions], store, *args)
+
+
+def run_texts(tmp: Path, texts: list[str], store: str, *args: str) -> tuple[list[dict], str]:
     prompts = tmp / f"prompts-{uuid.uuid4().hex[:8]}.txt"
-    prompts.write_text("".join(prompt_sets.prompt(q).replace("\n", "\\n") + "\n" for q in questions))
+    prompts.write_text("".join(t.replace("\n", "\\n") + "\n" for t in texts))
     out = tmp / f"out-{uuid.uuid4().hex[:8]}.jsonl"
     env = dict(os.environ, TIERKV_STORE_NAME=store, TIERKV_CPU_BYTES="256MiB")
     env.pop("TIERKV_METRICS_ADDR", None)
@@ -98,3 +104,24 @@ def test_another_kv_layout_never_shares_a_block(tmp_path, store):
     # Its first prompt finds nothing of A's; the later ones find what it stored itself.
     assert b[0]["loaded_blocks"] == 0 and b[0]["stored_blocks"] > 0
     assert b[1]["loaded_blocks"] > 0
+
+
+def test_a_near_duplicate_reuses_shifted_kv_and_is_never_stored(tmp_path, store, monkeypatch):
+    """Semantic sharing with full plans: a prompt that differs from a stored one in
+    its first line (another customer name, longer: every later position shifts)
+    reuses most of the stored KV at new positions and computes the rest; being
+    approximate it stores nothing, so a later exact run of it (a new process,
+    semantic sharing off) imports nothing of it and decodes as a full recompute."""
+    monkeypatch.setenv("TIERKV_SEMANTIC", "1")
+    q = prompt_sets.QUESTIONS_A[0]
+    source = f"Customer: Alice Martin, account 12345.\n{prompt_sets.prompt(q)}"
+    target = f"Customer: Maria Fernanda Okafor-Larsen, account 98765.\n{prompt_sets.prompt(q)}"
+    out, _ = run_texts(tmp_path, [source, target], store, "--semantic")
+    assert out[0]["stored_blocks"] > 0 and out[0]["semantic_tokens"] == 0
+    assert out[1]["semantic_tokens"] > out[1]["prompt_tokens"] // 2, out[1]
+    assert out[1]["stored_blocks"] == 0, "KV built from a near-duplicate was stored"
+    monkeypatch.setenv("TIERKV_SEMANTIC", "0")
+    again, _ = run_texts(tmp_path, [target], store)
+    full, _ = run_texts(tmp_path, [target], f"unused-{uuid.uuid4().hex[:8]}", "--no-cache")
+    assert again[0]["loaded_blocks"] == 0
+    assert again[0]["tokens"] == full[0]["tokens"]
