@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llamacpp_bench import build  # noqa: E402
-from semantic_bench import KINDS, bleu4, rouge_l, workload  # noqa: E402
+from semantic_bench import ALL_ALLOWED, KINDS, bleu4, rouge_l, workload  # noqa: E402
 
 SHM = Path(os.environ.get("TIERKV_SHM_DIR", "/dev/shm"))
 
@@ -85,15 +85,7 @@ def main() -> None:
         "full": ({}, ("--no-cache",)),
         "prefix": ({"TIERKV_SEMANTIC": "0"}, ()),
         "semantic": ({"TIERKV_SEMANTIC": "1"}, ("--semantic",)),
-        "semantic-all": (
-            {
-                "TIERKV_SEMANTIC": "1",
-                "TIERKV_SEMANTIC_MOVES": "1",
-                "TIERKV_SEMANTIC_SUBSTITUTE": "64",
-                "TIERKV_SEMANTIC_SUBSTITUTE_SPAN": "64",
-            },
-            ("--semantic",),
-        ),
+        "semantic-all": (ALL_ALLOWED, ("--semantic",)),
     }
     res = {name: run(bin_, model, prompts, env, *a, max_tokens=args.max_tokens) for name, (env, a) in configs.items()}
     targets = {name: r[1::2] for name, r in res.items()}

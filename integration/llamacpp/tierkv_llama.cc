@@ -220,24 +220,7 @@ class Runner {
 
   // Decodes tokens[pos..] into the prompt's sequence; returns the first generated token.
   llama_token decode_prompt(const std::vector<llama_token> &tokens, size_t pos) {
-    llama_batch batch = llama_batch_init(512, 0, 1);
-    int last = -1;
-    while (pos < tokens.size()) {
-      batch.n_tokens = 0;
-      for (; pos < tokens.size() && batch.n_tokens < 512; pos++) {
-        int i = batch.n_tokens++;
-        batch.token[i] = tokens[pos];
-        batch.pos[i] = pos;
-        batch.n_seq_id[i] = 1;
-        batch.seq_id[i][0] = kSeq;
-        batch.logits[i] = pos + 1 == tokens.size();
-        last = i;
-      }
-      if (llama_decode(ctx_, batch) != 0) die("llama_decode failed");
-    }
-    llama_token t = argmax(last);
-    llama_batch_free(batch);
-    return t;
+    return decode_span(tokens, pos, tokens.size());
   }
 
   llama_token decode_one(llama_token t, size_t pos) {
