@@ -168,10 +168,11 @@ def corrupt_store(store: str, slots: int = 256) -> int:
     with open(path, "r+b") as f:
         head = f.read(40)
         slot_bytes, n_slots, table_cap, file_len = struct.unpack_from("<QIIQ", head, 16)
-        # Arena format 3: header (4 pages), lease table (256 x 128 bytes), slot
-        # metadata (80 bytes each), index table, payloads (plugin/src/tier/arena.rs).
+        # Arena format 4: header (4 pages), lease table (256 x 128 bytes), slot
+        # metadata (88 bytes each: `SlotMeta`), index table, payloads
+        # (plugin/src/tier/arena.rs).
         meta_off = 4 * 4096 + 256 * 128
-        table_off = meta_off + n_slots * 80
+        table_off = meta_off + n_slots * 88
         data_off = (table_off + table_cap * 4 + 4095) // 4096 * 4096
         stride = (slot_bytes + 4095) // 4096 * 4096
         n = min(slots, n_slots)
