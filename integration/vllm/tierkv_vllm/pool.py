@@ -1,4 +1,6 @@
-"""tierkv's engine block pool beside vLLM's own: the shadow mode.
+"""tierkv's engine block pool inside vLLM: the shadow mode (``ShadowBlockPool``,
+below) and the rust mode (``RustBlockPool``, at the end of this module: tierkv's
+pool decides, vLLM's block objects follow).
 
 With ``TIERKV_VLLM_POOL=shadow`` the vLLM plugin (``plugin.py``) has vLLM build a
 ``ShadowBlockPool`` instead of its ``BlockPool``: vLLM's pool still decides
