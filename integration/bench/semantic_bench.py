@@ -167,6 +167,17 @@ def bleu4(cand: list[int], ref: list[int]) -> float:
     return bp * math.exp(sum(logs) / 4)
 
 
+def quality(outputs: list[list[int]], ref: list[list[int]], idx: list[int]) -> tuple[float, float, float]:
+    """Exact-match rate, mean ROUGE-L and mean BLEU-4 of ``outputs[i]`` against
+    ``ref[i]`` over the items ``idx``."""
+    n = len(idx)
+    return (
+        sum(outputs[i] == ref[i] for i in idx) / n,
+        sum(rouge_l(outputs[i], ref[i]) for i in idx) / n,
+        sum(bleu4(outputs[i], ref[i]) for i in idx) / n,
+    )
+
+
 # ------------------------------------------------------------------ one engine
 
 def run_engine(args) -> None:
@@ -278,9 +289,7 @@ def main() -> None:
         for name in ["prefix", "semantic", "semantic-all"]:
             r = results[name]
             got = sum(r["cached"][i] for i in idx)
-            exact = sum(r["outputs"][i] == ref[i] for i in idx) / len(idx)
-            rl = sum(rouge_l(r["outputs"][i], ref[i]) for i in idx) / len(idx)
-            bl = sum(bleu4(r["outputs"][i], ref[i]) for i in idx) / len(idx)
+            exact, rl, bl = quality(r["outputs"], ref, idx)
             ratio = f"{got / base:.2f}x" if base else ("from 0" if got else "1.00x")
             print(f"{kind:20}{name:14}{got / total:>11.3f}{ratio:>10}{exact:>7.2f}{rl:>9.3f}{bl:>8.3f}")
     loaded, failed = 'tierkv_semantic_load_blocks_total{result="loaded"}', 'tierkv_semantic_load_blocks_total{result="failed"}'

@@ -77,7 +77,10 @@ _GROUP_0 = (0).to_bytes(4, "big")
 
 def _pool_key_with_group(block_hash_with_group: bytes) -> bytes:
     """``_pool_key`` of a ``BlockHashWithGroupId`` (4-byte big-endian group last)."""
-    return _pool_key(block_hash_with_group[:-4], int.from_bytes(block_hash_with_group[-4:], "big"))
+    h = block_hash_with_group
+    if len(h) >= 20 and h[-4:] == _GROUP_0:  # group 0: the hash's first 16 bytes
+        return bytes(h[:16])
+    return _pool_key(h[:-4], int.from_bytes(h[-4:], "big"))
 
 
 class ShadowBlockPool(BlockPool):
@@ -435,7 +438,7 @@ class RustBlockPool(BlockPool):
             h = b.block_hash
             if h is not None:
                 ids.append(b.block_id)
-                keys.append(h[:16] if len(h) >= 20 and h[-4:] == _GROUP_0 else _pool_key_with_group(h))
+                keys.append(_pool_key_with_group(h))
         if ids:
             self._tkv.pool_register_many(ids, b"".join(keys))
 
