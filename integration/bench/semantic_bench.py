@@ -24,10 +24,13 @@ Configurations (one fresh engine process and store each; vLLM's own prefix cache
 off so that hits come from tierkv):
   full        no cache: the reference outputs
   prefix      tierkv, exact prefix sharing only
-  semantic    tierkv with TIERKV_SEMANTIC=1 and the default policy (substitute up
-              to 8 differing tokens in spans of at most 8, no moved passages)
+  semantic    tierkv with TIERKV_SEMANTIC=1 and the default policy (in vLLM: no
+              substituted token and no shifted KV, so nothing past the exact hit)
+  semantic-sub8  the default until 2026-11-30: substitute up to 8 differing tokens
+              in spans of at most 8, serve shifted KV (TIERKV_SEMANTIC_PREFIX_SHIFT)
+  semantic-shift  shifted KV served (deleted or inserted text), no substitution
   semantic-all  every reuse allowed: TIERKV_SEMANTIC_MOVES=1, SUBSTITUTE=64,
-              SUBSTITUTE_SPAN=64 (what the default policy refuses, measured)
+              SUBSTITUTE_SPAN=64, PREFIX_SHIFT=4096 (what the default refuses, measured)
 
 Reports per kind and configuration: the fraction of target prompt tokens served
 from cache (vLLM's num_cached_tokens), its ratio to prefix-only, and against full
@@ -51,6 +54,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 KINDS = ["entity_swap", "reordered_docs", "paraphrased_system", "fork"]
 # The `semantic-all` configuration: every reuse the policy can refuse, allowed.
 ALL_ALLOWED = {
@@ -58,7 +62,14 @@ ALL_ALLOWED = {
     "TIERKV_SEMANTIC_MOVES": "1",
     "TIERKV_SEMANTIC_SUBSTITUTE": "64",
     "TIERKV_SEMANTIC_SUBSTITUTE_SPAN": "64",
+    "TIERKV_SEMANTIC_PREFIX_SHIFT": "4096",
 }
+# The default policy until the wide suite (semantic_wide.py) was measured: up to 8
+# substituted tokens in spans of 8, shifted KV served.
+SUB8 = {"TIERKV_SEMANTIC": "1", "TIERKV_SEMANTIC_SUBSTITUTE": "8", "TIERKV_SEMANTIC_SUBSTITUTE_SPAN": "8",
+        "TIERKV_SEMANTIC_PREFIX_SHIFT": "4096"}
+# Shifted KV served (text inserted or deleted before it), no substituted token.
+SHIFT = {"TIERKV_SEMANTIC": "1", "TIERKV_SEMANTIC_PREFIX_SHIFT": "4096"}
 NAMES = ["Alice Martin", "Bob Chen", "Carla Diaz", "David Okafor", "Emma Larsen", "Farid Haddad",
          "Grace Kim", "Hugo Silva", "Ines Novak", "Jonas Weber", "Keiko Sato", "Liam Walsh"]
 SYSTEMS = [
@@ -240,7 +251,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--corpus", help="chatterbot_corpus/data")
-    ap.add_argument("--pairs", type=int, default=10, help="pairs per kind")
+    ap.add_argument("--pairs", type=int, default=10, help="pairs per kind (per corpus with --suite wide)")
+    ap.add_argument("--suite", choices=["bench", "wide"], default="bench",
+                    help="bench: the four kinds above; wide: semantic_wide.py's kinds on two corpora")
+    ap.add_argument("--configs", default="semantic,semantic-sub8,semantic-shift,semantic-all",
+                    help="comma-separated configurations to run besides full and prefix")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--keep", help="keep prompts, engine logs and raw results in this folder")
     ap.add_argument("--engine", action="store_true", help=argparse.SUPPRESS)
@@ -256,18 +271,14 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(args.model)
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="tierkv-semantic-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    items = workload(Path(args.corpus), args.pairs)
-    data = [{"kind": it["kind"], "source": tok(it["source"])["input_ids"], "target": tok(it["target"])["input_ids"]}
-            for it in items]
+    items, kinds, configs = suite(args.suite, Path(args.corpus), args.pairs)
+    keep = {"full", "prefix", *args.configs.split(",")}
+    configs = {k: v for k, v in configs.items() if k in keep}
+    data = [{"kind": it["kind"], "corpus": it.get("corpus", "chatterbot"),
+             "source": tok(it["source"])["input_ids"], "target": tok(it["target"])["input_ids"]} for it in items]
     prompts = tmp / "prompts.json"
     prompts.write_text(json.dumps(data))
     store = f"sem-{uuid.uuid4().hex[:8]}"
-    configs = {
-        "full": ("none", {}),
-        "prefix": ("tierkv", {"TIERKV_SEMANTIC": "0"}),
-        "semantic": ("tierkv", {"TIERKV_SEMANTIC": "1"}),
-        "semantic-all": ("tierkv", ALL_ALLOWED),
-    }
     results = {}
     for name, (mode, extra) in configs.items():
         env = dict(extra, TIERKV_STORE_NAME=f"{store}-{len(results)}", TIERKV_CPU_BYTES="2GiB",
@@ -281,22 +292,44 @@ def main() -> None:
     lens = [len(d["target"]) for d in data]
     print(f"{args.pairs} pairs per kind, target prompts {min(lens)}-{max(lens)} tokens; SmolLM2-135M fp32, "
           f"vLLM 0.32 CPU, block 32, greedy {args.max_tokens} tokens")
-    print(f"{'kind':20}{'config':14}{'from cache':>11}{'vs prefix':>10}{'exact':>7}{'ROUGE-L':>9}{'BLEU-4':>8}")
-    for kind in KINDS:
-        idx = [i for i, d in enumerate(data) if d["kind"] == kind]
-        total = sum(lens[i] for i in idx)
-        base = sum(results["prefix"]["cached"][i] for i in idx)
-        for name in ["prefix", "semantic", "semantic-all"]:
-            r = results[name]
-            got = sum(r["cached"][i] for i in idx)
-            exact, rl, bl = quality(r["outputs"], ref, idx)
-            ratio = f"{got / base:.2f}x" if base else ("from 0" if got else "1.00x")
-            print(f"{kind:20}{name:14}{got / total:>11.3f}{ratio:>10}{exact:>7.2f}{rl:>9.3f}{bl:>8.3f}")
+    print(f"{'corpus':11}{'kind':22}{'config':15}{'from cache':>11}{'vs prefix':>10}{'exact':>7}{'ROUGE-L':>9}"
+          f"{'BLEU-4':>8}")
+    tierkv = [name for name in configs if name != "full"]
+    for corpus in dict.fromkeys(d["corpus"] for d in data):
+        for kind in kinds:
+            idx = [i for i, d in enumerate(data) if d["kind"] == kind and d["corpus"] == corpus]
+            if not idx:
+                continue
+            total = sum(lens[i] for i in idx)
+            base = sum(results["prefix"]["cached"][i] for i in idx)
+            for name in tierkv:
+                r = results[name]
+                got = sum(r["cached"][i] for i in idx)
+                exact, rl, bl = quality(r["outputs"], ref, idx)
+                ratio = f"{got / base:.2f}x" if base else ("from 0" if got else "1.00x")
+                print(f"{corpus:11}{kind:22}{name:15}{got / total:>11.3f}{ratio:>10}{exact:>7.2f}{rl:>9.3f}{bl:>8.3f}")
     loaded, failed = 'tierkv_semantic_load_blocks_total{result="loaded"}', 'tierkv_semantic_load_blocks_total{result="failed"}'
-    for name in ["semantic", "semantic-all"]:
+    for name in tierkv[1:]:
         m = results[name]["metrics"]
         print(f"{name}: blocks built from near-duplicates {metric(m, loaded):.0f}, failed {metric(m, failed):.0f}")
     print(f"\nraw results: {tmp / 'results.json'}")
+
+
+def suite(name: str, corpus: Path, pairs: int) -> tuple[list[dict], list[str], dict]:
+    """The prompts, the kinds in report order, and the configurations of a suite."""
+    configs = {
+        "full": ("none", {}),
+        "prefix": ("tierkv", {"TIERKV_SEMANTIC": "0"}),
+        "semantic": ("tierkv", {"TIERKV_SEMANTIC": "1"}),
+        "semantic-sub8": ("tierkv", SUB8),
+        "semantic-shift": ("tierkv", SHIFT),
+        "semantic-all": ("tierkv", ALL_ALLOWED),
+    }
+    if name == "bench":
+        return workload(corpus, pairs), KINDS, configs
+    import semantic_wide
+
+    return semantic_wide.wide(pairs, corpus), semantic_wide.KINDS, configs
 
 
 if __name__ == "__main__":

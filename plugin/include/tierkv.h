@@ -780,6 +780,18 @@ enum TierkvStatus tierkv_pool_register_many(const struct TierkvManager *mgr,
 // `out_enabled` valid for one write. Does not block.
 enum TierkvStatus tierkv_semantic_enabled(const struct TierkvManager *mgr, uint8_t *out_enabled);
 
+// What an engine that can only load a prefix (vLLM) may be served from a
+// near-duplicate: `*out_substitute` differing tokens (`TIERKV_SEMANTIC_SUBSTITUTE`)
+// and sources shifted by at most `*out_prefix_shift` positions
+// (`TIERKV_SEMANTIC_PREFIX_SHIFT`). Both 0 (the defaults): an approximate prefix
+// never goes beyond the exact hit, so such an engine need not consult the index.
+//
+// # Safety
+// `out_substitute` and `out_prefix_shift` valid for one write each. Does not block.
+enum TierkvStatus tierkv_semantic_prefix_policy(const struct TierkvManager *mgr,
+                                                uint32_t *out_substitute,
+                                                uint32_t *out_prefix_shift);
+
 // Indexes a prompt whose full blocks the engine has stored, for semantic lookups;
 // `*out_indexed` is 1 if it was (0: sharing off for the namespace, or the prompt
 // is shorter than a block). Never index a prompt whose KV was itself built from a
@@ -839,7 +851,8 @@ enum TierkvStatus tierkv_plan_full(const struct TierkvPlan *plan,
 // For an engine that can only load a prefix (vLLM): the longest block-aligned
 // `[0, L)`, at most `limit` tokens, whose every position beyond `exact_tokens`
 // can be taken from the source (with at most `TIERKV_SEMANTIC_SUBSTITUTE`
-// differing tokens). `*out_tokens` is L, or 0 when that adds nothing.
+// differing tokens, and sources shifted by at most `TIERKV_SEMANTIC_PREFIX_SHIFT`
+// positions). `*out_tokens` is L, or 0 when that adds nothing.
 //
 // # Safety
 // `plan` live; `out_tokens` valid for one write.

@@ -114,7 +114,9 @@ def test_a_near_duplicate_is_an_approximate_prefix_and_is_never_stored(tmp_path,
     other = prompt_sets.SYSTEM.replace("Riverside", "Lakeside")
     target = tokens(f"{other}\n\nQuestion: {a}\nAnswer:")
     # One prompt at a time, so the source is stored and indexed before the target.
-    env = {"TIERKV_SEMANTIC": "1"}  # the default policy substitutes a short name
+    # Approximate KV accepted (the default serves vLLM none): a short name
+    # substituted, the positions after it shifted if its length differs.
+    env = {"TIERKV_SEMANTIC": "1", "TIERKV_SEMANTIC_SUBSTITUTE": "8", "TIERKV_SEMANTIC_PREFIX_SHIFT": "4096"}
     r = run(tmp_path, "tierkv", [source, target], store, args=("--max-tokens", "4", "--one-by-one"), extra_env=env)
     assert metric(r["metrics"], "tierkv_semantic_load_blocks_total", 'result="loaded"') > 0
     assert metric(r["metrics"], "tierkv_semantic_load_blocks_total", 'result="failed"') == 0
@@ -143,5 +145,24 @@ def test_a_near_duplicate_is_an_approximate_prefix_and_is_never_stored(tmp_path,
         assert n > shared // BLOCK + 4
     finally:
         tkv.close()
+        Path(f"/dev/shm/tierkv-{store}.arena").unlink(missing_ok=True)
+        Path(f"/dev/shm/tierkv-{store}.g3dir").unlink(missing_ok=True)
+
+
+def test_the_default_policy_serves_vllm_no_approximate_kv_and_says_why(tmp_path):
+    # The near-duplicate of the test above, with every default: vLLM could only be
+    # served the swapped name's KV (a question about the name would be answered
+    # from the other prompt), so the connector keeps semantic sharing off.
+    store = f"sem-vllm-default-{uuid.uuid4().hex[:8]}"
+    a = prompt_sets.QUESTIONS_A[0]
+    source = tokens(f"{prompt_sets.SYSTEM}\n\nQuestion: {a}\nAnswer:")
+    target = tokens(f"{prompt_sets.SYSTEM.replace('Riverside', 'Lakeside')}\n\nQuestion: {a}\nAnswer:")
+    env = {"TIERKV_SEMANTIC": "1"}
+    try:
+        r = run(tmp_path, "tierkv", [source, target], store, args=("--max-tokens", "4", "--one-by-one"), extra_env=env)
+        assert "semantic sharing serves nothing in vLLM under this policy" in Path(r["log"]).read_text()
+        assert metric(r["metrics"], "tierkv_semantic_load_blocks_total", 'result="loaded"') == 0
+        assert metric(r["metrics"], "tierkv_semantic_lookups_total") == 0
+    finally:
         Path(f"/dev/shm/tierkv-{store}.arena").unlink(missing_ok=True)
         Path(f"/dev/shm/tierkv-{store}.g3dir").unlink(missing_ok=True)

@@ -34,6 +34,8 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("TIERKV_SEMANTIC_BLEND", "0")
     monkeypatch.setenv("TIERKV_SEMANTIC_MOVES", "1")
     monkeypatch.setenv("TIERKV_SEMANTIC_SUBSTITUTE", "0")
+    # The mechanics of building shifted KV (the default serves vLLM none).
+    monkeypatch.setenv("TIERKV_SEMANTIC_PREFIX_SHIFT", "4096")
     return tmp_path
 
 
@@ -121,6 +123,33 @@ def test_off_by_default(env, monkeypatch):
     assert not t.semantic_enabled()
     assert not t.semantic_insert(words(1, 32))
     assert t.semantic_lookup(words(1, 32), 0) == (None, "not_consulted")
+    t.close()
+
+
+def test_a_prefix_only_engine_is_served_no_approximate_kv_by_default(env, monkeypatch):
+    # The default policy: no substituted token, no shifted KV (the vLLM connector
+    # then turns semantic sharing off and says why). A swapped name and a deleted
+    # turn are still planned for engines that recompute; the approximate prefix is
+    # empty until a user accepts approximate KV.
+    monkeypatch.delenv("TIERKV_SEMANTIC_SUBSTITUTE")
+    monkeypatch.delenv("TIERKV_SEMANTIC_PREFIX_SHIFT")
+    t, mem = manager("prefix-only", 64)
+    assert t.semantic_prefix_policy() == (0, 0)
+    prompt = words(12, 96)
+    n = len(prompt) // BT
+    assert t.store_blocks(t.hash_tokens(prompt), list(range(n))) == [STORE_STORED] * n
+    assert t.semantic_insert(prompt)
+    swapped = prompt[:5] + [4998, 4999] + prompt[7:]
+    slid = prompt[:4] + prompt[12:]
+    for near in (swapped, slid):
+        plan, why = t.semantic_lookup(near, 4)
+        assert why == "accepted", why
+        assert plan.approximate_prefix(4, len(near) - 1) == 0
+    t.close()
+    monkeypatch.setenv("TIERKV_SEMANTIC_SUBSTITUTE", "8")
+    monkeypatch.setenv("TIERKV_SEMANTIC_PREFIX_SHIFT", "4096")
+    t, _ = manager("prefix-only-opt-in", 8)
+    assert t.semantic_prefix_policy() == (8, 4096)
     t.close()
 
 

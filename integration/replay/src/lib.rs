@@ -4,16 +4,21 @@
 //! Core types: [`Trace`] (requests as block-key chains), [`ReplayResult`], and the
 //! two drivers [`replay`] (any [`Policy`]) and [`belady`] (the offline optimum).
 //!
-//! Trace format (text, one request per line, `#` starts a comment line):
+//! Trace formats, one request per line, told apart by the first line that is not
+//! blank or a `#` comment:
 //!
 //! ```text
-//!   <label> <block> <block> ...
-//!   conv17/turn3 9f2c41d0a1e35b77 03bb12e9c0d4f611 ...
+//!   text:  <label> <block> <block> ...
+//!          conv17/turn3 9f2c41d0a1e35b77 03bb12e9c0d4f611 ...
+//!   JSONL: {"timestamp": 27482, "input_length": 6955, "output_length": 52, "hash_ids": [46, 47]}
 //! ```
 //!
-//! The label is free text without spaces (ignored). Each block is its identity in hex
-//! (up to 32 digits; folded to 64 bits), in chain order: a request's blocks are the
-//! prompt's full blocks from the first. Hits are counted as a prefix cache counts
+//! Text: the label is free text without spaces (ignored); each block is its identity
+//! in hex (up to 32 digits; folded to 64 bits). JSONL (the Mooncake traces,
+//! `../shared/traces/README.md`): `hash_ids` are decimal block identities,
+//! `timestamp` the arrival in milliseconds, `input_length` the prompt's tokens, from
+//! which the block size is inferred ([`Trace::block_tokens`]). Either way a request's
+//! blocks are in chain order from the first. Hits are counted as a prefix cache counts
 //! them: the leading blocks that are resident, up to the first miss.
 //!
 //! Workflow of one request in [`replay`]:
@@ -32,6 +37,11 @@ use tierkv::prefix::BlockHash;
 pub struct Trace {
     /// One entry per request.
     pub requests: Vec<Vec<u64>>,
+    /// Arrival of each request in milliseconds from the trace's start (JSONL); empty
+    /// for the text format, which has no times.
+    pub arrivals_ms: Vec<u64>,
+    /// Prompt tokens of each request (JSONL); empty for the text format.
+    pub prompt_tokens: Vec<u64>,
 }
 
 /// Hits of one policy on one trace.
@@ -57,8 +67,15 @@ impl ReplayResult {
 }
 
 impl Trace {
-    /// Parses the text format above. Errors name the line.
+    /// Parses either format above. Errors name the line.
     pub fn parse(text: &str) -> Result<Self, String> {
+        let first = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'));
+        if first.is_some_and(|l| l.starts_with('{')) {
+            return Self::parse_jsonl(text);
+        }
         let mut requests = Vec::new();
         for (no, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -76,7 +93,75 @@ impl Trace {
                 .collect::<Result<Vec<_>, _>>()?;
             requests.push(chain);
         }
-        Ok(Self { requests })
+        Ok(Self {
+            requests,
+            ..Self::default()
+        })
+    }
+
+    /// The JSONL format: one flat object per line with `timestamp`, `input_length`
+    /// and `hash_ids` (other fields ignored).
+    fn parse_jsonl(text: &str) -> Result<Self, String> {
+        let mut t = Self::default();
+        for (no, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |what: &str| format!("line {}: {what}", no + 1);
+            let number = |key: &str| -> Result<u64, String> {
+                let v = json_field(line, key).ok_or_else(|| err(&format!("no \"{key}\"")))?;
+                v.trim()
+                    .parse()
+                    .map_err(|_| err(&format!("\"{key}\" is not a whole number")))
+            };
+            let ids = json_field(line, "hash_ids").ok_or_else(|| err("no \"hash_ids\""))?;
+            let ids = ids
+                .trim()
+                .strip_prefix('[')
+                .and_then(|v| v.strip_suffix(']'))
+                .ok_or_else(|| err("\"hash_ids\" is not a list"))?;
+            let chain = ids
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| v.parse::<u64>().map_err(|_| err(&format!("{v:?} is not a block id"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let arrival = number("timestamp")?;
+            if t.arrivals_ms.last().is_some_and(|&prev| arrival < prev) {
+                return Err(err("arrivals go back in time"));
+            }
+            t.arrivals_ms.push(arrival);
+            t.prompt_tokens.push(number("input_length")?);
+            t.requests.push(chain);
+        }
+        Ok(t)
+    }
+
+    /// Tokens per block, inferred from the prompt lengths (JSONL only): the power of
+    /// two from 16 to 4096 under which most requests have exactly
+    /// `ceil(prompt_tokens / block)` blocks. `None` for the text format.
+    pub fn block_tokens(&self) -> Option<u64> {
+        if self.prompt_tokens.is_empty() {
+            return None;
+        }
+        (4..=12).map(|e| 1u64 << e).max_by_key(|&b| {
+            let fits = self
+                .requests
+                .iter()
+                .zip(&self.prompt_tokens)
+                .filter(|(chain, &n)| n.div_ceil(b) == chain.len() as u64)
+                .count();
+            (fits, std::cmp::Reverse(b))
+        })
+    }
+
+    /// Time from the first arrival to the last, in milliseconds (0 without times).
+    pub fn duration_ms(&self) -> u64 {
+        match (self.arrivals_ms.first(), self.arrivals_ms.last()) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0,
+        }
     }
 
     /// Number of distinct blocks.
@@ -88,6 +173,19 @@ impl Trace {
     pub fn total_blocks(&self) -> u64 {
         self.requests.iter().map(|r| r.len() as u64).sum()
     }
+}
+
+/// The raw text of field `key` of a flat JSON object on one line: a number or a
+/// list of numbers (no nesting, no strings containing the key's quotes).
+fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!("\"{key}\""))? + key.len() + 2;
+    let rest = line[at..].trim_start().strip_prefix(':')?;
+    let end = if rest.trim_start().starts_with('[') {
+        rest.find(']')? + 1
+    } else {
+        rest.find([',', '}']).unwrap_or(rest.len())
+    };
+    Some(&rest[..end])
 }
 
 /// Replays `trace` through `policy` with room for `capacity` blocks.
@@ -186,6 +284,7 @@ mod tests {
     fn trace(reqs: &[&[u64]]) -> Trace {
         Trace {
             requests: reqs.iter().map(|r| r.to_vec()).collect(),
+            ..Trace::default()
         }
     }
 
@@ -196,6 +295,25 @@ mod tests {
         assert_eq!(t.requests[0], [0xa, 0xb]);
         assert_eq!(t.requests[1][1], 0x0123456789abcdef ^ 0x0123456789abcdef);
         assert!(Trace::parse("x zz").unwrap_err().contains("line 1"));
+    }
+
+    #[test]
+    fn parses_the_mooncake_jsonl_format() {
+        let text = concat!(
+            "{\"timestamp\": 0, \"input_length\": 1100, \"output_length\": 5, \"hash_ids\": [0, 1, 2]}\n",
+            "\n",
+            "{\"timestamp\": 2500, \"input_length\": 600, \"output_length\": 9, \"hash_ids\": [0, 3]}\n",
+        );
+        let t = Trace::parse(text).unwrap();
+        assert_eq!(t.requests, [vec![0, 1, 2], vec![0, 3]]);
+        assert_eq!(t.arrivals_ms, [0, 2500]);
+        assert_eq!(t.block_tokens(), Some(512));
+        assert_eq!(t.duration_ms(), 2500);
+        let back = "{\"timestamp\": 9, \"input_length\": 1, \"hash_ids\": [1]}\n{\"timestamp\": 3, \"input_length\": 1, \"hash_ids\": [1]}";
+        assert!(Trace::parse(back).unwrap_err().contains("line 2"));
+        let bad = "{\"timestamp\": 1, \"input_length\": 1, \"hash_ids\": [1, x]}";
+        assert!(Trace::parse(bad).unwrap_err().contains("not a block id"));
+        assert_eq!(Trace::parse("a 1 2").unwrap().block_tokens(), None);
     }
 
     #[test]
@@ -212,7 +330,10 @@ mod tests {
     fn belady_bounds_every_policy() {
         // A loop of 6 blocks through a cache of 4: LRU gets nothing, MIN keeps 3.
         let reqs: Vec<Vec<u64>> = (0..10).flat_map(|_| (1..=6).map(|k| vec![k])).collect();
-        let t = Trace { requests: reqs };
+        let t = Trace {
+            requests: reqs,
+            ..Trace::default()
+        };
         let lru = replay(&t, &mut Lru::default(), 4);
         let min = belady(&t, 4);
         assert_eq!(lru.hit_blocks, 0);

@@ -49,6 +49,12 @@ fn main() -> ExitCode {
         trace.requests.len(),
         trace.total_blocks()
     );
+    if let Some(bt) = trace.block_tokens() {
+        println!(
+            "arrivals over {:.1} minutes; {bt} tokens per block (inferred from the prompt lengths)",
+            trace.duration_ms() as f64 / 60_000.0
+        );
+    }
     println!("| capacity | policy | hit ratio | share of the LRU-to-Belady gap closed |");
     println!("|---|---|---|---|");
     for cap in caps.split(',') {

@@ -227,6 +227,10 @@ def _load(path: str) -> ctypes.CDLL:
         "tierkv_disk_status": ([vp, ctypes.POINTER(_DiskStatus)], ctypes.c_int),
         "tierkv_disk_flush": ([vp, ctypes.c_uint64, u8p], ctypes.c_int),
         "tierkv_semantic_enabled": ([vp, u8p], ctypes.c_int),
+        "tierkv_semantic_prefix_policy": (
+            [vp, ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32)],
+            ctypes.c_int,
+        ),
         "tierkv_semantic_insert": ([vp, vp, ctypes.c_size_t, u8p], ctypes.c_int),
         "tierkv_semantic_lookup": (
             [vp, vp, ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(vp), ctypes.POINTER(ctypes.c_int32)],
@@ -599,6 +603,15 @@ class TierKV:
         on = ctypes.c_uint8()
         self._check(self._lib.tierkv_semantic_enabled(self._h, ctypes.byref(on)))
         return bool(on.value)
+
+    def semantic_prefix_policy(self) -> tuple[int, int]:
+        """What a prefix-only engine may be served from a near-duplicate:
+        ``(differing tokens substituted, largest position shift)``
+        (``TIERKV_SEMANTIC_SUBSTITUTE``, ``TIERKV_SEMANTIC_PREFIX_SHIFT``). ``(0, 0)``:
+        nothing beyond the exact hit."""
+        sub, shift = ctypes.c_uint32(), ctypes.c_uint32()
+        self._check(self._lib.tierkv_semantic_prefix_policy(self._h, ctypes.byref(sub), ctypes.byref(shift)))
+        return sub.value, shift.value
 
     def semantic_insert(self, tokens: Sequence[int]) -> bool:
         """Indexes a prompt whose full blocks were stored; False when sharing is off."""

@@ -15,6 +15,7 @@ const FRACTION: &str = "a number from 0 to 1";
 /// Reads the `TIERKV_SEMANTIC*` variables.
 pub(super) fn read(v: &Vars<impl Fn(&str) -> Option<String>>) -> Result<SemanticPolicy, ConfigError> {
     let (shift, shift_forms) = int_in(0u32, 1 << 24);
+    let (prefix_shift, prefix_shift_forms) = int_in(0u32, 1 << 24);
     let (sub, sub_forms) = int_in(0u32, 1 << 16);
     let (span, span_forms) = int_in(1u32, 1 << 16);
     let (prompts, prompt_forms) = int_in(1usize, 10_000_000);
@@ -38,6 +39,7 @@ pub(super) fn read(v: &Vars<impl Fn(&str) -> Option<String>>) -> Result<Semantic
         consult_below: v.value("TIERKV_SEMANTIC_BELOW", fraction, FRACTION)?,
         substitute: v.value("TIERKV_SEMANTIC_SUBSTITUTE", sub, &sub_forms)?,
         substitute_span: v.value("TIERKV_SEMANTIC_SUBSTITUTE_SPAN", span, &span_forms)?,
+        prefix_shift: v.value("TIERKV_SEMANTIC_PREFIX_SHIFT", prefix_shift, &prefix_shift_forms)?,
         moves: v.value("TIERKV_SEMANTIC_MOVES", parse_bool, BOOL_FORMS)?,
         prompts: v.value("TIERKV_SEMANTIC_PROMPTS", prompts, &prompt_forms)?,
     })

@@ -166,13 +166,18 @@ pub const VARS: &[VarDoc] = &[
     },
     VarDoc {
         name: "TIERKV_SEMANTIC_SUBSTITUTE",
-        default: "8",
-        meaning: "Differing tokens a prefix-only engine (vLLM) may take from the near-duplicate's KV (a swapped name or number). 0-65536.",
+        default: "0",
+        meaning: "Differing tokens a prefix-only engine (vLLM) may take from the near-duplicate's KV (a swapped name or number; measured to leak the other prompt's name into answers). 0-65536.",
     },
     VarDoc {
         name: "TIERKV_SEMANTIC_SUBSTITUTE_SPAN",
         default: "8",
         meaning: "Longest run of differing tokens that may be substituted (a name or a number, not a reworded sentence). 1-65536.",
+    },
+    VarDoc {
+        name: "TIERKV_SEMANTIC_PREFIX_SHIFT",
+        default: "0",
+        meaning: "Largest position shift of KV a prefix-only engine (vLLM) may take from a near-duplicate (text inserted or deleted before it). 0-16777216.",
     },
     VarDoc {
         name: "TIERKV_SEMANTIC_MOVES",

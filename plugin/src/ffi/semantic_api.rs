@@ -159,6 +159,35 @@ pub unsafe extern "C" fn tierkv_semantic_enabled(mgr: *const TierkvManager, out_
     })
 }
 
+/// What an engine that can only load a prefix (vLLM) may be served from a
+/// near-duplicate: `*out_substitute` differing tokens (`TIERKV_SEMANTIC_SUBSTITUTE`)
+/// and sources shifted by at most `*out_prefix_shift` positions
+/// (`TIERKV_SEMANTIC_PREFIX_SHIFT`). Both 0 (the defaults): an approximate prefix
+/// never goes beyond the exact hit, so such an engine need not consult the index.
+///
+/// # Safety
+/// `out_substitute` and `out_prefix_shift` valid for one write each. Does not block.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_semantic_prefix_policy(
+    mgr: *const TierkvManager,
+    out_substitute: *mut u32,
+    out_prefix_shift: *mut u32,
+) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointers, caller contract.
+        let (sub, shift) = unsafe {
+            (
+                out_ptr(out_substitute, "out_substitute")?,
+                out_ptr(out_prefix_shift, "out_prefix_shift")?,
+            )
+        };
+        *sub = m.semantic_substitute();
+        *shift = m.semantic_prefix_shift();
+        Ok(())
+    })
+}
+
 /// Indexes a prompt whose full blocks the engine has stored, for semantic lookups;
 /// `*out_indexed` is 1 if it was (0: sharing off for the namespace, or the prompt
 /// is shorter than a block). Never index a prompt whose KV was itself built from a
@@ -335,7 +364,8 @@ pub unsafe extern "C" fn tierkv_plan_full(
 /// For an engine that can only load a prefix (vLLM): the longest block-aligned
 /// `[0, L)`, at most `limit` tokens, whose every position beyond `exact_tokens`
 /// can be taken from the source (with at most `TIERKV_SEMANTIC_SUBSTITUTE`
-/// differing tokens). `*out_tokens` is L, or 0 when that adds nothing.
+/// differing tokens, and sources shifted by at most `TIERKV_SEMANTIC_PREFIX_SHIFT`
+/// positions). `*out_tokens` is L, or 0 when that adds nothing.
 ///
 /// # Safety
 /// `plan` live; `out_tokens` valid for one write.
@@ -352,7 +382,7 @@ pub unsafe extern "C" fn tierkv_plan_approximate_prefix(
         let p = plan_ref(plan)?;
         // SAFETY: validated pointer, caller contract.
         let out = unsafe { out_ptr(out_tokens, "out_tokens") }?;
-        *out = p.approximate_prefix(exact_tokens, limit, m.semantic_substitute());
+        *out = p.approximate_prefix(exact_tokens, limit, m.semantic_substitute(), m.semantic_prefix_shift());
         Ok(())
     })
 }

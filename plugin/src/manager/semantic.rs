@@ -24,6 +24,12 @@ impl Manager {
         self.config.semantic.substitute
     }
 
+    /// Largest shift of KV an approximate prefix may serve
+    /// (`TIERKV_SEMANTIC_PREFIX_SHIFT`).
+    pub fn semantic_prefix_shift(&self) -> u32 {
+        self.config.semantic.prefix_shift
+    }
+
     /// Indexes `tokens` (a prompt whose full blocks the engine has stored) for
     /// semantic lookups. Returns whether it was indexed (off, or shorter than a
     /// block: not).

@@ -6,9 +6,10 @@
 //!    by at most `max_shift` positions.
 //! 2. Holes (target positions no run covers) are recomputed.
 //! 3. A blend budget (`blend` x prompt length) is spent on the tokens right after
-//!    each hole, nearest first, round-robin across holes: their KV attended to other
-//!    tokens in the source, and after CacheBlend the first ones deviate most. They
-//!    are removed from the runs and recomputed too.
+//!    each difference (a hole, or a seam where the source does not continue: text
+//!    deleted, a passage moved), nearest first, round-robin across differences:
+//!    their KV attended to other tokens in the source, and after CacheBlend the
+//!    first ones deviate most. They are removed from the runs and recomputed too.
 //! 4. [`ReusePlan::approximate_prefix`] turns the plan into what an engine that can
 //!    only load a prefix (vLLM) can use: the longest block-aligned `[0, L)` with
 //!    every position taken from a source (runs, blend tokens served from the source
@@ -128,7 +129,10 @@ impl ReusePlan {
     /// The longest block-aligned `[0, L)` an engine that can only load a prefix can
     /// take from the source (positions before `exact_tokens` come from the exact
     /// prefix hit), at most `limit` tokens; 0 when nothing beyond `exact_tokens`.
-    pub fn approximate_prefix(&self, exact_tokens: u32, limit: u32, substitute: u32) -> u32 {
+    /// At most `substitute` replaced tokens are served with the KV of the tokens
+    /// they replaced, and no position whose source lies more than `max_shift`
+    /// positions away (text inserted or deleted before it) is served.
+    pub fn approximate_prefix(&self, exact_tokens: u32, limit: u32, substitute: u32, max_shift: u32) -> u32 {
         let mut sources = self.sources_in_order();
         sources.retain(|(_, sub)| !sub || substitute > 0);
         let mut at = exact_tokens;
@@ -137,7 +141,7 @@ impl ReusePlan {
             if r.target_end() <= at {
                 continue;
             }
-            if r.target > at {
+            if r.target > at || r.target.abs_diff(r.source) > max_shift {
                 break;
             }
             let take = r.target_end() - at;
@@ -214,8 +218,15 @@ impl ReusePlan {
 /// Takes up to `budget` tokens from the starts of runs that follow a hole (or the
 /// prompt start after a hole), round-robin, nearest to the hole first.
 fn take_blend(runs: &mut Vec<Match>, mut budget: u32) -> Vec<Match> {
+    // A run follows a difference when target positions before it are not loaded
+    // (a hole) or when its source does not continue the previous run's (text
+    // deleted before it, or a moved passage): either way its KV attended to
+    // context the target does not have.
     let mut after_hole: Vec<usize> = (0..runs.len())
-        .filter(|&i| runs[i].target > 0 && (i == 0 || runs[i - 1].target_end() < runs[i].target))
+        .filter(|&i| match i {
+            0 => runs[0].target > 0 || runs[0].source > 0,
+            _ => runs[i - 1].target_end() < runs[i].target || runs[i - 1].source + runs[i - 1].len != runs[i].source,
+        })
         .collect();
     let mut taken = vec![0u32; runs.len()];
     while budget > 0 && !after_hole.is_empty() {

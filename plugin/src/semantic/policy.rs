@@ -28,13 +28,20 @@ pub struct SemanticPolicy {
     /// fraction of the prompt (`TIERKV_SEMANTIC_BELOW`). Default 0.5.
     pub consult_below: f32,
     /// Replaced tokens an approximate prefix may serve with the source's KV
-    /// (`TIERKV_SEMANTIC_SUBSTITUTE`). Default 8: a swapped name or number; the
-    /// reworded system prompts of the benchmark needed 16 and lost their answers.
+    /// (`TIERKV_SEMANTIC_SUBSTITUTE`). Default 0: a substituted token keeps the
+    /// KV of the token it replaced, so a question about it is answered from the
+    /// other request (measured: a swapped customer name answered with the source's
+    /// name, docs/benchmarks.md). Engines that recompute holes ignore it.
     pub substitute: u32,
     /// Longest replaced span that may be substituted
     /// (`TIERKV_SEMANTIC_SUBSTITUTE_SPAN`). Default 8: a name or a number, not a
     /// reworded sentence.
     pub substitute_span: u32,
+    /// Largest position shift of KV an approximate prefix may serve
+    /// (`TIERKV_SEMANTIC_PREFIX_SHIFT`). Default 0: text inserted or deleted before
+    /// a position changed what its KV attended to, and a prefix-only engine cannot
+    /// recompute it (a chat window that slid lost its answers, docs/benchmarks.md).
+    pub prefix_shift: u32,
     /// Reuse passages that moved (`TIERKV_SEMANTIC_MOVES`). Default false: their KV
     /// was computed after other text, and without recomputing the tokens after
     /// each move the answers change (docs/benchmarks.md).
@@ -53,8 +60,9 @@ impl Default for SemanticPolicy {
             blend: 0.15,
             max_shift: 4096,
             consult_below: 0.5,
-            substitute: 8,
+            substitute: 0,
             substitute_span: 8,
+            prefix_shift: 0,
             moves: false,
             prompts: 10_000,
         }

@@ -112,11 +112,38 @@ fn a_swapped_name_is_recomputed_and_stops_the_approximate_prefix() {
     assert_eq!(p.replaced.len(), 1);
     // A prefix-only engine: up to the block holding the swap (96), or past it when 4
     // substituted tokens are allowed (up to the last full block before 403).
-    assert_eq!(p.approximate_prefix(0, 403, 0), 96);
-    assert_eq!(p.approximate_prefix(0, 403, 3), 96);
-    assert_eq!(p.approximate_prefix(0, 403, 4), 400);
+    assert_eq!(p.approximate_prefix(0, 403, 0, u32::MAX), 96);
+    assert_eq!(p.approximate_prefix(0, 403, 3, u32::MAX), 96);
+    assert_eq!(p.approximate_prefix(0, 403, 4, u32::MAX), 400);
+    // The swap keeps every later position where it was: no shift to refuse.
+    assert_eq!(p.approximate_prefix(0, 403, 4, 0), 400);
     // Nothing beyond an exact hit that already reaches the swap.
-    assert_eq!(p.approximate_prefix(96, 403, 0), 0);
+    assert_eq!(p.approximate_prefix(96, 403, 0, u32::MAX), 0);
+}
+
+#[test]
+fn a_deleted_passage_shifts_what_follows_and_the_prefix_shift_limit_stops_it() {
+    // A chat window that slid: the target drops the source's first 96-token turn.
+    let (sys, turn, rest) = (words(20, 64), words(21, 96), words(22, 400));
+    let source: Vec<u32> = [&sys[..], &turn, &rest].concat();
+    let target: Vec<u32> = [&sys[..], &rest].concat();
+    let ix = index_with(&[(&source, 1)]);
+    let p = ix.lookup(&target, 64, BT, &policy(), |_| true).unwrap();
+    check_plan(&p, &source, &target);
+    assert!(p.runs.iter().any(|r| r.source == r.target + 96), "{:?}", p.runs);
+    // No target position is missing, yet what follows the seam attended to the
+    // deleted turn: the blend budget is spent right after it (engines that
+    // recompute).
+    let budget = (policy().blend * target.len() as f32) as u32;
+    assert_eq!(p.recompute, vec![64..64 + budget], "{:?}", p.recompute);
+    // Every later position has a source 96 positions on: served only when a shift
+    // of 96 is allowed; by default (no shift) nothing beyond the exact 64.
+    assert!(p.approximate_prefix(64, 463, 0, 96) > 400);
+    assert_eq!(p.approximate_prefix(64, 463, 0, 95), 0);
+    assert_eq!(
+        p.approximate_prefix(64, 463, 0, SemanticPolicy::default().prefix_shift),
+        0
+    );
 }
 
 #[test]
@@ -138,7 +165,10 @@ fn reordered_documents_are_found_as_moves_with_shifted_positions() {
         "doc B moved back 300, doc A on 200: {shifts:?}"
     );
     // Everything but the differing question can be loaded as a prefix.
-    assert_eq!(p.approximate_prefix(64, 583, 0), 560);
+    assert_eq!(p.approximate_prefix(64, 583, 0, u32::MAX), 560);
+    // Served only where the moved passages' shifts are allowed.
+    assert_eq!(p.approximate_prefix(64, 583, 0, 0), 0);
+    assert_eq!(p.approximate_prefix(64, 583, 0, 299), 0);
     let (srcs, map) = p.token_map(4, 31, false).unwrap();
     for (k, s) in map.iter().enumerate() {
         let t = 64 + k;
@@ -241,7 +271,7 @@ fn policy_limits_reject_with_their_reason() {
 }
 
 #[test]
-fn the_default_policy_reuses_neither_moved_passages_nor_reworded_spans() {
+fn the_default_policy_serves_no_approximate_kv_to_a_prefix_only_engine() {
     let defaults = SemanticPolicy {
         enabled: true,
         ..SemanticPolicy::default()
@@ -255,7 +285,9 @@ fn the_default_policy_reuses_neither_moved_passages_nor_reworded_spans() {
         ix.lookup(&target, 0, BT, &defaults, |_| true).unwrap_err(),
         Rejection::TooMuchRecompute
     );
-    // A 4-token name is substituted; a 12-token rewording is not.
+    // A 4-token name: planned (a recomputing engine can use it), but a prefix-only
+    // engine gets nothing past the exact block by default; with substitution
+    // allowed, the name is substituted; a 12-token rewording exceeds the span.
     let long_text = words(55, 400);
     let mut name = long_text.clone();
     name[20..24].copy_from_slice(&words(56, 4));
@@ -263,10 +295,13 @@ fn the_default_policy_reuses_neither_moved_passages_nor_reworded_spans() {
     reworded[20..32].copy_from_slice(&words(57, 12));
     let ix = index_with(&[(&long_text, 2)]);
     let p = ix.lookup(&name, 0, BT, &defaults, |_| true).unwrap();
-    assert_eq!(p.approximate_prefix(16, 399, defaults.substitute), 384);
+    let (sub, shift) = (defaults.substitute, defaults.prefix_shift);
+    assert_eq!((sub, shift), (0, 0));
+    assert_eq!(p.approximate_prefix(16, 399, sub, shift), 0);
+    assert_eq!(p.approximate_prefix(16, 399, 8, shift), 384);
     let p = ix.lookup(&reworded, 0, BT, &defaults, |_| true).unwrap();
     assert_eq!(
-        p.approximate_prefix(16, 399, defaults.substitute),
+        p.approximate_prefix(16, 399, 8, u32::MAX),
         0,
         "only the exact first block"
     );
@@ -292,7 +327,7 @@ proptest! {
             0, hashes_for(&source, 1).into(), BT, target.len() as u32, 1.0, &policy(),
         );
         check_plan(&p, &source, &target);
-        let l = p.approximate_prefix(0, target.len() as u32 - 1, 0);
+        let l = p.approximate_prefix(0, target.len() as u32 - 1, 0, u32::MAX);
         prop_assert!(l.is_multiple_of(BT) && l < target.len() as u32);
         if l > 0 {
             let (srcs, map) = p.token_map(0, l / BT, false).unwrap();

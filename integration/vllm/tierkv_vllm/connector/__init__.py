@@ -53,7 +53,10 @@ prompt is short, the scheduler asks tierkv for a reuse plan from a cached
 near-duplicate and turns it into an *approximate prefix*: the blocks after the
 exact hit that can be built from the near-duplicate's KV (keys re-rotated to their
 new positions), up to the first difference the policy does not allow. vLLM loads
-them as if they were a prefix hit and computes the rest. Such a request's KV is
+them as if they were a prefix hit and computes the rest. The default policy allows
+no difference (``TIERKV_SEMANTIC_SUBSTITUTE=0``, ``TIERKV_SEMANTIC_PREFIX_SHIFT=0``):
+past the exact hit, vLLM cannot recompute the positions a near-duplicate gets
+wrong, so semantic sharing stays off in vLLM unless a user accepts approximate KV. Such a request's KV is
 not exact, so it is never stored or indexed, and semantic sharing needs vLLM's own
 prefix cache off (``enable_prefix_caching=False``): vLLM would otherwise register
 the approximate blocks under the prompt's exact identity.
@@ -199,6 +202,14 @@ class TierKVConnector(KVConnectorBase_V1):
             return False
         if rope is None:
             logger.warning("tierkv: semantic sharing is off: this model's rotary embedding is not plain RoPE")
+            return False
+        if self._tkv.semantic_prefix_policy() == (0, 0):
+            logger.warning(
+                "tierkv: semantic sharing serves nothing in vLLM under this policy: vLLM can only load a prefix, "
+                "and past the exact hit every near-duplicate position is a substituted token or shifted KV, which "
+                "vLLM cannot recompute (measured to change answers, docs/semantic.md). Set "
+                "TIERKV_SEMANTIC_SUBSTITUTE and/or TIERKV_SEMANTIC_PREFIX_SHIFT to accept approximate KV"
+            )
             return False
         return True
 
