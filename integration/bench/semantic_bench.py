@@ -3,7 +3,10 @@ with prefix sharing only versus prefix + semantic, and the quality of the output
 against full computation, per kind of near-duplicate prompt.
 
 Run (inside the vLLM environment, with TIERKV_LIB set or the connector installed):
-    python integration/bench/semantic_bench.py --model DIR --corpus DIR [--pairs 10]
+    python integration/bench/semantic_bench.py --model DIR --corpus DIR [--pairs 10] [--suite wide]
+
+``--suite wide`` runs semantic_wide.py's kinds on two corpora instead (the policy
+chosen on the chatterbot half, reported on Python's own documentation).
 
 ``--corpus`` is the ``chatterbot_corpus/data`` folder of the PyPI package
 ``chatterbot-corpus`` 1.3.3 (``pip download --no-deps chatterbot-corpus==1.3.3`` and

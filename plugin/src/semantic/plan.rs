@@ -215,8 +215,8 @@ impl ReusePlan {
     }
 }
 
-/// Takes up to `budget` tokens from the starts of runs that follow a hole (or the
-/// prompt start after a hole), round-robin, nearest to the hole first.
+/// Takes up to `budget` tokens from the starts of runs that follow a difference (a
+/// hole or a seam), round-robin, nearest to the difference first.
 fn take_blend(runs: &mut Vec<Match>, mut budget: u32) -> Vec<Match> {
     // A run follows a difference when target positions before it are not loaded
     // (a hole) or when its source does not continue the previous run's (text
