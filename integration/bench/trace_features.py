@@ -1,0 +1,134 @@
+"""What an online cache can know about a block when it first sees it, against
+whether the block is ever used again: the signals an admission or eviction policy
+could use, measured on a JSONL request trace (the Mooncake format that
+``tierkv-replay`` reads, ``../shared/traces/README.md``).
+
+Run:
+    python3 integration/bench/trace_features.py ../shared/traces/mooncake-conversation-head.jsonl
+
+Prints, for the blocks each request brings in for the first time, the share that is
+used again later, by: depth in the request's chain, whether the block ends the
+prompt, the conversation turn (0: the request extends no earlier one), prompt length
+and output length; then the chance of one more use after k uses, the gaps between
+uses, and two bounds at the capacities given: LRU, and LRU that admits only the
+blocks that will be used again (an oracle: what perfect admission alone is worth).
+Hits count as a prefix cache counts them (leading resident blocks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import Counter, OrderedDict, defaultdict
+
+
+def load(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def share(table: dict) -> str:
+    return ", ".join(f"{k}: {v[1] / v[0]:.3f} ({v[0]})" for k, v in sorted(table.items()))
+
+
+def first_use_features(reqs: list[dict], uses: Counter) -> None:
+    seen: dict[int, int] = {}  # block -> turn of the request that brought it
+    tables = {name: defaultdict(lambda: [0, 0]) for name in ("depth", "last", "turn", "prompt", "output")}
+    for r in reqs:
+        chain = r["hash_ids"]
+        hit = 0
+        while hit < len(chain) and chain[hit] in seen:
+            hit += 1
+        turn = seen[chain[hit - 1]] + 1 if hit > 1 else 0
+        for d, b in enumerate(chain):
+            if b in seen:
+                continue
+            again = uses[b] > 1
+            keys = {
+                "depth": min(d, 16),
+                "last": d == len(chain) - 1,
+                "turn": min(turn, 4),
+                "prompt": min(len(chain) // 8, 6) * 8,
+                "output": 2 ** min(int(math.log2(r["output_length"] + 1)), 10),
+            }
+            for name, key in keys.items():
+                tables[name][key][0] += 1
+                tables[name][key][1] += again
+        for b in chain:
+            seen.setdefault(b, turn)
+    print("share of first-seen blocks used again, by")
+    for name, t in tables.items():
+        print(f"  {name}: {share(t)}")
+
+
+def reuse_history(reqs: list[dict], uses: Counter) -> None:
+    count: Counter = Counter()
+    more = defaultdict(lambda: [0, 0])
+    last: dict[int, float] = {}
+    gaps = []
+    for r in reqs:
+        for b in r["hash_ids"]:
+            count[b] += 1
+            k = min(count[b], 6)
+            more[k][0] += 1
+            more[k][1] += uses[b] > count[b]
+            if b in last:
+                gaps.append((r["timestamp"] - last[b]) / 1000)
+            last[b] = r["timestamp"]
+    gaps.sort()
+    q = [gaps[int(p * (len(gaps) - 1))] for p in (0.1, 0.25, 0.5, 0.75, 0.9)] if gaps else []
+    print(f"chance of one more use after k uses: {share(more)}")
+    print("seconds between uses of a block, p10 p25 p50 p75 p90: " + " ".join(f"{x:.0f}" for x in q))
+
+
+def lru(reqs: list[dict], capacity: int, admit) -> float:
+    cache: OrderedDict = OrderedDict()
+    hits = total = 0
+    seen: Counter = Counter()
+    for r in reqs:
+        chain = r["hash_ids"]
+        k = 0
+        while k < len(chain) and chain[k] in cache:
+            k += 1
+        hits += k
+        total += len(chain)
+        held = set(chain)
+        for b in chain:
+            seen[b] += 1
+            if b in cache:
+                cache.move_to_end(b)
+                continue
+            if not admit(b, seen[b]):
+                continue
+            if len(cache) >= capacity:
+                victim = next((v for v in cache if v not in held), None)
+                if victim is None:
+                    continue
+                del cache[victim]
+            cache[b] = True
+    return hits / total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("trace")
+    ap.add_argument("--capacity", default="2,5,10", help="percent of the distinct blocks")
+    args = ap.parse_args()
+    reqs = load(args.trace)
+    uses = Counter(b for r in reqs for b in r["hash_ids"])
+    total = sum(uses.values())
+    print(f"{len(reqs)} requests, {total} block accesses, {len(uses)} distinct blocks, "
+          f"{sum(1 for v in uses.values() if v == 1) / len(uses):.3f} of them used once; "
+          f"an infinite cache hits {(total - len(uses)) / total:.3f}")
+    first_use_features(reqs, uses)
+    reuse_history(reqs, uses)
+    for pct in (float(p) for p in args.capacity.split(",")):
+        cap = round(len(uses) * pct / 100)
+        plain = lru(reqs, cap, lambda b, k: True)
+        oracle = lru(reqs, cap, lambda b, k: uses[b] > k)
+        print(f"capacity {pct:g}% ({cap} blocks): LRU {plain:.3f}, LRU admitting only blocks used again {oracle:.3f}")
+
+
+if __name__ == "__main__":
+    main()
