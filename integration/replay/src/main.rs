@@ -3,7 +3,8 @@
 //!
 //! Usage: `tierkv-replay TRACE [--capacity 5%[,10%,...] | --capacity 4096]`.
 //! The trace format is documented in the `tierkv_replay` library (`integration/replay/src/lib.rs`). A capacity with `%`
-//! is a share of the trace's distinct blocks.
+//! is a share of the trace's distinct blocks. The default policy (`TIERKV_DISK_EVICTION`
+//! unset) is marked `(default)`.
 
 use std::process::ExitCode;
 
@@ -73,6 +74,8 @@ fn main() -> ExitCode {
             },
         };
         let opt = belady(&trace, blocks);
+        // The disk tier's default (`TIERKV_DISK_EVICTION` unset), marked in the table.
+        let default = tierkv::config::Config::default().disk_eviction;
         let lru = replay(&trace, PolicyKind::Lru.build(blocks).as_mut(), blocks);
         for kind in [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::Chat] {
             let r = replay(&trace, kind.build(blocks).as_mut(), blocks);
@@ -82,7 +85,12 @@ fn main() -> ExitCode {
             } else {
                 "-".into()
             };
-            println!("| {cap} ({blocks}) | {} | {:.3} | {closed} |", r.policy, r.ratio());
+            let mark = if kind == default { " (default)" } else { "" };
+            println!(
+                "| {cap} ({blocks}) | {}{mark} | {:.3} | {closed} |",
+                r.policy,
+                r.ratio()
+            );
         }
         println!("| {cap} ({blocks}) | belady | {:.3} | 100% |", opt.ratio());
     }
