@@ -37,10 +37,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llamacpp_bench import build  # noqa: E402
-from semantic_bench import ALL_ALLOWED, KINDS, quality, workload  # noqa: E402
-import semantic_wide  # noqa: E402
+from semantic_bench import ALL_ALLOWED, groups, quality, select, suite  # noqa: E402
 
 SHM = Path(os.environ.get("TIERKV_SHM_DIR", "/dev/shm"))
+BLOCK = 32  # the host's default block size (tokens), which these runs use
 
 
 def corpus_dir() -> Path:
@@ -84,31 +84,24 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=10, help="pairs per kind (per corpus with --suite wide)")
     ap.add_argument("--suite", choices=["bench", "wide"], default="bench",
                     help="bench: semantic_bench.py's four kinds; wide: semantic_wide.py's kinds on two corpora")
-    ap.add_argument("--configs", help="comma-separated configurations to run besides full and prefix")
+    ap.add_argument("--configs", default="semantic,semantic-all",
+                    help="comma-separated configurations to run besides full and prefix "
+                         "(also blend-0.3, blend-0.5)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--corpus", help="chatterbot_corpus/data")
     args = ap.parse_args()
     llama, bin_ = build()
     model = llama / "model.gguf"
-    corpus = Path(args.corpus) if args.corpus else corpus_dir()
-    if args.suite == "wide":
-        items, kinds = semantic_wide.wide(args.pairs, corpus), semantic_wide.KINDS
-    else:
-        items, kinds = workload(corpus, args.pairs), KINDS
+    items, kinds = suite(args.suite, Path(args.corpus) if args.corpus else corpus_dir(), args.pairs)
     prompts = [p for it in items for p in (it["source"], it["target"])]
-    configs = {
+    configs = select({
         "full": ({}, ("--no-cache",)),
         "prefix": ({"TIERKV_SEMANTIC": "0"}, ()),
         "semantic": ({"TIERKV_SEMANTIC": "1"}, ("--semantic",)),
         "blend-0.3": (blend(0.3), ("--semantic",)),
         "blend-0.5": (blend(0.5), ("--semantic",)),
         "semantic-all": (ALL_ALLOWED, ("--semantic",)),
-    }
-    if args.configs:
-        keep = {"full", "prefix", *args.configs.split(",")}
-        configs = {k: v for k, v in configs.items() if k in keep}
-    else:
-        configs = {k: v for k, v in configs.items() if not k.startswith("blend")}
+    }, args.configs)
     res = {name: run(bin_, model, prompts, env, *a, max_tokens=args.max_tokens) for name, (env, a) in configs.items()}
     targets = {name: r[1::2] for name, r in res.items()}
     ref = [t["tokens"] for t in targets["full"]]
@@ -116,18 +109,13 @@ def main() -> None:
     print(f"{args.pairs} pairs per kind, target prompts {min(lens)}-{max(lens)} tokens; SmolLM2-135M Q4_1 GGUF, "
           f"llama.cpp (llama-cpp-python 0.3.36), block 32, greedy {args.max_tokens} tokens")
     print(f"{'corpus':11}{'kind':22}{'config':14}{'from cache':>11}{'exact':>7}{'ROUGE-L':>9}{'BLEU-4':>8}")
-    for corpus_name in dict.fromkeys(it.get("corpus", "chatterbot") for it in items):
-        for kind in kinds:
-            idx = [i for i, it in enumerate(items)
-                   if it["kind"] == kind and it.get("corpus", "chatterbot") == corpus_name]
-            if not idx:
-                continue
-            total = sum(lens[i] for i in idx)
-            for name in [n for n in configs if n != "full"]:
-                t = targets[name]
-                got = sum(t[i]["loaded_blocks"] * 32 + t[i]["semantic_tokens"] for i in idx)
-                exact, rl, bl = quality([x["tokens"] for x in t], ref, idx)
-                print(f"{corpus_name:11}{kind:22}{name:14}{got / total:>11.3f}{exact:>7.2f}{rl:>9.3f}{bl:>8.3f}")
+    for corpus, kind, idx in groups(items, kinds):
+        total = sum(lens[i] for i in idx)
+        for name in [n for n in configs if n != "full"]:
+            t = targets[name]
+            got = sum(t[i]["loaded_blocks"] * BLOCK + t[i]["semantic_tokens"] for i in idx)
+            exact, rl, bl = quality([x["tokens"] for x in t], ref, idx)
+            print(f"{corpus:11}{kind:22}{name:14}{got / total:>11.3f}{exact:>7.2f}{rl:>9.3f}{bl:>8.3f}")
     stored = sum(t["stored_blocks"] for name in configs if name not in ("full", "prefix")
                  for t in targets[name] if t["semantic_tokens"])
     print(f"blocks stored by targets built from near-duplicates: {stored} (must be 0)")

@@ -73,6 +73,15 @@ SUB8 = {"TIERKV_SEMANTIC": "1", "TIERKV_SEMANTIC_SUBSTITUTE": "8", "TIERKV_SEMAN
         "TIERKV_SEMANTIC_PREFIX_SHIFT": "4096"}
 # Shifted KV served (text inserted or deleted before it), no substituted token.
 SHIFT = {"TIERKV_SEMANTIC": "1", "TIERKV_SEMANTIC_PREFIX_SHIFT": "4096"}
+# Every configuration: (engine mode, environment).
+CONFIGS = {
+    "full": ("none", {}),
+    "prefix": ("tierkv", {"TIERKV_SEMANTIC": "0"}),
+    "semantic": ("tierkv", {"TIERKV_SEMANTIC": "1"}),
+    "semantic-sub8": ("tierkv", SUB8),
+    "semantic-shift": ("tierkv", SHIFT),
+    "semantic-all": ("tierkv", ALL_ALLOWED),
+}
 NAMES = ["Alice Martin", "Bob Chen", "Carla Diaz", "David Okafor", "Emma Larsen", "Farid Haddad",
          "Grace Kim", "Hugo Silva", "Ines Novak", "Jonas Weber", "Keiko Sato", "Liam Walsh"]
 SYSTEMS = [
@@ -138,7 +147,36 @@ def workload(corpus: Path, n: int, seed: int = 0) -> list[dict]:
         chat = "\n".join(f"User: {u}\nAssistant: {r}" for u, r in hist[:12])
         items.append({"kind": "fork", "source": f"{chat}\nUser: {hist[12][0]}\nAssistant:",
                       "target": f"{chat}\nUser: {hist[13][0]}\nAssistant:"})
+    for it in items:
+        it["corpus"] = "chatterbot"
     return items
+
+
+def suite(name: str, corpus: Path, pairs: int) -> tuple[list[dict], list[str]]:
+    """The pairs of a suite (``bench``: the four kinds above; ``wide``:
+    semantic_wide.py's kinds on two corpora) and its kinds in report order."""
+    if name == "bench":
+        return workload(corpus, pairs), KINDS
+    import semantic_wide
+
+    return semantic_wide.wide(pairs, corpus), semantic_wide.KINDS
+
+
+def groups(items: list[dict], kinds: list[str]):
+    """``(corpus, kind, indices)`` of the items, corpus by corpus in order of first
+    appearance, kinds in report order."""
+    for corpus in dict.fromkeys(it["corpus"] for it in items):
+        for kind in kinds:
+            idx = [i for i, it in enumerate(items) if it["kind"] == kind and it["corpus"] == corpus]
+            if idx:
+                yield corpus, kind, idx
+
+
+def select(configs: dict, wanted: str) -> dict:
+    """``full``, ``prefix`` and the comma-separated ``wanted`` configurations, in
+    ``configs``' order."""
+    keep = {"full", "prefix", *wanted.split(",")}
+    return {k: v for k, v in configs.items() if k in keep}
 
 
 # ------------------------------------------------------------------ quality scores
@@ -274,10 +312,9 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(args.model)
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="tierkv-semantic-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    items, kinds, configs = suite(args.suite, Path(args.corpus), args.pairs)
-    keep = {"full", "prefix", *args.configs.split(",")}
-    configs = {k: v for k, v in configs.items() if k in keep}
-    data = [{"kind": it["kind"], "corpus": it.get("corpus", "chatterbot"),
+    items, kinds = suite(args.suite, Path(args.corpus), args.pairs)
+    configs = select(CONFIGS, args.configs)
+    data = [{"kind": it["kind"], "corpus": it["corpus"],
              "source": tok(it["source"])["input_ids"], "target": tok(it["target"])["input_ids"]} for it in items]
     prompts = tmp / "prompts.json"
     prompts.write_text(json.dumps(data))
@@ -298,41 +335,20 @@ def main() -> None:
     print(f"{'corpus':11}{'kind':22}{'config':15}{'from cache':>11}{'vs prefix':>10}{'exact':>7}{'ROUGE-L':>9}"
           f"{'BLEU-4':>8}")
     tierkv = [name for name in configs if name != "full"]
-    for corpus in dict.fromkeys(d["corpus"] for d in data):
-        for kind in kinds:
-            idx = [i for i, d in enumerate(data) if d["kind"] == kind and d["corpus"] == corpus]
-            if not idx:
-                continue
-            total = sum(lens[i] for i in idx)
-            base = sum(results["prefix"]["cached"][i] for i in idx)
-            for name in tierkv:
-                r = results[name]
-                got = sum(r["cached"][i] for i in idx)
-                exact, rl, bl = quality(r["outputs"], ref, idx)
-                ratio = f"{got / base:.2f}x" if base else ("from 0" if got else "1.00x")
-                print(f"{corpus:11}{kind:22}{name:15}{got / total:>11.3f}{ratio:>10}{exact:>7.2f}{rl:>9.3f}{bl:>8.3f}")
+    for corpus, kind, idx in groups(data, kinds):
+        total = sum(lens[i] for i in idx)
+        base = sum(results["prefix"]["cached"][i] for i in idx)
+        for name in tierkv:
+            r = results[name]
+            got = sum(r["cached"][i] for i in idx)
+            exact, rl, bl = quality(r["outputs"], ref, idx)
+            ratio = f"{got / base:.2f}x" if base else ("from 0" if got else "1.00x")
+            print(f"{corpus:11}{kind:22}{name:15}{got / total:>11.3f}{ratio:>10}{exact:>7.2f}{rl:>9.3f}{bl:>8.3f}")
     loaded, failed = 'tierkv_semantic_load_blocks_total{result="loaded"}', 'tierkv_semantic_load_blocks_total{result="failed"}'
     for name in tierkv[1:]:
         m = results[name]["metrics"]
         print(f"{name}: blocks built from near-duplicates {metric(m, loaded):.0f}, failed {metric(m, failed):.0f}")
     print(f"\nraw results: {tmp / 'results.json'}")
-
-
-def suite(name: str, corpus: Path, pairs: int) -> tuple[list[dict], list[str], dict]:
-    """The prompts, the kinds in report order, and the configurations of a suite."""
-    configs = {
-        "full": ("none", {}),
-        "prefix": ("tierkv", {"TIERKV_SEMANTIC": "0"}),
-        "semantic": ("tierkv", {"TIERKV_SEMANTIC": "1"}),
-        "semantic-sub8": ("tierkv", SUB8),
-        "semantic-shift": ("tierkv", SHIFT),
-        "semantic-all": ("tierkv", ALL_ALLOWED),
-    }
-    if name == "bench":
-        return workload(corpus, pairs), KINDS, configs
-    import semantic_wide
-
-    return semantic_wide.wide(pairs, corpus), semantic_wide.KINDS, configs
 
 
 if __name__ == "__main__":

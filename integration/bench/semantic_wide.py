@@ -39,11 +39,11 @@ INSTRUCTIONS = [
 
 
 def chatterbot_units(corpus: Path) -> list[list[str]]:
-    """Documents as lists of units: 12 Q&A pairs of one category each."""
-    from semantic_bench import load_categories
+    """Documents as lists of units: the Q&A pairs of one category each (a pair
+    written as semantic_bench.refs writes it)."""
+    from semantic_bench import load_categories, refs
 
-    cats = load_categories(corpus)
-    return [[f"Q: {q}\nA: {a}" for q, a in pairs] for _, pairs in sorted(cats.items())]
+    return [[refs([p]) for p in pairs] for _, pairs in sorted(load_categories(corpus).items())]
 
 
 def pydocs_units() -> list[list[str]]:

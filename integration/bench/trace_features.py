@@ -9,10 +9,9 @@ Run:
 Prints, for the blocks each request brings in for the first time, the share that is
 used again later, by: depth in the request's chain, whether the block ends the
 prompt, the conversation turn (0: the request extends no earlier one), prompt length
-and output length; then the chance of one more use after k uses, the gaps between
-uses, and two bounds at the capacities given: LRU, and LRU that admits only the
-blocks that will be used again (an oracle: what perfect admission alone is worth).
-Hits count as a prefix cache counts them (leading resident blocks).
+and output length; then the chance of one more use after k uses and the gaps
+between uses. Hit ratios of policies and bounds (Belady, perfect admission) on the
+same trace: ``tierkv-replay``.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, defaultdict
 
 
 def load(path: str) -> list[dict]:
@@ -82,38 +81,9 @@ def reuse_history(reqs: list[dict], uses: Counter) -> None:
     print("seconds between uses of a block, p10 p25 p50 p75 p90: " + " ".join(f"{x:.0f}" for x in q))
 
 
-def lru(reqs: list[dict], capacity: int, admit) -> float:
-    cache: OrderedDict = OrderedDict()
-    hits = total = 0
-    seen: Counter = Counter()
-    for r in reqs:
-        chain = r["hash_ids"]
-        k = 0
-        while k < len(chain) and chain[k] in cache:
-            k += 1
-        hits += k
-        total += len(chain)
-        held = set(chain)
-        for b in chain:
-            seen[b] += 1
-            if b in cache:
-                cache.move_to_end(b)
-                continue
-            if not admit(b, seen[b]):
-                continue
-            if len(cache) >= capacity:
-                victim = next((v for v in cache if v not in held), None)
-                if victim is None:
-                    continue
-                del cache[victim]
-            cache[b] = True
-    return hits / total
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("trace")
-    ap.add_argument("--capacity", default="2,5,10", help="percent of the distinct blocks")
     args = ap.parse_args()
     reqs = load(args.trace)
     uses = Counter(b for r in reqs for b in r["hash_ids"])
@@ -123,11 +93,6 @@ def main() -> None:
           f"an infinite cache hits {(total - len(uses)) / total:.3f}")
     first_use_features(reqs, uses)
     reuse_history(reqs, uses)
-    for pct in (float(p) for p in args.capacity.split(",")):
-        cap = round(len(uses) * pct / 100)
-        plain = lru(reqs, cap, lambda b, k: True)
-        oracle = lru(reqs, cap, lambda b, k: uses[b] > k)
-        print(f"capacity {pct:g}% ({cap} blocks): LRU {plain:.3f}, LRU admitting only blocks used again {oracle:.3f}")
 
 
 if __name__ == "__main__":

@@ -190,9 +190,37 @@ fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 /// Replays `trace` through `policy` with room for `capacity` blocks.
 pub fn replay(trace: &Trace, policy: &mut dyn Policy, capacity: usize) -> ReplayResult {
+    replay_admitting(trace, policy, capacity, |_| true)
+}
+
+/// [`replay`] with perfect admission: a missing block is inserted only if the trace
+/// uses it again. Not an online policy (it reads the future): the share of the gap
+/// that admission alone could close, next to what `policy` orders.
+pub fn oracle_admission(trace: &Trace, policy: &mut dyn Policy, capacity: usize) -> ReplayResult {
+    // Per access (in trace order): whether a later access uses the same key.
+    let flat: Vec<u64> = trace.requests.iter().flatten().copied().collect();
+    let mut later: HashSet<u64> = HashSet::new();
+    let mut again = vec![false; flat.len()];
+    for (t, &k) in flat.iter().enumerate().rev() {
+        again[t] = !later.insert(k);
+    }
+    let mut r = replay_admitting(trace, policy, capacity, |t| again[t]);
+    r.policy = format!("{}+oracle-admission", r.policy);
+    r
+}
+
+/// Replays with `admit(t)` asked for the `t`-th access of the trace (counting every
+/// access from 0) when its block is missing; a block not admitted is not inserted.
+fn replay_admitting(
+    trace: &Trace,
+    policy: &mut dyn Policy,
+    capacity: usize,
+    admit: impl Fn(usize) -> bool,
+) -> ReplayResult {
     let mut resident: HashSet<u64> = HashSet::new();
     let mut hits = 0u64;
     let mut current: HashSet<u64> = HashSet::new();
+    let mut t = 0usize;
     for (r, chain) in trace.requests.iter().enumerate() {
         hits += chain.iter().take_while(|k| resident.contains(k)).count() as u64;
         current.clear();
@@ -203,8 +231,12 @@ pub fn replay(trace: &Trace, policy: &mut dyn Policy, capacity: usize) -> Replay
                 request: r as u64,
                 depth: d as u32,
             };
+            t += 1;
             if resident.contains(&key) {
                 policy.on_hit(a);
+                continue;
+            }
+            if !admit(t - 1) {
                 continue;
             }
             if resident.len() >= capacity {
@@ -314,6 +346,18 @@ mod tests {
         let bad = "{\"timestamp\": 1, \"input_length\": 1, \"hash_ids\": [1, x]}";
         assert!(Trace::parse(bad).unwrap_err().contains("not a block id"));
         assert_eq!(Trace::parse("a 1 2").unwrap().block_tokens(), None);
+    }
+
+    #[test]
+    fn oracle_admission_keeps_only_blocks_used_again() {
+        // Capacity 1: block 9 is used once between two uses of 1. LRU lets 9 evict
+        // 1 (one hit of 4: none); the oracle never admits 9, so 1 stays and hits.
+        let t = trace(&[&[1], &[9], &[1], &[1]]);
+        let lru = replay(&t, &mut Lru::default(), 1);
+        let oracle = oracle_admission(&t, &mut Lru::default(), 1);
+        assert_eq!((lru.hit_blocks, oracle.hit_blocks), (1, 2));
+        assert_eq!(oracle.policy, "lru+oracle-admission");
+        assert!(oracle.hit_blocks <= belady(&t, 1).hit_blocks);
     }
 
     #[test]

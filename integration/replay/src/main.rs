@@ -4,12 +4,13 @@
 //! Usage: `tierkv-replay TRACE [--capacity 5%[,10%,...] | --capacity 4096]`.
 //! The trace format is documented in the `tierkv_replay` library (`integration/replay/src/lib.rs`). A capacity with `%`
 //! is a share of the trace's distinct blocks. The default policy (`TIERKV_DISK_EVICTION`
-//! unset) is marked `(default)`.
+//! unset) is marked `(default)`; two offline bounds follow the policies: LRU with
+//! perfect admission (only blocks used again) and Belady.
 
 use std::process::ExitCode;
 
 use tierkv::evict::PolicyKind;
-use tierkv_replay::{belady, replay, Trace};
+use tierkv_replay::{belady, oracle_admission, replay, ReplayResult, Trace};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,6 +57,8 @@ fn main() -> ExitCode {
             trace.duration_ms() as f64 / 60_000.0
         );
     }
+    // The disk tier's default (`TIERKV_DISK_EVICTION` unset), marked in the table.
+    let default = tierkv::config::Config::default().disk_eviction;
     println!("| capacity | policy | hit ratio | share of the LRU-to-Belady gap closed |");
     println!("|---|---|---|---|");
     for cap in caps.split(',') {
@@ -74,24 +77,26 @@ fn main() -> ExitCode {
             },
         };
         let opt = belady(&trace, blocks);
-        // The disk tier's default (`TIERKV_DISK_EVICTION` unset), marked in the table.
-        let default = tierkv::config::Config::default().disk_eviction;
         let lru = replay(&trace, PolicyKind::Lru.build(blocks).as_mut(), blocks);
-        for kind in [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::Chat] {
-            let r = replay(&trace, kind.build(blocks).as_mut(), blocks);
+        // A row: the hit ratio and the share of the LRU-to-Belady gap it closes.
+        let row = |name: &str, r: &ReplayResult| {
             let gap = opt.ratio() - lru.ratio();
             let closed = if gap > 0.0 {
                 format!("{:.0}%", 100.0 * (r.ratio() - lru.ratio()) / gap)
             } else {
                 "-".into()
             };
+            println!("| {cap} ({blocks}) | {name} | {:.3} | {closed} |", r.ratio());
+        };
+        for kind in [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::Chat] {
+            let r = replay(&trace, kind.build(blocks).as_mut(), blocks);
             let mark = if kind == default { " (default)" } else { "" };
-            println!(
-                "| {cap} ({blocks}) | {}{mark} | {:.3} | {closed} |",
-                r.policy,
-                r.ratio()
-            );
+            row(&format!("{}{mark}", r.policy), &r);
         }
+        // Not online: LRU that admits only blocks the trace uses again (what
+        // admission alone is worth).
+        let oracle = oracle_admission(&trace, PolicyKind::Lru.build(blocks).as_mut(), blocks);
+        row(&format!("{} (bound)", oracle.policy), &oracle);
         println!("| {cap} ({blocks}) | belady | {:.3} | 100% |", opt.ratio());
     }
     ExitCode::SUCCESS

@@ -222,16 +222,16 @@ fn take_blend(runs: &mut Vec<Match>, mut budget: u32) -> Vec<Match> {
     // (a hole) or when its source does not continue the previous run's (text
     // deleted before it, or a moved passage): either way its KV attended to
     // context the target does not have.
-    let mut after_hole: Vec<usize> = (0..runs.len())
+    let mut after_diff: Vec<usize> = (0..runs.len())
         .filter(|&i| match i {
             0 => runs[0].target > 0 || runs[0].source > 0,
             _ => runs[i - 1].target_end() < runs[i].target || runs[i - 1].source + runs[i - 1].len != runs[i].source,
         })
         .collect();
     let mut taken = vec![0u32; runs.len()];
-    while budget > 0 && !after_hole.is_empty() {
-        after_hole.retain(|&i| taken[i] < runs[i].len);
-        for &i in &after_hole {
+    while budget > 0 && !after_diff.is_empty() {
+        after_diff.retain(|&i| taken[i] < runs[i].len);
+        for &i in &after_diff {
             if budget == 0 {
                 break;
             }

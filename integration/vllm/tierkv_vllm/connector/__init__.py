@@ -57,9 +57,9 @@ them as if they were a prefix hit and computes the rest. The default policy allo
 no difference (``TIERKV_SEMANTIC_SUBSTITUTE=0``, ``TIERKV_SEMANTIC_PREFIX_SHIFT=0``):
 past the exact hit, vLLM cannot recompute the positions a near-duplicate gets
 wrong, so semantic sharing stays off in vLLM unless a user accepts approximate KV.
-Such a request's KV is not exact, so it is never stored or indexed, and semantic sharing needs vLLM's own
-prefix cache off (``enable_prefix_caching=False``): vLLM would otherwise register
-the approximate blocks under the prompt's exact identity.
+Such a request's KV is not exact, so it is never stored or indexed, and semantic
+sharing needs vLLM's own prefix cache off (``enable_prefix_caching=False``): vLLM
+would otherwise register the approximate blocks under the prompt's exact identity.
 
 Token positions and blocks (block_size 4 here)::
 
