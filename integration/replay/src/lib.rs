@@ -24,8 +24,9 @@
 //! Workflow of one request in [`replay`]:
 //! 1. Count the resident leading blocks as hits.
 //! 2. Walk the chain: a resident block is a hit for the policy; a missing one is
-//!    inserted, evicting a victim when full (never a block of this request, which
-//!    the engine holds).
+//!    inserted, when full only if the policy admits it and after evicting a victim
+//!    (never a block of this request, which the engine holds). Each access carries
+//!    the request's arrival time ([`Trace::clock_ms`]) and whether it ends the chain.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -164,6 +165,12 @@ impl Trace {
         }
     }
 
+    /// The clock of request `r` for policies that use time: its arrival (JSONL), or
+    /// one second per request for the text format, which has no times.
+    pub fn clock_ms(&self, r: usize) -> u64 {
+        self.arrivals_ms.get(r).copied().unwrap_or(r as u64 * 1000)
+    }
+
     /// Number of distinct blocks.
     pub fn distinct_blocks(&self) -> usize {
         self.requests.iter().flatten().collect::<HashSet<_>>().len()
@@ -230,6 +237,8 @@ fn replay_admitting(
                 key,
                 request: r as u64,
                 depth: d as u32,
+                last: d + 1 == chain.len(),
+                now_ms: trace.clock_ms(r),
             };
             t += 1;
             if resident.contains(&key) {
@@ -240,6 +249,9 @@ fn replay_admitting(
                 continue;
             }
             if resident.len() >= capacity {
+                if !policy.admit(a, &mut |k| !current.contains(&k)) {
+                    continue;
+                }
                 let Some(v) = policy.evict(&mut |k| !current.contains(&k)) else {
                     continue;
                 };
@@ -382,7 +394,7 @@ mod tests {
         let min = belady(&t, 4);
         assert_eq!(lru.hit_blocks, 0);
         assert!(min.hit_blocks >= 20, "{min:?}");
-        for kind in [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::Chat] {
+        for kind in PolicyKind::ALL {
             let r = replay(&t, kind.build(4).as_mut(), 4);
             assert!(r.hit_blocks <= min.hit_blocks, "{r:?} beats {min:?}");
         }

@@ -1,11 +1,14 @@
 //! `tierkv-replay`: the hit ratio of each disk-tier eviction policy on a trace, next
 //! to Belady's optimum, at one or more capacities.
 //!
-//! Usage: `tierkv-replay TRACE [--capacity 5%[,10%,...] | --capacity 4096]`.
+//! Usage: `tierkv-replay TRACE [--capacity 5%[,10%,...] | --capacity 4096] [--cost]`.
 //! The trace format is documented in the `tierkv_replay` library (`integration/replay/src/lib.rs`). A capacity with `%`
 //! is a share of the trace's distinct blocks. The default policy (`TIERKV_DISK_EVICTION`
 //! unset) is marked `(default)`; two offline bounds follow the policies: LRU with
-//! perfect admission (only blocks used again) and Belady.
+//! perfect admission (only blocks used again) and Belady. `--cost` adds each
+//! policy's time per block access: the median of 5 replays' wall time over the
+//! accesses, the replayer's own bookkeeping included (the same for every policy;
+//! compare a policy with LRU's row).
 
 use std::process::ExitCode;
 
@@ -16,12 +19,14 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut path = None;
     let mut caps = "5%".to_string();
+    let mut cost = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--capacity" => caps = it.next().cloned().unwrap_or_default(),
+            "--cost" => cost = true,
             "-h" | "--help" => {
-                println!("usage: tierkv-replay TRACE [--capacity 5%,10% | --capacity BLOCKS]");
+                println!("usage: tierkv-replay TRACE [--capacity 5%,10% | --capacity BLOCKS] [--cost]");
                 return ExitCode::SUCCESS;
             }
             p => path = Some(p.to_string()),
@@ -59,8 +64,13 @@ fn main() -> ExitCode {
     }
     // The disk tier's default (`TIERKV_DISK_EVICTION` unset), marked in the table.
     let default = tierkv::config::Config::default().disk_eviction;
-    println!("| capacity | policy | hit ratio | share of the LRU-to-Belady gap closed |");
-    println!("|---|---|---|---|");
+    if cost {
+        println!("| capacity | policy | hit ratio | share of the LRU-to-Belady gap closed | ns per access |");
+        println!("|---|---|---|---|---|");
+    } else {
+        println!("| capacity | policy | hit ratio | share of the LRU-to-Belady gap closed |");
+        println!("|---|---|---|---|");
+    }
     for cap in caps.split(',') {
         let blocks = match cap.strip_suffix('%').map(str::parse::<f64>) {
             Some(Ok(p)) => ((distinct as f64) * p / 100.0).round() as usize,
@@ -79,25 +89,46 @@ fn main() -> ExitCode {
         let opt = belady(&trace, blocks);
         let lru = replay(&trace, PolicyKind::Lru.build(blocks).as_mut(), blocks);
         // A row: the hit ratio and the share of the LRU-to-Belady gap it closes.
-        let row = |name: &str, r: &ReplayResult| {
+        let row = |name: &str, r: &ReplayResult, ns: Option<f64>| {
             let gap = opt.ratio() - lru.ratio();
             let closed = if gap > 0.0 {
                 format!("{:.0}%", 100.0 * (r.ratio() - lru.ratio()) / gap)
             } else {
                 "-".into()
             };
-            println!("| {cap} ({blocks}) | {name} | {:.3} | {closed} |", r.ratio());
+            let ns = match (cost, ns) {
+                (false, _) => String::new(),
+                (true, Some(ns)) => format!(" {ns:.0} |"),
+                (true, None) => " - |".into(),
+            };
+            println!("| {cap} ({blocks}) | {name} | {:.3} | {closed} |{ns}", r.ratio());
         };
-        for kind in [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::Chat] {
+        for kind in PolicyKind::ALL {
             let r = replay(&trace, kind.build(blocks).as_mut(), blocks);
             let mark = if kind == default { " (default)" } else { "" };
-            row(&format!("{}{mark}", r.policy), &r);
+            let ns = cost.then(|| ns_per_access(&trace, kind, blocks));
+            row(&format!("{}{mark}", r.policy), &r, ns);
         }
         // Not online: LRU that admits only blocks the trace uses again (what
         // admission alone is worth).
         let oracle = oracle_admission(&trace, PolicyKind::Lru.build(blocks).as_mut(), blocks);
-        row(&format!("{} (bound)", oracle.policy), &oracle);
-        println!("| {cap} ({blocks}) | belady | {:.3} | 100% |", opt.ratio());
+        row(&format!("{} (bound)", oracle.policy), &oracle, None);
+        row("belady", &opt, None);
     }
     ExitCode::SUCCESS
+}
+
+/// Wall time of a replay of `trace` through a fresh `kind` policy per block
+/// access, in nanoseconds: the median of 5 runs.
+fn ns_per_access(trace: &Trace, kind: PolicyKind, blocks: usize) -> f64 {
+    let mut runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let mut p = kind.build(blocks);
+            let start = std::time::Instant::now();
+            std::hint::black_box(replay(trace, p.as_mut(), blocks));
+            start.elapsed().as_nanos() as f64 / trace.total_blocks().max(1) as f64
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[2]
 }

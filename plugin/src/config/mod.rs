@@ -213,7 +213,11 @@ impl Config {
                 },
                 "reuse or always",
             )?,
-            disk_eviction: v.value("TIERKV_DISK_EVICTION", PolicyKind::parse, "one of lru, s3fifo, chat")?,
+            disk_eviction: v.value(
+                "TIERKV_DISK_EVICTION",
+                PolicyKind::parse,
+                "one of hazard, lru, s3fifo, chat",
+            )?,
             disk_threads: v.value("TIERKV_DISK_THREADS", threads, &thread_forms)?,
             disk_queue: v.value("TIERKV_DISK_QUEUE", queue, &queue_forms)?,
             disk_direct: v.value("TIERKV_DISK_DIRECT", parse_bool, BOOL_FORMS)?,

@@ -86,8 +86,8 @@ pub const VARS: &[VarDoc] = &[
     },
     VarDoc {
         name: "TIERKV_DISK_EVICTION",
-        default: "lru",
-        meaning: "Eviction policy of the disk tier: lru, s3fifo or chat.",
+        default: "hazard",
+        meaning: "Eviction and admission policy of the disk tier: hazard, lru, s3fifo or chat.",
     },
     VarDoc {
         name: "TIERKV_DISK_THREADS",

@@ -2,14 +2,15 @@
 //! trace replayer (`integration/replay`).
 //!
 //! Core types: [`Policy`] (the contract every policy keeps), [`Access`] (a key with
-//! the request it came in and its depth in that request's block chain),
-//! [`PolicyKind`] (the configured choice) and the implementations [`Lru`],
-//! [`S3Fifo`] and [`Chat`].
+//! the request it came in, its depth in that request's block chain, whether it ends
+//! the chain, and the time), [`PolicyKind`] (the configured choice) and the
+//! implementations [`Hazard`] (`hazard.rs`: learned reuse odds, with admission),
+//! [`Lru`], [`S3Fifo`] and [`Chat`].
 //!
 //! Workflow (the caller is the disk tier's index, or the replayer):
 //! 1. A resident key that is used again: [`Policy::on_hit`].
-//! 2. A key that becomes resident: [`Policy::on_insert`] (after making room with
-//!    [`Policy::evict`] when full).
+//! 2. A key that becomes resident: [`Policy::on_insert`] (when full: only if
+//!    [`Policy::admit`] agrees, after making room with [`Policy::evict`]).
 //! 3. A key that leaves for another reason (corrupt, invalidated): [`Policy::on_remove`].
 //!
 //! Why depth matters: a prefix hit stops at the first missing block, so a block whose
@@ -25,6 +26,9 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::evict::list::{LinkStore, ListEnds, NIL};
 
+mod hazard;
+pub use hazard::Hazard;
+
 /// How many candidates one eviction inspects before giving up (all pinned).
 const SCAN_LIMIT: usize = 256;
 
@@ -38,6 +42,13 @@ pub struct Access {
     pub request: u64,
     /// Position of the block in that request's chain (0 = first block).
     pub depth: u32,
+    /// Whether the block is the last of that request's chain (the end of a
+    /// prompt, or of a store batch).
+    pub last: bool,
+    /// When the access happened, in milliseconds on the caller's clock (a tier's
+    /// time since it opened; a trace's arrival times). Only differences are used;
+    /// it never goes back for one policy.
+    pub now_ms: u64,
 }
 
 /// An eviction policy over keys.
@@ -65,6 +76,13 @@ pub trait Policy: Send {
     fn on_remove(&mut self, key: u64);
     /// Chooses, removes and returns a victim among the keys `evictable` accepts.
     fn evict(&mut self, evictable: &mut dyn FnMut(u64) -> bool) -> Option<u64>;
+    /// Whether a missing key `a` should enter a full cache (the caller then
+    /// evicts and inserts it) or be turned away. Asked only when full; the default
+    /// admits everything.
+    fn admit(&mut self, a: Access, evictable: &mut dyn FnMut(u64) -> bool) -> bool {
+        let _ = (a, evictable);
+        true
+    }
 }
 
 /// The policies by name.
@@ -76,15 +94,21 @@ pub enum PolicyKind {
     S3Fifo,
     /// Chain-ordered probation/protected segments with a ghost list, for chat.
     Chat,
+    /// Learned reuse odds per class, with admission ([`Hazard`]).
+    Hazard,
 }
 
 impl PolicyKind {
-    /// Parses `lru`, `s3fifo` or `chat`.
+    /// Every policy, in the order tables list them.
+    pub const ALL: [Self; 4] = [Self::Lru, Self::S3Fifo, Self::Chat, Self::Hazard];
+
+    /// Parses `lru`, `s3fifo`, `chat` or `hazard`.
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "lru" => Some(Self::Lru),
             "s3fifo" | "s3-fifo" => Some(Self::S3Fifo),
             "chat" => Some(Self::Chat),
+            "hazard" => Some(Self::Hazard),
             _ => None,
         }
     }
@@ -95,6 +119,7 @@ impl PolicyKind {
             Self::Lru => Box::new(Lru::default()),
             Self::S3Fifo => Box::new(S3Fifo::new(capacity)),
             Self::Chat => Box::new(Chat::new(capacity)),
+            Self::Hazard => Box::new(Hazard::new(capacity)),
         }
     }
 }

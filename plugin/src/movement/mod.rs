@@ -234,7 +234,7 @@ impl Movement {
                 // caller guarantees the memory is readable and not being written.
                 unsafe { std::slice::from_raw_parts(p as *const u8, n) }
             }));
-            let ctx = self.ctx(i, h);
+            let ctx = self.ctx(i, hashes.len(), h);
             let o = if direct {
                 // Host memory is short (the scheduler says so): straight down.
                 let first = &self.lower[0];
@@ -268,13 +268,14 @@ impl Movement {
         Ok(())
     }
 
-    /// The context of block `i` of a call, `hash`: its position and the engine's
-    /// name for it.
-    fn ctx(&self, i: usize, hash: BlockHash) -> BlockCtx {
+    /// The context of block `i` of a call of `n` blocks, `hash`: its position
+    /// (and whether it ends the chain) and the engine's name for it.
+    fn ctx(&self, i: usize, n: usize, hash: BlockHash) -> BlockCtx {
         let (key, parent) = self.events.key_of(hash);
         BlockCtx {
             namespace: self.namespace,
             depth: i as u32,
+            last: i + 1 == n,
             key,
             parent,
         }
@@ -313,7 +314,7 @@ impl Movement {
                 // A reuse: counts for admission, and may now go down.
                 LoadOutcome::Loaded => {
                     let view: Vec<&[u8]> = segs.iter().map(|s| &**s).collect();
-                    self.offer_down(h, self.ctx(i, h), &view)?;
+                    self.offer_down(h, self.ctx(i, hashes.len(), h), &view)?;
                 }
                 LoadOutcome::Miss => missed.push(i),
                 _ => {}
@@ -358,7 +359,7 @@ impl Movement {
             match o {
                 LoadOutcome::Loaded => {
                     let view: Vec<&[u8]> = dst.iter().map(|s| &**s).collect();
-                    Tier::store(&*self.host, hashes[i], self.ctx(i, hashes[i]), &view)?;
+                    Tier::store(&*self.host, hashes[i], self.ctx(i, hashes.len(), hashes[i]), &view)?;
                 }
                 LoadOutcome::Miss => still.push(i),
                 _ => {}

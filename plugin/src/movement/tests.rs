@@ -36,12 +36,12 @@ fn reuse_admission_sends_a_block_down_on_its_second_use() {
     for k in 1..=3u128 {
         let p = payload(k);
         m.host().store(BlockHash(k), &[&p]).unwrap();
-        m.offer_down(BlockHash(k), m.ctx(0, BlockHash(k)), &[&p]).unwrap();
+        m.offer_down(BlockHash(k), m.ctx(0, 1, BlockHash(k)), &[&p]).unwrap();
     }
     assert!(disk.wait_idle(Duration::from_secs(10)));
     assert_eq!(disk.lookup_run(&[BlockHash(1)]).unwrap(), 0, "one use is not enough");
     let p = payload(1);
-    m.offer_down(BlockHash(1), m.ctx(0, BlockHash(1)), &[&p]).unwrap();
+    m.offer_down(BlockHash(1), m.ctx(0, 1, BlockHash(1)), &[&p]).unwrap();
     assert!(disk.wait_idle(Duration::from_secs(10)));
     assert_eq!(disk.lookup_run(&[BlockHash(1)]).unwrap(), 1, "second use admits it");
     let decisions = m.lower[0].admission.get().unwrap().decisions();
@@ -56,7 +56,7 @@ fn remove_drops_a_block_from_each_tier() {
     let m = movement(shm.path(), dir.path(), AdmitMode::Always);
     let p = payload(5);
     m.host().store(BlockHash(5), &[&p]).unwrap();
-    m.offer_down(BlockHash(5), m.ctx(0, BlockHash(5)), &[&p]).unwrap();
+    m.offer_down(BlockHash(5), m.ctx(0, 1, BlockHash(5)), &[&p]).unwrap();
     let disk = m.lower(TierId::Disk).unwrap();
     assert!(disk.wait_idle(Duration::from_secs(10)));
     let host: &dyn Tier = m.host();
@@ -72,7 +72,7 @@ fn remove_drops_a_block_from_each_tier() {
         assert_eq!(out, [LoadOutcome::Miss], "{:?}", t.id());
         assert!(t.status().consistent, "{:?}", t.id());
     }
-    m.offer_down(BlockHash(5), m.ctx(0, BlockHash(5)), &[&p]).unwrap();
+    m.offer_down(BlockHash(5), m.ctx(0, 1, BlockHash(5)), &[&p]).unwrap();
     assert!(disk.wait_idle(Duration::from_secs(10)));
     assert_eq!(disk.lookup_run(&[BlockHash(5)]).unwrap(), 1, "stored again");
 }

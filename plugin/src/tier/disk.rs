@@ -96,9 +96,11 @@ pub struct DiskStats {
     pub offload_queued: AtomicU64,
     /// Offloads dropped because the write queue was full.
     pub offload_dropped_full: AtomicU64,
-    /// Offloads dropped because the block had left the host tier.
     /// Offloads dropped because every slot was pinned or being written.
     pub offload_dropped_no_slot: AtomicU64,
+    /// Offloads the eviction policy turned away: the block was less likely to be
+    /// used again than the one it would have evicted.
+    pub offload_refused: AtomicU64,
     /// Blocks written.
     pub written_blocks: AtomicU64,
     /// Payload bytes written.
@@ -216,6 +218,8 @@ impl Index {
                 key,
                 request: req as u64,
                 depth: 0,
+                last: true,
+                now_ms: 0,
             });
         }
         let free = (0..n as u32)
@@ -239,20 +243,24 @@ impl Index {
         (e.state == SlotState::Ready && e.hash == hash).then_some(s)
     }
 
-    /// A free slot, or one evicted by policy; marked `Writing`. With the key of
-    /// the block evicted for it, if any.
-    fn take_slot(&mut self, stats: &DiskStats) -> Option<(u32, Option<u64>)> {
+    /// A free slot, or one evicted by policy for `a` (when the policy admits it);
+    /// marked `Writing`. With the key of the block evicted for it, if any.
+    fn take_slot(&mut self, a: Access, stats: &DiskStats) -> Result<(u32, Option<u64>), NoSlot> {
         let mut evicted = None;
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
                 let (map, slots) = (&self.map, &self.slots);
-                let victim = self.policy.evict(&mut |k| {
+                let mut evictable = |k: u64| {
                     map.get(&k)
                         .is_some_and(|&s| slots[s as usize].state == SlotState::Ready && slots[s as usize].pins == 0)
-                })?;
+                };
+                if !self.policy.admit(a, &mut evictable) {
+                    return Err(NoSlot::Refused);
+                }
+                let victim = self.policy.evict(&mut evictable).ok_or(NoSlot::Pinned)?;
                 stats.evictions.fetch_add(1, Ordering::Relaxed);
-                let s = self.map.remove(&victim)?;
+                let s = self.map.remove(&victim).ok_or(NoSlot::Pinned)?;
                 if let Some(d) = &self.dir {
                     d.remove(self.slots[s as usize].hash);
                 }
@@ -261,7 +269,7 @@ impl Index {
             }
         };
         self.slots[slot as usize].state = SlotState::Writing;
-        Some((slot, evicted))
+        Ok((slot, evicted))
     }
 
     /// Frees `slot`; returns the key of the block it held when it was `Ready`.
@@ -283,6 +291,14 @@ impl Index {
     }
 }
 
+/// Why a write found no slot.
+enum NoSlot {
+    /// Every slot was pinned or being written.
+    Pinned,
+    /// The eviction policy did not admit the block.
+    Refused,
+}
+
 /// State shared with the I/O jobs.
 struct Inner {
     file: File,
@@ -299,6 +315,8 @@ struct Inner {
     last_health: Mutex<Instant>,
     inflight: AtomicU64,
     requests: AtomicU64,
+    /// The eviction policy's clock starts here.
+    opened_at: Instant,
     /// Whether this process owns the file (holds its lock, writes it). Others
     /// only look up and read, through the shared directory.
     owner: bool,
@@ -444,6 +462,7 @@ impl DiskTier {
             last_health: Mutex::new(Instant::now()),
             inflight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            opened_at: Instant::now(),
             owner: opened.owner,
             buffers: Mutex::new(Vec::new()),
             dir_path,
@@ -653,6 +672,7 @@ impl DiskTier {
         let ctx = BlockCtx {
             namespace,
             depth,
+            last: false,
             key: 0,
             parent: 0,
         };
@@ -757,6 +777,8 @@ impl DiskTier {
                         key: h.fold64(),
                         request,
                         depth: d as u32,
+                        last: d + 1 == hashes.len(),
+                        now_ms: inner.now_ms(),
                     });
                 }
                 slots.push(s);
@@ -814,6 +836,11 @@ impl DiskTier {
 }
 
 impl Inner {
+    /// The eviction policy's clock: milliseconds since the tier opened.
+    fn now_ms(&self) -> u64 {
+        self.opened_at.elapsed().as_millis() as u64
+    }
+
     /// An event for the first live log that records.
     fn record(&self, kind: EventKind, key: u64, parent: u64) {
         let logs = self.events.lock();
@@ -844,17 +871,31 @@ impl Inner {
     fn write_block(&self, mut buf: AlignedBuf, hash: BlockHash, ctx: BlockCtx, request: u64) {
         let (namespace, depth) = (ctx.namespace, ctx.depth);
         let key = hash.fold64();
+        let access = Access {
+            key,
+            request,
+            depth,
+            last: ctx.last,
+            now_ms: self.now_ms(),
+        };
         let g = self.geo;
         // The key stays pending until the write has landed (or failed): an offer of
         // the same identity meanwhile is answered "on its way", never written twice.
         let slot = {
             let mut ix = self.index.lock();
-            let Some((slot, evicted)) = ix.take_slot(&self.stats) else {
-                ix.pending.remove(&key);
-                drop(ix);
-                self.stats.offload_dropped_no_slot.fetch_add(1, Ordering::Relaxed);
-                self.recycle(buf);
-                return;
+            let (slot, evicted) = match ix.take_slot(access, &self.stats) {
+                Ok(s) => s,
+                Err(why) => {
+                    ix.pending.remove(&key);
+                    drop(ix);
+                    let counter = match why {
+                        NoSlot::Pinned => &self.stats.offload_dropped_no_slot,
+                        NoSlot::Refused => &self.stats.offload_refused,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    self.recycle(buf);
+                    return;
+                }
             };
             ix.slots[slot as usize].hash = hash;
             let generation = ix.next_gen;
@@ -900,7 +941,7 @@ impl Inner {
                     key: ctx.key,
                 };
                 ix.map.insert(key, slot);
-                ix.policy.on_insert(Access { key, request, depth });
+                ix.policy.on_insert(access);
                 if let Some(d) = &ix.dir {
                     d.insert(hash, slot);
                 }

@@ -92,6 +92,8 @@ pub struct BlockCtx {
     /// Position of the block in the caller's batch (eviction policies that keep
     /// chains use it; see [`crate::evict::Chat`]).
     pub depth: u32,
+    /// Whether the block is the last of the caller's batch (a chain's end).
+    pub last: bool,
     /// The engine's key for the block (its KV-event name; 0: none), kept with it.
     pub key: u64,
     /// The engine's key of the block before it (0: none), for the store event.

@@ -101,11 +101,12 @@ fn report_io(d: &DiskStats, r: &mut Report) {
     let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
     r.counter(
         "tierkv_offload_total",
-        "Host-to-disk offloads by outcome (queued; dropped: queue full, no free slot).",
+        "Host-to-disk offloads by outcome (queued; dropped: queue full, no free slot, refused by the eviction policy).",
         &[
             ("result=\"queued\"", v(&d.offload_queued)),
             ("result=\"queue_full\"", v(&d.offload_dropped_full)),
             ("result=\"no_slot\"", v(&d.offload_dropped_no_slot)),
+            ("result=\"refused\"", v(&d.offload_refused)),
         ],
     );
     r.counter(

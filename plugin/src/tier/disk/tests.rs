@@ -143,6 +143,7 @@ fn the_engines_key_survives_a_restart_and_names_the_eviction() {
         let ctx = BlockCtx {
             namespace: NS,
             depth: 0,
+            last: true,
             key: 1000 + k as u64,
             parent: 0,
         };
