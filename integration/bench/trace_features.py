@@ -10,7 +10,8 @@ Prints, for the blocks each request brings in for the first time, the share that
 used again later, by: depth in the request's chain, whether the block ends the
 prompt, the conversation turn (0: the request extends no earlier one), prompt length
 and output length; then the chance of one more use after k uses and the gaps
-between uses. Hit ratios of policies and bounds (Belady, perfect admission) on the
+between uses; then the share of requests that get a next turn (a later request
+extending their chain), by turn, prompt length and output length, and its delay. Hit ratios of policies and bounds (Belady, perfect admission) on the
 same trace: ``tierkv-replay``.
 """
 
@@ -81,6 +82,45 @@ def reuse_history(reqs: list[dict], uses: Counter) -> None:
     print("seconds between uses of a block, p10 p25 p50 p75 p90: " + " ".join(f"{x:.0f}" for x in q))
 
 
+def next_turns(reqs: list[dict]) -> None:
+    """Whether a request gets a next turn (a later request extends its chain past its
+    first block), by what the cache knows when the request arrives, and how long the
+    next turn takes: the hits of a conversation trace come from these."""
+    seen: dict[int, int] = {}  # block -> the request that brought it
+    turn = [0] * len(reqs)
+    child = [False] * len(reqs)
+    gaps = []
+    for i, r in enumerate(reqs):
+        chain = r["hash_ids"]
+        hit = 0
+        while hit < len(chain) and chain[hit] in seen:
+            hit += 1
+        if hit > 1:
+            p = seen[chain[hit - 1]]
+            turn[i] = turn[p] + 1
+            if not child[p]:
+                gaps.append((r["timestamp"] - reqs[p]["timestamp"]) / 1000)
+            child[p] = True
+        for b in chain:
+            seen.setdefault(b, i)
+    tables = {name: defaultdict(lambda: [0, 0]) for name in ("turn", "prompt blocks", "output")}
+    for i, r in enumerate(reqs):
+        keys = {
+            "turn": min(turn[i], 6),
+            "prompt blocks": min(len(r["hash_ids"]) // 8, 6) * 8,
+            "output": 2 ** min(int(math.log2(r["output_length"] + 1)), 10),
+        }
+        for name, key in keys.items():
+            tables[name][key][0] += 1
+            tables[name][key][1] += child[i]
+    print(f"share of requests with a next turn: {sum(child) / len(reqs):.3f}, by")
+    for name, t in tables.items():
+        print(f"  {name}: {share(t)}")
+    gaps.sort()
+    q = [gaps[int(p * (len(gaps) - 1))] for p in (0.1, 0.25, 0.5, 0.75, 0.9)] if gaps else []
+    print("seconds to the next turn, p10 p25 p50 p75 p90: " + " ".join(f"{x:.0f}" for x in q))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("trace")
@@ -93,6 +133,7 @@ def main() -> None:
           f"an infinite cache hits {(total - len(uses)) / total:.3f}")
     first_use_features(reqs, uses)
     reuse_history(reqs, uses)
+    next_turns(reqs)
 
 
 if __name__ == "__main__":

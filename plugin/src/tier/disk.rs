@@ -218,7 +218,9 @@ impl Index {
                 key,
                 request: req as u64,
                 depth: 0,
-                last: true,
+                // Unknown after a restart: the policy learns these blocks' classes
+                // anew from their next use.
+                last: false,
                 now_ms: 0,
             });
         }

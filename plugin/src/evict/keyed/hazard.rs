@@ -176,6 +176,9 @@ pub struct Hazard {
     /// The request whose chain was refused, and the depth refused last: the next
     /// block of that walk is refused too (a prefix match could never reach it).
     refused: Option<(u64, u32)>,
+    /// The victim [`Policy::admit`] found, for the [`Policy::evict`] that follows it
+    /// (cleared by every other call).
+    chosen: Option<(u32, u64)>,
 }
 
 impl Hazard {
@@ -195,6 +198,7 @@ impl Hazard {
             now_ms: 0,
             counted: 0,
             refused: None,
+            chosen: None,
         }
     }
 
@@ -273,6 +277,7 @@ impl Policy for Hazard {
         self.n.map.len()
     }
     fn on_hit(&mut self, a: Access) {
+        self.chosen = None;
         let Some(i) = self.n.get(a.key) else { return };
         self.tick(a.now_ms);
         let from = self.n.tag(i) as usize;
@@ -288,6 +293,7 @@ impl Policy for Hazard {
         self.lists[to].place(&mut self.n, i, a.request);
     }
     fn on_insert(&mut self, a: Access) {
+        self.chosen = None;
         if self.n.get(a.key).is_some() {
             // Idempotent: a key inserted twice is one resident key, now used.
             return self.on_hit(a);
@@ -305,12 +311,14 @@ impl Policy for Hazard {
         self.lists[to].place(&mut self.n, i, a.request);
     }
     fn on_remove(&mut self, key: u64) {
+        self.chosen = None;
         if let Some(i) = self.n.get(key) {
             self.lists[self.n.tag(i) as usize].remove(&mut self.n, i);
             self.n.release(i);
         }
     }
     fn admit(&mut self, a: Access, evictable: &mut dyn FnMut(u64) -> bool) -> bool {
+        self.chosen = None;
         if self.n.get(a.key).is_some() {
             return true;
         }
@@ -322,10 +330,11 @@ impl Policy for Hazard {
         let odds = self.odds(to, 0, self.horizon_ms as u64);
         let below = self.refused == Some((a.request, a.depth.wrapping_sub(1)));
         if !below {
-            let Some((_, victim, _)) = self.candidate(evictable) else {
+            let Some((i, victim, age)) = self.candidate(evictable) else {
                 return true;
             };
             if odds >= victim * (1.0 - ADMIT_MARGIN) {
+                self.chosen = Some((i, age));
                 return true;
             }
         }
@@ -341,7 +350,10 @@ impl Policy for Hazard {
         false
     }
     fn evict(&mut self, evictable: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
-        let (i, _, age) = self.candidate(evictable)?;
+        let (i, age) = match self.chosen.take() {
+            Some((i, age)) if evictable(self.n.key(i)) => (i, age),
+            _ => self.candidate(evictable).map(|(i, _, age)| (i, age))?,
+        };
         self.horizon_ms = if self.horizon_ms == 0.0 {
             age as f64
         } else {

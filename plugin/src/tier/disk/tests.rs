@@ -590,30 +590,55 @@ fn an_identity_offered_again_during_its_write_is_written_once() {
 /// slot is accounted for once and nothing is orphaned.
 #[test]
 fn the_census_holds_after_concurrent_reoffers_and_evictions() {
-    let e = env(8);
-    let cfg = Config {
-        disk_admit: AdmitMode::Always,
-        disk_threads: 4,
-        ..e.cfg.clone()
-    };
-    let d = DiskTier::open(&cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), false).unwrap();
-    std::thread::scope(|s| {
-        for t in 0..4u128 {
-            let d = &d;
-            s.spawn(move || {
-                for i in 0..300u128 {
-                    let k = 1 + (i * 7 + t) % 12;
-                    d.offload(BlockHash(k), NS, 0, &[&payload(k)]);
-                }
-            });
+    // Every policy: the default (hazard) also refuses writes when full, which must
+    // leave no slot or pending entry behind.
+    for policy in PolicyKind::ALL {
+        let e = env(8);
+        let cfg = Config {
+            disk_admit: AdmitMode::Always,
+            disk_threads: 4,
+            disk_eviction: policy,
+            ..e.cfg.clone()
+        };
+        let d = DiskTier::open(&cfg.disk_settings().unwrap(), LEN, &tracing::Dispatch::none(), false).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4u128 {
+                let d = &d;
+                s.spawn(move || {
+                    for i in 0..300u128 {
+                        // Keys 1-4 are loaded between offloads, so they are used
+                        // again; 5-40 mostly come once.
+                        let k = if i % 3 == 0 {
+                            1 + (i + t) % 4
+                        } else {
+                            5 + (i * 7 + t) % 36
+                        };
+                        d.offload(BlockHash(k), NS, 0, &[&payload(k)]);
+                        if i % 5 == 0 {
+                            let hot = [BlockHash(1 + t % 4)];
+                            let _ = d.load_batch(&hot, NS);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(d.wait_idle(Duration::from_secs(30)));
+        let c = d.census();
+        assert!(c.consistent(), "{policy:?}: {c:?}");
+        assert!(c.indexed <= c.capacity);
+        let keys: Vec<u128> = (1..=40).collect();
+        assert_eq!(check_loads(&d, &keys) as u64, c.indexed, "{policy:?}");
+        // Every offload landed, was dropped for a reason, or was already there.
+        let st = d.stats();
+        let queued = st.offload_queued.load(Ordering::Relaxed);
+        let written = st.written_blocks.load(Ordering::Relaxed);
+        let refused = st.offload_refused.load(Ordering::Relaxed);
+        let no_slot = st.offload_dropped_no_slot.load(Ordering::Relaxed);
+        assert_eq!(queued, written + refused + no_slot, "{policy:?}");
+        if policy != PolicyKind::Hazard {
+            assert_eq!(refused, 0, "{policy:?} has no admission");
         }
-    });
-    assert!(d.wait_idle(Duration::from_secs(30)));
-    let c = d.census();
-    assert!(c.consistent(), "{c:?}");
-    assert!(c.indexed <= c.capacity);
-    let keys: Vec<u128> = (1..=12).collect();
-    assert_eq!(check_loads(&d, &keys) as u64, c.indexed);
+    }
 }
 
 /// A read job that dies (a panic in the read path) fails its block; the caller is
