@@ -57,9 +57,11 @@ def scrape(addr: str) -> str:
         return r.read().decode()
 
 
-def metric(text: str, name: str, labels: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{{labels}}} "):
+def metric(text: str, name: str, labels: str = "") -> float:
+    """The sample of `name` with exactly `labels` (none: the unlabelled one); 0 if absent."""
+    head = f"{name}{{{labels}}} " if labels else f"{name} "
+    for line in (text or "").splitlines():
+        if line.startswith(head):
             return float(line.split()[-1])
     return 0.0
 

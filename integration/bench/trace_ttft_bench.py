@@ -32,9 +32,7 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +40,9 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from pool_vllm_bench import metric
+from ttft_bench import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,24 +73,6 @@ def block_bytes(model: str, block_tokens: int, dtype_bytes: int = 4) -> int:
     c = json.loads((Path(model) / "config.json").read_text())
     head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
     return 2 * c["num_hidden_layers"] * c["num_key_value_heads"] * head_dim * dtype_bytes * block_tokens
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in (text or "").splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -212,13 +195,15 @@ def main() -> None:
     for policy, r in results.items():
         m = r["metrics"] or ""
         served = metric(m, "tierkv_loaded_tokens_total") / total_tokens
+        host = metric(m, "tierkv_tier_capacity_blocks", 'tier="host"')
+        disk = metric(m, "tierkv_tier_capacity_blocks", 'tier="disk"')
+        loads = metric(m, "tierkv_block_ops_total", 'tier="disk",op="load"')
+        evicted = metric(m, "tierkv_block_ops_total", 'tier="disk",op="evict"')
+        refused = metric(m, "tierkv_offload_total", 'result="refused"')
+        t = r["ttft_s"]
         print(
-            f"{policy:10}{metric(m, 'tierkv_tier_capacity_blocks', tier='host'):>9.0f}"
-            f"{metric(m, 'tierkv_tier_capacity_blocks', tier='disk'):>9.0f}{served:>8.3f}"
-            f"{statistics.mean(r['ttft_s']):>12.3f}{statistics.median(r['ttft_s']):>8.3f}"
-            f"{metric(m, 'tierkv_block_ops_total', tier='disk', op='load'):>11.0f}"
-            f"{metric(m, 'tierkv_block_ops_total', tier='disk', op='evict'):>8.0f}"
-            f"{metric(m, 'tierkv_offload_total', result='refused'):>8.0f}  {r['first'] == first}"
+            f"{policy:10}{host:>9.0f}{disk:>9.0f}{served:>8.3f}{statistics.mean(t):>12.3f}"
+            f"{statistics.median(t):>8.3f}{loads:>11.0f}{evicted:>8.0f}{refused:>8.0f}  {r['first'] == first}"
         )
     print(f"\nraw results: {tmp}")
 

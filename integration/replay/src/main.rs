@@ -64,13 +64,9 @@ fn main() -> ExitCode {
     }
     // The disk tier's default (`TIERKV_DISK_EVICTION` unset), marked in the table.
     let default = tierkv::config::Config::default().disk_eviction;
-    if cost {
-        println!("| capacity | policy | hit ratio | share of the LRU-to-Belady gap closed | ns per access |");
-        println!("|---|---|---|---|---|");
-    } else {
-        println!("| capacity | policy | hit ratio | share of the LRU-to-Belady gap closed |");
-        println!("|---|---|---|---|");
-    }
+    let (cost_head, cost_rule) = if cost { (" ns per access |", "---|") } else { ("", "") };
+    println!("| capacity | policy | hit ratio | share of the LRU-to-Belady gap closed |{cost_head}");
+    println!("|---|---|---|---|{cost_rule}");
     for cap in caps.split(',') {
         let blocks = match cap.strip_suffix('%').map(str::parse::<f64>) {
             Some(Ok(p)) => ((distinct as f64) * p / 100.0).round() as usize,
@@ -104,9 +100,13 @@ fn main() -> ExitCode {
             println!("| {cap} ({blocks}) | {name} | {:.3} | {closed} |{ns}", r.ratio());
         };
         for kind in PolicyKind::ALL {
-            let r = replay(&trace, kind.build(blocks).as_mut(), blocks);
+            let (r, ns) = if cost {
+                let (r, ns) = timed_replay(&trace, kind, blocks);
+                (r, Some(ns))
+            } else {
+                (replay(&trace, kind.build(blocks).as_mut(), blocks), None)
+            };
             let mark = if kind == default { " (default)" } else { "" };
-            let ns = cost.then(|| ns_per_access(&trace, kind, blocks));
             row(&format!("{}{mark}", r.policy), &r, ns);
         }
         // Not online: LRU that admits only blocks the trace uses again (what
@@ -118,17 +118,20 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Wall time of a replay of `trace` through a fresh `kind` policy per block
-/// access, in nanoseconds: the median of 5 runs.
-fn ns_per_access(trace: &Trace, kind: PolicyKind, blocks: usize) -> f64 {
+/// A replay of `trace` through a fresh `kind` policy (every run gives the same
+/// result), with its wall time per block access in nanoseconds: the median of 5 runs.
+fn timed_replay(trace: &Trace, kind: PolicyKind, blocks: usize) -> (ReplayResult, f64) {
+    let mut result = None;
     let mut runs: Vec<f64> = (0..5)
         .map(|_| {
             let mut p = kind.build(blocks);
             let start = std::time::Instant::now();
-            std::hint::black_box(replay(trace, p.as_mut(), blocks));
-            start.elapsed().as_nanos() as f64 / trace.total_blocks().max(1) as f64
+            let r = std::hint::black_box(replay(trace, p.as_mut(), blocks));
+            let ns = start.elapsed().as_nanos() as f64 / trace.total_blocks().max(1) as f64;
+            result = Some(r);
+            ns
         })
         .collect();
     runs.sort_by(f64::total_cmp);
-    runs[2]
+    (result.expect("five runs"), runs[2])
 }

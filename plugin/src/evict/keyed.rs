@@ -187,43 +187,49 @@ impl Nodes {
     }
 }
 
-/// Keys evicted recently (no data), FIFO with a bound; a later insert of one of
-/// them is evidence of reuse.
-#[derive(Debug, Default)]
-struct Ghost {
+/// Keys evicted recently (no data, `V`: what a policy keeps about each), FIFO with
+/// a bound; a later insert of one of them is evidence of reuse.
+#[derive(Debug)]
+struct Ghost<V = ()> {
     order: VecDeque<(u64, u64)>,
-    live: HashMap<u64, u64>,
+    live: HashMap<u64, (u64, V)>,
     next: u64,
     cap: usize,
 }
 
-impl Ghost {
+impl<V: Copy> Ghost<V> {
     fn new(cap: usize) -> Self {
         Self {
+            order: VecDeque::new(),
+            live: HashMap::new(),
+            next: 0,
             cap: cap.max(1),
-            ..Self::default()
         }
     }
 
-    fn push(&mut self, key: u64) {
+    fn push(&mut self, key: u64, v: V) {
         self.next += 1;
-        self.live.insert(key, self.next);
+        self.live.insert(key, (self.next, v));
         self.order.push_back((key, self.next));
         while self.live.len() > self.cap {
             let Some((k, g)) = self.order.pop_front() else { break };
-            if self.live.get(&k) == Some(&g) {
+            if self.live.get(&k).is_some_and(|e| e.0 == g) {
                 self.live.remove(&k);
             }
         }
         // Stale entries (taken out by `take`) are bounded by twice the live count.
         if self.order.len() > 2 * self.cap + 16 {
             let live = &self.live;
-            self.order.retain(|(k, g)| live.get(k) == Some(g));
+            self.order.retain(|(k, g)| live.get(k).is_some_and(|e| e.0 == *g));
         }
     }
 
-    fn take(&mut self, key: u64) -> bool {
-        self.live.remove(&key).is_some()
+    fn peek(&self, key: u64) -> Option<V> {
+        self.live.get(&key).map(|e| e.1)
+    }
+
+    fn take(&mut self, key: u64) -> Option<V> {
+        self.live.remove(&key).map(|e| e.1)
     }
 }
 
@@ -331,7 +337,7 @@ impl S3Fifo {
         }
         if evictable(self.n.key(i)) {
             let key = self.n.release(i);
-            self.ghost.push(key);
+            self.ghost.push(key, ());
             return Some(key);
         }
         self.small.push_back(&mut self.n, i);
@@ -373,7 +379,7 @@ impl Policy for S3Fifo {
             // Idempotent: a key inserted twice is one resident key, now used.
             return self.on_hit(a);
         }
-        if self.ghost.take(a.key) {
+        if self.ghost.take(a.key).is_some() {
             let i = self.n.add(a.key, MAIN);
             *self.freq_mut(i) = 0;
             self.main.push_back(&mut self.n, i);
@@ -510,7 +516,7 @@ impl Policy for Chat {
             // Idempotent: a key inserted twice is one resident key, now used.
             return self.on_hit(a);
         }
-        let returning = self.ghost.take(a.key);
+        let returning = self.ghost.take(a.key).is_some();
         if returning || self.continues_hit(a) {
             let i = self.n.add(a.key, PROTECTED);
             if self.continues_hit(a) {
@@ -540,7 +546,7 @@ impl Policy for Chat {
         self.detach(i);
         let key = self.n.release(i);
         // A probation leaver or a stale protected chain alike: a return is reuse.
-        self.ghost.push(key);
+        self.ghost.push(key, ());
         Some(key)
     }
 }

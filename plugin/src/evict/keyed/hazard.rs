@@ -29,9 +29,7 @@
 //! Deterministic (no randomness, no wall clock: time comes with each access), and
 //! O(classes) per call.
 
-use std::collections::{HashMap, VecDeque};
-
-use super::{find_victim, Access, ChainList, Nodes, Policy};
+use super::{find_victim, Access, ChainList, Ghost, Nodes, Policy};
 
 /// Histogram bins: two per doubling of the gap in milliseconds (about 3 days).
 const BINS: usize = 56;
@@ -89,10 +87,14 @@ impl Default for ClassStats {
 }
 
 impl ClassStats {
-    fn refresh(&mut self, force: bool) {
-        if self.stale == 0 || (!force && self.stale < REFRESH_AFTER && self.cum[BINS] > 0) {
-            return;
+    /// Recomputes `cum` once enough has changed (or nothing was counted yet).
+    fn refresh(&mut self) {
+        if self.stale >= REFRESH_AFTER || (self.stale > 0 && self.cum[BINS] == 0) {
+            self.recompute();
         }
+    }
+
+    fn recompute(&mut self) {
         for b in 0..BINS {
             self.cum[b + 1] = self.cum[b] + self.gaps[b];
         }
@@ -114,8 +116,7 @@ impl ClassStats {
             *g /= 2;
         }
         self.entered /= 2;
-        self.stale = REFRESH_AFTER;
-        self.refresh(true);
+        self.recompute();
     }
 }
 
@@ -126,41 +127,6 @@ struct Meta {
     uses: u32,
 }
 
-/// Keys let go of or refused (no data): their last use and class, FIFO-bounded.
-#[derive(Debug, Default)]
-struct Departed {
-    live: HashMap<u64, (u64, Meta, u8)>,
-    order: VecDeque<(u64, u64)>,
-    next: u64,
-    cap: usize,
-}
-
-impl Departed {
-    fn push(&mut self, key: u64, meta: Meta, class: usize) {
-        self.next += 1;
-        self.live.insert(key, (self.next, meta, class as u8));
-        self.order.push_back((key, self.next));
-        while self.live.len() > self.cap {
-            let Some((k, g)) = self.order.pop_front() else { break };
-            if self.live.get(&k).is_some_and(|e| e.0 == g) {
-                self.live.remove(&k);
-            }
-        }
-        if self.order.len() > 2 * self.cap + 16 {
-            let live = &self.live;
-            self.order.retain(|(k, g)| live.get(k).is_some_and(|e| e.0 == *g));
-        }
-    }
-
-    fn peek(&self, key: u64) -> Option<(Meta, usize)> {
-        self.live.get(&key).map(|&(_, m, c)| (m, c as usize))
-    }
-
-    fn take(&mut self, key: u64) -> Option<(Meta, usize)> {
-        self.live.remove(&key).map(|(_, m, c)| (m, c as usize))
-    }
-}
-
 /// Eviction and admission by learned reuse odds (see the module overview).
 #[derive(Debug)]
 pub struct Hazard {
@@ -168,7 +134,8 @@ pub struct Hazard {
     lists: [ChainList; CLASSES],
     meta: Vec<Meta>,
     stats: [ClassStats; CLASSES],
-    departed: Departed,
+    /// Keys let go of or refused: their last use and class.
+    departed: Ghost<(Meta, u8)>,
     /// Moving average of the victims' ages (ms): how long the cache keeps a key.
     horizon_ms: f64,
     now_ms: u64,
@@ -190,10 +157,7 @@ impl Hazard {
             lists: Default::default(),
             meta: Vec::new(),
             stats: Default::default(),
-            departed: Departed {
-                cap: capacity.max(1) * DEPARTED_PER_SLOT,
-                ..Departed::default()
-            },
+            departed: Ghost::new(capacity.max(1) * DEPARTED_PER_SLOT),
             horizon_ms: 0.0,
             now_ms: 0,
             counted: 0,
@@ -230,6 +194,17 @@ impl Hazard {
         &mut self.meta[i as usize]
     }
 
+    /// A use of the key of `a`, which is not resident: takes what is remembered
+    /// of it (if it departed), learns the gap since its last use, and returns its
+    /// use count and class now.
+    fn use_departed(&mut self, a: &Access) -> (u32, usize) {
+        let before = self.departed.take(a.key);
+        let uses = before.map_or(0, |(m, _)| m.uses).saturating_add(1);
+        let to = class(uses, a.last);
+        self.learn(before.map(|(m, c)| (c as usize, m.last_ms)), to);
+        (uses, to)
+    }
+
     /// The odds of a key of class `c` at `age`, never above those of a key used
     /// more often (of the same last flag) at the same age: a chain's earlier blocks
     /// were used at least as often as its later ones, so this keeps chains peeled
@@ -248,7 +223,7 @@ impl Hazard {
     fn candidate(&mut self, evictable: &mut dyn FnMut(u64) -> bool) -> Option<(u32, f32, u64)> {
         let horizon = self.horizon_ms as u64;
         let mut best: Option<(u32, f32, u64)> = None;
-        self.stats.iter_mut().for_each(|s| s.refresh(false));
+        self.stats.iter_mut().for_each(ClassStats::refresh);
         for c in 0..CLASSES {
             let Some(i) = find_victim(&self.lists[c].ends, &self.n, evictable) else {
                 continue;
@@ -299,10 +274,7 @@ impl Policy for Hazard {
             return self.on_hit(a);
         }
         self.tick(a.now_ms);
-        let before = self.departed.take(a.key);
-        let uses = before.map_or(0, |(m, _)| m.uses).saturating_add(1);
-        let to = class(uses, a.last);
-        self.learn(before.map(|(m, c)| (c, m.last_ms)), to);
+        let (uses, to) = self.use_departed(&a);
         let i = self.n.add(a.key, to as u8);
         *self.meta_mut(i) = Meta {
             last_ms: self.now_ms,
@@ -323,16 +295,14 @@ impl Policy for Hazard {
             return true;
         }
         self.tick(a.now_ms);
-        let before = self.departed.peek(a.key);
-        let uses = before.map_or(0, |(m, _)| m.uses).saturating_add(1);
-        let to = class(uses, a.last);
-        self.stats.iter_mut().for_each(|s| s.refresh(false));
-        let odds = self.odds(to, 0, self.horizon_ms as u64);
-        let below = self.refused == Some((a.request, a.depth.wrapping_sub(1)));
-        if !below {
+        // The next block of a chain walk refused at the previous depth is refused
+        // without asking: a prefix match could never reach it.
+        if self.refused != Some((a.request, a.depth.wrapping_sub(1))) {
             let Some((i, victim, age)) = self.candidate(evictable) else {
                 return true;
             };
+            let uses = self.departed.peek(a.key).map_or(0, |(m, _)| m.uses).saturating_add(1);
+            let odds = self.odds(class(uses, a.last), 0, self.horizon_ms as u64);
             if odds >= victim * (1.0 - ADMIT_MARGIN) {
                 self.chosen = Some((i, age));
                 return true;
@@ -340,13 +310,12 @@ impl Policy for Hazard {
         }
         self.refused = Some((a.request, a.depth));
         // Refused: counted as a use, remembered so that a return is learned.
-        let before = self.departed.take(a.key);
-        self.learn(before.map(|(m, c)| (c, m.last_ms)), to);
+        let (uses, to) = self.use_departed(&a);
         let meta = Meta {
             last_ms: self.now_ms,
             uses,
         };
-        self.departed.push(a.key, meta, to);
+        self.departed.push(a.key, (meta, to as u8));
         false
     }
     fn evict(&mut self, evictable: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
@@ -363,7 +332,7 @@ impl Policy for Hazard {
         self.lists[c].remove(&mut self.n, i);
         let meta = self.meta[i as usize];
         let key = self.n.release(i);
-        self.departed.push(key, meta, c);
+        self.departed.push(key, (meta, c as u8));
         Some(key)
     }
 }
