@@ -17,6 +17,10 @@ nvrtc_lib=$(scripts/nvrtc-env.sh | tail -n 1)
 export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export TIERKV_REQUIRE_NVRTC=1
 
+echo "== Redis from Debian (the remote tier's tests start their own clusters)"
+scripts/redis-cluster.sh install >/dev/null
+export TIERKV_REQUIRE_REDIS=1
+
 echo "== Rust and C ABI tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

@@ -69,6 +69,14 @@
 // The disk tier.
 #define TIERKV_TIER_DISK 3
 
+// Tier code: the remote tier (G4, a Redis/Valkey cluster).
+#define TIERKV_TIER_REMOTE 4
+
+// Written by `tierkv_lookup_flags` at `out_tiers[*out_hits]` (when
+// `*out_hits < n`): a tier is still finding out whether it holds that block;
+// ask again later (vLLM: `None` from `get_num_new_matched_tokens`).
+#define TIERKV_TIER_PENDING 255
+
 // `flags` bit of `tierkv_lookup_flags`: a repeated lookup of a request whose first
 // lookup was counted (a scheduler asking again for a waiting request); only
 // `tierkv_lookup_calls_total` counts it.
@@ -427,8 +435,10 @@ enum TierkvStatus tierkv_hash_tokens(const struct TierkvManager *mgr,
 
 // Finds the longest run of leading `hashes` held by a tier. Writes the run length to
 // `*out_hits` and, if `out_tiers` is not null, the tier of each hit block
-// (`TIERKV_TIER_*`) to `out_tiers[0..*out_hits]`. Counts as one request's lookup
-// (`tierkv_lookups_total`, `tierkv_lookup_blocks_total`).
+// (`TIERKV_TIER_*`) to `out_tiers[0..*out_hits]`, and `TIERKV_TIER_PENDING` to
+// `out_tiers[*out_hits]` when a tier (the remote one) is still finding out about
+// the next block: ask again later. Counts as one request's lookup
+// (`tierkv_lookups_total`, `tierkv_lookup_blocks_total`), unless pending.
 //
 // # Safety
 // `hashes` valid for `n` reads; `out_tiers` null or valid for `n` writes;

@@ -31,7 +31,10 @@ STATUS_BUFFER_TOO_SMALL = 7
 # Per-block results: no code is 0, so a zero-filled array never reads as success;
 # FAILED is what every entry holds when the call failed before that block was done.
 LOAD_LOADED, LOAD_MISS, LOAD_CORRUPT, LOAD_BUSY, LOAD_IO_ERROR, LOAD_FAILED = 1, 2, 3, 4, 5, 6
-TIER_ENGINE, TIER_HOST, TIER_DISK = 1, 2, 3
+TIER_ENGINE, TIER_HOST, TIER_DISK, TIER_REMOTE = 1, 2, 3, 4
+# After a lookup's hits: a tier (the remote one) is still finding out about the
+# next block; ask again later.
+TIER_PENDING = 255
 STORE_STORED, STORE_PRESENT, STORE_NO_SPACE, STORE_DEFERRED, STORE_FAILED = 1, 2, 3, 4, 5
 SEMANTIC_REASONS = {
     0: "accepted",
@@ -385,14 +388,21 @@ class TierKV:
     def lookup_tiers(self, hashes: bytes, repeat: bool = False) -> list[int]:
         """The tier (``TIER_*``) of each leading block held by a tier. ``repeat``: a
         request's lookup asked again (counted as a call, not as another request)."""
+        return self.lookup_pending(hashes, repeat)[0]
+
+    def lookup_pending(self, hashes: bytes, repeat: bool = False) -> tuple[list[int], bool]:
+        """``lookup_tiers``, and whether a tier is still finding out about the block
+        after the hits (the remote tier probing its store): ask again later. A
+        pending lookup is not counted."""
         arr, n = _hash_array(hashes)
         if n == 0:
-            return []
+            return [], False
         hits = ctypes.c_size_t()
         tiers = (ctypes.c_uint8 * n)()
         flags = LOOKUP_REPEAT if repeat else 0
         self._check(self._lib.tierkv_lookup_flags(self._h, arr, n, flags, tiers, ctypes.byref(hits)))
-        return list(tiers[: hits.value])
+        h = hits.value
+        return list(tiers[:h]), h < n and tiers[h] == TIER_PENDING
 
     def record_error(self, op: int, status: int) -> None:
         """Counts an error the adapter degraded (``tierkv_adapter_errors_total``)."""

@@ -85,6 +85,10 @@ pub struct Config {
     pub disk_recovery: RecoveryMode,
     /// Semantic sharing (`TIERKV_SEMANTIC*`).
     pub semantic: crate::semantic::SemanticPolicy,
+    /// The remote tier's settings; `None` when `TIERKV_REMOTE_URL` is unset.
+    pub remote: Option<crate::tier::remote::RemoteSettings>,
+    /// Remote admission (`TIERKV_REMOTE_ADMIT`, `TIERKV_REMOTE_ADMIT_USES`).
+    pub remote_admit: AdmitMode,
     /// `TIERKV_*` names set in the environment that no part reads (typos).
     pub unknown_vars: Vec<String>,
 }
@@ -157,6 +161,7 @@ impl Config {
         let (queue, queue_forms) = int_in(1usize, 65536);
         let (uses, use_forms) = int_in(1u8, 15);
         let uses = v.value("TIERKV_DISK_ADMIT_USES", uses, &use_forms)?;
+        let (remote, remote_admit) = remote::read(&v)?;
         let cfg = Config {
             cpu_bytes: v.value("TIERKV_CPU_BYTES", parse_size, SIZE_FORMS)?,
             store_name: v
@@ -231,6 +236,8 @@ impl Config {
                 "headers or full",
             )?,
             semantic: semantic::read(&v)?,
+            remote,
+            remote_admit,
             unknown_vars: Vec::new(),
         };
         cfg.sanitize()?;
@@ -307,6 +314,7 @@ fn valid_name(v: &str) -> bool {
 
 mod parse;
 mod read;
+mod remote;
 mod semantic;
 mod vars;
 

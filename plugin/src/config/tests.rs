@@ -117,6 +117,16 @@ fn every_documented_example_is_accepted() {
         let values: Vec<&str> = examples.split(", ").map(|e| e.trim_matches('`')).collect();
         assert!(!values.is_empty() && !examples.is_empty(), "{name} has no examples");
         for v in values {
+            // A password file is an example of a path: the test writes one (0600).
+            let secret = tempfile::tempdir().unwrap();
+            let file = secret.path().join("pass");
+            std::fs::write(&file, "s3cret\n").unwrap();
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            let v = if name == "TIERKV_REMOTE_PASSWORD_FILE" {
+                file.to_str().unwrap()
+            } else {
+                v
+            };
             let extra: &[(&str, &str)] = if name == "TIERKV_DISK_PATH" {
                 &[("TIERKV_DISK_BYTES", "1GiB")]
             } else {
@@ -187,4 +197,40 @@ fn setting_a_variable_to_its_documented_default_changes_nothing() {
         assert_eq!(c, base, "{}={:?} is not the default", d.name, d.default);
     }
     assert_eq!(base.semantic, crate::semantic::SemanticPolicy::default());
+}
+
+#[test]
+fn the_remote_tier_is_off_unless_a_url_is_given_and_every_remote_variable_is_checked() {
+    assert!(cfg(&[]).unwrap().remote.is_none());
+    let c = cfg(&[("TIERKV_REMOTE_URL", "redis://127.0.0.1:7001,127.0.0.1:7002")]).unwrap();
+    let r = c.remote.clone().unwrap();
+    assert_eq!(r.nodes, ["redis://127.0.0.1:7001", "redis://127.0.0.1:7002"]);
+    assert!(r.cluster_seeds);
+    assert_eq!(r.ttl, Duration::from_secs(86_400));
+    assert_eq!(c.remote_admit, crate::movement::AdmitMode::Reuse(2));
+    for (var, bad) in [
+        ("TIERKV_REMOTE_URL", "rediss://h:1"),
+        ("TIERKV_REMOTE_TTL", "0s"),
+        ("TIERKV_REMOTE_TIMEOUT", "2m"),
+        ("TIERKV_REMOTE_PREFIX", "a{b}"),
+        ("TIERKV_REMOTE_PREFIX", "has space"),
+        ("TIERKV_REMOTE_QUEUE", "0"),
+        ("TIERKV_REMOTE_PASSWORD_FILE", "/nonexistent/pass"),
+    ] {
+        let e = cfg(&[("TIERKV_REMOTE_URL", "redis://h:1"), (var, bad)]).unwrap_err();
+        assert_eq!(e.var, var);
+    }
+    // A password file others may read is refused (a leaked secret is a config error).
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("p");
+    std::fs::write(&f, "pw\n").unwrap();
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    assert!(cfg(&[("TIERKV_REMOTE_PASSWORD_FILE", f.to_str().unwrap())]).is_err());
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let c = cfg(&[
+        ("TIERKV_REMOTE_URL", "redis://h:1"),
+        ("TIERKV_REMOTE_PASSWORD_FILE", f.to_str().unwrap()),
+    ])
+    .unwrap();
+    assert_eq!(c.remote.unwrap().password.as_deref(), Some("pw"));
 }

@@ -110,6 +110,46 @@ pub const VARS: &[VarDoc] = &[
         meaning: "Restart recovery: headers (read each block's header; payloads verified on load) or full (verify every payload).",
     },
     VarDoc {
+        name: "TIERKV_REMOTE_URL",
+        default: "unset",
+        meaning: "The remote tier (G4): redis://[user:password@]host:port for one server or a cluster node, or redis://host:port,host:port,... for a cluster's seed list; off when unset (docs/remote.md).",
+    },
+    VarDoc {
+        name: "TIERKV_REMOTE_PASSWORD_FILE",
+        default: "unset",
+        meaning: "File whose first line is the store's password (chmod 600; refused if others may read it), instead of a password in the URL.",
+    },
+    VarDoc {
+        name: "TIERKV_REMOTE_TTL",
+        default: "24h",
+        meaning: "Lifetime of a block in the remote store; each hit refreshes it. 1s to 3650 days.",
+    },
+    VarDoc {
+        name: "TIERKV_REMOTE_TIMEOUT",
+        default: "500ms",
+        meaning: "Connect and response timeout of every remote call (a slower answer is a miss). 1ms to 60s.",
+    },
+    VarDoc {
+        name: "TIERKV_REMOTE_QUEUE",
+        default: "256",
+        meaning: "Bound of the remote write-behind queue, in blocks; a full queue drops writes (counted), never blocks the engine. 1-65536.",
+    },
+    VarDoc {
+        name: "TIERKV_REMOTE_PREFIX",
+        default: "tierkv",
+        meaning: "Prefix of every remote key: one per deployment sharing a store. 1-64 printable characters, no spaces or braces.",
+    },
+    VarDoc {
+        name: "TIERKV_REMOTE_ADMIT",
+        default: "reuse",
+        meaning: "Which blocks go to the remote tier: reuse (used TIERKV_REMOTE_ADMIT_USES times) or always.",
+    },
+    VarDoc {
+        name: "TIERKV_REMOTE_ADMIT_USES",
+        default: "2",
+        meaning: "Uses (stores and hits) before a block is written to the remote tier under reuse admission. 1-15.",
+    },
+    VarDoc {
         name: "TIERKV_HW_INTERVAL",
         default: "1s",
         meaning: "Telemetry sampling interval (NVML, or /proc without a GPU) for the scheduler; 0 or off disables it.",

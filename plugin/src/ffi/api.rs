@@ -121,6 +121,12 @@ pub const TIERKV_TIER_ENGINE: u8 = 1;
 pub const TIERKV_TIER_HOST: u8 = 2;
 /// The disk tier.
 pub const TIERKV_TIER_DISK: u8 = 3;
+/// Tier code: the remote tier (G4, a Redis/Valkey cluster).
+pub const TIERKV_TIER_REMOTE: u8 = 4;
+/// Written by `tierkv_lookup_flags` at `out_tiers[*out_hits]` (when
+/// `*out_hits < n`): a tier is still finding out whether it holds that block;
+/// ask again later (vLLM: `None` from `get_num_new_matched_tokens`).
+pub const TIERKV_TIER_PENDING: u8 = 255;
 
 /// The ABI version of the loaded library. Never fails.
 #[no_mangle]
@@ -298,8 +304,10 @@ pub unsafe extern "C" fn tierkv_hash_tokens(
 
 /// Finds the longest run of leading `hashes` held by a tier. Writes the run length to
 /// `*out_hits` and, if `out_tiers` is not null, the tier of each hit block
-/// (`TIERKV_TIER_*`) to `out_tiers[0..*out_hits]`. Counts as one request's lookup
-/// (`tierkv_lookups_total`, `tierkv_lookup_blocks_total`).
+/// (`TIERKV_TIER_*`) to `out_tiers[0..*out_hits]`, and `TIERKV_TIER_PENDING` to
+/// `out_tiers[*out_hits]` when a tier (the remote one) is still finding out about
+/// the next block: ask again later. Counts as one request's lookup
+/// (`tierkv_lookups_total`, `tierkv_lookup_blocks_total`), unless pending.
 ///
 /// # Safety
 /// `hashes` valid for `n` reads; `out_tiers` null or valid for `n` writes;
@@ -344,12 +352,16 @@ pub unsafe extern "C" fn tierkv_lookup_flags(
         let hs: Vec<BlockHash> = hs.iter().map(|&h| h.into()).collect();
         let mut tiers = vec![TierId::Host; n];
         let count = flags & TIERKV_LOOKUP_REPEAT == 0;
-        let hits = m.in_scope(|| m.lookup_counted(&hs, &mut tiers, count))?;
+        let run = m.in_scope(|| m.lookup_run(&hs, &mut tiers, count))?;
+        let hits = run.end;
         if !out_tiers.is_null() {
             // SAFETY: as above.
             let o = unsafe { slice_out(out_tiers, n, "out_tiers") }?;
             for (o, t) in o.iter_mut().zip(&tiers[..hits]) {
                 *o = *t as u8;
+            }
+            if run.pending {
+                o[hits] = TIERKV_TIER_PENDING;
             }
         }
         *out_hits = hits;

@@ -24,11 +24,12 @@ use crate::config::Config;
 use crate::events::EventLog;
 use crate::hw::{self, HwState, Sampler, SchedParams, Scheduler};
 use crate::metrics::exporter::Exporter;
-use crate::movement::Movement;
+use crate::movement::{Movement, Run};
 use crate::prefix::{BlockHasher, VLLM_DEFAULT_SEED};
 use crate::tier::arena::stats::{ADAPTER_OPS, ADAPTER_STATUSES};
 use crate::tier::disk::DiskHandle;
 use crate::tier::layout::{EngineLayout, LayoutError};
+use crate::tier::remote::RemoteTier;
 use crate::tier::{HostTier, TierError};
 
 // The facade's vocabulary: the value types engines and adapters exchange with a
@@ -239,6 +240,10 @@ impl Manager {
         if let Some(d) = disk {
             movement = movement.with_lower(Box::new(d), config.disk_admit);
         }
+        if let Some(r) = &config.remote {
+            let tier = RemoteTier::open(r, xxhash_rust::xxh3::xxh3_64(namespace.as_bytes()), &dispatch);
+            movement = movement.with_lower(Box::new(tier), config.remote_admit);
+        }
         let sampler = config.hw_interval.and_then(|every| {
             let sched = Scheduler::new(SchedParams::new(params.block_bytes, movement.can_place_lower()));
             start_sampler(config.gpu_device, sched, &hw, every, &dispatch)
@@ -373,6 +378,13 @@ impl Manager {
         tiers: &mut [TierId],
         count: bool,
     ) -> Result<usize, ManagerError> {
+        Ok(self.lookup_run(hashes, tiers, count)?.end)
+    }
+
+    /// [`Manager::lookup_counted`], also saying whether a lower tier (the remote
+    /// one) is still finding out about the block after the run: the engine should
+    /// ask again later instead of computing it. A pending answer is not counted.
+    pub fn lookup_run(&self, hashes: &[BlockHash], tiers: &mut [TierId], count: bool) -> Result<Run, ManagerError> {
         self.movement
             .host()
             .stats()

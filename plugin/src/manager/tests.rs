@@ -414,3 +414,74 @@ fn shared_host_tier_each_change_is_reported_once_by_the_engine_that_made_it() {
     assert_eq!(removed, vec![11]);
     assert!(take(&a).is_empty(), "A saw nothing happen");
 }
+
+/// Two managers standing for two machines (separate host tiers, no disk) share
+/// one Redis cluster: blocks machine A computed are found by B's lookup (first
+/// "ask again later", never a wait), loaded from the remote tier verified byte
+/// for byte, and onboarded into B's host tier.
+#[test]
+fn a_block_stored_on_one_machine_is_served_on_another_through_the_remote_tier() {
+    let Some(store) = crate::tier::test_util::RedisStore::start("cluster") else {
+        return;
+    };
+    const BYTES: usize = 8192;
+    let machine = |shm: &std::path::Path, name: &str| {
+        let cfg = Config::from_lookup(|v| match v {
+            "TIERKV_REMOTE_URL" => Some(store.url.clone()),
+            "TIERKV_REMOTE_ADMIT" => Some("always".into()),
+            "TIERKV_REMOTE_PREFIX" => Some("mgr-test".into()),
+            "TIERKV_SHM_DIR" => Some(shm.to_str().unwrap().into()),
+            "TIERKV_STORE_NAME" => Some(name.into()),
+            "TIERKV_CPU_BYTES" => Some("1MiB".into()),
+            _ => None,
+        })
+        .unwrap();
+        manager(cfg, BYTES as u64)
+    };
+    let (shm_a, shm_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = machine(shm_a.path(), "a");
+    let b = machine(shm_b.path(), "b");
+    let mut mem_a: Vec<u8> = (0..4 * BYTES).map(|i| (i * 13 % 251) as u8).collect();
+    let mut mem_b = vec![0u8; 4 * BYTES];
+    for (m, mem) in [(&a, &mut mem_a), (&b, &mut mem_b)] {
+        let region = Region {
+            base: mem.as_mut_ptr() as u64,
+            block_stride: BYTES as u64,
+            bytes_per_block: BYTES as u64,
+        };
+        m.register_layout(&[region], 4).unwrap();
+    }
+    let hs: Vec<BlockHash> = (1..=3u128).map(|k| BlockHash(k << 70 | 5)).collect();
+    let mut out = vec![StoreOutcome::NoSpace; 3];
+    // SAFETY: `mem_a` is valid for reads and not written meanwhile.
+    unsafe { a.store_blocks(&hs, &[0, 1, 2], &mut out) }.unwrap();
+    assert!(a.flush(std::time::Duration::from_secs(10)));
+    let mut tiers = vec![TierId::Engine; 3];
+    let first = b.lookup_run(&hs, &mut tiers, true).unwrap();
+    assert_eq!(first, Run { end: 0, pending: true });
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let run = loop {
+        let r = b.lookup_run(&hs, &mut tiers, true).unwrap();
+        if !r.pending {
+            break r;
+        }
+        assert!(std::time::Instant::now() < end, "still pending");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert_eq!(run.end, 3);
+    assert_eq!(tiers, vec![TierId::Remote; 3]);
+    let mut loaded = vec![LoadOutcome::Miss; 3];
+    // SAFETY: blocks 1..4 of `mem_b` are ours to write.
+    unsafe { b.load_blocks(&hs, &[1, 2, 3], &mut loaded) }.unwrap();
+    assert_eq!(loaded, vec![LoadOutcome::Loaded; 3]);
+    assert_eq!(mem_a[..3 * BYTES], mem_b[BYTES..]);
+    // Onboarded: B's host tier has them now.
+    assert_eq!(b.movement.host().lookup(&hs).unwrap(), 3);
+    assert_eq!(b.lookup(&hs, &mut tiers).unwrap(), 3);
+    assert_eq!(tiers, vec![TierId::Host; 3]);
+    let text = b.metrics_text();
+    assert!(
+        text.contains("tierkv_lookup_blocks_total{tier=\"remote\",result=\"hit\"} 3"),
+        "{text}"
+    );
+}

@@ -20,6 +20,8 @@ pub enum AdmitMode {
     Reuse(u8),
 }
 
+/// Blocks a sketch is sized for when the tier does not say.
+pub const UNSIZED: u64 = 1 << 16;
 /// Rows of the sketch (independent hash functions).
 const ROWS: usize = 4;
 /// Counters saturate here (4 bits' worth; enough for any threshold we accept).
@@ -43,8 +45,10 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// A sketch sized for about `capacity` distinct blocks.
+    /// A sketch sized for about `capacity` distinct blocks (0: a tier that does
+    /// not know its capacity, such as a remote store: sized for [`UNSIZED`]).
     pub fn new(mode: AdmitMode, capacity: u64) -> Self {
+        let capacity = if capacity == 0 { UNSIZED } else { capacity };
         let width = (capacity.max(64) * 4).next_power_of_two().min(1 << 24);
         Self {
             mode,

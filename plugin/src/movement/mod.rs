@@ -4,7 +4,8 @@
 //! tier on its way to the engine.
 //!
 //! Core types: [`Movement`] (the host tier, then the lower tiers in speed order,
-//! each a [`Tier`] with its [`Admission`]) and [`AdmitMode`].
+//! each a [`Tier`] with its [`Admission`]), [`Run`] (a lookup's answer) and
+//! [`AdmitMode`].
 //!
 //! ```text
 //!   engine (G1) ──store──► host (G2) ──offer: admission──► disk (G3) ──► remote (G4)...
@@ -38,7 +39,7 @@ mod tests;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-pub use admission::{Admission, AdmitMode};
+pub use admission::{Admission, AdmitMode, UNSIZED};
 
 use crate::events::EventLog;
 use crate::hw::{HwState, Placement};
@@ -96,6 +97,15 @@ impl Lower {
     }
 }
 
+/// The answer of [`Movement::lookup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// Where the run of held blocks ends.
+    pub end: usize,
+    /// A lower tier is still finding out about block `end`: ask again later.
+    pub pending: bool,
+}
+
 /// The tiers below the engine and the moves between them.
 pub struct Movement {
     host: Arc<HostTier>,
@@ -151,16 +161,18 @@ impl Movement {
     }
 
     /// Fills `tiers[start..]` with the tier of each leading block of
-    /// `hashes[start..]` held below the engine, and returns where the run ends. A
-    /// block in several tiers is reported in the fastest. With `count`, records the
-    /// hits of each tier and the misses (`hashes.len()` minus the run).
+    /// `hashes[start..]` held below the engine, and returns where the run ends
+    /// and whether a lower tier is still finding out about the block there
+    /// ([`Tier::pending`]: ask again later). A block in several tiers is reported
+    /// in the fastest. With `count` (and nothing pending), records the hits of
+    /// each tier and the misses (`hashes.len()` minus the run).
     pub fn lookup(
         &self,
         hashes: &[BlockHash],
         tiers: &mut [TierId],
         start: usize,
         count: bool,
-    ) -> Result<usize, TierError> {
+    ) -> Result<Run, TierError> {
         let mut n = start;
         let mut host_hits = 0usize;
         let mut lower_hits = vec![0usize; self.lower.len()];
@@ -188,13 +200,14 @@ impl Movement {
             }
             break;
         }
-        if count {
+        let pending = n < hashes.len() && self.lower.iter().any(|l| l.tier.pending(hashes[n]));
+        if count && !pending {
             self.host.record_lookup(host_hits as u64, (hashes.len() - n) as u64);
             for (l, &k) in self.lower.iter().zip(&lower_hits).filter(|(_, &k)| k > 0) {
                 l.tier.record_hits(k as u64);
             }
         }
-        Ok(n)
+        Ok(Run { end: n, pending })
     }
 
     /// Whether the host tier or a lower tier before `j` holds `hash`.

@@ -208,7 +208,7 @@ fn any_tier_serves_as_a_lower_tier() {
     assert_eq!(stored, [StoreOutcome::Stored; 4]);
     assert_eq!(mem_tier.blocks.lock().len(), 4, "every block offered down");
     let mut tiers = [TierId::Engine; 4];
-    assert_eq!(m.lookup(&hs, &mut tiers, 0, true).unwrap(), 4);
+    assert_eq!(m.lookup(&hs, &mut tiers, 0, true).unwrap().end, 4);
     assert_eq!(tiers, [TierId::Disk, TierId::Disk, TierId::Host, TierId::Host]);
     assert_eq!(mem_tier.hits.load(std::sync::atomic::Ordering::Relaxed), 2);
     let mut loaded = [LoadOutcome::Miss; 4];
@@ -234,7 +234,7 @@ fn lookups_report_each_block_in_its_fastest_tier() {
         .with_lower(Box::new(Arc::clone(&b)), AdmitMode::Always);
     let hs: Vec<BlockHash> = (1..=5u128).map(BlockHash).collect();
     let mut tiers = [TierId::Engine; 5];
-    assert_eq!(m.lookup(&hs, &mut tiers, 0, true).unwrap(), 4);
+    assert_eq!(m.lookup(&hs, &mut tiers, 0, true).unwrap().end, 4);
     assert_eq!(tiers[0], TierId::Host);
     let hits = |t: &MemTier| t.hits.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!((hits(&a), hits(&b)), (1, 2));

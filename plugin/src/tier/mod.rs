@@ -4,8 +4,9 @@
 //!
 //! Core types: [`Tier`] (the contract), [`TierId`], [`StoreOutcome`] and
 //! [`LoadOutcome`] (the one outcome vocabulary), [`TierStatus`], [`BlockCtx`];
-//! [`HostTier`] (G2, a shared host-memory arena), [`disk`] (G3), [`layout`] (the
-//! engine's KV memory as regions).
+//! [`HostTier`] (G2, a shared host-memory arena), [`disk`] (G3), [`remote`] (G4, a
+//! Redis/Valkey cluster shared by a fleet), [`layout`] (the engine's KV memory as
+//! regions).
 //!
 //! Workflow of a block: the engine computes it (G1) -> [`HostTier::store`] copies it
 //! out, checksummed -> a later lookup finds its identity -> [`HostTier::load`] copies
@@ -18,6 +19,7 @@ pub mod device;
 pub mod disk;
 mod host;
 pub mod layout;
+pub mod remote;
 pub mod shared_file;
 pub mod store;
 #[cfg(test)]
@@ -40,6 +42,8 @@ pub enum TierId {
     Host = 2,
     /// G3: the local disk.
     Disk = 3,
+    /// G4: a remote store shared by many machines.
+    Remote = 4,
 }
 
 impl TierId {
@@ -49,6 +53,7 @@ impl TierId {
             Self::Engine => "engine",
             Self::Host => "host",
             Self::Disk => "disk",
+            Self::Remote => "remote",
         }
     }
 }
@@ -152,6 +157,13 @@ pub trait Tier: Send + Sync {
     fn id(&self) -> TierId;
     /// Number of leading `hashes` held, ready to load (counts nothing).
     fn lookup_run(&self, hashes: &[BlockHash]) -> Result<usize, TierError>;
+    /// Whether the tier is still finding out if it holds `hash` (the block after a
+    /// [`Tier::lookup_run`] run): the caller should ask again later rather than
+    /// take a miss. Never waits.
+    fn pending(&self, hash: BlockHash) -> bool {
+        let _ = hash;
+        false
+    }
     /// Whether a store of `hash` would be a no-op: held, or on its way.
     fn holds(&self, hash: BlockHash) -> bool {
         self.lookup_run(&[hash]).is_ok_and(|n| n == 1)

@@ -4,12 +4,13 @@ per step, what the worker loads and stores (see the package docstring)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from collections import OrderedDict
 
-from ..lib import HASH_BYTES, OP_HASH, OP_LOOKUP, OP_OTHER, TIER_DISK, TOKEN_SOURCE_BYTES, TierKV
+from ..lib import HASH_BYTES, OP_HASH, OP_LOOKUP, OP_OTHER, TIER_DISK, TIER_REMOTE, TOKEN_SOURCE_BYTES, TierKV
 from .. import pool as engine_pool
 from .common import Degrader, TierKVMetadata, TierKVWorkerMetadata, logger
 from .events import EventNames, block_key
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 
 # Times a block's store is planned again after it did not happen.
 _STORE_RETRIES = 3
+# Seconds a request may wait for the remote tier's probe before it takes the
+# blocks found so far (a probe ends within about TIERKV_REMOTE_TIMEOUT; this
+# bounds the wait even if it did not).
+MAX_REMOTE_WAIT_S = 5.0
 # TIERKV_VLLM_POOL=rust: vLLM block hashes remembered for demotion (the oldest
 # forgotten first: such a block is recomputed when needed again, never wrong).
 _DEMOTION_MAP_MAX = 1 << 18
@@ -43,6 +48,7 @@ class _ReqState:
     retry: set[int] = field(default_factory=set)  # block positions to store again
     retries: dict[int, int] = field(default_factory=dict)  # position -> times retried
     mapped: int = 0  # TIERKV_VLLM_POOL=rust: leading blocks in the demotion map
+    remote_wait_since: float | None = None  # first "ask again later" (remote probe)
 
 
 def _cacheable(request: "Request") -> bool:
@@ -126,13 +132,23 @@ class TierKVConnectorScheduler:
             # tiers (with TIERKV_VLLM_POOL=rust, G1's blocks are not in the host
             # tier until evicted). vLLM asks again for a waiting request: only its
             # first lookup counts as a request in tierkv's lookup metrics.
-            tiers = self._tkv.lookup_tiers(st.hashes[start * HASH_BYTES : max_blocks * HASH_BYTES], repeat=st.looked_up)
+            tiers, pending = self._tkv.lookup_pending(
+                st.hashes[start * HASH_BYTES : max_blocks * HASH_BYTES], repeat=st.looked_up
+            )
         except Exception as e:  # a failed lookup is a miss
             self._degrade(OP_LOOKUP, "lookup", e)
             return 0, False
+        if pending:
+            now = time.monotonic()
+            if st.remote_wait_since is None:
+                st.remote_wait_since = now
+            if now - st.remote_wait_since < MAX_REMOTE_WAIT_S:
+                # The remote tier is asking its store (never on this path): vLLM
+                # keeps the request waiting and asks again next step.
+                return None, False
         st.looked_up = True
         hits = start + len(tiers)
-        pending_async = TIER_DISK in tiers
+        pending_async = TIER_DISK in tiers or TIER_REMOTE in tiers
         end = hits
         if self._semantic and not pending_async and num_computed_tokens == 0 and not st.approximate:
             try:

@@ -1,0 +1,570 @@
+//! The remote tier (G4): blocks in a Redis Cluster / Valkey cluster (or one
+//! server) shared by every engine node of a fleet, behind the [`Tier`] contract.
+//! The store evicts by its own `maxmemory` policy; tierkv keeps no second
+//! eviction layer here.
+//!
+//! Core types: [`RemoteTier`], [`RemoteSettings`]; [`format`] (keys and values),
+//! [`client::Conn`] (the connection), [`known::Known`] (what a lookup can answer
+//! without the network).
+//!
+//! ```text
+//!   lookup ──► Known (memory) ──unknown──► probe queue ──► prober thread ──EXISTS──► store
+//!      ▲ "pending": ask again later          (answers land in Known)
+//!   store ──► encode + checksum ──► write queue (bounded; full: dropped) ──► writer ──SET NX EX──► store
+//!   load_into (the caller's loader thread) ──GETEX──► verify while copying ──► engine block
+//! ```
+//!
+//! Workflow:
+//! 1. [`Tier::lookup_run`] never waits for the store: a run of blocks known
+//!    present counts; the first unknown block starts one probe for the rest of
+//!    the run and [`Tier::pending`] says so, so the engine asks again later.
+//! 2. [`Tier::store`] copies the block into a value (header, checksum) and queues
+//!    it; the writer stores it `SET key value NX EX ttl` (a key another node
+//!    wrote is never overwritten).
+//! 3. [`Tier::load_into`] reads `GETEX key EX ttl` (a hit keeps the block),
+//!    checks the header and verifies the payload while copying it out; a value
+//!    that does not verify is deleted, counted and reported `Corrupt`.
+//! 4. Faults (refused, timeouts, a dead node, the store down) are misses and
+//!    dropped writes, counted; while down, the prober tries to reconnect every
+//!    [`RETRY`] and the tier serves again when the store is back.
+
+mod client;
+pub mod format;
+mod known;
+mod report;
+mod settings;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use parking_lot::Mutex;
+
+use self::client::{broken, Conn};
+use self::known::{Known, State};
+pub use self::settings::{parse_url, redact, RemoteSettings, URL_FORMS};
+use super::{BlockCtx, LoadOutcome, StoreOutcome, Tier, TierError, TierId, TierStatus};
+use crate::metrics::{Histogram, Report};
+use crate::prefix::BlockHash;
+
+/// While the store is down, how often a connection is tried again.
+pub const RETRY: Duration = Duration::from_secs(1);
+/// Keys asked for in one probe at most.
+const PROBE_BATCH: usize = 256;
+/// Idle connections kept for loads and writes.
+const POOL: usize = 8;
+
+const CONNECTING: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+/// Counters of the remote tier (`tierkv_remote_*`).
+#[derive(Debug, Default)]
+pub struct RemoteStats {
+    /// Lookup hits served from this tier.
+    pub hit_blocks: AtomicU64,
+    /// Lookups answered "ask again later" (a probe in flight).
+    pub lookups_pending: AtomicU64,
+    /// Probe answers: present, absent, failed.
+    pub probe_present: AtomicU64,
+    /// See `probe_present`.
+    pub probe_absent: AtomicU64,
+    /// See `probe_present`.
+    pub probe_errors: AtomicU64,
+    /// Writes stored.
+    pub written_blocks: AtomicU64,
+    /// Bytes of values stored.
+    pub written_bytes: AtomicU64,
+    /// Writes that found the key already there (another node wrote it).
+    pub write_exists: AtomicU64,
+    /// Writes dropped: queue full.
+    pub write_dropped: AtomicU64,
+    /// Writes not queued: the store is down.
+    pub write_down: AtomicU64,
+    /// Writes that failed at the store.
+    pub write_errors: AtomicU64,
+    /// Blocks loaded and verified.
+    pub read_blocks: AtomicU64,
+    /// Bytes of payload loaded.
+    pub read_bytes: AtomicU64,
+    /// Loads that found no value (evicted, expired).
+    pub read_misses: AtomicU64,
+    /// Loads that failed at the store (served as misses).
+    pub read_errors: AtomicU64,
+    /// Values that did not verify (deleted; recomputed).
+    pub checksum_failures: AtomicU64,
+    /// Connections opened.
+    pub connects: AtomicU64,
+    /// Connections that could not be opened.
+    pub connect_failures: AtomicU64,
+    /// Latency of a load (the round trip, the verified copy).
+    pub read_latency: Histogram,
+    /// Latency of a write (the round trip).
+    pub write_latency: Histogram,
+}
+
+struct Inner {
+    s: RemoteSettings,
+    namespace: u64,
+    known: Mutex<Known>,
+    stats: RemoteStats,
+    state: AtomicU8,
+    problem: Mutex<Option<String>>,
+    retry_at: Mutex<Instant>,
+    pool: Mutex<Vec<Conn>>,
+    queued: AtomicU64,
+}
+
+/// One write: a block's key and value.
+struct Write {
+    hash: BlockHash,
+    key: String,
+    value: Vec<u8>,
+}
+
+/// The remote tier of one manager.
+pub struct RemoteTier {
+    inner: Arc<Inner>,
+    writes: Option<Sender<Write>>,
+    probes: Option<Sender<Vec<BlockHash>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Inner {
+    fn key(&self, h: BlockHash) -> String {
+        format::key(&self.s.prefix, self.namespace, h)
+    }
+
+    fn ttl_s(&self) -> u64 {
+        self.s.ttl.as_secs().max(1)
+    }
+
+    /// Whether a connection may be tried now (not down, or its retry is due).
+    fn may_try(&self, now: Instant) -> bool {
+        self.state.load(Ordering::Relaxed) != DOWN || now >= *self.retry_at.lock()
+    }
+
+    /// An idle connection, or a new one; `None` while the store is down.
+    fn conn(&self) -> Option<Conn> {
+        if let Some(c) = self.pool.lock().pop() {
+            return Some(c);
+        }
+        let now = Instant::now();
+        if !self.may_try(now) {
+            return None;
+        }
+        match Conn::open(&self.s) {
+            Ok(c) => {
+                self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                if self.state.swap(UP, Ordering::Relaxed) == DOWN {
+                    tracing::info!("remote tier: store reachable again");
+                }
+                *self.problem.lock() = None;
+                Some(c)
+            }
+            Err(e) => {
+                self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                *self.retry_at.lock() = now + RETRY;
+                if self.state.swap(DOWN, Ordering::Relaxed) != DOWN {
+                    tracing::warn!(error = %e, "remote tier: store unreachable; serving misses until it is back");
+                }
+                *self.problem.lock() = Some(format!("cannot connect to the store: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Returns a connection after a call; a broken one is dropped (the next call
+    /// opens another, which also tells whether the store is down).
+    fn done(&self, c: Conn, err: Option<&redis::RedisError>) {
+        if let Some(e) = err {
+            // A cluster connection survives one dead node (other keys still
+            // route); a standalone one that broke does not.
+            if broken(e) && matches!(c, Conn::Single(_)) {
+                return;
+            }
+        }
+        let mut p = self.pool.lock();
+        if p.len() < POOL {
+            p.push(c);
+        }
+    }
+
+    fn write(&self, w: Write) {
+        let now = Instant::now;
+        let t0 = now();
+        let Some(mut c) = self.conn() else {
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            self.known.lock().forget(w.hash);
+            return;
+        };
+        match c.set_nx(&w.key, &w.value, self.ttl_s()) {
+            Ok(stored) => {
+                let n = if stored {
+                    self.stats
+                        .written_bytes
+                        .fetch_add(w.value.len() as u64, Ordering::Relaxed);
+                    &self.stats.written_blocks
+                } else {
+                    &self.stats.write_exists
+                };
+                n.fetch_add(1, Ordering::Relaxed);
+                self.stats.write_latency.observe_ns(t0.elapsed().as_nanos() as u64);
+                self.known.lock().set(w.hash, State::Present, now());
+                self.done(c, None);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "remote tier: write failed");
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.known.lock().forget(w.hash);
+                self.done(c, Some(&e));
+            }
+        }
+    }
+
+    fn probe(&self, hashes: &[BlockHash]) {
+        let keys: Vec<String> = hashes.iter().map(|&h| self.key(h)).collect();
+        let answer = match self.conn() {
+            None => None,
+            Some(mut c) => match c.exists(&keys) {
+                Ok(v) if v.len() == keys.len() => {
+                    self.done(c, None);
+                    Some(v)
+                }
+                Ok(_) => {
+                    self.done(c, None);
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "remote tier: probe failed");
+                    self.done(c, Some(&e));
+                    None
+                }
+            },
+        };
+        let now = Instant::now();
+        let mut k = self.known.lock();
+        match answer {
+            Some(v) => {
+                for (&h, there) in hashes.iter().zip(v) {
+                    let (s, c) = if there {
+                        (State::Present, &self.stats.probe_present)
+                    } else {
+                        (State::Absent, &self.stats.probe_absent)
+                    };
+                    c.fetch_add(1, Ordering::Relaxed);
+                    if k.get(h, now) != Some(State::Queued) {
+                        k.set(h, s, now);
+                    }
+                }
+            }
+            None => {
+                self.stats
+                    .probe_errors
+                    .fetch_add(hashes.len() as u64, Ordering::Relaxed);
+                for &h in hashes {
+                    if k.get(h, now) == Some(State::Probing) {
+                        k.set(h, State::Absent, now);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl RemoteTier {
+    /// The tier for blocks of `namespace` (the digest written with every block).
+    /// Connects in the background: a store that is down at start is a tier that
+    /// answers misses until it is up.
+    pub fn open(s: &RemoteSettings, namespace: u64, dispatch: &tracing::Dispatch) -> Self {
+        let inner = Arc::new(Inner {
+            s: s.clone(),
+            namespace,
+            known: Mutex::new(Known::new(s.timeout * 2 + Duration::from_millis(500))),
+            stats: RemoteStats::default(),
+            state: AtomicU8::new(CONNECTING),
+            problem: Mutex::new(None),
+            retry_at: Mutex::new(Instant::now()),
+            pool: Mutex::new(Vec::new()),
+            queued: AtomicU64::new(0),
+        });
+        let (wtx, wrx) = bounded::<Write>(s.queue.max(1));
+        let (ptx, prx) = bounded::<Vec<BlockHash>>(64);
+        let mut threads = Vec::new();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            let d = dispatch.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || tracing::dispatcher::with_default(&d, f))
+                .ok()
+        };
+        let i = Arc::clone(&inner);
+        threads.extend(spawn("tierkv-remote-w", Box::new(move || writer(&i, &wrx))));
+        let i = Arc::clone(&inner);
+        threads.extend(spawn("tierkv-remote-p", Box::new(move || prober(&i, &prx))));
+        Self {
+            inner,
+            writes: Some(wtx),
+            probes: Some(ptx),
+            threads,
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &RemoteStats {
+        &self.inner.stats
+    }
+
+    /// Whether the store answered the last connection attempt.
+    pub fn is_up(&self) -> bool {
+        self.inner.state.load(Ordering::Relaxed) == UP
+    }
+
+    /// Writes accepted and not yet done.
+    pub fn queued(&self) -> u64 {
+        self.inner.queued.load(Ordering::Relaxed)
+    }
+
+    /// Keys whose presence or absence this process remembers.
+    pub fn known_keys(&self) -> usize {
+        self.inner.known.lock().len()
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &RemoteSettings {
+        &self.inner.s
+    }
+}
+
+fn writer(i: &Inner, rx: &Receiver<Write>) {
+    while let Ok(w) = rx.recv() {
+        i.write(w);
+        i.queued.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn prober(i: &Inner, rx: &Receiver<Vec<BlockHash>>) {
+    // At start, and whenever the store is down: connect without waiting for traffic.
+    let mut idle_check = true;
+    loop {
+        if idle_check && i.state.load(Ordering::Relaxed) != UP && i.may_try(Instant::now()) {
+            if let Some(c) = i.conn() {
+                i.done(c, None);
+            }
+        }
+        match rx.recv_timeout(RETRY) {
+            Ok(mut batch) => {
+                while batch.len() < PROBE_BATCH * 4 {
+                    match rx.try_recv() {
+                        Ok(more) => batch.extend(more),
+                        Err(_) => break,
+                    }
+                }
+                i.probe(&batch);
+                idle_check = false;
+            }
+            Err(RecvTimeoutError::Timeout) => idle_check = true,
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+impl Drop for RemoteTier {
+    fn drop(&mut self) {
+        self.writes.take();
+        self.probes.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Tier for RemoteTier {
+    fn id(&self) -> TierId {
+        TierId::Remote
+    }
+
+    fn lookup_run(&self, hashes: &[BlockHash]) -> Result<usize, TierError> {
+        let now = Instant::now();
+        let mut k = self.inner.known.lock();
+        let mut n = 0;
+        while n < hashes.len() {
+            match k.get(hashes[n], now) {
+                Some(State::Present) => n += 1,
+                Some(_) => break,
+                None => {
+                    if !self.inner.may_try(now) {
+                        break;
+                    }
+                    let batch: Vec<BlockHash> = hashes[n..]
+                        .iter()
+                        .copied()
+                        .filter(|&h| k.get(h, now).is_none())
+                        .take(PROBE_BATCH)
+                        .collect();
+                    let sent = self.probes.as_ref().map(|p| p.try_send(batch.clone()));
+                    if let Some(Ok(())) = sent {
+                        batch.iter().for_each(|&h| k.set(h, State::Probing, now));
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn pending(&self, hash: BlockHash) -> bool {
+        let p = self.inner.known.lock().get(hash, Instant::now()) == Some(State::Probing);
+        if p {
+            self.inner.stats.lookups_pending.fetch_add(1, Ordering::Relaxed);
+        }
+        p
+    }
+
+    fn holds(&self, hash: BlockHash) -> bool {
+        matches!(
+            self.inner.known.lock().get(hash, Instant::now()),
+            Some(State::Present | State::Queued)
+        )
+    }
+
+    fn record_hits(&self, blocks: u64) {
+        self.inner.stats.hit_blocks.fetch_add(blocks, Ordering::Relaxed);
+    }
+
+    fn writable(&self) -> bool {
+        self.inner.may_try(Instant::now())
+    }
+
+    fn store(&self, hash: BlockHash, ctx: BlockCtx, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
+        let i = &*self.inner;
+        let now = Instant::now();
+        if !i.may_try(now) {
+            i.stats.write_down.fetch_add(1, Ordering::Relaxed);
+            return Ok(StoreOutcome::NoSpace);
+        }
+        if matches!(i.known.lock().get(hash, now), Some(State::Present | State::Queued)) {
+            return Ok(StoreOutcome::AlreadyPresent);
+        }
+        let w = Write {
+            hash,
+            key: i.key(hash),
+            value: format::encode(hash, ctx.namespace, segs),
+        };
+        let Some(tx) = &self.writes else {
+            return Ok(StoreOutcome::NoSpace);
+        };
+        i.queued.fetch_add(1, Ordering::Relaxed);
+        i.known.lock().set(hash, State::Queued, now);
+        match tx.try_send(w) {
+            Ok(()) => Ok(StoreOutcome::Stored),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                i.queued.fetch_sub(1, Ordering::Relaxed);
+                i.known.lock().forget(hash);
+                i.stats.write_dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(StoreOutcome::NoSpace)
+            }
+        }
+    }
+
+    fn load_into(
+        &self,
+        hashes: &[BlockHash],
+        namespace: u64,
+        dsts: &mut [Vec<&mut [u8]>],
+        outcomes: &mut [LoadOutcome],
+    ) -> Result<(), TierError> {
+        let i = &*self.inner;
+        outcomes.iter_mut().for_each(|o| *o = LoadOutcome::Miss);
+        let Some(mut c) = i.conn() else {
+            i.stats.read_errors.fetch_add(hashes.len() as u64, Ordering::Relaxed);
+            return Ok(());
+        };
+        let mut err = None;
+        for ((&h, dst), o) in hashes.iter().zip(dsts.iter_mut()).zip(outcomes.iter_mut()) {
+            let t0 = Instant::now();
+            let key = format::key(&i.s.prefix, namespace, h);
+            let value = match c.get_ex(&key, i.ttl_s()) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(error = %e, "remote tier: load failed");
+                    i.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                    let stop = broken(&e) && matches!(c, Conn::Single(_));
+                    err = Some(e);
+                    if stop {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            let Some(value) = value else {
+                i.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+                i.known.lock().set(h, State::Absent, now);
+                continue;
+            };
+            match format::decode_into(&value, h, namespace, dst) {
+                Ok(()) => {
+                    *o = LoadOutcome::Loaded;
+                    let n = (value.len() - format::HEADER) as u64;
+                    i.stats.read_blocks.fetch_add(1, Ordering::Relaxed);
+                    i.stats.read_bytes.fetch_add(n, Ordering::Relaxed);
+                    i.stats.read_latency.observe_ns(t0.elapsed().as_nanos() as u64);
+                    i.known.lock().set(h, State::Present, now);
+                }
+                Err(why) => {
+                    *o = LoadOutcome::Corrupt;
+                    i.stats.checksum_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        ?why,
+                        key,
+                        "remote tier: a stored value did not verify; deleted, recomputed"
+                    );
+                    if let Err(e) = c.del(&key) {
+                        tracing::debug!(error = %e, "remote tier: deleting a bad value failed");
+                    }
+                    i.known.lock().set(h, State::Absent, now);
+                }
+            }
+        }
+        i.done(c, err.as_ref());
+        Ok(())
+    }
+
+    fn remove(&self, hash: BlockHash) -> Result<bool, TierError> {
+        // The store is the fleet's: one node's caller drops only what it knows.
+        self.inner.known.lock().forget(hash);
+        Ok(false)
+    }
+
+    fn wait_idle(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while self.queued() > 0 {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    fn status(&self) -> TierStatus {
+        let up = self.is_up();
+        TierStatus {
+            up,
+            problem: self.inner.problem.lock().clone(),
+            writable: self.writable(),
+            pending_writes: self.queued(),
+            consistent: true,
+            ..TierStatus::default()
+        }
+    }
+
+    fn report(&self, r: &mut Report) {
+        report::report(self, r);
+    }
+}

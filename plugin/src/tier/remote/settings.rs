@@ -1,0 +1,136 @@
+//! [`RemoteSettings`]: what the remote tier is told (built by `crate::config` from
+//! the `TIERKV_REMOTE_*` variables), and [`parse_url`], which turns
+//! `TIERKV_REMOTE_URL` into the nodes to connect to.
+
+use std::time::Duration;
+
+/// The remote tier's settings.
+#[derive(Clone, PartialEq)]
+pub struct RemoteSettings {
+    /// Seed nodes, each `redis://[user:password@]host:port` (`TIERKV_REMOTE_URL`).
+    pub nodes: Vec<String>,
+    /// More than one seed: a cluster. One seed: a cluster if the server says it is
+    /// one (`INFO cluster`), else a standalone server.
+    pub cluster_seeds: bool,
+    /// Password from `TIERKV_REMOTE_PASSWORD_FILE` (one not in the URL).
+    pub password: Option<String>,
+    /// Lifetime of a stored block; hits refresh it (`TIERKV_REMOTE_TTL`).
+    pub ttl: Duration,
+    /// Connect and response timeout of every call (`TIERKV_REMOTE_TIMEOUT`).
+    pub timeout: Duration,
+    /// Write-behind queue bound in blocks; a full queue drops (`TIERKV_REMOTE_QUEUE`).
+    pub queue: usize,
+    /// Prefix of every key: one per deployment (`TIERKV_REMOTE_PREFIX`).
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for RemoteSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a password (a URL may carry one).
+        f.debug_struct("RemoteSettings")
+            .field("nodes", &self.nodes.iter().map(|n| redact(n)).collect::<Vec<_>>())
+            .field("cluster_seeds", &self.cluster_seeds)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("ttl", &self.ttl)
+            .field("timeout", &self.timeout)
+            .field("queue", &self.queue)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user = &url[s + 3..at];
+            let user = user.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Splits `redis://[user:password@]host:port[,host:port...][/db]` into one URL per
+/// node (each with the credentials). `None` when it is not of that form: another
+/// scheme (`rediss://` needs TLS, which this build does not have), an empty
+/// host, a port that is not a number, a database other than 0 with several nodes.
+pub fn parse_url(url: &str) -> Option<Vec<String>> {
+    let rest = url.trim().strip_prefix("redis://")?;
+    let (auth, hosts) = match rest.rfind('@') {
+        Some(at) => (&rest[..=at], &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let (hosts, db) = match hosts.split_once('/') {
+        Some((h, d)) => (h, d),
+        None => (hosts, ""),
+    };
+    if !db.is_empty() && db.parse::<u8>().is_err() {
+        return None;
+    }
+    let list: Vec<&str> = hosts.split(',').map(str::trim).collect();
+    if list.len() > 1 && !db.is_empty() && db != "0" {
+        return None; // a cluster has database 0 only
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for h in list {
+        let (host, port) = h.rsplit_once(':')?;
+        if host.is_empty() || port.parse::<u16>().ok().filter(|&p| p > 0).is_none() {
+            return None;
+        }
+        let db = if db.is_empty() { String::new() } else { format!("/{db}") };
+        out.push(format!("redis://{auth}{host}:{port}{db}"));
+    }
+    Some(out)
+}
+
+/// The accepted forms of `TIERKV_REMOTE_URL`, for error messages.
+pub const URL_FORMS: &str =
+    "redis://[user:password@]host:port (one server or a cluster node) or redis://host:port,host:port,... (a cluster's seed list)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_nodes_with_their_credentials() {
+        assert_eq!(parse_url("redis://127.0.0.1:7001").unwrap(), ["redis://127.0.0.1:7001"]);
+        assert_eq!(
+            parse_url("redis://u:p@127.0.0.1:7001,127.0.0.1:7002").unwrap(),
+            ["redis://u:p@127.0.0.1:7001", "redis://u:p@127.0.0.1:7002"]
+        );
+        assert_eq!(parse_url("redis://h:1/2").unwrap(), ["redis://h:1/2"]);
+        for bad in [
+            "",
+            "http://h:1",
+            "rediss://h:1",
+            "redis://",
+            "redis://h",
+            "redis://h:0",
+            "redis://h:x",
+            "redis://:1",
+            "redis://h:1,",
+            "redis://h:1,g:2/3",
+            "redis://h:1/x",
+        ] {
+            assert!(parse_url(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_never_printed() {
+        assert_eq!(redact("redis://u:secret@h:1"), "redis://u:***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+        let s = RemoteSettings {
+            nodes: vec!["redis://u:secret@h:1".into()],
+            cluster_seeds: false,
+            password: Some("other".into()),
+            ttl: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            queue: 1,
+            prefix: "p".into(),
+        };
+        let d = format!("{s:?}");
+        assert!(!d.contains("secret") && !d.contains("other"), "{d}");
+    }
+}

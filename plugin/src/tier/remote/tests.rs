@@ -1,0 +1,297 @@
+//! Remote-tier tests against real servers: Debian's `redis-server`, started by
+//! `scripts/redis-cluster.sh` (a 3-master cluster, or one standalone server) in a
+//! directory of the test's own. Without a server binary they are skipped, unless
+//! `TIERKV_REQUIRE_REDIS=1` (CI) makes that a failure. Each test asserts that
+//! nothing wrong is served and the counters say what happened.
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::tier::test_util::{pattern, RedisStore as Store};
+
+const NS: u64 = 0x5eed;
+/// Two segments (K and V of a block), odd lengths.
+const LENS: [usize; 2] = [5000, 3001];
+
+/// Settings for `store` as a test uses them (short timeouts, write-through).
+fn settings(store: &Store) -> RemoteSettings {
+    let nodes = parse_url(&store.url).unwrap();
+    RemoteSettings {
+        cluster_seeds: nodes.len() > 1,
+        nodes,
+        password: None,
+        ttl: Duration::from_secs(600),
+        timeout: Duration::from_millis(500),
+        queue: 64,
+        prefix: "t".into(),
+    }
+}
+
+fn segs(h: u128) -> (Vec<u8>, Vec<u8>) {
+    (pattern(h, LENS[0]), pattern(h ^ (1 << 100), LENS[1]))
+}
+
+fn ctx() -> BlockCtx {
+    BlockCtx {
+        namespace: NS,
+        depth: 0,
+        last: false,
+        key: 0,
+        parent: 0,
+    }
+}
+
+fn open(s: &RemoteSettings) -> RemoteTier {
+    RemoteTier::open(s, NS, &tracing::Dispatch::none())
+}
+
+fn put(t: &RemoteTier, keys: impl IntoIterator<Item = u128>) {
+    for k in keys {
+        let (a, b) = segs(k);
+        assert_eq!(t.store(BlockHash(k), ctx(), &[&a, &b]).unwrap(), StoreOutcome::Stored);
+    }
+    assert!(t.wait_idle(Duration::from_secs(10)));
+}
+
+/// Asks until nothing is pending (a fresh node learns from its probes).
+fn settled_run(t: &RemoteTier, hs: &[BlockHash]) -> usize {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = t.lookup_run(hs).unwrap();
+        if n == hs.len() || !t.pending(hs[n]) {
+            return n;
+        }
+        assert!(Instant::now() < end, "lookup still pending");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Loads `keys`, returning the outcomes; every `Loaded` block is checked byte
+/// for byte.
+fn load(t: &RemoteTier, keys: &[u128]) -> Vec<LoadOutcome> {
+    let hs: Vec<BlockHash> = keys.iter().map(|&k| BlockHash(k)).collect();
+    let mut bufs: Vec<(Vec<u8>, Vec<u8>)> = keys.iter().map(|_| (vec![0; LENS[0]], vec![0; LENS[1]])).collect();
+    let mut dsts: Vec<Vec<&mut [u8]>> = bufs.iter_mut().map(|(a, b)| vec![&mut a[..], &mut b[..]]).collect();
+    let mut out = vec![LoadOutcome::Busy; keys.len()];
+    t.load_into(&hs, NS, &mut dsts, &mut out).unwrap();
+    drop(dsts);
+    for ((k, o), (a, b)) in keys.iter().zip(&out).zip(&bufs) {
+        if *o == LoadOutcome::Loaded {
+            assert_eq!((a, b), (&segs(*k).0, &segs(*k).1), "block {k} served wrong");
+        }
+    }
+    out
+}
+
+fn v(a: &std::sync::atomic::AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+#[test]
+fn one_machine_stores_another_finds_and_loads_through_a_cluster() {
+    let Some(store) = Store::start("cluster") else { return };
+    let s = settings(&store);
+    let a = open(&s);
+    let keys: Vec<u128> = (1..=40).map(|k| k * 0x1_0000_0001).collect();
+    put(&a, keys.iter().copied());
+    assert_eq!(v(&a.stats().written_blocks), 40);
+    // The writer knows its blocks without asking.
+    let hs: Vec<BlockHash> = keys.iter().map(|&k| BlockHash(k)).collect();
+    assert_eq!(a.lookup_run(&hs).unwrap(), 40);
+
+    // Another machine: nothing known, so the first lookup is pending, never a wait.
+    let b = open(&s);
+    let t0 = Instant::now();
+    assert_eq!(b.lookup_run(&hs).unwrap(), 0);
+    assert!(
+        t0.elapsed() < Duration::from_millis(50),
+        "a lookup waited on the network"
+    );
+    assert!(b.pending(hs[0]));
+    assert_eq!(settled_run(&b, &hs), 40);
+    assert!(load(&b, &keys).iter().all(|&o| o == LoadOutcome::Loaded));
+    assert_eq!(v(&b.stats().read_blocks), 40);
+    assert!(b.is_up() && b.status().up);
+    // A block nobody stored: absent, not pending, after its probe.
+    let other = [BlockHash(7)];
+    assert_eq!(settled_run(&b, &other), 0);
+    assert!(!b.pending(other[0]));
+    assert_eq!(load(&b, &[7]), [LoadOutcome::Miss]);
+
+    // Keys spread over the three masters (no hash tags).
+    let counts: Vec<u64> = store
+        .ports()
+        .iter()
+        .map(|p| {
+            let out = Command::new("redis-cli")
+                .args(["-p", &p.to_string(), "dbsize"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        })
+        .collect();
+    assert!(counts.iter().all(|&c| c > 0), "{counts:?}");
+    // Metrics name the tier.
+    let mut r = Report::new();
+    b.report(&mut r);
+    let text = r.finish();
+    assert!(text.contains("tierkv_tier_up{tier=\"remote\"} 1"), "{text}");
+    assert!(text.contains("tierkv_remote_loads_total{result=\"hit\"} 40"), "{text}");
+}
+
+#[test]
+fn a_second_writer_never_overwrites_and_ttl_is_set_and_refreshed() {
+    let Some(store) = Store::start("standalone") else {
+        return;
+    };
+    let s = settings(&store);
+    let a = open(&s);
+    put(&a, [11]);
+    let b = open(&s);
+    // B stores a block A stored already: NX leaves A's value.
+    put(&b, [11]);
+    assert_eq!(v(&b.stats().write_exists), 1);
+    assert_eq!(v(&b.stats().written_blocks), 0);
+    let key = format::key("t", NS, BlockHash(11));
+    let ttl: u64 = store.cli(&["ttl", &key]).parse().unwrap();
+    assert!(ttl > 500 && ttl <= 600, "{ttl}");
+    store.cli(&["expire", &key, "100"]);
+    assert_eq!(load(&b, &[11]), [LoadOutcome::Loaded]);
+    let ttl: u64 = store.cli(&["ttl", &key]).parse().unwrap();
+    assert!(ttl > 500, "a hit refreshes the lifetime: {ttl}");
+}
+
+#[test]
+fn flipped_bytes_in_the_store_are_caught_deleted_and_never_served() {
+    let Some(store) = Store::start("cluster") else { return };
+    let s = settings(&store);
+    let a = open(&s);
+    put(&a, [21, 22, 23]);
+    let key = format::key("t", NS, BlockHash(22));
+    // A payload byte, then a header byte of another block.
+    store.cli(&["setrange", &key, "3000", "X"]);
+    let key23 = format::key("t", NS, BlockHash(23));
+    store.cli(&["setrange", &key23, "20", "Y"]);
+    let b = open(&s);
+    assert_eq!(
+        load(&b, &[21, 22, 23]),
+        [LoadOutcome::Loaded, LoadOutcome::Corrupt, LoadOutcome::Corrupt]
+    );
+    assert_eq!(v(&b.stats().checksum_failures), 2);
+    assert_eq!(store.cli(&["exists", &key]), "0", "a bad value is deleted");
+    assert_eq!(store.cli(&["exists", &key23]), "0");
+    // Evicted between lookup and load: a miss.
+    assert_eq!(settled_run(&b, &[BlockHash(21)]), 1);
+    store.cli(&["del", &format::key("t", NS, BlockHash(21))]);
+    assert_eq!(load(&b, &[21]), [LoadOutcome::Miss]);
+    // Another namespace never reads these keys.
+    let hs = [BlockHash(24)];
+    let mut buf = (vec![0u8; LENS[0]], vec![0u8; LENS[1]]);
+    let mut dsts = vec![vec![&mut buf.0[..], &mut buf.1[..]]];
+    let mut out = [LoadOutcome::Busy];
+    put(&a, [24]);
+    b.load_into(&hs, NS + 1, &mut dsts, &mut out).unwrap();
+    assert_eq!(out, [LoadOutcome::Miss]);
+}
+
+#[test]
+fn a_killed_master_costs_only_its_blocks_and_nothing_blocks() {
+    let Some(store) = Store::start("cluster") else { return };
+    let s = settings(&store);
+    let a = open(&s);
+    let keys: Vec<u128> = (1..=60).map(|k| k * 0x9e37_79b9).collect();
+    put(&a, keys.iter().copied());
+    let dead = store.ports()[1];
+    store.signal(dead, libc::SIGKILL);
+    let b = open(&s);
+    let t0 = Instant::now();
+    let out = load(&b, &keys);
+    let loaded = out.iter().filter(|&&o| o == LoadOutcome::Loaded).count();
+    assert!(out
+        .iter()
+        .all(|&o| matches!(o, LoadOutcome::Loaded | LoadOutcome::Miss)));
+    assert!((20..60).contains(&loaded), "{loaded} of 60 from the two live masters");
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    assert!(v(&b.stats().read_errors) > 0);
+    // Writes of blocks owned by the dead node fail and are counted; none blocks.
+    let more: Vec<u128> = (100..130).collect();
+    for &k in &more {
+        let (x, y) = segs(k);
+        let _ = b.store(BlockHash(k), ctx(), &[&x, &y]).unwrap();
+    }
+    assert!(b.wait_idle(Duration::from_secs(60)));
+    assert!(v(&b.stats().write_errors) > 0);
+    assert!(v(&b.stats().written_blocks) > 0);
+}
+
+#[test]
+fn a_store_down_at_start_is_misses_then_serves_when_it_comes_up() {
+    let Some(store) = Store::start("standalone") else {
+        return;
+    };
+    let port = store.ports()[0];
+    let mut s = settings(&store);
+    // Stop the server: the tier starts against nothing.
+    store.signal(port, libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(100));
+    s.timeout = Duration::from_millis(200);
+    let t = open(&s);
+    let end = Instant::now() + Duration::from_secs(5);
+    while t.status().problem.is_none() {
+        assert!(Instant::now() < end, "never noticed the store is down");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!t.is_up() && !t.writable());
+    let (x, y) = segs(1);
+    assert_eq!(t.store(BlockHash(1), ctx(), &[&x, &y]).unwrap(), StoreOutcome::NoSpace);
+    assert_eq!(t.lookup_run(&[BlockHash(1)]).unwrap(), 0);
+    assert!(!t.pending(BlockHash(1)), "a down store is a miss, not a wait");
+    assert_eq!(load(&t, &[1]), [LoadOutcome::Miss]);
+    // The server comes back on the same port: the tier finds it by itself.
+    let d = store.node_dir().join(port.to_string());
+    let ok = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--daemonize", "yes"])
+        .args(["--save", "", "--pidfile", d.join("redis.pid").to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let end = Instant::now() + Duration::from_secs(10);
+    while !t.is_up() {
+        assert!(Instant::now() < end, "did not reconnect");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    put(&t, [1]);
+    assert_eq!(load(&t, &[1]), [LoadOutcome::Loaded]);
+    assert!(v(&t.stats().connect_failures) > 0);
+}
+
+#[test]
+fn a_stalled_store_fills_the_queue_which_drops_and_never_blocks() {
+    let Some(store) = Store::start("standalone") else {
+        return;
+    };
+    let mut s = settings(&store);
+    s.queue = 2;
+    s.timeout = Duration::from_millis(300);
+    let t = open(&s);
+    put(&t, [1]);
+    let port = store.ports()[0];
+    store.signal(port, libc::SIGSTOP);
+    let t0 = Instant::now();
+    let mut outcomes = Vec::new();
+    for k in 10..30u128 {
+        let (x, y) = segs(k);
+        outcomes.push(t.store(BlockHash(k), ctx(), &[&x, &y]).unwrap());
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(250),
+        "stores waited: {:?}",
+        t0.elapsed()
+    );
+    assert!(outcomes.contains(&StoreOutcome::NoSpace));
+    assert!(v(&t.stats().write_dropped) > 0);
+    store.signal(port, libc::SIGCONT);
+    assert!(t.wait_idle(Duration::from_secs(30)));
+}
