@@ -241,7 +241,8 @@ impl Manager {
             movement = movement.with_lower(Box::new(d), config.disk_admit);
         }
         if let Some(r) = &config.remote {
-            let tier = RemoteTier::open(r, xxhash_rust::xxh3::xxh3_64(namespace.as_bytes()), &dispatch);
+            let ns = xxhash_rust::xxh3::xxh3_64(namespace.as_bytes());
+            let tier = RemoteTier::open(r, ns, &config.store_name, &dispatch);
             movement = movement.with_lower(Box::new(tier), config.remote_admit);
         }
         let sampler = config.hw_interval.and_then(|every| {

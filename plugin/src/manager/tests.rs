@@ -189,6 +189,10 @@ fn full_manager(shm: &std::path::Path, disk: &std::path::Path) -> Manager {
             enabled: true,
             ..Default::default()
         },
+        // A remote tier whose store is not there: its series are present, at zero.
+        remote: Config::from_lookup(|v| (v == "TIERKV_REMOTE_URL").then(|| "redis://127.0.0.1:1".into()))
+            .unwrap()
+            .remote,
         ..Config::default()
     };
     let params = ManagerParams {

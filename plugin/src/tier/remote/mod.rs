@@ -126,13 +126,25 @@ struct Write {
     value: Vec<u8>,
 }
 
-/// The remote tier of one manager.
-pub struct RemoteTier {
+/// The threads and queues of one store, shared by every manager of a process
+/// that uses it with the same settings and namespace (vLLM's scheduler and
+/// worker: what one learns or writes, the other knows; one set of counters).
+struct Shared {
     inner: Arc<Inner>,
     writes: Option<Sender<Write>>,
     probes: Option<Sender<Vec<BlockHash>>>,
     threads: Vec<JoinHandle<()>>,
 }
+
+/// The remote tier of one manager.
+pub struct RemoteTier {
+    shared: Arc<Shared>,
+    inner: Arc<Inner>,
+}
+
+/// The process's open stores, by settings, namespace and host store name.
+type Registry = Vec<((RemoteSettings, u64, String), std::sync::Weak<Shared>)>;
+static OPEN: Mutex<Registry> = Mutex::new(Vec::new());
 
 impl Inner {
     fn key(&self, h: BlockHash) -> String {
@@ -226,61 +238,71 @@ impl Inner {
         }
     }
 
+    /// Asks the store about `keys` (the rest of a lookup run, in order): one
+    /// pipeline; when it fails (a dead node fails a cluster's whole pipeline),
+    /// key by key up to the first key that fails, so that the run's start on
+    /// live nodes is still answered. Returns the answers of a leading part.
+    fn ask(&self, keys: &[String]) -> Vec<bool> {
+        let Some(mut c) = self.conn() else { return Vec::new() };
+        match c.exists(keys) {
+            Ok(v) if v.len() == keys.len() => {
+                self.done(c, None);
+                v
+            }
+            Ok(_) => {
+                self.done(c, None);
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "remote tier: probe failed; asking key by key");
+                let mut out = Vec::new();
+                let mut last = None;
+                for k in keys {
+                    match c.exists(std::slice::from_ref(k)) {
+                        Ok(v) if v.len() == 1 => out.push(v[0]),
+                        Ok(_) => break,
+                        Err(e) => {
+                            last = Some(e);
+                            break;
+                        }
+                    }
+                }
+                self.done(c, Some(last.as_ref().unwrap_or(&e)));
+                out
+            }
+        }
+    }
+
     fn probe(&self, hashes: &[BlockHash]) {
         let keys: Vec<String> = hashes.iter().map(|&h| self.key(h)).collect();
-        let answer = match self.conn() {
-            None => None,
-            Some(mut c) => match c.exists(&keys) {
-                Ok(v) if v.len() == keys.len() => {
-                    self.done(c, None);
-                    Some(v)
-                }
-                Ok(_) => {
-                    self.done(c, None);
-                    None
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "remote tier: probe failed");
-                    self.done(c, Some(&e));
-                    None
-                }
-            },
-        };
+        let answered = self.ask(&keys);
+        let (known, failed) = hashes.split_at(answered.len());
         let now = Instant::now();
         let mut k = self.known.lock();
-        match answer {
-            Some(v) => {
-                for (&h, there) in hashes.iter().zip(v) {
-                    let (s, c) = if there {
-                        (State::Present, &self.stats.probe_present)
-                    } else {
-                        (State::Absent, &self.stats.probe_absent)
-                    };
-                    c.fetch_add(1, Ordering::Relaxed);
-                    if k.get(h, now) != Some(State::Queued) {
-                        k.set(h, s, now);
-                    }
-                }
+        for (&h, there) in known.iter().zip(answered) {
+            let (s, c) = if there {
+                (State::Present, &self.stats.probe_present)
+            } else {
+                (State::Absent, &self.stats.probe_absent)
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+            if k.get(h, now) != Some(State::Queued) {
+                k.set(h, s, now);
             }
-            None => {
-                self.stats
-                    .probe_errors
-                    .fetch_add(hashes.len() as u64, Ordering::Relaxed);
-                for &h in hashes {
-                    if k.get(h, now) == Some(State::Probing) {
-                        k.set(h, State::Absent, now);
-                    }
-                }
+        }
+        self.stats
+            .probe_errors
+            .fetch_add(failed.len() as u64, Ordering::Relaxed);
+        for &h in failed {
+            if k.get(h, now) == Some(State::Probing) {
+                k.set(h, State::Absent, now);
             }
         }
     }
 }
 
-impl RemoteTier {
-    /// The tier for blocks of `namespace` (the digest written with every block).
-    /// Connects in the background: a store that is down at start is a tier that
-    /// answers misses until it is up.
-    pub fn open(s: &RemoteSettings, namespace: u64, dispatch: &tracing::Dispatch) -> Self {
+impl Shared {
+    fn start(s: &RemoteSettings, namespace: u64, dispatch: &tracing::Dispatch) -> Self {
         let inner = Arc::new(Inner {
             s: s.clone(),
             namespace,
@@ -311,6 +333,29 @@ impl RemoteTier {
             writes: Some(wtx),
             probes: Some(ptx),
             threads,
+        }
+    }
+}
+
+impl RemoteTier {
+    /// The tier for blocks of `namespace` (the digest written with every block).
+    /// Connects in the background: a store that is down at start is a tier that
+    /// answers misses until it is up. Managers of one process with equal settings,
+    /// namespace and host store (`scope`: one machine's cache) share one
+    /// connection state, queue and set of counters.
+    pub fn open(s: &RemoteSettings, namespace: u64, scope: &str, dispatch: &tracing::Dispatch) -> Self {
+        let key = (s.clone(), namespace, scope.to_string());
+        let mut open = OPEN.lock();
+        open.retain(|(_, w)| w.strong_count() > 0);
+        let found = open.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade());
+        let shared = found.unwrap_or_else(|| {
+            let sh = Arc::new(Shared::start(s, namespace, dispatch));
+            open.push((key, Arc::downgrade(&sh)));
+            sh
+        });
+        Self {
+            inner: Arc::clone(&shared.inner),
+            shared,
         }
     }
 
@@ -373,7 +418,7 @@ fn prober(i: &Inner, rx: &Receiver<Vec<BlockHash>>) {
     }
 }
 
-impl Drop for RemoteTier {
+impl Drop for Shared {
     fn drop(&mut self) {
         self.writes.take();
         self.probes.take();
@@ -406,7 +451,7 @@ impl Tier for RemoteTier {
                         .filter(|&h| k.get(h, now).is_none())
                         .take(PROBE_BATCH)
                         .collect();
-                    let sent = self.probes.as_ref().map(|p| p.try_send(batch.clone()));
+                    let sent = self.shared.probes.as_ref().map(|p| p.try_send(batch.clone()));
                     if let Some(Ok(())) = sent {
                         batch.iter().for_each(|&h| k.set(h, State::Probing, now));
                     }
@@ -455,7 +500,7 @@ impl Tier for RemoteTier {
             key: i.key(hash),
             value: format::encode(hash, ctx.namespace, segs),
         };
-        let Some(tx) = &self.writes else {
+        let Some(tx) = &self.shared.writes else {
             return Ok(StoreOutcome::NoSpace);
         };
         i.queued.fetch_add(1, Ordering::Relaxed);

@@ -43,8 +43,11 @@ fn ctx() -> BlockCtx {
     }
 }
 
+/// A tier of its own (another machine's, to the store).
 fn open(s: &RemoteSettings) -> RemoteTier {
-    RemoteTier::open(s, NS, &tracing::Dispatch::none())
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let scope = format!("m{}", N.fetch_add(1, Ordering::Relaxed));
+    RemoteTier::open(s, NS, &scope, &tracing::Dispatch::none())
 }
 
 fn put(t: &RemoteTier, keys: impl IntoIterator<Item = u128>) {
@@ -294,4 +297,22 @@ fn a_stalled_store_fills_the_queue_which_drops_and_never_blocks() {
     assert!(v(&t.stats().write_dropped) > 0);
     store.signal(port, libc::SIGCONT);
     assert!(t.wait_idle(Duration::from_secs(30)));
+}
+
+#[test]
+fn managers_of_one_machine_share_what_they_learn() {
+    let Some(store) = Store::start("standalone") else {
+        return;
+    };
+    let s = settings(&store);
+    let d = tracing::Dispatch::none();
+    let worker = RemoteTier::open(&s, NS, "one", &d);
+    let scheduler = RemoteTier::open(&s, NS, "one", &d);
+    let other = RemoteTier::open(&s, NS, "two", &d);
+    put(&worker, [5]);
+    // The scheduler knows the worker's write without asking the store.
+    assert_eq!(scheduler.lookup_run(&[BlockHash(5)]).unwrap(), 1);
+    assert_eq!(v(&scheduler.stats().written_blocks), 1);
+    assert_eq!(other.lookup_run(&[BlockHash(5)]).unwrap(), 0);
+    assert_eq!(v(&other.stats().written_blocks), 0);
 }
