@@ -20,6 +20,11 @@ changes its thread binding when a connector is configured):
                   through), the host tier is wiped (a restart), a fresh engine times
                   them: each prompt's own blocks come from disk (the shared system
                   prompt from disk once, then from the host tier it was onboarded to)
+  tierkv-remote   tierkv with the remote tier: one engine ("machine A") stores the
+                  prompts into a local 3-master Redis cluster (scripts/redis-
+                  cluster.sh); a fresh engine with its own empty host tier
+                  ("machine B": another store name and shared-memory directory)
+                  times them: every hit is found and read in the cluster
   example         vLLM's ExampleConnector (shared storage), run/flush/time
   lmcache         LMCache 0.5.6 multiprocess server (only with --lmcache-site)
 
@@ -104,12 +109,47 @@ def start_lmcache(site: str, tmp: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("LMCache server did not start")
 
 
+def remote_case(model: str, prompts: Path, tmp: Path, tkv_env: dict) -> dict:
+    """Machine A fills a fresh local cluster; machine B (own store, own shared-memory
+    directory, nothing in its host tier) is timed."""
+    script = ROOT / "scripts" / "redis-cluster.sh"
+    cluster = tmp / "redis"
+    out = subprocess.run([str(script), "start", str(cluster)], check=True, capture_output=True, text=True)
+    url = out.stdout.strip().splitlines()[-1]
+    try:
+        envs = []
+        for machine in ("a", "b"):
+            shm = tmp / f"shm-{machine}"
+            shm.mkdir(exist_ok=True)
+            envs.append(
+                dict(
+                    tkv_env,
+                    TIERKV_STORE_NAME=f"ttft-remote-{machine}",
+                    TIERKV_SHM_DIR=str(shm),
+                    TIERKV_REMOTE_URL=url,
+                    TIERKV_REMOTE_ADMIT="always",
+                )
+            )
+        engine(model, "tierkv", prompts, tmp, ["--no-timing"], envs[0])
+        return engine(model, "tierkv", prompts, tmp, [], envs[1])
+    finally:
+        subprocess.run([str(script), "stop", str(cluster)], check=False)
+        for machine in ("a", "b"):
+            shutil.rmtree(tmp / f"shm-{machine}", ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--lmcache-site", help="a folder with lmcache 0.5.6 installed (--target)")
     ap.add_argument("--keep", help="keep engine logs in this folder")
+    ap.add_argument("--cases", help="comma-separated cases to run (default: all; `none` always runs)")
     args = ap.parse_args()
+    only = set(args.cases.split(",")) if args.cases else None
+
+    def want(case: str) -> bool:
+        return only is None or case in only
+
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="tierkv-ttft-"))
     tmp.mkdir(parents=True, exist_ok=True)
     prompts = tmp / "prompts.json"
@@ -119,29 +159,36 @@ def main() -> None:
     tkv_env = {"TIERKV_STORE_NAME": store, "TIERKV_CPU_BYTES": "2GiB"}
     results: dict[str, dict] = {}
     results["none"] = engine(args.model, "none", prompts, tmp, [], {})
-    results["vllm-prefix"] = engine(args.model, "prefix", prompts, tmp, ["--repeat"], {})
-    engine(args.model, "tierkv", prompts, tmp, ["--no-timing"], tkv_env)
-    results["tierkv-fresh"] = engine(args.model, "tierkv", prompts, tmp, [], tkv_env)
-    store2 = dict(tkv_env, TIERKV_STORE_NAME=store + "-r")
-    results["tierkv-repeat"] = engine(args.model, "tierkv", prompts, tmp, ["--repeat"], store2)
+    if want("vllm-prefix"):
+        results["vllm-prefix"] = engine(args.model, "prefix", prompts, tmp, ["--repeat"], {})
+    if want("tierkv-fresh"):
+        engine(args.model, "tierkv", prompts, tmp, ["--no-timing"], tkv_env)
+        results["tierkv-fresh"] = engine(args.model, "tierkv", prompts, tmp, [], tkv_env)
+    if want("tierkv-repeat"):
+        store2 = dict(tkv_env, TIERKV_STORE_NAME=store + "-r")
+        results["tierkv-repeat"] = engine(args.model, "tierkv", prompts, tmp, ["--repeat"], store2)
     # Disk hits: fill a store with the disk tier on (write-through), wipe its host
     # tier (a restart), and run a fresh engine: every hit is read from disk.
     disk_store = store + "-d"
-    disk_env = dict(
-        tkv_env,
-        TIERKV_STORE_NAME=disk_store,
-        TIERKV_DISK_PATH=str(tmp / "disk"),
-        TIERKV_DISK_BYTES="2GiB",
-        TIERKV_DISK_ADMIT="always",
-    )
-    engine(args.model, "tierkv", prompts, tmp, ["--no-timing"], disk_env)
-    Path(f"/dev/shm/tierkv-{disk_store}.arena").unlink(missing_ok=True)
-    Path(f"/dev/shm/tierkv-{disk_store}.g3dir").unlink(missing_ok=True)
-    results["tierkv-disk"] = engine(args.model, "tierkv", prompts, tmp, [], disk_env)
+    if want("tierkv-disk"):
+        disk_env = dict(
+            tkv_env,
+            TIERKV_STORE_NAME=disk_store,
+            TIERKV_DISK_PATH=str(tmp / "disk"),
+            TIERKV_DISK_BYTES="2GiB",
+            TIERKV_DISK_ADMIT="always",
+        )
+        engine(args.model, "tierkv", prompts, tmp, ["--no-timing"], disk_env)
+        Path(f"/dev/shm/tierkv-{disk_store}.arena").unlink(missing_ok=True)
+        Path(f"/dev/shm/tierkv-{disk_store}.g3dir").unlink(missing_ok=True)
+        results["tierkv-disk"] = engine(args.model, "tierkv", prompts, tmp, [], disk_env)
+    if want("tierkv-remote"):
+        results["tierkv-remote"] = remote_case(args.model, prompts, tmp, tkv_env)
     storage = tmp / "example-storage"
-    storage.mkdir(exist_ok=True)
-    results["example"] = engine(args.model, "example", prompts, tmp, ["--repeat", "--storage", str(storage)], {})
-    if args.lmcache_site:
+    if want("example"):
+        storage.mkdir(exist_ok=True)
+        results["example"] = engine(args.model, "example", prompts, tmp, ["--repeat", "--storage", str(storage)], {})
+    if args.lmcache_site and want("lmcache"):
         server, port = start_lmcache(args.lmcache_site, tmp)
         try:
             env = {"PYTHONPATH": args.lmcache_site, "LMCACHE_TRACK_USAGE": "false"}

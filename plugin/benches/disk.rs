@@ -9,8 +9,10 @@
 //!    into a staging buffer; 4 I/O threads checksum, add the header and write it
 //!    with one O_DIRECT write each), against
 //!    `dd if=/dev/zero bs=<block> oflag=direct` of the same bytes.
-//! 2. `disk_read`: load them back in batches of 32 (parallel reads, verified),
-//!    against `dd of=/dev/null bs=<block> iflag=direct`.
+//! 2. `disk_read`: load them back in batches of 32 into engine blocks (parallel
+//!    reads, each I/O thread verifying its block while copying it into the
+//!    engine's block: what a load delivers), against
+//!    `dd of=/dev/null bs=<block> iflag=direct`.
 //! 3. `recovery_headers` / `recovery_full`: reopening the filled tier, per GB of file.
 
 use std::path::{Path, PathBuf};
@@ -105,13 +107,21 @@ fn main() {
             ],
             bytes,
         ));
+        // Engine blocks to load into (two segments each, as K and V).
+        let mut engine: Vec<(Vec<u8>, Vec<u8>)> = (0..32)
+            .map(|_| (vec![0u8; BLOCK as usize / 2], vec![0u8; BLOCK as usize / 2]))
+            .collect();
         let t = Instant::now();
         let mut ok = 0;
         for chunk in keys.chunks(32) {
-            for r in d.load_batch(chunk, 0) {
-                if let DiskRead::Loaded(buf) = r {
+            let mut dsts: Vec<Vec<&mut [u8]>> = engine
+                .iter_mut()
+                .take(chunk.len())
+                .map(|(a, b)| vec![&mut a[..], &mut b[..]])
+                .collect();
+            for r in d.load_batch_into(chunk, 0, &mut dsts) {
+                if matches!(r, DiskRead::Delivered) {
                     ok += 1;
-                    d.recycle(buf); // as Manager::load_blocks does after copying
                 }
             }
         }

@@ -79,6 +79,9 @@ pub struct DiskError {
 pub enum DiskRead {
     /// Verified; the payload is `buf[SECTOR..SECTOR + block_bytes]`.
     Loaded(AlignedBuf),
+    /// Verified while copied into the caller's destination
+    /// ([`DiskTier::load_batch_into`]).
+    Delivered,
     /// Not on disk (or the tier is down).
     Miss,
     /// On disk but failed verification: dropped.
@@ -86,6 +89,17 @@ pub enum DiskRead {
     /// The read failed (I/O error): dropped.
     Failed,
 }
+
+/// The segments of one engine block an I/O thread copies a block into.
+///
+/// Contract: made by [`DiskTier::load_batch_into`] from `&mut` slices that stay
+/// borrowed until every job holding one has ended (it waits for them), distinct
+/// blocks per job; so a job is the only writer of its segments.
+struct Dst(Vec<(*mut u8, usize)>);
+
+// SAFETY: the pointers are plain memory with the contract above; nothing else
+// touches them while a job holds them.
+unsafe impl Send for Dst {}
 
 /// Counters of the disk tier (per process).
 #[derive(Debug, Default)]
@@ -752,6 +766,24 @@ impl DiskTier {
 
     /// Reads `hashes` in parallel and verifies them against `namespace`.
     pub fn load_batch(&self, hashes: &[BlockHash], namespace: u64) -> Vec<DiskRead> {
+        self.load(hashes, namespace, None)
+    }
+
+    /// Reads `hashes` in parallel, each I/O thread verifying its block while it
+    /// copies it into `dsts[i]` (one pass; [`DiskRead::Delivered`]). A
+    /// destination whose block is not delivered may hold unverified bytes.
+    pub fn load_batch_into(&self, hashes: &[BlockHash], namespace: u64, dsts: &mut [Vec<&mut [u8]>]) -> Vec<DiskRead> {
+        let to = dsts
+            .iter_mut()
+            .map(|d| Dst(d.iter_mut().map(|s| (s.as_mut_ptr(), s.len())).collect()))
+            .collect();
+        // The destinations stay borrowed until `load` returns, which is after
+        // every job that holds one has ended.
+        self.load(hashes, namespace, Some(to))
+    }
+
+    fn load(&self, hashes: &[BlockHash], namespace: u64, dsts: Option<Vec<Dst>>) -> Vec<DiskRead> {
+        let mut dsts = dsts.map(|d| d.into_iter().map(Some).collect::<Vec<_>>());
         let inner = &self.inner;
         let mut out: Vec<DiskRead> = hashes.iter().map(|_| DiskRead::Miss).collect();
         if !self.is_up() || hashes.is_empty() {
@@ -793,8 +825,9 @@ impl DiskTier {
                 continue;
             };
             let (job_inner, tx) = (Arc::clone(inner), tx.clone());
+            let dst = dsts.as_mut().and_then(|d| d[i].take());
             let job: io::Job = Box::new(move || {
-                let r = job_inner.read_block(s, h, namespace);
+                let r = job_inner.read_block(s, h, namespace, dst);
                 let _ = tx.send((i, r));
             });
             // Until its result arrives, a submitted read counts as failed: a job
@@ -977,7 +1010,7 @@ impl Inner {
             .unwrap_or_else(|| AlignedBuf::zeroed(self.geo.slot_bytes as usize))
     }
 
-    fn read_block(&self, slot: u32, hash: BlockHash, namespace: u64) -> DiskRead {
+    fn read_block(&self, slot: u32, hash: BlockHash, namespace: u64, dst: Option<Dst>) -> DiskRead {
         let g = self.geo;
         let start = Instant::now();
         let mut buf = self.buffer();
@@ -992,7 +1025,20 @@ impl Inner {
         let (hdr, rest) = buf.as_slice().split_at(SECTOR);
         let payload = &rest[..g.block_bytes as usize];
         let header = BlockHeader::decode(hdr).ok();
-        let ok = header.is_some_and(|h| h.hash == hash && h.namespace == namespace && h.verifies(hdr, payload));
+        let ours = header.filter(|h| h.hash == hash && h.namespace == namespace);
+        let ok = match (ours, &dst) {
+            (None, _) => false,
+            (Some(h), None) => h.verifies(hdr, payload),
+            (Some(h), Some(d)) => {
+                // SAFETY: `Dst`'s contract: distinct live segments, written by
+                // this job alone until it ends.
+                let mut segs: Vec<&mut [u8]> =
+                    d.0.iter()
+                        .map(|&(p, n)| unsafe { std::slice::from_raw_parts_mut(p, n) })
+                        .collect();
+                h.verify_into(hdr, payload, &mut segs)
+            }
+        };
         if !ok && !self.owner && self.stale(slot, hash, header.map(|h| h.hash)) {
             // A reader raced the owner reusing the slot: the block is simply gone.
             self.recycle(buf);
@@ -1012,6 +1058,10 @@ impl Inner {
         self.stats.read_blocks.fetch_add(1, Ordering::Relaxed);
         self.stats.read_bytes.fetch_add(g.block_bytes, Ordering::Relaxed);
         self.stats.read_latency.observe_ns(start.elapsed().as_nanos() as u64);
+        if dst.is_some() {
+            self.recycle(buf);
+            return DiskRead::Delivered;
+        }
         DiskRead::Loaded(buf)
     }
 

@@ -5,17 +5,21 @@
 //!   offset 0        SECTOR             SECTOR + slot_bytes
 //!   [superblock    ][hdr | payload ... ][hdr | payload ... ] ...   n_slots slots
 //!
-//!   header sector: magic "TKVG3BK1" | version u32 (2) | flags u32 | identity u128
+//!   header sector: magic "TKVG3BK1" | version u32 (3) | flags u32 | identity u128
 //!                  | namespace u64 | len u64 | generation u64 | key u64
 //!                  | payload_sum u64 | header_sum u64 | zeros to 4 KiB
 //! ```
 //!
 //! `key` is the engine's name for the block (its KV-event key, 0: none). Headers
-//! of version 1 (no `key`; `payload_sum` at 56, `header_sum` at 64) are still read,
-//! with key 0; new blocks are written as version 2.
+//! of version 1 (no `key`; `payload_sum` at 56, `header_sum` at 64) and 2 are still
+//! read, version 1 with key 0; new blocks are written as version 3.
 //!
-//! `payload_sum` is xxh3-64 over the header fields before it and the payload, so a
-//! block verifies only with its own identity, namespace, length and generation.
+//! `payload_sum` (version 3) is the tiers' fused copy checksum
+//! ([`FusedHasher`]) over the payload, seeded with xxh3-64 of the header fields
+//! before it, so a block verifies only with its own identity, namespace, length and
+//! generation, and a load verifies it while copying it into the engine's block, in
+//! one pass ([`BlockHeader::verify_into`]). Versions 1 and 2 used xxh3-64 over the
+//! fields and the payload (verified, then copied).
 //! `header_sum` covers the header alone, so recovery can rebuild the index from the
 //! header sectors without reading every payload (loads verify the payload anyway).
 
@@ -25,6 +29,7 @@ use std::ptr::NonNull;
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
 use crate::prefix::BlockHash;
+use crate::tier::checksum::FusedHasher;
 
 /// I/O alignment and header size.
 pub const SECTOR: usize = 4096;
@@ -35,14 +40,14 @@ pub const BLOCK_MAGIC: [u8; 8] = *b"TKVG3BK1";
 /// On-disk format version of the superblock; another version is refused, never
 /// rewritten.
 pub const FORMAT_VERSION: u32 = 1;
-/// Version of the block headers written now (version 1 is read too).
-pub const BLOCK_VERSION: u32 = 2;
+/// Version of the block headers written now (versions 1 and 2 are read too).
+pub const BLOCK_VERSION: u32 = 3;
 /// Byte offsets of `payload_sum` (the fields it covers end there) and
 /// `header_sum` in a header of `version`.
 fn sums_at(version: u32) -> Option<(usize, usize)> {
     match version {
         1 => Some((56, 64)),
-        2 => Some((64, 72)),
+        2 | 3 => Some((64, 72)),
         _ => None,
     }
 }
@@ -162,7 +167,7 @@ impl BlockHeader {
         out[48..56].copy_from_slice(&self.generation.to_le_bytes());
         out[56..64].copy_from_slice(&self.key.to_le_bytes());
         let (ps, hs) = sums_at(BLOCK_VERSION).expect("the written version has offsets");
-        self.payload_sum = payload_sum(&out[..ps], payload);
+        self.payload_sum = payload_sum(BLOCK_VERSION, &out[..ps], payload);
         out[ps..ps + 8].copy_from_slice(&self.payload_sum.to_le_bytes());
         let hsum = xxh3_64_with_seed(&out[..hs], SUM_SEED);
         out[hs..hs + 8].copy_from_slice(&hsum.to_le_bytes());
@@ -196,11 +201,50 @@ impl BlockHeader {
         let Some((ps, _)) = sums_at(version) else {
             return false;
         };
-        payload.len() as u64 == self.len && payload_sum(&hdr[..ps], payload) == self.payload_sum
+        payload.len() as u64 == self.len && payload_sum(version, &hdr[..ps], payload) == self.payload_sum
+    }
+
+    /// Copies `payload` into `dst` (its segments in order, as long as the payload
+    /// together) and whether it verifies; version 3 in one pass. When it does not,
+    /// `dst` may hold unverified bytes.
+    pub fn verify_into(&self, hdr: &[u8], payload: &[u8], dst: &mut [&mut [u8]]) -> bool {
+        let version = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
+        let Some((ps, _)) = sums_at(version) else {
+            return false;
+        };
+        let total: usize = dst.iter().map(|d| d.len()).sum();
+        if payload.len() as u64 != self.len || total != payload.len() {
+            return false;
+        }
+        if version < 3 {
+            if !self.verifies(hdr, payload) {
+                return false;
+            }
+            let mut at = 0;
+            for d in dst.iter_mut() {
+                d.copy_from_slice(&payload[at..at + d.len()]);
+                at += d.len();
+            }
+            return true;
+        }
+        let mut h = FusedHasher::new(xxh3_64_with_seed(&hdr[..ps], SUM_SEED));
+        let mut at = 0;
+        for d in dst.iter_mut() {
+            let n = d.len();
+            h.copy(d, &payload[at..at + n]);
+            at += n;
+        }
+        h.digest() == self.payload_sum
     }
 }
 
-fn payload_sum(fields: &[u8], payload: &[u8]) -> u64 {
+/// The payload checksum of a header of `version` whose fields before it are `fields`.
+fn payload_sum(version: u32, fields: &[u8], payload: &[u8]) -> u64 {
+    if version >= 3 {
+        let mut h = FusedHasher::new(xxh3_64_with_seed(fields, SUM_SEED));
+        h.update(payload);
+        return h.digest();
+    }
     let mut h = Xxh3::with_seed(SUM_SEED);
     h.update(fields);
     h.update(payload);
@@ -312,7 +356,7 @@ mod tests {
         sec[32..40].copy_from_slice(&42u64.to_le_bytes());
         sec[40..48].copy_from_slice(&4096u64.to_le_bytes());
         sec[48..56].copy_from_slice(&2u64.to_le_bytes());
-        let ps = payload_sum(&sec[..56], &payload);
+        let ps = payload_sum(1, &sec[..56], &payload);
         sec[56..64].copy_from_slice(&ps.to_le_bytes());
         let hs = xxh3_64_with_seed(&sec[..64], SUM_SEED);
         sec[64..72].copy_from_slice(&hs.to_le_bytes());
@@ -322,7 +366,40 @@ mod tests {
             (BlockHash(5), 42, 4096, 2, 0)
         );
         assert!(d.verifies(&sec, &payload));
-        sec[8] = 3;
+        let mut out = vec![0u8; 4096];
+        assert!(d.verify_into(&sec, &payload, &mut [&mut out[..]]));
+        assert_eq!(out, payload);
+        sec[8] = 4;
         assert_eq!(BlockHeader::decode(&sec), Err(HeaderState::Invalid));
+    }
+
+    #[test]
+    fn version_3_verifies_while_copying_and_catches_every_flipped_byte() {
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut sec = vec![0u8; SECTOR];
+        let mut h = BlockHeader {
+            hash: BlockHash(77),
+            namespace: 5,
+            len: 3000,
+            generation: 9,
+            key: 0,
+            payload_sum: 0,
+        };
+        h.encode(&mut sec, &payload);
+        let d = BlockHeader::decode(&sec).unwrap();
+        assert!(d.verifies(&sec, &payload));
+        let (mut a, mut b) = (vec![0u8; 1000], vec![0u8; 2000]);
+        assert!(d.verify_into(&sec, &payload, &mut [&mut a[..], &mut b[..]]));
+        assert_eq!([a, b].concat(), payload);
+        for i in (0..3000).step_by(97) {
+            let mut bad = payload.clone();
+            bad[i] ^= 0x40;
+            let mut out = vec![0u8; 3000];
+            assert!(!d.verify_into(&sec, &bad, &mut [&mut out[..]]), "byte {i}");
+            assert!(!d.verifies(&sec, &bad));
+        }
+        // A destination of another length is refused before any copy.
+        let mut short = vec![0u8; 2999];
+        assert!(!d.verify_into(&sec, &payload, &mut [&mut short[..]]));
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use super::{DiskError, DiskRead, DiskSettings, DiskTier, SECTOR};
+use super::{DiskError, DiskRead, DiskSettings, DiskTier};
 use crate::events::EventLog;
 use crate::metrics::Report;
 use crate::prefix::BlockHash;
@@ -167,19 +167,14 @@ impl Tier for DiskHandle {
             outcomes.fill(LoadOutcome::Miss);
             return Ok(());
         };
-        let block_bytes = d.geometry().block_bytes as usize;
-        let reads = d.load_batch(hashes, namespace);
-        for ((r, dst), o) in reads.into_iter().zip(dsts.iter_mut()).zip(outcomes.iter_mut()) {
+        let reads = d.load_batch_into(hashes, namespace, dsts);
+        for (r, o) in reads.into_iter().zip(outcomes.iter_mut()) {
             *o = match r {
+                DiskRead::Delivered => LoadOutcome::Loaded,
+                // Not asked of `load_batch_into`; verified all the same.
                 DiskRead::Loaded(buf) => {
-                    let payload = &buf.as_slice()[SECTOR..SECTOR + block_bytes];
-                    let mut off = 0;
-                    for seg in dst.iter_mut() {
-                        seg.copy_from_slice(&payload[off..off + seg.len()]);
-                        off += seg.len();
-                    }
                     d.recycle(buf);
-                    LoadOutcome::Loaded
+                    LoadOutcome::Miss
                 }
                 DiskRead::Miss => LoadOutcome::Miss,
                 DiskRead::Corrupt => LoadOutcome::Corrupt,

@@ -218,6 +218,28 @@ fn flipped_payload_bit_is_dropped_never_served() {
     assert!(d.is_up());
 }
 
+/// The engine's path: each block verified while copied into its destination (two
+/// segments, as K and V); a flipped byte is caught in that one pass, the other
+/// block is delivered byte for byte.
+#[test]
+fn loads_into_engine_blocks_verify_while_copying() {
+    let e = env(4);
+    let d = e.open().unwrap();
+    e.put(&d, [1, 2]);
+    let slot = d.inner.index.lock().ready(BlockHash(2)).unwrap();
+    flip_byte(&e.file(), d.geometry().slot_offset(slot) + SECTOR as u64 + 9000);
+    let half = LEN as usize / 2;
+    let mut bufs: Vec<(Vec<u8>, Vec<u8>)> = (0..2).map(|_| (vec![0; half], vec![0; LEN as usize - half])).collect();
+    let mut dsts: Vec<Vec<&mut [u8]>> = bufs.iter_mut().map(|(a, b)| vec![&mut a[..], &mut b[..]]).collect();
+    let r = d.load_batch_into(&[BlockHash(1), BlockHash(2)], NS, &mut dsts);
+    assert!(matches!(r[0], DiskRead::Delivered));
+    assert!(matches!(r[1], DiskRead::Corrupt));
+    drop(dsts);
+    assert_eq!([bufs[0].0.clone(), bufs[0].1.clone()].concat(), payload(1));
+    assert_eq!(d.stats().checksum_failures.load(Ordering::Relaxed), 1);
+    assert!(!d.contains(BlockHash(2)));
+}
+
 #[test]
 fn flipped_header_bit_is_dropped_by_recovery() {
     let e = env(4);

@@ -99,6 +99,26 @@ impl Conn {
         redis::cmd("GETEX").arg(key).arg("EX").arg(ttl_s).query(self.con())
     }
 
+    /// `GETEX key EX ttl` for each key, in one pipeline.
+    pub fn get_ex_many(&mut self, keys: &[String], ttl_s: u64) -> RedisResult<Vec<Option<Vec<u8>>>> {
+        match self {
+            Self::Single(c) => {
+                let mut p = redis::pipe();
+                keys.iter().for_each(|k| {
+                    p.cmd("GETEX").arg(k).arg("EX").arg(ttl_s);
+                });
+                p.query(c)
+            }
+            Self::Cluster(c) => {
+                let mut p = redis::cluster::cluster_pipe();
+                keys.iter().for_each(|k| {
+                    p.cmd("GETEX").arg(k).arg("EX").arg(ttl_s);
+                });
+                p.query(c)
+            }
+        }
+    }
+
     /// `DEL key` (a value that did not verify).
     pub fn del(&mut self, key: &str) -> RedisResult<()> {
         redis::cmd("DEL").arg(key).exec(self.con())

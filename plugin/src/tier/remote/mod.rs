@@ -55,6 +55,11 @@ use crate::prefix::BlockHash;
 pub const RETRY: Duration = Duration::from_secs(1);
 /// Keys asked for in one probe at most.
 const PROBE_BATCH: usize = 256;
+/// Writer threads (one connection each): a write is two copies and a round trip
+/// of a large value, so one connection leaves the store idle part of the time.
+const WRITERS: usize = 2;
+/// Blocks asked for in one load pipeline.
+const PIPELINE: usize = 4;
 /// Idle connections kept for loads and writes.
 const POOL: usize = 8;
 
@@ -165,6 +170,13 @@ impl Inner {
         if let Some(c) = self.pool.lock().pop() {
             return Some(c);
         }
+        self.fresh()
+    }
+
+    /// A new connection, never a pooled one: after a failed pipeline a
+    /// connection may still hold replies meant for it (a reply read later would
+    /// answer another request), so it is dropped and the rest asked on this.
+    fn fresh(&self) -> Option<Conn> {
         let now = Instant::now();
         if !self.may_try(now) {
             return None;
@@ -190,15 +202,13 @@ impl Inner {
         }
     }
 
-    /// Returns a connection after a call; a broken one is dropped (the next call
-    /// opens another, which also tells whether the store is down).
+    /// Returns a connection after a call. One that saw an error is dropped: a
+    /// timed-out request's reply may still arrive and would answer the next
+    /// request; the next call opens another (which also tells whether the store
+    /// is down).
     fn done(&self, c: Conn, err: Option<&redis::RedisError>) {
-        if let Some(e) = err {
-            // A cluster connection survives one dead node (other keys still
-            // route); a standalone one that broke does not.
-            if broken(e) && matches!(c, Conn::Single(_)) {
-                return;
-            }
+        if err.is_some() {
+            return;
         }
         let mut p = self.pool.lock();
         if p.len() < POOL {
@@ -255,6 +265,8 @@ impl Inner {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "remote tier: probe failed; asking key by key");
+                drop(c);
+                let Some(mut c) = self.fresh() else { return Vec::new() };
                 let mut out = Vec::new();
                 let mut last = None;
                 for k in keys {
@@ -324,8 +336,10 @@ impl Shared {
                 .spawn(move || tracing::dispatcher::with_default(&d, f))
                 .ok()
         };
-        let i = Arc::clone(&inner);
-        threads.extend(spawn("tierkv-remote-w", Box::new(move || writer(&i, &wrx))));
+        for _ in 0..WRITERS {
+            let (i, rx) = (Arc::clone(&inner), wrx.clone());
+            threads.extend(spawn("tierkv-remote-w", Box::new(move || writer(&i, &rx))));
+        }
         let i = Arc::clone(&inner);
         threads.extend(spawn("tierkv-remote-p", Box::new(move || prober(&i, &prx))));
         Self {
@@ -372,6 +386,79 @@ impl RemoteTier {
     /// Writes accepted and not yet done.
     pub fn queued(&self) -> u64 {
         self.inner.queued.load(Ordering::Relaxed)
+    }
+
+    /// Serves one loaded value into `dst` if it verifies; deletes it if not.
+    #[allow(clippy::too_many_arguments)]
+    fn verify(
+        &self,
+        h: BlockHash,
+        namespace: u64,
+        key: &str,
+        value: Option<Vec<u8>>,
+        dst: &mut [&mut [u8]],
+        c: &mut Conn,
+        t0: Instant,
+    ) -> LoadOutcome {
+        let i = &*self.inner;
+        let now = Instant::now();
+        let Some(value) = value else {
+            i.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+            i.known.lock().set(h, State::Absent, now);
+            return LoadOutcome::Miss;
+        };
+        match format::decode_into(&value, h, namespace, dst) {
+            Ok(()) => {
+                let n = (value.len() - format::HEADER) as u64;
+                i.stats.read_blocks.fetch_add(1, Ordering::Relaxed);
+                i.stats.read_bytes.fetch_add(n, Ordering::Relaxed);
+                i.stats.read_latency.observe_ns(t0.elapsed().as_nanos() as u64);
+                i.known.lock().set(h, State::Present, now);
+                LoadOutcome::Loaded
+            }
+            Err(_) => {
+                // Read again on a new connection before judging the stored value
+                // (a reply meant for another request must not delete this one).
+                let Some(mut f) = i.fresh() else {
+                    return LoadOutcome::Miss;
+                };
+                let again = match f.get_ex(key, i.ttl_s()) {
+                    Ok(Some(v)) => format::decode_into(&v, h, namespace, dst).map(|()| v.len()),
+                    Ok(None) => {
+                        i.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+                        *c = f;
+                        return LoadOutcome::Miss;
+                    }
+                    Err(_) => return LoadOutcome::Miss,
+                };
+                let outcome = match again {
+                    Ok(len) => {
+                        i.stats.read_blocks.fetch_add(1, Ordering::Relaxed);
+                        i.stats
+                            .read_bytes
+                            .fetch_add((len - format::HEADER) as u64, Ordering::Relaxed);
+                        i.known.lock().set(h, State::Present, now);
+                        LoadOutcome::Loaded
+                    }
+                    Err(why) => {
+                        i.stats.checksum_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            ?why,
+                            key,
+                            "remote tier: a stored value did not verify; deleted, recomputed"
+                        );
+                        if let Err(e) = f.del(key) {
+                            tracing::debug!(error = %e, "remote tier: deleting a bad value failed");
+                        }
+                        i.known.lock().set(h, State::Absent, now);
+                        LoadOutcome::Corrupt
+                    }
+                };
+                // The old connection may be out of step: keep the new one.
+                *c = f;
+                outcome
+            }
+        }
     }
 
     /// Keys whose presence or absence this process remembers.
@@ -530,51 +617,49 @@ impl Tier for RemoteTier {
             return Ok(());
         };
         let mut err = None;
-        for ((&h, dst), o) in hashes.iter().zip(dsts.iter_mut()).zip(outcomes.iter_mut()) {
+        let keys: Vec<String> = hashes.iter().map(|&h| format::key(&i.s.prefix, namespace, h)).collect();
+        let mut at = 0;
+        while at < hashes.len() {
             let t0 = Instant::now();
-            let key = format::key(&i.s.prefix, namespace, h);
-            let value = match c.get_ex(&key, i.ttl_s()) {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::debug!(error = %e, "remote tier: load failed");
+            let end = (at + PIPELINE).min(hashes.len());
+            // One pipeline; when it fails (a dead node fails a cluster's whole
+            // pipeline), key by key: each failure is that block's miss.
+            let values: Vec<Option<Option<Vec<u8>>>> = match c.get_ex_many(&keys[at..end], i.ttl_s()) {
+                Ok(v) if v.len() == end - at => v.into_iter().map(Some).collect(),
+                _ => {
+                    // Replies may be left in that connection: a new one.
+                    match i.fresh() {
+                        Some(f) => c = f,
+                        None => {
+                            i.stats
+                                .read_errors
+                                .fetch_add((hashes.len() - at) as u64, Ordering::Relaxed);
+                            return Ok(());
+                        }
+                    }
+                    (at..end)
+                        .map(|j| match c.get_ex(&keys[j], i.ttl_s()) {
+                            Ok(v) => Some(v),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "remote tier: load failed");
+                                err = Some(e);
+                                None
+                            }
+                        })
+                        .collect()
+                }
+            };
+            for (j, value) in (at..end).zip(values) {
+                let Some(value) = value else {
                     i.stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                    let stop = broken(&e) && matches!(c, Conn::Single(_));
-                    err = Some(e);
-                    if stop {
-                        break;
-                    }
                     continue;
-                }
-            };
-            let now = Instant::now();
-            let Some(value) = value else {
-                i.stats.read_misses.fetch_add(1, Ordering::Relaxed);
-                i.known.lock().set(h, State::Absent, now);
-                continue;
-            };
-            match format::decode_into(&value, h, namespace, dst) {
-                Ok(()) => {
-                    *o = LoadOutcome::Loaded;
-                    let n = (value.len() - format::HEADER) as u64;
-                    i.stats.read_blocks.fetch_add(1, Ordering::Relaxed);
-                    i.stats.read_bytes.fetch_add(n, Ordering::Relaxed);
-                    i.stats.read_latency.observe_ns(t0.elapsed().as_nanos() as u64);
-                    i.known.lock().set(h, State::Present, now);
-                }
-                Err(why) => {
-                    *o = LoadOutcome::Corrupt;
-                    i.stats.checksum_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        ?why,
-                        key,
-                        "remote tier: a stored value did not verify; deleted, recomputed"
-                    );
-                    if let Err(e) = c.del(&key) {
-                        tracing::debug!(error = %e, "remote tier: deleting a bad value failed");
-                    }
-                    i.known.lock().set(h, State::Absent, now);
-                }
+                };
+                outcomes[j] = self.verify(hashes[j], namespace, &keys[j], value, &mut dsts[j], &mut c, t0);
             }
+            if err.as_ref().is_some_and(broken) && matches!(c, Conn::Single(_)) {
+                break; // the server is gone: the rest are misses
+            }
+            at = end;
         }
         i.done(c, err.as_ref());
         Ok(())

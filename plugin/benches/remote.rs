@@ -1,0 +1,176 @@
+//! Remote-tier throughput next to the store's own `redis-benchmark` with the same
+//! value size, on the same cluster, in the same run. Prints a table of medians.
+//!
+//! Run: `cargo bench -p tierkv --bench remote [-- --quick]`. Starts a 3-master
+//! cluster with `scripts/redis-cluster.sh` (Debian's redis-server) unless
+//! `TIERKV_BENCH_REDIS_URL` names one (then `redis-benchmark` runs against its
+//! first node). Cases (blocks shaped like SmolLM2-135M's fp32 KV, 1,474,560 bytes):
+//! 1. `remote_store`: blocks queued by `store` (value built and checksummed on the
+//!    caller's thread; a full queue of 64 is waited on, not dropped) until the
+//!    write-behind queue drained (the tier's writer threads, one connection each),
+//!    against `redis-benchmark -t set -d <block> -c 1`.
+//! 2. `remote_load`: `load_into` in batches of 16 (pipelined GETEX, header check,
+//!    verified copy into the destination) over one connection, against
+//!    `redis-benchmark -t get -c 1` of values of the same size.
+//!    Both also against `-c 8` (eight connections), the store's ceiling here.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tierkv::prefix::BlockHash;
+use tierkv::tier::remote::{parse_url, RemoteSettings, RemoteTier};
+use tierkv::tier::{BlockCtx, LoadOutcome, StoreOutcome, Tier};
+
+const BLOCK: usize = 1_474_560;
+const NS: u64 = 0xbe7c;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster.sh")
+}
+
+/// A cluster for the run: the URL, and the directory to stop (if started here).
+fn cluster() -> (String, Option<PathBuf>) {
+    if let Ok(url) = std::env::var("TIERKV_BENCH_REDIS_URL") {
+        return (url, None);
+    }
+    let dir = std::env::temp_dir().join(format!("tierkv-bench-redis-{}", std::process::id()));
+    let out = Command::new(script())
+        .args(["start", dir.to_str().unwrap()])
+        .env("TIERKV_REDIS_MAXMEMORY", "2gb")
+        .output()
+        .expect("scripts/redis-cluster.sh runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    (url, Some(dir))
+}
+
+/// `redis-benchmark` against `nodes`: requests per second of `test` with values of
+/// `BLOCK` bytes over `clients` connections.
+fn redis_benchmark(nodes: &[String], cluster: bool, test: &str, n: usize, clients: usize) -> f64 {
+    let first = nodes[0].trim_start_matches("redis://");
+    let (host, port) = first.rsplit_once(':').unwrap();
+    let mut cmd = Command::new("redis-benchmark");
+    cmd.args(["-h", host, "-p", port, "-t", test, "-q", "--csv"])
+        .args(["-d", &BLOCK.to_string(), "-n", &n.to_string(), "-c", &clients.to_string()])
+        // One key (no -r): GET reads a value that exists; SET overwrites it.
+        ;
+    if cluster {
+        cmd.arg("--cluster");
+    }
+    let out = cmd.output().expect("redis-benchmark runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // CSV: "test","rps",...; the row of `test`.
+    text.lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with(&format!("\"{test}\"")))
+        .find_map(|l| l.split(',').nth(1).and_then(|v| v.trim_matches('"').parse().ok()))
+        .unwrap_or_else(|| panic!("no {test} figure in redis-benchmark's output: {text}"))
+}
+
+fn payload(k: u64) -> (Vec<u8>, Vec<u8>) {
+    let a: Vec<u8> = (0..BLOCK / 2).map(|i| (i as u64 ^ k).wrapping_mul(31) as u8).collect();
+    let b: Vec<u8> = (0..BLOCK / 2).map(|i| (i as u64 + k).wrapping_mul(17) as u8).collect();
+    (a, b)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    // redis-benchmark ends on a 250 ms timer tick: enough requests that it does
+    // not matter (a few seconds per case).
+    let (n, bench_n, rounds) = if quick { (100, 500, 1) } else { (1000, 3000, 3) };
+    let (url, dir) = cluster();
+    let nodes = parse_url(&url).expect("a redis:// URL");
+    let settings = RemoteSettings {
+        cluster_seeds: nodes.len() > 1,
+        nodes: nodes.clone(),
+        password: None,
+        ttl: Duration::from_secs(3600),
+        timeout: Duration::from_secs(5),
+        queue: 64,
+        prefix: format!("bench{}", std::process::id()),
+    };
+    let blocks: Vec<(Vec<u8>, Vec<u8>)> = (0..16u64).map(payload).collect();
+    let mut rows: Vec<(&str, Vec<f64>)> = [
+        "remote_store",
+        "set -c 1",
+        "set -c 8",
+        "remote_load",
+        "get -c 1",
+        "get -c 8",
+    ]
+    .iter()
+    .map(|&name| (name, Vec::new()))
+    .collect();
+    for round in 0..rounds {
+        // A fresh tier (nothing known) and fresh keys each round.
+        let t = RemoteTier::open(&settings, NS, &format!("bench{round}"), &tracing::Dispatch::none());
+        let hashes: Vec<BlockHash> = (0..n as u128).map(|i| BlockHash((round as u128) << 64 | i)).collect();
+        let ctx = BlockCtx {
+            namespace: NS,
+            depth: 0,
+            last: false,
+            key: 0,
+            parent: 0,
+        };
+        let t0 = Instant::now();
+        for (i, &h) in hashes.iter().enumerate() {
+            let (a, b) = &blocks[i % blocks.len()];
+            // A full queue drops: the bench waits for room instead (throughput).
+            while t.store(h, ctx, &[a, b]).unwrap() == StoreOutcome::NoSpace {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        assert!(t.wait_idle(Duration::from_secs(600)));
+        rows[0].1.push((n * BLOCK) as f64 / t0.elapsed().as_secs_f64());
+        rows[1]
+            .1
+            .push(redis_benchmark(&nodes, nodes.len() > 1, "set", bench_n, 1) * BLOCK as f64);
+        rows[2]
+            .1
+            .push(redis_benchmark(&nodes, nodes.len() > 1, "set", bench_n, 8) * BLOCK as f64);
+
+        let mut bufs: Vec<(Vec<u8>, Vec<u8>)> = (0..16).map(|_| (vec![0; BLOCK / 2], vec![0; BLOCK / 2])).collect();
+        let t0 = Instant::now();
+        for chunk in hashes.chunks(16) {
+            let mut dsts: Vec<Vec<&mut [u8]>> = bufs
+                .iter_mut()
+                .take(chunk.len())
+                .map(|(a, b)| vec![&mut a[..], &mut b[..]])
+                .collect();
+            let mut out = vec![LoadOutcome::Miss; chunk.len()];
+            t.load_into(chunk, NS, &mut dsts, &mut out).unwrap();
+            assert!(out.iter().all(|&o| o == LoadOutcome::Loaded), "{out:?}");
+        }
+        rows[3].1.push((n * BLOCK) as f64 / t0.elapsed().as_secs_f64());
+        rows[4]
+            .1
+            .push(redis_benchmark(&nodes, nodes.len() > 1, "get", bench_n, 1) * BLOCK as f64);
+        rows[5]
+            .1
+            .push(redis_benchmark(&nodes, nodes.len() > 1, "get", bench_n, 8) * BLOCK as f64);
+    }
+    println!("remote tier vs redis-benchmark, {n} blocks of {BLOCK} bytes, {rounds} round(s), medians ({url})");
+    println!("{:<14} {:>10}", "case", "MB/s");
+    let mb = |r: &[f64]| median(r.to_vec()) / 1e6;
+    for (name, r) in &rows {
+        println!("{name:<14} {:>10.0}", mb(r));
+    }
+    println!(
+        "ratio store/set -c 1: {:.2}   load/get -c 1: {:.2}",
+        mb(&rows[0].1) / mb(&rows[1].1),
+        mb(&rows[3].1) / mb(&rows[4].1)
+    );
+    if let Some(d) = dir {
+        let _ = Command::new(script()).args(["stop", d.to_str().unwrap()]).status();
+    }
+}
