@@ -613,8 +613,8 @@ enum TierkvStatus tierkv_pool_acquire_cached(const struct TierkvManager *mgr,
 // `mgr` a live handle; `out` valid for one write. Does not block on I/O.
 enum TierkvStatus tierkv_disk_status(const struct TierkvManager *mgr, struct TierkvDiskStatus *out);
 
-// Waits until every queued disk offload has been written (or dropped), for at most
-// `timeout_ms` milliseconds. Writes 1 to `*out_idle` if it got there, 0 on time-out.
+// Waits until every queued lower-tier write (disk offloads, remote writes) has been
+// written (or dropped), for at most `timeout_ms` milliseconds. Writes 1 to `*out_idle` if it got there, 0 on time-out.
 // Engines call it before a planned shutdown so that nothing queued is lost.
 //
 // # Safety

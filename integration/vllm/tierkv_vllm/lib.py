@@ -421,7 +421,7 @@ class TierKV:
         return out
 
     def disk_flush(self, timeout_s: float = 30.0) -> bool:
-        """Waits for queued disk writes; True when none is left."""
+        """Waits for queued lower-tier writes (disk, remote); True when none is left."""
         idle = ctypes.c_uint8()
         self._check(self._lib.tierkv_disk_flush(self._h, int(timeout_s * 1000), ctypes.byref(idle)))
         return bool(idle.value)

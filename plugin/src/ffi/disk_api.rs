@@ -76,8 +76,8 @@ pub unsafe extern "C" fn tierkv_disk_status(mgr: *const TierkvManager, out: *mut
     })
 }
 
-/// Waits until every queued disk offload has been written (or dropped), for at most
-/// `timeout_ms` milliseconds. Writes 1 to `*out_idle` if it got there, 0 on time-out.
+/// Waits until every queued lower-tier write (disk offloads, remote writes) has been
+/// written (or dropped), for at most `timeout_ms` milliseconds. Writes 1 to `*out_idle` if it got there, 0 on time-out.
 /// Engines call it before a planned shutdown so that nothing queued is lost.
 ///
 /// # Safety

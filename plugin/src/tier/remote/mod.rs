@@ -53,6 +53,9 @@ use crate::prefix::BlockHash;
 
 /// While the store is down, how often a connection is tried again.
 pub const RETRY: Duration = Duration::from_secs(1);
+/// How long queued writes are still written after the tier is closed (engines
+/// flush before a planned shutdown; this bounds a shutdown against a stalled store).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Keys asked for in one probe at most.
 const PROBE_BATCH: usize = 256;
 /// Writer threads (one connection each): a write is two copies and a round trip
@@ -122,6 +125,8 @@ struct Inner {
     retry_at: Mutex<Instant>,
     pool: Mutex<Vec<Conn>>,
     queued: AtomicU64,
+    /// When the last manager let go (queued writes get `CLOSE_GRACE` more).
+    closing: Mutex<Option<Instant>>,
 }
 
 /// One write: a block's key and value.
@@ -325,6 +330,7 @@ impl Shared {
             retry_at: Mutex::new(Instant::now()),
             pool: Mutex::new(Vec::new()),
             queued: AtomicU64::new(0),
+            closing: Mutex::new(None),
         });
         let (wtx, wrx) = bounded::<Write>(s.queue.max(1));
         let (ptx, prx) = bounded::<Vec<BlockHash>>(64);
@@ -474,7 +480,15 @@ impl RemoteTier {
 
 fn writer(i: &Inner, rx: &Receiver<Write>) {
     while let Ok(w) = rx.recv() {
-        i.write(w);
+        // Closing: what is queued is written for CLOSE_GRACE, then dropped (a
+        // stalled store must not hold an engine's shutdown for queue x timeout).
+        let late = i.closing.lock().is_some_and(|t| t.elapsed() > CLOSE_GRACE);
+        if late {
+            i.stats.write_dropped.fetch_add(1, Ordering::Relaxed);
+            i.known.lock().forget(w.hash);
+        } else {
+            i.write(w);
+        }
         i.queued.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -507,6 +521,7 @@ fn prober(i: &Inner, rx: &Receiver<Vec<BlockHash>>) {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        *self.inner.closing.lock() = Some(Instant::now());
         self.writes.take();
         self.probes.take();
         for t in self.threads.drain(..) {

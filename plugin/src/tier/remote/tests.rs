@@ -320,3 +320,27 @@ fn managers_of_one_machine_share_what_they_learn() {
     assert_eq!(other.lookup_run(&[BlockHash(5)]).unwrap(), 0);
     assert_eq!(v(&other.stats().written_blocks), 0);
 }
+
+#[test]
+fn closing_against_a_stalled_store_is_bounded() {
+    let Some(store) = Store::start("standalone") else {
+        return;
+    };
+    let mut s = settings(&store);
+    s.queue = 64;
+    s.timeout = Duration::from_secs(1);
+    let t = open(&s);
+    put(&t, [1]);
+    let port = store.ports()[0];
+    store.signal(port, libc::SIGSTOP);
+    for k in 10..50u128 {
+        let (x, y) = segs(k);
+        let _ = t.store(BlockHash(k), ctx(), &[&x, &y]).unwrap();
+    }
+    // 40 writes of 1 s each over two connections would hold the close for 20 s.
+    let t0 = Instant::now();
+    drop(t);
+    let took = t0.elapsed();
+    store.signal(port, libc::SIGCONT);
+    assert!(took < CLOSE_GRACE + Duration::from_secs(4), "close took {took:?}");
+}
