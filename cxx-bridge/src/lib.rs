@@ -83,6 +83,10 @@ mod ffi {
         hits: usize,
         /// Tier of each of them.
         tiers: Vec<u8>,
+        /// A tier (the remote one) is still finding out whether it holds the block
+        /// after the hits: ask again shortly (it never waits on the network), or
+        /// take the hits. A pending lookup is not counted in the lookup metrics.
+        pending: bool,
     }
 
     /// One tier as a status call sees it.
@@ -380,10 +384,11 @@ impl Manager {
     pub fn lookup(&self, hs: &[Hash]) -> Result<Lookup, Error> {
         guard(|| {
             let mut tiers = vec![TierId::Host; hs.len()];
-            let hits = self.0.in_scope(|| self.0.lookup(&hashes(hs), &mut tiers))?;
+            let run = self.0.in_scope(|| self.0.lookup_run(&hashes(hs), &mut tiers, true))?;
             Ok(Lookup {
-                hits,
-                tiers: tiers[..hits].iter().map(|&t| t as u8).collect(),
+                hits: run.end,
+                tiers: tiers[..run.end].iter().map(|&t| t as u8).collect(),
+                pending: run.pending,
             })
         })
     }

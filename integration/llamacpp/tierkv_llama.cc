@@ -39,6 +39,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "llama.h"
@@ -344,6 +345,13 @@ class Runner {
   // returns how many blocks the sequence now holds.
   size_t import_prefix(const rust::Vec<tierkv::Hash> &hashes, size_t usable) {
     auto hit = tkv().lookup({hashes.data(), usable});
+    // The remote tier answers "pending" while it asks its store; this host has no
+    // scheduler to come back later, so it asks again for up to 500 ms (a probe
+    // takes about a round trip).
+    for (int i = 0; hit.pending && i < 500; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      hit = tkv().lookup({hashes.data(), usable});
+    }
     size_t done = 0;
     while (done < hit.hits) {
       size_t n = std::min<size_t>(hit.hits - done, kStagingBlocks);

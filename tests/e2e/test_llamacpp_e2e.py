@@ -12,7 +12,10 @@ and tierkv's C++ bridge. Each engine run is a fresh process:
   verification, outputs still identical, the failures counted;
 - another layout (flash attention on: V not transposed) never shares a block;
 - semantic sharing with full plans: a near-duplicate reuses shifted KV and is never
-  stored.
+  stored;
+- two processes standing for two machines (own stores and shared-memory
+  directories) share a Redis cluster: B imports A's blocks from the remote tier
+  (the host asks again while the remote tier probes) and decodes identically.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -28,6 +32,9 @@ import pytest
 
 import prompts as prompt_sets
 from test_vllm_e2e import SHADOW, corrupt_store
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+import redis_cluster  # noqa: E402
 
 HOST = os.environ.get("TIERKV_LLAMA_HOST")
 LLAMA_DIR = os.environ.get("TIERKV_LLAMA_DIR")
@@ -40,15 +47,15 @@ if not (HOST and LLAMA_DIR):
 pytestmark = pytest.mark.skipif(SHADOW, reason="no vLLM pool here: runs in the normal pass only")
 
 
-def run(tmp: Path, questions: list[str], store: str, *args: str) -> tuple[list[dict], str]:
-    return run_texts(tmp, [prompt_sets.prompt(q) for q in questions], store, *args)
+def run(tmp: Path, questions: list[str], store: str, *args: str, env_extra: dict | None = None) -> tuple[list[dict], str]:
+    return run_texts(tmp, [prompt_sets.prompt(q) for q in questions], store, *args, env_extra=env_extra)
 
 
-def run_texts(tmp: Path, texts: list[str], store: str, *args: str) -> tuple[list[dict], str]:
+def run_texts(tmp: Path, texts: list[str], store: str, *args: str, env_extra: dict | None = None) -> tuple[list[dict], str]:
     prompts = tmp / f"prompts-{uuid.uuid4().hex[:8]}.txt"
     prompts.write_text("".join(t.replace("\n", "\\n") + "\n" for t in texts))
     out = tmp / f"out-{uuid.uuid4().hex[:8]}.jsonl"
-    env = dict(os.environ, TIERKV_STORE_NAME=store, TIERKV_CPU_BYTES="256MiB")
+    env = dict(os.environ, TIERKV_STORE_NAME=store, TIERKV_CPU_BYTES="256MiB", **(env_extra or {}))
     env.pop("TIERKV_METRICS_ADDR", None)
     cmd = [HOST, "--model", f"{LLAMA_DIR}/model.gguf", "--prompts", str(prompts), "--out", str(out)]
     cmd += ["--max-tokens", "24", *args]
@@ -125,3 +132,28 @@ def test_a_near_duplicate_reuses_shifted_kv_and_is_never_stored(tmp_path, store,
     full, _ = run_texts(tmp_path, [target], f"unused-{uuid.uuid4().hex[:8]}", "--no-cache")
     assert again[0]["loaded_blocks"] == 0
     assert again[0]["tokens"] == full[0]["tokens"]
+
+
+redis_url = pytest.fixture(scope="module", name="redis_url")(redis_cluster.url)
+
+
+def test_another_machine_imports_the_shared_prefix_from_the_remote_tier(tmp_path, full, redis_url):
+    prefix = f"llama-{uuid.uuid4().hex[:8]}"
+
+    def machine(name: str) -> dict:
+        shm = tmp_path / f"shm-{name}"
+        shm.mkdir()
+        return {
+            "TIERKV_SHM_DIR": str(shm),
+            "TIERKV_REMOTE_URL": redis_url,
+            "TIERKV_REMOTE_PREFIX": prefix,
+            "TIERKV_REMOTE_ADMIT": "always",
+        }
+
+    a, _ = run(tmp_path, prompt_sets.QUESTIONS_A, "machine-a", env_extra=machine("a"))
+    assert a[0]["stored_blocks"] > 0, "machine A stored nothing"
+    b, metrics = run(tmp_path, prompt_sets.QUESTIONS_B, "machine-b", env_extra=machine("b"))
+    shared_blocks = a[0]["stored_blocks"] - 1
+    assert b[0]["loaded_blocks"] >= shared_blocks - 1, [r["loaded_blocks"] for r in b]
+    assert [r["tokens"] for r in b] == full
+    assert metric(metrics, "tierkv_remote_loads_total", 'result="hit"') > 0

@@ -1,14 +1,10 @@
 """The remote tier (G4) through the ctypes binding: two managers standing for two
 machines (their own store names and shared-memory directories) share a Redis
-cluster. The cluster is ``TIERKV_REMOTE_TEST_URL`` when set (``.ci/run`` starts
-one), else one started here by ``scripts/redis-cluster.sh``."""
+cluster (``redis_cluster.url``)."""
 
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -19,26 +15,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "integration" / "vllm"))
 
+import redis_cluster  # noqa: E402
 from tierkv_vllm import TierKV  # noqa: E402
 from tierkv_vllm.lib import LOAD_LOADED, STORE_STORED, TIER_HOST, TIER_REMOTE  # noqa: E402
 
-SCRIPT = ROOT / "scripts" / "redis-cluster.sh"
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    url = os.environ.get("TIERKV_REMOTE_TEST_URL")
-    if url:
-        yield url
-        return
-    if not (shutil.which("redis-server") or shutil.which("valkey-server")):
-        if os.environ.get("TIERKV_REQUIRE_REDIS") == "1":
-            pytest.fail("TIERKV_REQUIRE_REDIS=1 but no redis-server")
-        pytest.skip("no redis-server on PATH")
-    d = tmp_path_factory.mktemp("redis") / "cluster"
-    out = subprocess.run([str(SCRIPT), "start", str(d)], check=True, capture_output=True, text=True)
-    yield out.stdout.strip().splitlines()[-1]
-    subprocess.run([str(SCRIPT), "stop", str(d)], check=False)
+redis_url = pytest.fixture(scope="module", name="redis_url")(redis_cluster.url)
 
 
 def machine(tmp_path: Path, monkeypatch, url: str, prefix: str, name: str) -> TierKV:

@@ -61,7 +61,7 @@ rust::String run_all() {
   rust::Vec<uint8_t> stored = m->store_blocks(hs, rust::Slice<const uint64_t>(src.data(), 2));
   check(stored.size() == 2 && stored[0] == TIERKV_STORE_STORED && stored[1] == TIERKV_STORE_STORED, "stored");
   tierkv::Lookup l = m->lookup(hs);
-  check(l.hits == 2 && l.tiers[0] == TIERKV_TIER_HOST && l.tiers[1] == TIERKV_TIER_HOST, "held in the host tier");
+  check(l.hits == 2 && l.tiers[0] == TIERKV_TIER_HOST && l.tiers[1] == TIERKV_TIER_HOST && !l.pending, "held in the host tier");
   rust::Vec<uint8_t> loaded = m->load_blocks(hs, rust::Slice<const uint64_t>(dst.data(), 2));
   check(loaded[0] == TIERKV_LOAD_LOADED && loaded[1] == TIERKV_LOAD_LOADED, "loaded");
   check(std::memcmp(mem.data(), mem.data() + 4 * block, 2 * block) == 0, "loaded bytes equal the stored ones");
