@@ -1030,11 +1030,13 @@ impl Inner {
             (None, _) => false,
             (Some(h), None) => h.verifies(hdr, payload),
             (Some(h), Some(d)) => {
-                // SAFETY: `Dst`'s contract: distinct live segments, written by
-                // this job alone until it ends.
                 let mut segs: Vec<&mut [u8]> =
                     d.0.iter()
-                        .map(|&(p, n)| unsafe { std::slice::from_raw_parts_mut(p, n) })
+                        .map(|&(p, n)| {
+                            // SAFETY: `Dst`'s contract: distinct live segments, written
+                            // by this job alone until it ends.
+                            unsafe { std::slice::from_raw_parts_mut(p, n) }
+                        })
                         .collect();
                 h.verify_into(hdr, payload, &mut segs)
             }

@@ -1,5 +1,8 @@
 //! Helpers shared by the tiers' unit tests.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 /// `len` bytes that are a function of `key` alone (xorshift), so any mix-up of
 /// blocks shows as wrong bytes.
 pub(crate) fn pattern(key: u128, len: usize) -> Vec<u8> {
@@ -19,9 +22,6 @@ pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// A Redis cluster (or server) of the test's own, started by
 /// `scripts/redis-cluster.sh`, stopped on drop. Tests skip without a server

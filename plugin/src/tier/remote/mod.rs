@@ -222,8 +222,7 @@ impl Inner {
     }
 
     fn write(&self, w: Write) {
-        let now = Instant::now;
-        let t0 = now();
+        let t0 = Instant::now();
         let Some(mut c) = self.conn() else {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             self.known.lock().forget(w.hash);
@@ -241,7 +240,7 @@ impl Inner {
                 };
                 n.fetch_add(1, Ordering::Relaxed);
                 self.stats.write_latency.observe_ns(t0.elapsed().as_nanos() as u64);
-                self.known.lock().set(w.hash, State::Present, now());
+                self.known.lock().set(w.hash, State::Present, Instant::now());
                 self.done(c, None);
             }
             Err(e) => {
@@ -251,6 +250,18 @@ impl Inner {
                 self.done(c, Some(&e));
             }
         }
+    }
+
+    /// Counts a block loaded and verified (`value_len` with its header) and
+    /// remembers it is in the store.
+    fn loaded(&self, h: BlockHash, value_len: usize, t0: Instant) -> LoadOutcome {
+        self.stats.read_blocks.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .read_bytes
+            .fetch_add((value_len - format::HEADER) as u64, Ordering::Relaxed);
+        self.stats.read_latency.observe_ns(t0.elapsed().as_nanos() as u64);
+        self.known.lock().set(h, State::Present, Instant::now());
+        LoadOutcome::Loaded
     }
 
     /// Asks the store about `keys` (the rest of a lookup run, in order): one
@@ -414,14 +425,7 @@ impl RemoteTier {
             return LoadOutcome::Miss;
         };
         match format::decode_into(&value, h, namespace, dst) {
-            Ok(()) => {
-                let n = (value.len() - format::HEADER) as u64;
-                i.stats.read_blocks.fetch_add(1, Ordering::Relaxed);
-                i.stats.read_bytes.fetch_add(n, Ordering::Relaxed);
-                i.stats.read_latency.observe_ns(t0.elapsed().as_nanos() as u64);
-                i.known.lock().set(h, State::Present, now);
-                LoadOutcome::Loaded
-            }
+            Ok(()) => i.loaded(h, value.len(), t0),
             Err(_) => {
                 // Read again on a new connection before judging the stored value
                 // (a reply meant for another request must not delete this one).
@@ -438,14 +442,7 @@ impl RemoteTier {
                     Err(_) => return LoadOutcome::Miss,
                 };
                 let outcome = match again {
-                    Ok(len) => {
-                        i.stats.read_blocks.fetch_add(1, Ordering::Relaxed);
-                        i.stats
-                            .read_bytes
-                            .fetch_add((len - format::HEADER) as u64, Ordering::Relaxed);
-                        i.known.lock().set(h, State::Present, now);
-                        LoadOutcome::Loaded
-                    }
+                    Ok(len) => i.loaded(h, len, t0),
                     Err(why) => {
                         i.stats.checksum_failures.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
@@ -594,19 +591,27 @@ impl Tier for RemoteTier {
             i.stats.write_down.fetch_add(1, Ordering::Relaxed);
             return Ok(StoreOutcome::NoSpace);
         }
-        if matches!(i.known.lock().get(hash, now), Some(State::Present | State::Queued)) {
-            return Ok(StoreOutcome::AlreadyPresent);
+        let Some(tx) = &self.shared.writes else {
+            return Ok(StoreOutcome::NoSpace);
+        };
+        {
+            let mut k = i.known.lock();
+            if matches!(k.get(hash, now), Some(State::Present | State::Queued)) {
+                return Ok(StoreOutcome::AlreadyPresent);
+            }
+            if tx.is_full() {
+                // Dropped before the block is copied into a value.
+                i.stats.write_dropped.fetch_add(1, Ordering::Relaxed);
+                return Ok(StoreOutcome::NoSpace);
+            }
+            k.set(hash, State::Queued, now);
         }
         let w = Write {
             hash,
             key: i.key(hash),
             value: format::encode(hash, ctx.namespace, segs),
         };
-        let Some(tx) = &self.shared.writes else {
-            return Ok(StoreOutcome::NoSpace);
-        };
         i.queued.fetch_add(1, Ordering::Relaxed);
-        i.known.lock().set(hash, State::Queued, now);
         match tx.try_send(w) {
             Ok(()) => Ok(StoreOutcome::Stored),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
