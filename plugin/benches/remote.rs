@@ -42,7 +42,7 @@ fn cluster() -> (String, Option<PathBuf>) {
     let dir = std::env::temp_dir().join(format!("tierkv-bench-redis-{}", std::process::id()));
     let out = Command::new(script())
         .args(["start", dir.to_str().unwrap()])
-        .env("TIERKV_REDIS_MAXMEMORY", "2gb")
+        .env("TIERKV_REDIS_MAXMEMORY", "3gb")
         .output()
         .expect("scripts/redis-cluster.sh runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -56,15 +56,23 @@ fn cluster() -> (String, Option<PathBuf>) {
 }
 
 /// `redis-benchmark` against `nodes`: requests per second of `test` with values of
-/// `BLOCK` bytes over `clients` connections.
-fn redis_benchmark(nodes: &[String], cluster: bool, test: &str, n: usize, clients: usize) -> f64 {
+/// `BLOCK` bytes over `clients` connections, on `keys` random keys (`key:<n>`,
+/// `-r`) or one key (`None`).
+fn redis_benchmark(nodes: &[String], cluster: bool, test: &str, n: usize, clients: usize, keys: Option<usize>) -> f64 {
     let first = nodes[0].trim_start_matches("redis://");
     let (host, port) = first.rsplit_once(':').unwrap();
     let mut cmd = Command::new("redis-benchmark");
-    cmd.args(["-h", host, "-p", port, "-t", test, "-q", "--csv"])
-        .args(["-d", &BLOCK.to_string(), "-n", &n.to_string(), "-c", &clients.to_string()])
-        // One key (no -r): GET reads a value that exists; SET overwrites it.
-        ;
+    cmd.args(["-h", host, "-p", port, "-t", test, "-q", "--csv"]).args([
+        "-d",
+        &BLOCK.to_string(),
+        "-n",
+        &n.to_string(),
+        "-c",
+        &clients.to_string(),
+    ]);
+    if let Some(k) = keys {
+        cmd.args(["-r", &k.to_string()]);
+    }
     if cluster {
         cmd.arg("--cluster");
     }
@@ -83,11 +91,38 @@ fn payload(k: u64) -> (Vec<u8>, Vec<u8>) {
     (a, b)
 }
 
+/// CPU time of this process so far (every thread), seconds.
+fn cpu_s() -> f64 {
+    // SAFETY: getrusage writes the struct it is given; a zeroed rusage is valid.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 * 1e-6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Removes the bench's keys from a cluster it started (`FLUSHALL` on each master):
+/// rounds must not fill `maxmemory` and evict the keys a round reads.
+fn flush(nodes: &[String]) {
+    for n in nodes {
+        let (host, port) = n.trim_start_matches("redis://").rsplit_once(':').unwrap();
+        let _ = Command::new("redis-cli")
+            .args(["-h", host, "-p", port, "FLUSHALL"])
+            .output();
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    // redis-benchmark ends on a 250 ms timer tick: enough requests that it does
-    // not matter (a few seconds per case).
-    let (n, bench_n, rounds) = if quick { (100, 500, 1) } else { (1000, 3000, 3) };
+    // redis-benchmark's figures step by its 250 ms timer tick: enough requests
+    // that the step is small (about 3 s per case, a step of 8% or less). Its
+    // new-key cases write `new_n` values (5.9 GB: the cluster's 3 x 3 GB holds
+    // them without evicting; flushed before each).
+    let (n, bench_n, new_n, rounds) = if quick {
+        (100, 500, 500, 1)
+    } else {
+        (1000, 8000, 4000, 3)
+    };
     let (url, dir) = cluster();
     let nodes = parse_url(&url).expect("a redis:// URL");
     let settings = RemoteSettings {
@@ -102,16 +137,22 @@ fn main() {
     let blocks: Vec<(Vec<u8>, Vec<u8>)> = (0..16u64).map(payload).collect();
     let mut rows: Vec<(&str, Vec<f64>)> = [
         "remote_store",
-        "set -c 1",
-        "set -c 8",
+        "set -c 1 -r",
+        "set -c 8 -r",
+        "set -c 1 1key",
         "remote_load",
-        "get -c 1",
-        "get -c 8",
+        "get -c 1 -r",
+        "get -c 8 -r",
+        "get -c 1 1key",
     ]
     .iter()
     .map(|&name| (name, Vec::new()))
     .collect();
+    let (mut cpu_store, mut cpu_load) = (Vec::new(), Vec::new());
     for round in 0..rounds {
+        if dir.is_some() {
+            flush(&nodes);
+        }
         // A fresh tier (nothing known) and fresh keys each round.
         let t = RemoteTier::open(&settings, NS, &format!("bench{round}"), &tracing::Dispatch::none());
         let hashes: Vec<BlockHash> = (0..n as u128).map(|i| BlockHash((round as u128) << 64 | i)).collect();
@@ -122,7 +163,7 @@ fn main() {
             key: 0,
             parent: 0,
         };
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), cpu_s());
         for (i, &h) in hashes.iter().enumerate() {
             let (a, b) = &blocks[i % blocks.len()];
             // A full queue drops: the bench waits for room instead (throughput).
@@ -132,15 +173,9 @@ fn main() {
         }
         assert!(t.wait_idle(Duration::from_secs(600)));
         rows[0].1.push((n * BLOCK) as f64 / t0.elapsed().as_secs_f64());
-        rows[1]
-            .1
-            .push(redis_benchmark(&nodes, nodes.len() > 1, "set", bench_n, 1) * BLOCK as f64);
-        rows[2]
-            .1
-            .push(redis_benchmark(&nodes, nodes.len() > 1, "set", bench_n, 8) * BLOCK as f64);
-
+        cpu_store.push((cpu_s() - c0) / n as f64);
         let mut bufs: Vec<(Vec<u8>, Vec<u8>)> = (0..16).map(|_| (vec![0; BLOCK / 2], vec![0; BLOCK / 2])).collect();
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), cpu_s());
         for chunk in hashes.chunks(16) {
             let mut dsts: Vec<Vec<&mut [u8]>> = bufs
                 .iter_mut()
@@ -151,13 +186,34 @@ fn main() {
             t.load_into(chunk, NS, &mut dsts, &mut out).unwrap();
             assert!(out.iter().all(|&o| o == LoadOutcome::Loaded), "{out:?}");
         }
-        rows[3].1.push((n * BLOCK) as f64 / t0.elapsed().as_secs_f64());
-        rows[4]
-            .1
-            .push(redis_benchmark(&nodes, nodes.len() > 1, "get", bench_n, 1) * BLOCK as f64);
+        rows[4].1.push((n * BLOCK) as f64 / t0.elapsed().as_secs_f64());
+        cpu_load.push((cpu_s() - c0) / n as f64);
+        // The baselines, each on a store holding only its own keys.
+        let c = nodes.len() > 1;
+        let fresh = |rows: &mut Vec<(&str, Vec<f64>)>, row: usize, test: &str, clients: usize, keys: Option<usize>| {
+            if dir.is_some() {
+                flush(&nodes);
+            }
+            let reqs = if keys.is_some() { new_n } else { bench_n };
+            rows[row]
+                .1
+                .push(redis_benchmark(&nodes, c, test, reqs, clients, keys) * BLOCK as f64);
+        };
+        // New keys each (a key space far larger than the requests).
+        fresh(&mut rows, 1, "set", 1, Some(1 << 30));
+        fresh(&mut rows, 2, "set", 8, Some(1 << 30));
+        fresh(&mut rows, 3, "set", 1, None);
+        // `n` keys, written 5x over so that few are missing, then read.
+        redis_benchmark(&nodes, c, "set", n * 5, 8, Some(n));
         rows[5]
             .1
-            .push(redis_benchmark(&nodes, nodes.len() > 1, "get", bench_n, 8) * BLOCK as f64);
+            .push(redis_benchmark(&nodes, c, "get", bench_n, 1, Some(n)) * BLOCK as f64);
+        rows[6]
+            .1
+            .push(redis_benchmark(&nodes, c, "get", bench_n, 8, Some(n)) * BLOCK as f64);
+        rows[7]
+            .1
+            .push(redis_benchmark(&nodes, c, "get", bench_n, 1, None) * BLOCK as f64);
     }
     println!("remote tier vs redis-benchmark, {n} blocks of {BLOCK} bytes, {rounds} round(s), medians ({url})");
     println!("{:<14} {:>10}", "case", "MB/s");
@@ -166,9 +222,16 @@ fn main() {
         println!("{name:<14} {:>10.0}", mb(r));
     }
     println!(
-        "ratio store/set -c 1: {:.2}   load/get -c 1: {:.2}",
+        "CPU per block (this process, every thread): store {:.3} ms, load {:.3} ms",
+        median(cpu_store) * 1e3,
+        median(cpu_load) * 1e3
+    );
+    println!(
+        "ratio store/set -c 1 -r: {:.2} (one key: {:.2})   load/get -c 1 -r: {:.2} (one key: {:.2})",
         mb(&rows[0].1) / mb(&rows[1].1),
-        mb(&rows[3].1) / mb(&rows[4].1)
+        mb(&rows[0].1) / mb(&rows[3].1),
+        mb(&rows[4].1) / mb(&rows[5].1),
+        mb(&rows[4].1) / mb(&rows[7].1)
     );
     if let Some(d) = dir {
         let _ = Command::new(script()).args(["stop", d.to_str().unwrap()]).status();

@@ -1,131 +1,450 @@
-//! [`Conn`]: one synchronous connection to the store, a standalone server or a
-//! cluster (the `redis` crate's cluster client follows MOVED/ASK and refreshes
-//! its slot map by itself), with the four commands the tier uses. Every call is
-//! bounded by the settings' timeout; nothing here retries for long.
+//! [`Client`]: the tier's connection to the store, a standalone server or a
+//! cluster, speaking the few commands the tier needs ([`super::wire`]).
+//!
+//! One connection per node, opened when first needed; the cluster's slot map
+//! from `CLUSTER SLOTS` (asked again on `MOVED`), `ASK` followed with `ASKING`;
+//! a standalone server is one node that owns every slot. Requests to one node
+//! are pipelined. Every call is bounded by the settings' timeout; a connection
+//! that saw any error is closed (a late reply must never answer the next
+//! request), and a node that could not be reached is not tried again for
+//! [`RETRY`] (its blocks are misses meanwhile, the other nodes serve).
+//!
+//! Why not a general client: a block's value is 1.4 MiB. Here a value is
+//! written from the one buffer it was encoded into and read into one reused
+//! buffer, once; the `redis` crate (1.8) copied each written value twice more
+//! and spent about as much CPU per read again as the copy itself
+//! (`cargo bench --bench remote`, docs/benchmarks.md).
 
-use redis::cluster::{ClusterClientBuilder, ClusterConnection};
-use redis::{ConnectionLike, IntoConnectionInfo, RedisResult};
+use std::io::{self, BufReader, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
-use super::settings::RemoteSettings;
+use super::settings::{node_of_url, Node as Addr, RemoteSettings};
+use super::wire::{self, bad, command, read, read_value, Reply, Resp, SLOTS};
+use super::RETRY;
 
-/// A connection to a standalone server or to a cluster.
-pub enum Conn {
-    /// One server.
-    Single(redis::Connection),
-    /// A cluster (connections to its nodes, opened as keys lead there).
-    Cluster(Box<ClusterConnection>),
+/// Redirections followed for one request.
+const MAX_REDIRECTS: usize = 3;
+
+/// Why a request got no answer.
+#[derive(Debug)]
+pub enum Error {
+    /// The connection failed (refused, timed out, closed, out of step).
+    Io(io::Error),
+    /// The store answered an error (out of memory, no node for the slot, ...).
+    Store(String),
 }
 
-impl Conn {
-    /// Connects as `s` says; one seed is a cluster when the server says so.
-    pub fn open(s: &RemoteSettings) -> RedisResult<Self> {
-        if s.cluster_seeds || s.nodes.len() > 1 {
-            return Self::cluster(s);
-        }
-        let mut info = s.nodes[0].as_str().into_connection_info()?;
-        if let Some(p) = &s.password {
-            let r = info.redis_settings().clone().set_password(p);
-            info = info.set_redis_settings(r);
-        }
-        let mut c = redis::Client::open(info)?.get_connection_with_timeout(s.timeout)?;
-        c.set_read_timeout(Some(s.timeout))?;
-        c.set_write_timeout(Some(s.timeout))?;
-        let about: String = redis::cmd("INFO").arg("cluster").query(&mut c)?;
-        if about.contains("cluster_enabled:1") {
-            return Self::cluster(s);
-        }
-        Ok(Self::Single(c))
-    }
-
-    fn cluster(s: &RemoteSettings) -> RedisResult<Self> {
-        let mut b = ClusterClientBuilder::new(s.nodes.iter().map(String::as_str))
-            .connection_timeout(s.timeout)
-            .response_timeout(s.timeout)
-            // A dead node is a miss now, not a wait: two quick tries.
-            .retries(2)
-            .min_retry_wait(10)
-            .max_retry_wait(100);
-        if let Some(p) = &s.password {
-            b = b.password(p.clone());
-        }
-        let c = b.build()?.get_connection()?;
-        c.set_read_timeout(Some(s.timeout))?;
-        c.set_write_timeout(Some(s.timeout))?;
-        Ok(Self::Cluster(Box::new(c)))
-    }
-
-    fn con(&mut self) -> &mut dyn ConnectionLike {
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Single(c) => c,
-            Self::Cluster(c) => &mut **c,
+            Self::Io(e) => write!(f, "{e}"),
+            Self::Store(e) => write!(f, "the store answered: {e}"),
+        }
+    }
+}
+
+/// One connection to one node.
+struct Wire {
+    io: BufReader<TcpStream>,
+}
+
+impl Wire {
+    fn connect(a: &Addr, timeout: Duration) -> io::Result<Self> {
+        let host = a.host.trim_start_matches('[').trim_end_matches(']');
+        let mut last = io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host}:{} resolves to nothing", a.port),
+        );
+        for sa in (host, a.port).to_socket_addrs()? {
+            match TcpStream::connect_timeout(&sa, timeout) {
+                Ok(s) => {
+                    s.set_nodelay(true)?;
+                    s.set_read_timeout(Some(timeout))?;
+                    s.set_write_timeout(Some(timeout))?;
+                    let mut w = Self {
+                        io: BufReader::with_capacity(64 << 10, s),
+                    };
+                    w.login(a)?;
+                    return Ok(w);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn login(&mut self, a: &Addr) -> io::Result<()> {
+        if let Some(pw) = &a.password {
+            let req = match &a.user {
+                Some(u) => command(&[b"AUTH", u.as_bytes(), pw.as_bytes()]),
+                None => command(&[b"AUTH", pw.as_bytes()]),
+            };
+            match self.call(&req)? {
+                Resp::Simple(_) => {}
+                // The server's words, never the password.
+                Resp::Error(e) => return Err(io::Error::new(io::ErrorKind::PermissionDenied, e)),
+                _ => return Err(bad("an AUTH reply")),
+            }
+        }
+        if a.db != 0 {
+            if let Resp::Error(e) = self.call(&command(&[b"SELECT", a.db.to_string().as_bytes()]))? {
+                return Err(io::Error::other(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, req: &[u8]) -> io::Result<()> {
+        self.io.get_mut().write_all(req)
+    }
+
+    fn call(&mut self, req: &[u8]) -> io::Result<Resp> {
+        self.send(req)?;
+        read(&mut self.io, 0)
+    }
+}
+
+/// A node of the store and its connection.
+struct Node {
+    addr: Addr,
+    conn: Option<Wire>,
+    /// Not tried again before this (it could not be reached).
+    skip_until: Option<Instant>,
+}
+
+/// The tier's connection to a standalone server or a cluster.
+pub struct Client {
+    timeout: Duration,
+    nodes: Vec<Node>,
+    /// Node of each slot; empty for a standalone server (node 0 owns all).
+    slots: Vec<u16>,
+    /// Where values are read (reused: one allocation per client).
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Connects to the first seed that answers and learns who owns which slot.
+    pub fn open(s: &RemoteSettings) -> io::Result<Self> {
+        let mut last = bad("no seed node");
+        for url in &s.nodes {
+            let Some(mut addr) = node_of_url(url) else {
+                return Err(bad("a node URL"));
+            };
+            if addr.password.is_none() {
+                addr.password.clone_from(&s.password);
+            }
+            let mut c = Self {
+                timeout: s.timeout,
+                nodes: Vec::new(),
+                slots: Vec::new(),
+                buf: Vec::new(),
+            };
+            match Wire::connect(&addr, s.timeout) {
+                Ok(w) => {
+                    c.nodes.push(Node {
+                        addr,
+                        conn: Some(w),
+                        skip_until: None,
+                    });
+                    match c.refresh(0) {
+                        Ok(()) => return Ok(c),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Whether this is one standalone server (no slot map).
+    pub fn standalone(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Asks node `via` for the slot map (`CLUSTER SLOTS`); a server without
+    /// cluster support is standalone.
+    fn refresh(&mut self, via: usize) -> io::Result<()> {
+        let reply = self.call(via, &command(&[b"CLUSTER", b"SLOTS"]))?;
+        let ranges = match reply {
+            Resp::Error(e) if e.contains("cluster support disabled") => {
+                // A standalone server: the one node owns everything.
+                let n = self.nodes.swap_remove(via);
+                self.nodes = vec![n];
+                self.slots.clear();
+                return Ok(());
+            }
+            Resp::Array(Some(r)) => r,
+            other => return Err(bad(&format!("a CLUSTER SLOTS reply: {other:?}"))),
+        };
+        let mut slots = vec![u16::MAX; SLOTS];
+        for range in ranges {
+            let Resp::Array(Some(f)) = range else {
+                return Err(bad("a slot range"));
+            };
+            let (Some(Resp::Int(lo)), Some(Resp::Int(hi)), Some(Resp::Array(Some(m)))) =
+                (f.first(), f.get(1), f.get(2))
+            else {
+                return Err(bad("a slot range"));
+            };
+            let (Some(Resp::Bulk(Some(h))), Some(Resp::Int(p))) = (m.first(), m.get(1)) else {
+                return Err(bad("a slot range's master"));
+            };
+            let host = match std::str::from_utf8(h) {
+                // Unknown to the node itself: the address it was reached at.
+                Ok("") | Ok("?") => self.nodes[via].addr.host.clone(),
+                Ok(h) => h.to_string(),
+                Err(_) => return Err(bad("a host name")),
+            };
+            let port = u16::try_from(*p).map_err(|_| bad("a port"))?;
+            let (lo, hi) = (usize::try_from(*lo), usize::try_from(*hi));
+            let (Ok(lo), Ok(hi)) = (lo, hi) else {
+                return Err(bad("a slot range"));
+            };
+            if lo > hi || hi >= SLOTS {
+                return Err(bad("a slot range out of bounds"));
+            }
+            let n = self.node(&host, port);
+            slots[lo..=hi].iter_mut().for_each(|s| *s = n as u16);
+        }
+        self.slots = slots;
+        Ok(())
+    }
+
+    /// The index of node `host:port` (same credentials as the seeds), added if new.
+    fn node(&mut self, host: &str, port: u16) -> usize {
+        if let Some(i) = self
+            .nodes
+            .iter()
+            .position(|n| n.addr.host == host && n.addr.port == port)
+        {
+            return i;
+        }
+        let addr = Addr {
+            host: host.to_string(),
+            port,
+            ..self.nodes[0].addr.clone()
+        };
+        self.nodes.push(Node {
+            addr,
+            conn: None,
+            skip_until: None,
+        });
+        self.nodes.len() - 1
+    }
+
+    /// The node that serves `key`.
+    fn owner(&self, key: &str) -> Result<usize, Error> {
+        if self.slots.is_empty() {
+            return Ok(0);
+        }
+        match self.slots[wire::slot(key.as_bytes()) as usize] {
+            u16::MAX => Err(Error::Store("CLUSTERDOWN no node serves this key's slot".into())),
+            n => Ok(n as usize),
         }
     }
 
-    /// Whether each key exists, in one pipeline (routed per key in a cluster).
-    pub fn exists(&mut self, keys: &[String]) -> RedisResult<Vec<bool>> {
-        match self {
-            Self::Single(c) => {
-                let mut p = redis::pipe();
-                keys.iter().for_each(|k| {
-                    p.cmd("EXISTS").arg(k);
-                });
-                p.query(c)
+    /// Node `n`'s connection, opened if needed.
+    fn wire(&mut self, n: usize) -> io::Result<&mut Wire> {
+        let node = &mut self.nodes[n];
+        if node.conn.is_none() {
+            if node.skip_until.is_some_and(|t| Instant::now() < t) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    format!("{}:{} was unreachable moments ago", node.addr.host, node.addr.port),
+                ));
             }
-            Self::Cluster(c) => {
-                let mut p = redis::cluster::cluster_pipe();
-                keys.iter().for_each(|k| {
-                    p.cmd("EXISTS").arg(k);
-                });
-                p.query(c)
+            match Wire::connect(&node.addr, self.timeout) {
+                Ok(w) => {
+                    node.conn = Some(w);
+                    node.skip_until = None;
+                }
+                Err(e) => {
+                    node.skip_until = Some(Instant::now() + RETRY);
+                    return Err(e);
+                }
             }
         }
+        node.conn.as_mut().ok_or_else(|| bad("no connection"))
     }
 
-    /// `SET key value NX EX ttl`: whether it was stored (false: the key exists,
-    /// written by another node of the fleet, and is left as it is).
-    pub fn set_nx(&mut self, key: &str, value: &[u8], ttl_s: u64) -> RedisResult<bool> {
-        let r: Option<String> = redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("NX")
-            .arg("EX")
-            .arg(ttl_s)
-            .query(self.con())?;
-        Ok(r.is_some())
+    /// `req` on node `n`; any failure closes the connection.
+    fn call(&mut self, n: usize, req: &[u8]) -> io::Result<Resp> {
+        let r = self.wire(n).and_then(|w| w.call(req));
+        if r.is_err() {
+            self.nodes[n].conn = None;
+        }
+        r
     }
 
-    /// `GETEX key EX ttl`: the value, its lifetime refreshed (a hit keeps it).
-    pub fn get_ex(&mut self, key: &str, ttl_s: u64) -> RedisResult<Option<Vec<u8>>> {
-        redis::cmd("GETEX").arg(key).arg("EX").arg(ttl_s).query(self.con())
-    }
-
-    /// `GETEX key EX ttl` for each key, in one pipeline.
-    pub fn get_ex_many(&mut self, keys: &[String], ttl_s: u64) -> RedisResult<Vec<Option<Vec<u8>>>> {
-        match self {
-            Self::Single(c) => {
-                let mut p = redis::pipe();
-                keys.iter().for_each(|k| {
-                    p.cmd("GETEX").arg(k).arg("EX").arg(ttl_s);
-                });
-                p.query(c)
+    /// One request for `key`, following redirections; a value lands in `self.buf`.
+    fn request(&mut self, key: &str, req: &[u8]) -> Result<Reply, Error> {
+        let mut n = self.owner(key)?;
+        let mut asking = false;
+        for _ in 0..=MAX_REDIRECTS {
+            let mut buf = std::mem::take(&mut self.buf);
+            let r = self.wire(n).and_then(|w| {
+                if asking {
+                    w.send(&command(&[b"ASKING"]))?;
+                }
+                w.send(req)?;
+                let first = read_value(&mut w.io, &mut buf)?;
+                if !asking {
+                    return Ok(first);
+                }
+                match first {
+                    Reply::Other(Resp::Simple(_)) => read_value(&mut w.io, &mut buf),
+                    // The request's reply is still due: out of step.
+                    other => Err(bad(&format!("an ASKING reply: {other:?}"))),
+                }
+            });
+            self.buf = buf;
+            let reply = r.map_err(|e| {
+                self.nodes[n].conn = None;
+                Error::Io(e)
+            })?;
+            match reply {
+                Reply::Other(Resp::Error(e)) if e.starts_with("MOVED ") || e.starts_with("ASK ") => {
+                    let (to, ask) = self.redirected(n, &e).ok_or(Error::Store(e))?;
+                    n = to;
+                    asking = ask;
+                }
+                Reply::Other(Resp::Error(e)) => return Err(Error::Store(e)),
+                other => return Ok(other),
             }
-            Self::Cluster(c) => {
-                let mut p = redis::cluster::cluster_pipe();
-                keys.iter().for_each(|k| {
-                    p.cmd("GETEX").arg(k).arg("EX").arg(ttl_s);
-                });
-                p.query(c)
-            }
+        }
+        Err(Error::Store("too many redirections".into()))
+    }
+
+    /// Where a `MOVED`/`ASK` reply from node `from` sends the request, and
+    /// whether it is `ASK` (a one-time redirection; `MOVED` renews the slot map).
+    fn redirected(&mut self, from: usize, e: &str) -> Option<(usize, bool)> {
+        let to = e.split_whitespace().nth(2)?;
+        let (host, port) = to.rsplit_once(':')?;
+        let port = port.parse().ok()?;
+        let host = if host.is_empty() {
+            self.nodes[from].addr.host.clone()
+        } else {
+            host.to_string()
+        };
+        let n = self.node(&host, port);
+        if e.starts_with("ASK ") {
+            return Some((n, true));
+        }
+        // The map changed: learn it from the node that owns the slot now.
+        self.refresh(n).ok()?;
+        Some((if self.slots.is_empty() { 0 } else { n }, false))
+    }
+
+    /// Writes a request made by [`wire::set_nx`] for `key`: `Ok(true)` stored,
+    /// `Ok(false)` the key was there (another node of the fleet wrote it).
+    pub fn set_nx(&mut self, key: &str, req: &[u8]) -> Result<bool, Error> {
+        match self.request(key, req)? {
+            Reply::Other(Resp::Simple(s)) if s == "OK" => Ok(true),
+            Reply::Nil => Ok(false),
+            other => Err(Error::Store(format!("unexpected reply to SET: {other:?}"))),
         }
     }
 
     /// `DEL key` (a value that did not verify).
-    pub fn del(&mut self, key: &str) -> RedisResult<()> {
-        redis::cmd("DEL").arg(key).exec(self.con())
+    pub fn del(&mut self, key: &str) -> Result<(), Error> {
+        match self.request(key, &command(&[b"DEL", key.as_bytes()]))? {
+            Reply::Other(Resp::Int(_)) => Ok(()),
+            other => Err(Error::Store(format!("unexpected reply to DEL: {other:?}"))),
+        }
     }
-}
 
-/// Whether `e` means the connection (not one key) is unusable: reconnect.
-pub fn broken(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+    /// Whether each key exists: pipelined per node. A key whose node failed is
+    /// an `Err`; the other nodes still answer.
+    pub fn exists(&mut self, keys: &[String]) -> Vec<Result<bool, Error>> {
+        let mut out: Vec<Option<Result<bool, Error>>> = keys.iter().map(|_| None).collect();
+        self.pipeline(
+            keys,
+            |k| command(&[b"EXISTS", k.as_bytes()]),
+            |j, r, _| {
+                out[j] = Some(match r {
+                    Ok(Reply::Other(Resp::Int(n))) => Ok(n > 0),
+                    Ok(other) => Err(Error::Store(format!("unexpected reply to EXISTS: {other:?}"))),
+                    Err(e) => Err(e),
+                })
+            },
+        );
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Store("no reply".into()))))
+            .collect()
+    }
+
+    /// `GETEX key EX ttl` for each key, pipelined per node; `on(j, reply, buf)`
+    /// gets key `j`'s value (`Reply::Value(len)`: `buf[..len]`), in any order.
+    pub fn get_ex(&mut self, keys: &[String], ttl_s: u64, on: impl FnMut(usize, Result<Reply, Error>, &[u8])) {
+        let ttl = ttl_s.to_string();
+        self.pipeline(keys, |k| command(&[b"GETEX", k.as_bytes(), b"EX", ttl.as_bytes()]), on);
+    }
+
+    /// Sends the requests of `keys` to their nodes, each node's in one write,
+    /// then reads the replies node by node; a redirected key is asked again on
+    /// its own.
+    fn pipeline(
+        &mut self,
+        keys: &[String],
+        make: impl Fn(&str) -> Vec<u8>,
+        mut on: impl FnMut(usize, Result<Reply, Error>, &[u8]),
+    ) {
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (j, k) in keys.iter().enumerate() {
+            match self.owner(k) {
+                Ok(n) => match groups.iter_mut().find(|(m, _)| *m == n) {
+                    Some((_, g)) => g.push(j),
+                    None => groups.push((n, vec![j])),
+                },
+                Err(e) => on(j, Err(e), &[]),
+            }
+        }
+        let mut again = Vec::new();
+        let mut buf = std::mem::take(&mut self.buf);
+        // Every node's requests first, then the replies: the nodes work at once.
+        let sent: Vec<Option<io::Error>> = groups
+            .iter()
+            .map(|(n, group)| {
+                let req: Vec<u8> = group.iter().flat_map(|&j| make(&keys[j])).collect();
+                self.wire(*n).and_then(|w| w.send(&req)).err()
+            })
+            .collect();
+        for ((n, group), sent) in groups.into_iter().zip(sent) {
+            let mut failed = sent;
+            for &j in &group {
+                if let Some(e) = &failed {
+                    on(j, Err(Error::Io(io::Error::new(e.kind(), e.to_string()))), &[]);
+                    continue;
+                }
+                let Some(w) = self.nodes[n].conn.as_mut() else {
+                    failed = Some(bad("no connection"));
+                    on(j, Err(Error::Io(bad("no connection"))), &[]);
+                    continue;
+                };
+                match read_value(&mut w.io, &mut buf) {
+                    Ok(Reply::Other(Resp::Error(e))) if e.starts_with("MOVED ") || e.starts_with("ASK ") => {
+                        again.push(j)
+                    }
+                    Ok(Reply::Other(Resp::Error(e))) => on(j, Err(Error::Store(e)), &[]),
+                    Ok(r) => on(j, Ok(r), &buf),
+                    Err(e) => {
+                        on(j, Err(Error::Io(io::Error::new(e.kind(), e.to_string()))), &[]);
+                        failed = Some(e);
+                    }
+                }
+            }
+            if failed.is_some() {
+                self.nodes[n].conn = None;
+            }
+        }
+        self.buf = buf;
+        for j in again {
+            let r = self.request(&keys[j], &make(&keys[j]));
+            let buf = std::mem::take(&mut self.buf);
+            on(j, r, &buf);
+            self.buf = buf;
+        }
+    }
 }

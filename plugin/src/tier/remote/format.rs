@@ -43,12 +43,25 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// Bytes of the value of a block of `segs`.
+pub fn value_len(segs: &[&[u8]]) -> usize {
+    HEADER + segs.iter().map(|s| s.len()).sum::<usize>()
+}
+
 /// The value of a block given as segments: header, then their concatenation,
 /// checksummed while copied.
 pub fn encode(hash: BlockHash, namespace: u64, segs: &[&[u8]]) -> Vec<u8> {
-    let len: usize = segs.iter().map(|s| s.len()).sum();
+    let mut v = vec![0u8; value_len(segs)];
+    encode_into(&mut v, hash, namespace, segs);
+    v
+}
+
+/// Writes the value of a block given as segments into `v` (of [`value_len`]
+/// bytes): the header, then the segments copied and checksummed in one pass.
+pub fn encode_into(v: &mut [u8], hash: BlockHash, namespace: u64, segs: &[&[u8]]) {
+    assert_eq!(v.len(), value_len(segs), "a value's length");
+    let len = v.len() - HEADER;
     let layout = layout_of(segs.iter().map(|s| s.len()));
-    let mut v = vec![0u8; HEADER + len];
     v[0..8].copy_from_slice(&MAGIC);
     v[8..12].copy_from_slice(&VERSION.to_le_bytes());
     v[12..16].copy_from_slice(&(HEADER as u32).to_le_bytes());
@@ -65,7 +78,6 @@ pub fn encode(hash: BlockHash, namespace: u64, segs: &[&[u8]]) -> Vec<u8> {
         at += s.len();
     }
     v[56..64].copy_from_slice(&h.digest().to_le_bytes());
-    v
 }
 
 /// Why a value was not served.

@@ -4,7 +4,7 @@
 //! eviction layer here.
 //!
 //! Core types: [`RemoteTier`], [`RemoteSettings`]; [`format`] (keys and values),
-//! [`client::Conn`] (the connection), [`known::Known`] (what a lookup can answer
+//! [`client::Client`] (the connection), [`known::Known`] (what a lookup can answer
 //! without the network).
 //!
 //! ```text
@@ -35,6 +35,7 @@ mod report;
 mod settings;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -44,9 +45,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
 
-use self::client::{broken, Conn};
+use self::client::{Client, Error};
 use self::known::{Known, State};
 pub use self::settings::{parse_url, redact, RemoteSettings, URL_FORMS};
+use self::wire::Reply;
 use super::{BlockCtx, LoadOutcome, StoreOutcome, Tier, TierError, TierId, TierStatus};
 use crate::metrics::{Histogram, Report};
 use crate::prefix::BlockHash;
@@ -58,13 +60,16 @@ pub const RETRY: Duration = Duration::from_secs(1);
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Keys asked for in one probe at most.
 const PROBE_BATCH: usize = 256;
-/// Writer threads (one connection each): a write is two copies and a round trip
-/// of a large value, so one connection leaves the store idle part of the time.
-const WRITERS: usize = 2;
-/// Blocks asked for in one load pipeline.
-const PIPELINE: usize = 4;
-/// Idle connections kept for loads and writes.
+/// Writer threads (one connection per node each): a write is a round trip of a
+/// large value, so one connection leaves the store idle part of the time.
+const WRITERS: usize = 3;
+/// Blocks asked for in one load pipeline (spread over the nodes that hold them,
+/// which work at once; read one at a time into one reused buffer).
+const PIPELINE: usize = 8;
+/// Idle clients kept for loads and probes.
 const POOL: usize = 8;
+/// Request buffers kept for the next writes.
+const SPARE: usize = WRITERS + 2;
 
 const CONNECTING: u8 = 0;
 const UP: u8 = 1;
@@ -123,17 +128,22 @@ struct Inner {
     state: AtomicU8,
     problem: Mutex<Option<String>>,
     retry_at: Mutex<Instant>,
-    pool: Mutex<Vec<Conn>>,
+    pool: Mutex<Vec<Client>>,
+    /// Buffers of written requests, kept for the next ones: a new 1.4 MiB
+    /// buffer per block costs more in page faults than its copy.
+    spare: Mutex<Vec<Vec<u8>>>,
     queued: AtomicU64,
     /// When the last manager let go (queued writes get `CLOSE_GRACE` more).
     closing: Mutex<Option<Instant>>,
 }
 
-/// One write: a block's key and value.
+/// One write: a block's key and its whole request (`SET key value NX EX ttl`,
+/// packed once as the value was encoded: [`wire::set_nx`]).
 struct Write {
     hash: BlockHash,
     key: String,
-    value: Vec<u8>,
+    request: Vec<u8>,
+    value_len: usize,
 }
 
 /// The threads and queues of one store, shared by every manager of a process
@@ -170,23 +180,22 @@ impl Inner {
         self.state.load(Ordering::Relaxed) != DOWN || now >= *self.retry_at.lock()
     }
 
-    /// An idle connection, or a new one; `None` while the store is down.
-    fn conn(&self) -> Option<Conn> {
+    /// An idle client, or a new one; `None` while the store is down.
+    fn client(&self) -> Option<Client> {
         if let Some(c) = self.pool.lock().pop() {
             return Some(c);
         }
-        self.fresh()
-    }
-
-    /// A new connection, never a pooled one: after a failed pipeline a
-    /// connection may still hold replies meant for it (a reply read later would
-    /// answer another request), so it is dropped and the rest asked on this.
-    fn fresh(&self) -> Option<Conn> {
         let now = Instant::now();
         if !self.may_try(now) {
             return None;
         }
-        match Conn::open(&self.s) {
+        self.opened(now, Client::open(&self.s))
+    }
+
+    /// Records whether connecting to the store worked: up, or down until
+    /// [`RETRY`] from `now`.
+    fn opened<T, E: std::fmt::Display>(&self, now: Instant, r: Result<T, E>) -> Option<T> {
+        match r {
             Ok(c) => {
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
                 if self.state.swap(UP, Ordering::Relaxed) == DOWN {
@@ -207,12 +216,12 @@ impl Inner {
         }
     }
 
-    /// Returns a connection after a call. One that saw an error is dropped: a
-    /// timed-out request's reply may still arrive and would answer the next
-    /// request; the next call opens another (which also tells whether the store
-    /// is down).
-    fn done(&self, c: Conn, err: Option<&redis::RedisError>) {
-        if err.is_some() {
+    /// Returns a client after a call. A standalone server's client that saw a
+    /// connection failure is dropped: the next call opens another, which tells
+    /// whether the store is down. A cluster's keeps its other nodes' connections
+    /// (the failed node is closed and skipped for a while).
+    fn done(&self, c: Client, err: Option<&Error>) {
+        if matches!(err, Some(Error::Io(_))) && c.standalone() {
             return;
         }
         let mut p = self.pool.lock();
@@ -221,19 +230,23 @@ impl Inner {
         }
     }
 
-    fn write(&self, w: Write) {
+    /// Stores `w` through the writer thread's own client (opened when needed).
+    fn write(&self, client: &mut Option<Client>, w: &Write) {
         let t0 = Instant::now();
-        let Some(mut c) = self.conn() else {
+        if client.is_none() && self.may_try(t0) {
+            *client = self.opened(t0, Client::open(&self.s));
+        }
+        let Some(r) = client.as_mut() else {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             self.known.lock().forget(w.hash);
             return;
         };
-        match c.set_nx(&w.key, &w.value, self.ttl_s()) {
+        match r.set_nx(&w.key, &w.request) {
             Ok(stored) => {
                 let n = if stored {
                     self.stats
                         .written_bytes
-                        .fetch_add(w.value.len() as u64, Ordering::Relaxed);
+                        .fetch_add(w.value_len as u64, Ordering::Relaxed);
                     &self.stats.written_blocks
                 } else {
                     &self.stats.write_exists
@@ -241,13 +254,17 @@ impl Inner {
                 n.fetch_add(1, Ordering::Relaxed);
                 self.stats.write_latency.observe_ns(t0.elapsed().as_nanos() as u64);
                 self.known.lock().set(w.hash, State::Present, Instant::now());
-                self.done(c, None);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "remote tier: write failed");
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 self.known.lock().forget(w.hash);
-                self.done(c, Some(&e));
+                // A standalone server that failed: open again next time (which
+                // tells whether it is down). A cluster's router keeps its other
+                // nodes; the failed node is skipped for a while.
+                if matches!(e, Error::Io(_)) && r.standalone() {
+                    *client = None;
+                }
             }
         }
     }
@@ -264,41 +281,31 @@ impl Inner {
         LoadOutcome::Loaded
     }
 
-    /// Asks the store about `keys` (the rest of a lookup run, in order): one
-    /// pipeline; when it fails (a dead node fails a cluster's whole pipeline),
-    /// key by key up to the first key that fails, so that the run's start on
-    /// live nodes is still answered. Returns the answers of a leading part.
+    /// Asks the store about `keys` (the rest of a lookup run, in order), one
+    /// pipeline per node. Returns the answers of the leading part that was
+    /// answered (a dead node's keys end it; the run's start on live nodes counts).
     fn ask(&self, keys: &[String]) -> Vec<bool> {
-        let Some(mut c) = self.conn() else { return Vec::new() };
-        match c.exists(keys) {
-            Ok(v) if v.len() == keys.len() => {
-                self.done(c, None);
-                v
-            }
-            Ok(_) => {
-                self.done(c, None);
-                Vec::new()
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "remote tier: probe failed; asking key by key");
-                drop(c);
-                let Some(mut c) = self.fresh() else { return Vec::new() };
-                let mut out = Vec::new();
-                let mut last = None;
-                for k in keys {
-                    match c.exists(std::slice::from_ref(k)) {
-                        Ok(v) if v.len() == 1 => out.push(v[0]),
-                        Ok(_) => break,
-                        Err(e) => {
-                            last = Some(e);
-                            break;
-                        }
+        let Some(mut c) = self.client() else { return Vec::new() };
+        let answers = c.exists(keys);
+        let mut out = Vec::with_capacity(keys.len());
+        let mut err = None;
+        for a in answers {
+            match a {
+                Ok(b) if err.is_none() => out.push(b),
+                Ok(_) => {}
+                Err(e) => {
+                    if err.is_none() {
+                        tracing::debug!(error = %e, "remote tier: probe failed");
+                    }
+                    // An I/O failure decides what happens to the client.
+                    if err.is_none() || matches!(e, Error::Io(_)) {
+                        err = Some(e);
                     }
                 }
-                self.done(c, Some(last.as_ref().unwrap_or(&e)));
-                out
             }
         }
+        self.done(c, err.as_ref());
+        out
     }
 
     fn probe(&self, hashes: &[BlockHash]) {
@@ -340,6 +347,7 @@ impl Shared {
             problem: Mutex::new(None),
             retry_at: Mutex::new(Instant::now()),
             pool: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
             queued: AtomicU64::new(0),
             closing: Mutex::new(None),
         });
@@ -405,61 +413,46 @@ impl RemoteTier {
         self.inner.queued.load(Ordering::Relaxed)
     }
 
-    /// Serves one loaded value into `dst` if it verifies; deletes it if not.
+    /// A value that did not verify, read again before it is judged: served if
+    /// it verifies now; else deleted, counted and reported `Corrupt`.
     #[allow(clippy::too_many_arguments)]
-    fn verify(
+    fn recheck(
         &self,
+        c: &mut Client,
         h: BlockHash,
         namespace: u64,
         key: &str,
-        value: Option<Vec<u8>>,
         dst: &mut [&mut [u8]],
-        c: &mut Conn,
         t0: Instant,
     ) -> LoadOutcome {
         let i = &*self.inner;
-        let now = Instant::now();
-        let Some(value) = value else {
-            i.stats.read_misses.fetch_add(1, Ordering::Relaxed);
-            i.known.lock().set(h, State::Absent, now);
-            return LoadOutcome::Miss;
-        };
-        match format::decode_into(&value, h, namespace, dst) {
-            Ok(()) => i.loaded(h, value.len(), t0),
-            Err(_) => {
-                // Read again on a new connection before judging the stored value
-                // (a reply meant for another request must not delete this one).
-                let Some(mut f) = i.fresh() else {
-                    return LoadOutcome::Miss;
-                };
-                let again = match f.get_ex(key, i.ttl_s()) {
-                    Ok(Some(v)) => format::decode_into(&v, h, namespace, dst).map(|()| v.len()),
-                    Ok(None) => {
-                        i.stats.read_misses.fetch_add(1, Ordering::Relaxed);
-                        *c = f;
-                        return LoadOutcome::Miss;
-                    }
-                    Err(_) => return LoadOutcome::Miss,
-                };
-                let outcome = match again {
-                    Ok(len) => i.loaded(h, len, t0),
-                    Err(why) => {
-                        i.stats.checksum_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            ?why,
-                            key,
-                            "remote tier: a stored value did not verify; deleted, recomputed"
-                        );
-                        if let Err(e) = f.del(key) {
-                            tracing::debug!(error = %e, "remote tier: deleting a bad value failed");
-                        }
-                        i.known.lock().set(h, State::Absent, now);
-                        LoadOutcome::Corrupt
-                    }
-                };
-                // The old connection may be out of step: keep the new one.
-                *c = f;
-                outcome
+        let mut again = None;
+        c.get_ex(std::slice::from_ref(&key.to_string()), i.ttl_s(), |_, r, buf| {
+            again = Some(match r {
+                Ok(Reply::Value(n)) => Some(format::decode_into(&buf[..n], h, namespace, dst).map(|()| n)),
+                Ok(_) => None,
+                Err(_) => None,
+            })
+        });
+        match again.flatten() {
+            Some(Ok(len)) => i.loaded(h, len, t0),
+            Some(Err(why)) => {
+                i.stats.checksum_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    ?why,
+                    key,
+                    "remote tier: a stored value did not verify; deleted, recomputed"
+                );
+                if let Err(e) = c.del(key) {
+                    tracing::debug!(error = %e, "remote tier: deleting a bad value failed");
+                }
+                i.known.lock().set(h, State::Absent, Instant::now());
+                LoadOutcome::Corrupt
+            }
+            // Gone, or the store failed: a miss.
+            None => {
+                i.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+                LoadOutcome::Miss
             }
         }
     }
@@ -476,6 +469,7 @@ impl RemoteTier {
 }
 
 fn writer(i: &Inner, rx: &Receiver<Write>) {
+    let mut client = None;
     while let Ok(w) = rx.recv() {
         // Closing: what is queued is written for CLOSE_GRACE, then dropped (a
         // stalled store must not hold an engine's shutdown for queue x timeout).
@@ -484,8 +478,13 @@ fn writer(i: &Inner, rx: &Receiver<Write>) {
             i.stats.write_dropped.fetch_add(1, Ordering::Relaxed);
             i.known.lock().forget(w.hash);
         } else {
-            i.write(w);
+            i.write(&mut client, &w);
         }
+        let mut spare = i.spare.lock();
+        if spare.len() < SPARE {
+            spare.push(w.request);
+        }
+        drop(spare);
         i.queued.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -495,7 +494,7 @@ fn prober(i: &Inner, rx: &Receiver<Vec<BlockHash>>) {
     let mut idle_check = true;
     loop {
         if idle_check && i.state.load(Ordering::Relaxed) != UP && i.may_try(Instant::now()) {
-            if let Some(c) = i.conn() {
+            if let Some(c) = i.client() {
                 i.done(c, None);
             }
         }
@@ -606,10 +605,17 @@ impl Tier for RemoteTier {
             }
             k.set(hash, State::Queued, now);
         }
+        let key = i.key(hash);
+        let value_len = format::value_len(segs);
+        let buf = i.spare.lock().pop().unwrap_or_default();
+        let request = wire::set_nx(buf, &key, value_len, i.ttl_s(), |v| {
+            format::encode_into(v, hash, ctx.namespace, segs)
+        });
         let w = Write {
             hash,
-            key: i.key(hash),
-            value: format::encode(hash, ctx.namespace, segs),
+            key,
+            request,
+            value_len,
         };
         i.queued.fetch_add(1, Ordering::Relaxed);
         match tx.try_send(w) {
@@ -632,54 +638,51 @@ impl Tier for RemoteTier {
     ) -> Result<(), TierError> {
         let i = &*self.inner;
         outcomes.iter_mut().for_each(|o| *o = LoadOutcome::Miss);
-        let Some(mut c) = i.conn() else {
+        let Some(mut c) = i.client() else {
             i.stats.read_errors.fetch_add(hashes.len() as u64, Ordering::Relaxed);
             return Ok(());
         };
-        let mut err = None;
         let keys: Vec<String> = hashes.iter().map(|&h| format::key(&i.s.prefix, namespace, h)).collect();
+        let mut err: Option<Error> = None;
+        let mut suspect = Vec::new();
         let mut at = 0;
         while at < hashes.len() {
             let t0 = Instant::now();
             let end = (at + PIPELINE).min(hashes.len());
-            // One pipeline; when it fails (a dead node fails a cluster's whole
-            // pipeline), key by key: each failure is that block's miss.
-            let values: Vec<Option<Option<Vec<u8>>>> = match c.get_ex_many(&keys[at..end], i.ttl_s()) {
-                Ok(v) if v.len() == end - at => v.into_iter().map(Some).collect(),
-                _ => {
-                    // Replies may be left in that connection: a new one.
-                    match i.fresh() {
-                        Some(f) => c = f,
-                        None => {
-                            i.stats
-                                .read_errors
-                                .fetch_add((hashes.len() - at) as u64, Ordering::Relaxed);
-                            return Ok(());
+            c.get_ex(&keys[at..end], i.ttl_s(), |j, r, buf| {
+                let j = at + j;
+                match r {
+                    Ok(Reply::Value(n)) => match format::decode_into(&buf[..n], hashes[j], namespace, &mut dsts[j]) {
+                        Ok(()) => outcomes[j] = i.loaded(hashes[j], n, t0),
+                        Err(_) => suspect.push((j, t0)),
+                    },
+                    Ok(Reply::Nil) => {
+                        i.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+                        i.known.lock().set(hashes[j], State::Absent, Instant::now());
+                    }
+                    Ok(Reply::Other(_)) => {
+                        i.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "remote tier: load failed");
+                        i.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                        if err.is_none() || matches!(e, Error::Io(_)) {
+                            err = Some(e);
                         }
                     }
-                    (at..end)
-                        .map(|j| match c.get_ex(&keys[j], i.ttl_s()) {
-                            Ok(v) => Some(v),
-                            Err(e) => {
-                                tracing::debug!(error = %e, "remote tier: load failed");
-                                err = Some(e);
-                                None
-                            }
-                        })
-                        .collect()
                 }
-            };
-            for (j, value) in (at..end).zip(values) {
-                let Some(value) = value else {
-                    i.stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                outcomes[j] = self.verify(hashes[j], namespace, &keys[j], value, &mut dsts[j], &mut c, t0);
-            }
-            if err.as_ref().is_some_and(broken) && matches!(c, Conn::Single(_)) {
-                break; // the server is gone: the rest are misses
-            }
+            });
             at = end;
+            if matches!(err, Some(Error::Io(_))) && c.standalone() && at < hashes.len() {
+                // The server is gone: the rest are misses.
+                i.stats
+                    .read_errors
+                    .fetch_add((hashes.len() - at) as u64, Ordering::Relaxed);
+                break;
+            }
+        }
+        for (j, t0) in suspect {
+            outcomes[j] = self.recheck(&mut c, hashes[j], namespace, &keys[j], &mut dsts[j], t0);
         }
         i.done(c, err.as_ref());
         Ok(())

@@ -84,6 +84,76 @@ pub fn parse_url(url: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
+/// One node to connect to, from a URL of [`parse_url`]'s output.
+#[derive(Clone, PartialEq)]
+pub struct Node {
+    /// Host name or address (an IPv6 address in brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// ACL user (`AUTH user password`); none: the default user.
+    pub user: Option<String>,
+    /// Password; none: no `AUTH`.
+    pub password: Option<String>,
+    /// Database (a standalone server's; a cluster has 0 only).
+    pub db: u8,
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The node of one `redis://[user:password@]host:port[/db]` URL (user and
+/// password percent-decoded; `:password@` alone is the default user's).
+pub fn node_of_url(url: &str) -> Option<Node> {
+    let rest = url.strip_prefix("redis://")?;
+    let (auth, hostport) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let (hostport, db) = match hostport.split_once('/') {
+        Some((h, "")) => (h, 0),
+        Some((h, d)) => (h, d.parse().ok()?),
+        None => (hostport, 0),
+    };
+    let (host, port) = hostport.rsplit_once(':')?;
+    let (user, password) = match auth {
+        None => (None, None),
+        Some(a) => match a.split_once(':') {
+            Some((u, p)) => (Some(u), Some(p)),
+            None => (Some(a), None),
+        },
+    };
+    let user = match user {
+        Some(u) if !u.is_empty() => Some(percent_decode(u)?),
+        _ => None,
+    };
+    let password = match password {
+        Some(p) if !p.is_empty() => Some(percent_decode(p)?),
+        _ => None,
+    };
+    Some(Node {
+        host: host.to_string(),
+        port: port.parse().ok()?,
+        user,
+        password,
+        db,
+    })
+}
+
 /// The accepted forms of `TIERKV_REMOTE_URL`, for error messages.
 pub const URL_FORMS: &str =
     "redis://[user:password@]host:port (one server or a cluster node) or redis://host:port,host:port,... (a cluster's seed list)";
@@ -115,6 +185,21 @@ mod tests {
         ] {
             assert!(parse_url(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn node_urls_give_host_port_and_decoded_credentials() {
+        let n = node_of_url("redis://app:p%40ss%3Aw@10.0.0.1:7001/2").unwrap();
+        assert_eq!(
+            (n.host.as_str(), n.port, n.user.as_deref(), n.password.as_deref(), n.db),
+            ("10.0.0.1", 7001, Some("app"), Some("p@ss:w"), 2)
+        );
+        let n = node_of_url("redis://:pw@h:1").unwrap();
+        assert_eq!((n.user, n.password.as_deref()), (None, Some("pw")));
+        let n = node_of_url("redis://[::1]:6379").unwrap();
+        assert_eq!((n.host.as_str(), n.port, n.password), ("[::1]", 6379, None));
+        assert!(node_of_url("redis://h:1/x").is_none());
+        assert!(node_of_url("redis://u:%zz@h:1").is_none());
     }
 
     #[test]

@@ -344,3 +344,114 @@ fn closing_against_a_stalled_store_is_bounded() {
     store.signal(port, libc::SIGCONT);
     assert!(took < CLOSE_GRACE + Duration::from_secs(4), "close took {took:?}");
 }
+
+/// `redis-cli -p port args...` (no redirections followed), its output.
+fn cli_at(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_slot_moved_mid_run_is_followed_through_ask_and_moved() {
+    let Some(store) = Store::start("cluster") else { return };
+    let s = settings(&store);
+    let (a, b) = (open(&s), open(&s));
+    let keys: Vec<u128> = (1..=24).map(|k| k * 0x9_0000_0007).collect();
+    put(&a, keys.iter().copied());
+    // b learns the slot map (its pooled client keeps it) before the slot moves.
+    assert!(load(&b, &keys).iter().all(|&o| o == LoadOutcome::Loaded));
+
+    let name = |k: u128| format::key(&s.prefix, NS, BlockHash(k));
+    let k0 = keys[0];
+    let slot = wire::slot(name(k0).as_bytes());
+    let ports = store.ports();
+    let from = *ports
+        .iter()
+        .find(|&&p| cli_at(p, &["EXISTS", &name(k0)]) == "1")
+        .unwrap();
+    let to = *ports.iter().find(|&&p| p != from).unwrap();
+    let id = |p: u16| cli_at(p, &["CLUSTER", "MYID"]);
+    let (from_id, to_id, slot_s) = (id(from), id(to), slot.to_string());
+    // A block whose key is in the same slot, not yet stored.
+    let k1 = (1u128 << 80..)
+        .find(|&k| wire::slot(name(k).as_bytes()) == slot)
+        .unwrap();
+
+    // Mid-migration: the key is on `to`; `from` answers ASK for it.
+    assert_eq!(
+        cli_at(to, &["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id]),
+        "OK"
+    );
+    assert_eq!(
+        cli_at(from, &["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id]),
+        "OK"
+    );
+    let to_s = to.to_string();
+    let migrated = cli_at(from, &["MIGRATE", "127.0.0.1", &to_s, &name(k0), "0", "5000"]);
+    assert_eq!(migrated, "OK");
+    assert_eq!(load(&b, &[k0]), [LoadOutcome::Loaded]);
+    // A new block of the migrating slot is written where ASK sends it.
+    put(&a, [k1]);
+    assert_eq!(v(&a.stats().write_errors), 0);
+    assert_eq!(load(&b, &[k1]), [LoadOutcome::Loaded]);
+
+    // The slot now belongs to `to`: MOVED, and the clients learn the new map.
+    for p in &ports {
+        assert_eq!(cli_at(*p, &["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]), "OK");
+    }
+    assert!(load(&b, &keys).iter().all(|&o| o == LoadOutcome::Loaded));
+    assert_eq!(load(&b, &[k1]), [LoadOutcome::Loaded]);
+    // A third machine finds both by probing.
+    let c = open(&s);
+    let hs = [BlockHash(k0), BlockHash(k1)];
+    assert_eq!(settled_run(&c, &hs), 2);
+    assert_eq!(
+        (v(&b.stats().read_errors), v(&b.stats().checksum_failures)),
+        (0, 0),
+        "a redirection must never be an error or a bad block"
+    );
+}
+
+#[test]
+fn an_acl_user_limited_to_the_prefix_logs_in_and_a_wrong_password_is_a_store_down() {
+    let Some(store) = Store::start("standalone") else {
+        return;
+    };
+    let p = store.ports()[0];
+    // The ACL of docs/remote.md, for prefix `t`; a password that needs escaping.
+    let acl = "tierkv on >pa:ss@w ~t:* +@connection +getex +set +exists +del +cluster|slots +asking +select";
+    let mut args = vec!["ACL", "SETUSER"];
+    args.extend(acl.split(' '));
+    assert_eq!(cli_at(p, &args), "OK");
+    assert_eq!(cli_at(p, &["ACL", "SETUSER", "default", "off"]), "OK");
+
+    // Credentials in the URL (percent-encoded), or the user there and the
+    // password from the password file.
+    let mut s = settings(&store);
+    s.nodes = vec![format!("redis://tierkv:pa%3Ass%40w@127.0.0.1:{p}")];
+    let t = open(&s);
+    put(&t, [1, 2, 3]);
+    assert_eq!(v(&t.stats().written_blocks), 3);
+    let mut s2 = settings(&store);
+    s2.nodes = vec![format!("redis://tierkv@127.0.0.1:{p}")];
+    s2.password = Some("pa:ss@w".into());
+    let u = open(&s2);
+    assert!(load(&u, &[1, 2, 3]).iter().all(|&o| o == LoadOutcome::Loaded));
+
+    // A wrong password: the store is down to this tier, said without the password.
+    let mut bad = settings(&store);
+    bad.nodes = vec![format!("redis://tierkv:wrong-pw@127.0.0.1:{p}")];
+    let w = open(&bad);
+    assert_eq!(load(&w, &[1]), [LoadOutcome::Miss]);
+    assert!(!w.is_up());
+    let problem = w.status().problem.unwrap_or_default();
+    assert!(
+        problem.contains("WRONGPASS") && !problem.contains("wrong-pw"),
+        "{problem}"
+    );
+    assert_eq!(v(&w.stats().read_blocks), 0);
+}
