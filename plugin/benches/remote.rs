@@ -4,7 +4,8 @@
 //! Run: `cargo bench -p tierkv --bench remote [-- --quick]`. Starts a 3-master
 //! cluster with `scripts/redis-cluster.sh` (Debian's redis-server) unless
 //! `TIERKV_BENCH_REDIS_URL` names one (then `redis-benchmark` runs against its
-//! first node). Cases (blocks shaped like SmolLM2-135M's fp32 KV, 1,474,560 bytes):
+//! first node). `TIERKV_BENCH_TLS=1`: a TLS-only cluster, the tier and
+//! `redis-benchmark` over TLS (client certificates). Cases (blocks shaped like SmolLM2-135M's fp32 KV, 1,474,560 bytes):
 //! 1. `remote_store`: blocks queued by `store` (value built and checksummed on the
 //!    caller's thread; a full queue of 64 is waited on, not dropped) until the
 //!    write-behind queue drained (the tier's writer threads, one connection each),
@@ -19,11 +20,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tierkv::prefix::BlockHash;
-use tierkv::tier::remote::{parse_url, RemoteSettings, RemoteTier};
+use tierkv::tier::remote::{parse_url, RemoteSettings, RemoteTier, TlsFiles};
 use tierkv::tier::{BlockCtx, LoadOutcome, StoreOutcome, Tier};
 
 const BLOCK: usize = 1_474_560;
 const NS: u64 = 0xbe7c;
+
+static TLS_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -35,6 +38,32 @@ fn script() -> PathBuf {
 }
 
 /// A cluster for the run: the URL, and the directory to stop (if started here).
+/// `TIERKV_BENCH_TLS=1`: the cluster, the tier and `redis-benchmark` use TLS.
+fn tls() -> bool {
+    std::env::var("TIERKV_BENCH_TLS").as_deref() == Ok("1")
+}
+
+/// The TLS options of `redis-cli` / `redis-benchmark` for a cluster the bench
+/// started in `dir` (none without TLS).
+fn tls_args(dir: &Option<PathBuf>) -> Vec<String> {
+    match dir {
+        Some(d) if tls() => {
+            let t = d.join("tls");
+            let f = |n: &str| t.join(n).to_str().unwrap().to_string();
+            vec![
+                "--tls".into(),
+                "--cacert".into(),
+                f("ca.crt"),
+                "--cert".into(),
+                f("client.crt"),
+                "--key".into(),
+                f("client.key"),
+            ]
+        }
+        _ => Vec::new(),
+    }
+}
+
 fn cluster() -> (String, Option<PathBuf>) {
     if let Ok(url) = std::env::var("TIERKV_BENCH_REDIS_URL") {
         return (url, None);
@@ -42,6 +71,7 @@ fn cluster() -> (String, Option<PathBuf>) {
     let dir = std::env::temp_dir().join(format!("tierkv-bench-redis-{}", std::process::id()));
     let out = Command::new(script())
         .args(["start", dir.to_str().unwrap()])
+        .env("TIERKV_REDIS_TLS", if tls() { "1" } else { "0" })
         .env("TIERKV_REDIS_MAXMEMORY", "3gb")
         .output()
         .expect("scripts/redis-cluster.sh runs");
@@ -59,9 +89,10 @@ fn cluster() -> (String, Option<PathBuf>) {
 /// `BLOCK` bytes over `clients` connections, on `keys` random keys (`key:<n>`,
 /// `-r`) or one key (`None`).
 fn redis_benchmark(nodes: &[String], cluster: bool, test: &str, n: usize, clients: usize, keys: Option<usize>) -> f64 {
-    let first = nodes[0].trim_start_matches("redis://");
+    let first = nodes[0].split("://").nth(1).unwrap();
     let (host, port) = first.rsplit_once(':').unwrap();
     let mut cmd = Command::new("redis-benchmark");
+    cmd.args(TLS_ARGS.get().unwrap());
     cmd.args(["-h", host, "-p", port, "-t", test, "-q", "--csv"]).args([
         "-d",
         &BLOCK.to_string(),
@@ -105,8 +136,9 @@ fn cpu_s() -> f64 {
 /// rounds must not fill `maxmemory` and evict the keys a round reads.
 fn flush(nodes: &[String]) {
     for n in nodes {
-        let (host, port) = n.trim_start_matches("redis://").rsplit_once(':').unwrap();
+        let (host, port) = n.split("://").nth(1).unwrap().rsplit_once(':').unwrap();
         let _ = Command::new("redis-cli")
+            .args(TLS_ARGS.get().unwrap())
             .args(["-h", host, "-p", port, "FLUSHALL"])
             .output();
     }
@@ -124,6 +156,7 @@ fn main() {
         (1000, 8000, 4000, 3)
     };
     let (url, dir) = cluster();
+    TLS_ARGS.set(tls_args(&dir)).unwrap();
     let nodes = parse_url(&url).expect("a redis:// URL");
     let settings = RemoteSettings {
         cluster_seeds: nodes.len() > 1,
@@ -133,6 +166,14 @@ fn main() {
         timeout: Duration::from_secs(5),
         queue: 64,
         prefix: format!("bench{}", std::process::id()),
+        tls: match &dir {
+            Some(d) if tls() => TlsFiles {
+                ca: Some(d.join("tls/ca.crt")),
+                cert: Some(d.join("tls/client.crt")),
+                key: Some(d.join("tls/client.key")),
+            },
+            _ => TlsFiles::default(),
+        },
     };
     let blocks: Vec<(Vec<u8>, Vec<u8>)> = (0..16u64).map(payload).collect();
     let mut rows: Vec<(&str, Vec<f64>)> = [

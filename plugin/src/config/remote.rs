@@ -7,7 +7,7 @@ use super::parse::{parse_duration, DURATION_FORMS};
 use super::read::{int_in, or_off, Vars};
 use super::ConfigError;
 use crate::movement::AdmitMode;
-use crate::tier::remote::{parse_url, RemoteSettings, URL_FORMS};
+use crate::tier::remote::{parse_url, redact, RemoteSettings, TlsFiles, URL_FORMS};
 
 fn within(lo: Duration, hi: Duration) -> impl Fn(&str) -> Option<Duration> {
     move |s: &str| parse_duration(s).filter(|d| (lo..=hi).contains(d))
@@ -30,6 +30,20 @@ fn password_file(path: &str) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let line = text.lines().next()?.trim();
     (!line.is_empty()).then(|| line.to_string())
+}
+
+/// A PEM file: readable, with a PEM block in it; a private key (`secret`) also
+/// not readable by others. Its contents are parsed when the tier starts.
+fn pem_file(secret: bool) -> impl Fn(&str) -> Option<std::path::PathBuf> {
+    move |path: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).ok()?;
+        if secret && meta.permissions().mode() & 0o007 != 0 {
+            return None;
+        }
+        let text = std::fs::read_to_string(path).ok()?;
+        text.contains("-----BEGIN ").then(|| path.into())
+    }
 }
 
 /// Reads the `TIERKV_REMOTE_*` variables (every one is validated, set or not):
@@ -75,6 +89,43 @@ pub(super) fn read(
         },
         "reuse or always",
     )?;
+    let pem = "a readable PEM file";
+    let tls = TlsFiles {
+        ca: v
+            .get("TIERKV_REMOTE_TLS_CA_FILE", or_off(pem_file(false)), pem)?
+            .flatten(),
+        cert: v
+            .get("TIERKV_REMOTE_TLS_CERT_FILE", or_off(pem_file(false)), pem)?
+            .flatten(),
+        key: v
+            .get(
+                "TIERKV_REMOTE_TLS_KEY_FILE",
+                or_off(pem_file(true)),
+                "a readable PEM private key, not readable by others (chmod 600)",
+            )?
+            .flatten(),
+    };
+    if tls.cert.is_some() != tls.key.is_some() {
+        let (var, with) = if tls.cert.is_some() {
+            ("TIERKV_REMOTE_TLS_KEY_FILE", "TIERKV_REMOTE_TLS_CERT_FILE")
+        } else {
+            ("TIERKV_REMOTE_TLS_CERT_FILE", "TIERKV_REMOTE_TLS_KEY_FILE")
+        };
+        return Err(ConfigError {
+            var,
+            value: "unset".into(),
+            expected: format!("set together with {with} (a client certificate and its key)"),
+        });
+    }
+    if let Some(n) = nodes.as_ref().and_then(|n| n.first()) {
+        if !n.starts_with("rediss://") && tls != TlsFiles::default() {
+            return Err(ConfigError {
+                var: "TIERKV_REMOTE_URL",
+                value: redact(n),
+                expected: "rediss:// (TLS) when TIERKV_REMOTE_TLS_* files are set".into(),
+            });
+        }
+    }
     let settings = nodes.map(|nodes| RemoteSettings {
         cluster_seeds: nodes.len() > 1,
         nodes,
@@ -83,6 +134,7 @@ pub(super) fn read(
         timeout,
         queue,
         prefix,
+        tls,
     });
     Ok((settings, admit))
 }

@@ -122,15 +122,22 @@ fn every_documented_example_is_accepted() {
             let file = secret.path().join("pass");
             std::fs::write(&file, "s3cret\n").unwrap();
             std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-            let v = if name == "TIERKV_REMOTE_PASSWORD_FILE" {
-                file.to_str().unwrap()
-            } else {
-                v
+            // TLS files: PEM files the test writes (a key 0600; a certificate and
+            // its key go together).
+            let pem = secret.path().join("tls.pem");
+            std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n").unwrap();
+            std::fs::set_permissions(&pem, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            let pem = pem.to_str().unwrap();
+            let v = match name {
+                "TIERKV_REMOTE_PASSWORD_FILE" => file.to_str().unwrap(),
+                n if n.starts_with("TIERKV_REMOTE_TLS_") => pem,
+                _ => v,
             };
-            let extra: &[(&str, &str)] = if name == "TIERKV_DISK_PATH" {
-                &[("TIERKV_DISK_BYTES", "1GiB")]
-            } else {
-                &[]
+            let extra: &[(&str, &str)] = match name {
+                "TIERKV_DISK_PATH" => &[("TIERKV_DISK_BYTES", "1GiB")],
+                "TIERKV_REMOTE_TLS_CERT_FILE" => &[("TIERKV_REMOTE_TLS_KEY_FILE", pem)],
+                "TIERKV_REMOTE_TLS_KEY_FILE" => &[("TIERKV_REMOTE_TLS_CERT_FILE", pem)],
+                _ => &[],
             };
             let mut pairs = vec![(name, v)];
             pairs.extend_from_slice(extra);
@@ -209,7 +216,8 @@ fn the_remote_tier_is_off_unless_a_url_is_given_and_every_remote_variable_is_che
     assert_eq!(r.ttl, Duration::from_secs(86_400));
     assert_eq!(c.remote_admit, crate::movement::AdmitMode::Reuse(2));
     for (var, bad) in [
-        ("TIERKV_REMOTE_URL", "rediss://h:1"),
+        ("TIERKV_REMOTE_URL", "rediss:/h:1"),
+        ("TIERKV_REMOTE_TLS_CA_FILE", "/nonexistent/ca.pem"),
         ("TIERKV_REMOTE_TTL", "0s"),
         ("TIERKV_REMOTE_TIMEOUT", "2m"),
         ("TIERKV_REMOTE_PREFIX", "a{b}"),
@@ -233,4 +241,43 @@ fn the_remote_tier_is_off_unless_a_url_is_given_and_every_remote_variable_is_che
     ])
     .unwrap();
     assert_eq!(c.remote.unwrap().password.as_deref(), Some("pw"));
+
+    // TLS: rediss://, PEM files; a key others may read, a certificate without its
+    // key, or TLS files with a redis:// URL are refused.
+    let c = cfg(&[("TIERKV_REMOTE_URL", "rediss://h:1")]).unwrap();
+    assert!(c.remote.unwrap().uses_tls());
+    let pem = d.path().join("c.pem");
+    std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let key = d.path().join("k.pem");
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (pem, key) = (pem.to_str().unwrap(), key.to_str().unwrap());
+    let with = |extra: &[(&str, &str)]| {
+        let mut v = vec![("TIERKV_REMOTE_URL", "rediss://h:1")];
+        v.extend_from_slice(extra);
+        cfg(&v)
+    };
+    assert_eq!(
+        with(&[
+            ("TIERKV_REMOTE_TLS_CERT_FILE", pem),
+            ("TIERKV_REMOTE_TLS_KEY_FILE", key)
+        ])
+        .unwrap_err()
+        .var,
+        "TIERKV_REMOTE_TLS_KEY_FILE"
+    );
+    std::fs::set_permissions(key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let c = with(&[
+        ("TIERKV_REMOTE_TLS_CA_FILE", pem),
+        ("TIERKV_REMOTE_TLS_CERT_FILE", pem),
+        ("TIERKV_REMOTE_TLS_KEY_FILE", key),
+    ])
+    .unwrap();
+    assert_eq!(c.remote.unwrap().tls.key.as_deref(), Some(std::path::Path::new(key)));
+    assert_eq!(
+        with(&[("TIERKV_REMOTE_TLS_CERT_FILE", pem)]).unwrap_err().var,
+        "TIERKV_REMOTE_TLS_KEY_FILE"
+    );
+    let e = cfg(&[("TIERKV_REMOTE_URL", "redis://h:1"), ("TIERKV_REMOTE_TLS_CA_FILE", pem)]).unwrap_err();
+    assert_eq!(e.var, "TIERKV_REMOTE_URL");
 }

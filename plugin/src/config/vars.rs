@@ -112,7 +112,22 @@ pub const VARS: &[VarDoc] = &[
     VarDoc {
         name: "TIERKV_REMOTE_URL",
         default: "unset",
-        meaning: "The remote tier (G4): redis://[user:password@]host:port for one server or a cluster node, or redis://host:port,host:port,... for a cluster's seed list; off when unset (docs/remote.md).",
+        meaning: "The remote tier (G4): redis://[user:password@]host:port for one server or a cluster node, or redis://host:port,host:port,... for a cluster's seed list; rediss:// for TLS; off when unset (docs/remote.md).",
+    },
+    VarDoc {
+        name: "TIERKV_REMOTE_TLS_CA_FILE",
+        default: "unset",
+        meaning: "With rediss://: PEM file of the CAs that sign the store's certificates; unset: the system's CAs.",
+    },
+    VarDoc {
+        name: "TIERKV_REMOTE_TLS_CERT_FILE",
+        default: "unset",
+        meaning: "With rediss://: PEM client certificate (chain) shown to the store (Redis asks for one unless tls-auth-clients is no); set with TIERKV_REMOTE_TLS_KEY_FILE.",
+    },
+    VarDoc {
+        name: "TIERKV_REMOTE_TLS_KEY_FILE",
+        default: "unset",
+        meaning: "With rediss://: PEM private key of the client certificate (chmod 600; refused if others may read it).",
     },
     VarDoc {
         name: "TIERKV_REMOTE_PASSWORD_FILE",

@@ -48,6 +48,11 @@ fn have_server() -> bool {
 impl RedisStore {
     /// `mode` is `cluster` or `standalone`; `None` (skip) without a server.
     pub fn start(mode: &str) -> Option<Self> {
+        Self::start_with(mode, &[])
+    }
+
+    /// [`RedisStore::start`] with more of the script's settings (`TIERKV_REDIS_*`).
+    pub fn start_with(mode: &str, env: &[(&str, &str)]) -> Option<Self> {
         if !have_server() {
             assert!(
                 std::env::var("TIERKV_REQUIRE_REDIS").as_deref() != Ok("1"),
@@ -61,6 +66,7 @@ impl RedisStore {
             .args(["start", dir.path().join("r").to_str().unwrap()])
             .env("TIERKV_REDIS_MODE", mode)
             .env("TIERKV_REDIS_MAXMEMORY", "64mb")
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -15,13 +15,16 @@
 //! and spent about as much CPU per read again as the copy itself
 //! (`cargo bench --bench remote`, docs/benchmarks.md).
 
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use super::settings::{node_of_url, Node as Addr, RemoteSettings};
 use super::wire::{self, bad, command, read, read_value, Reply, Resp, SLOTS};
-use super::RETRY;
+use super::{tls, RETRY};
 
 /// Redirections followed for one request.
 const MAX_REDIRECTS: usize = 3;
@@ -44,13 +47,44 @@ impl std::fmt::Display for Error {
     }
 }
 
+/// A connection's bytes: plain, or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.read(buf),
+            Self::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.write(buf),
+            Self::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.flush(),
+            Self::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// One connection to one node.
 struct Wire {
-    io: BufReader<TcpStream>,
+    io: BufReader<Stream>,
 }
 
 impl Wire {
-    fn connect(a: &Addr, timeout: Duration) -> io::Result<Self> {
+    fn connect(a: &Addr, timeout: Duration, tls: Option<&Arc<ClientConfig>>) -> io::Result<Self> {
         let host = a.host.trim_start_matches('[').trim_end_matches(']');
         let mut last = io::Error::new(
             io::ErrorKind::NotFound,
@@ -62,8 +96,13 @@ impl Wire {
                     s.set_nodelay(true)?;
                     s.set_read_timeout(Some(timeout))?;
                     s.set_write_timeout(Some(timeout))?;
+                    let stream = match (a.tls, tls) {
+                        (false, _) => Stream::Plain(s),
+                        (true, Some(cfg)) => Stream::Tls(Box::new(tls::connect(cfg, host, s)?)),
+                        (true, None) => return Err(io::Error::other("TLS is not configured")),
+                    };
                     let mut w = Self {
-                        io: BufReader::with_capacity(64 << 10, s),
+                        io: BufReader::with_capacity(64 << 10, stream),
                     };
                     w.login(a)?;
                     return Ok(w);
@@ -96,7 +135,9 @@ impl Wire {
     }
 
     fn send(&mut self, req: &[u8]) -> io::Result<()> {
-        self.io.get_mut().write_all(req)
+        let s = self.io.get_mut();
+        s.write_all(req)?;
+        s.flush()
     }
 
     fn call(&mut self, req: &[u8]) -> io::Result<Resp> {
@@ -116,16 +157,20 @@ struct Node {
 /// The tier's connection to a standalone server or a cluster.
 pub struct Client {
     timeout: Duration,
+    tls: Option<Arc<ClientConfig>>,
     nodes: Vec<Node>,
     /// Node of each slot; empty for a standalone server (node 0 owns all).
     slots: Vec<u16>,
     /// Where values are read (reused: one allocation per client).
     buf: Vec<u8>,
+    /// When the slot map was last asked for after a node failed.
+    healed_at: Option<Instant>,
 }
 
 impl Client {
-    /// Connects to the first seed that answers and learns who owns which slot.
-    pub fn open(s: &RemoteSettings) -> io::Result<Self> {
+    /// Connects to the first seed that answers and learns who owns which slot;
+    /// `tls` is the configuration of a `rediss://` store.
+    pub fn open(s: &RemoteSettings, tls: Option<&Arc<ClientConfig>>) -> io::Result<Self> {
         let mut last = bad("no seed node");
         for url in &s.nodes {
             let Some(mut addr) = node_of_url(url) else {
@@ -136,11 +181,13 @@ impl Client {
             }
             let mut c = Self {
                 timeout: s.timeout,
+                tls: tls.cloned(),
                 nodes: Vec::new(),
                 slots: Vec::new(),
                 buf: Vec::new(),
+                healed_at: None,
             };
-            match Wire::connect(&addr, s.timeout) {
+            match Wire::connect(&addr, s.timeout, tls) {
                 Ok(w) => {
                     c.nodes.push(Node {
                         addr,
@@ -255,7 +302,7 @@ impl Client {
                     format!("{}:{} was unreachable moments ago", node.addr.host, node.addr.port),
                 ));
             }
-            match Wire::connect(&node.addr, self.timeout) {
+            match Wire::connect(&node.addr, self.timeout, self.tls.as_ref()) {
                 Ok(w) => {
                     node.conn = Some(w);
                     node.skip_until = None;
@@ -276,6 +323,23 @@ impl Client {
             self.nodes[n].conn = None;
         }
         r
+    }
+
+    /// Node `n` failed: its connection is closed, and (a cluster, at most once
+    /// per [`RETRY`]) the slot map is asked of another node, so that a replica
+    /// promoted in its place serves its slots from then on.
+    fn failed(&mut self, n: usize) {
+        self.nodes[n].conn = None;
+        if self.slots.is_empty() || self.healed_at.is_some_and(|t| t.elapsed() < RETRY) {
+            return;
+        }
+        self.healed_at = Some(Instant::now());
+        let now = Instant::now();
+        for m in 0..self.nodes.len() {
+            if m != n && self.nodes[m].skip_until.is_none_or(|t| now >= t) && self.refresh(m).is_ok() {
+                return;
+            }
+        }
     }
 
     /// One request for `key`, following redirections; a value lands in `self.buf`.
@@ -300,10 +364,13 @@ impl Client {
                 }
             });
             self.buf = buf;
-            let reply = r.map_err(|e| {
-                self.nodes[n].conn = None;
-                Error::Io(e)
-            })?;
+            let reply = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    self.failed(n);
+                    return Err(Error::Io(e));
+                }
+            };
             match reply {
                 Reply::Other(Resp::Error(e)) if e.starts_with("MOVED ") || e.starts_with("ASK ") => {
                     let (to, ask) = self.redirected(n, &e).ok_or(Error::Store(e))?;
@@ -436,7 +503,7 @@ impl Client {
                 }
             }
             if failed.is_some() {
-                self.nodes[n].conn = None;
+                self.failed(n);
             }
         }
         self.buf = buf;

@@ -35,6 +35,7 @@ mod report;
 mod settings;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod wire;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -47,7 +48,8 @@ use parking_lot::Mutex;
 
 use self::client::{Client, Error};
 use self::known::{Known, State};
-pub use self::settings::{parse_url, redact, RemoteSettings, URL_FORMS};
+pub use self::settings::{parse_url, redact, RemoteSettings, TlsFiles, URL_FORMS};
+pub use self::tls::client_config as tls_config;
 use self::wire::Reply;
 use super::{BlockCtx, LoadOutcome, StoreOutcome, Tier, TierError, TierId, TierStatus};
 use crate::metrics::{Histogram, Report};
@@ -122,6 +124,8 @@ pub struct RemoteStats {
 
 struct Inner {
     s: RemoteSettings,
+    /// TLS of a `rediss://` store (`Err`: why it cannot be set up).
+    tls: Result<Option<Arc<rustls::ClientConfig>>, String>,
     namespace: u64,
     known: Mutex<Known>,
     stats: RemoteStats,
@@ -189,7 +193,14 @@ impl Inner {
         if !self.may_try(now) {
             return None;
         }
-        self.opened(now, Client::open(&self.s))
+        self.opened(now, self.open_client())
+    }
+
+    fn open_client(&self) -> std::io::Result<Client> {
+        match &self.tls {
+            Ok(t) => Client::open(&self.s, t.as_ref()),
+            Err(e) => Err(std::io::Error::other(format!("TLS: {e}"))),
+        }
     }
 
     /// Records whether connecting to the store worked: up, or down until
@@ -234,7 +245,7 @@ impl Inner {
     fn write(&self, client: &mut Option<Client>, w: &Write) {
         let t0 = Instant::now();
         if client.is_none() && self.may_try(t0) {
-            *client = self.opened(t0, Client::open(&self.s));
+            *client = self.opened(t0, self.open_client());
         }
         let Some(r) = client.as_mut() else {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -338,8 +349,14 @@ impl Inner {
 
 impl Shared {
     fn start(s: &RemoteSettings, namespace: u64, dispatch: &tracing::Dispatch) -> Self {
+        let tls = if s.uses_tls() {
+            tls::client_config(&s.tls).map(Some)
+        } else {
+            Ok(None)
+        };
         let inner = Arc::new(Inner {
             s: s.clone(),
+            tls,
             namespace,
             known: Mutex::new(Known::new(s.timeout * 2 + Duration::from_millis(500))),
             stats: RemoteStats::default(),

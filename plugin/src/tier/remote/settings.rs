@@ -2,7 +2,19 @@
 //! the `TIERKV_REMOTE_*` variables), and [`parse_url`], which turns
 //! `TIERKV_REMOTE_URL` into the nodes to connect to.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// Files of TLS to the store (`TIERKV_REMOTE_TLS_*`); used with `rediss://`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TlsFiles {
+    /// CAs to trust (PEM); none: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain (PEM), shown when the server asks.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+}
 
 /// The remote tier's settings.
 #[derive(Clone, PartialEq)]
@@ -22,6 +34,15 @@ pub struct RemoteSettings {
     pub queue: usize,
     /// Prefix of every key: one per deployment (`TIERKV_REMOTE_PREFIX`).
     pub prefix: String,
+    /// TLS files (the URL's scheme says whether TLS is used).
+    pub tls: TlsFiles,
+}
+
+impl RemoteSettings {
+    /// Whether the store is reached over TLS (`rediss://`).
+    pub fn uses_tls(&self) -> bool {
+        self.nodes.first().is_some_and(|n| n.starts_with("rediss://"))
+    }
 }
 
 impl std::fmt::Debug for RemoteSettings {
@@ -35,6 +56,7 @@ impl std::fmt::Debug for RemoteSettings {
             .field("timeout", &self.timeout)
             .field("queue", &self.queue)
             .field("prefix", &self.prefix)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -51,12 +73,16 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Splits `redis://[user:password@]host:port[,host:port...][/db]` into one URL per
-/// node (each with the credentials). `None` when it is not of that form: another
-/// scheme (`rediss://` needs TLS, which this build does not have), an empty
-/// host, a port that is not a number, a database other than 0 with several nodes.
+/// Splits `redis[s]://[user:password@]host:port[,host:port...][/db]` into one URL
+/// per node (each with the scheme and credentials; `rediss://` is TLS). `None`
+/// when it is not of that form: another scheme, an empty host, a port that is not
+/// a number, a database other than 0 with several nodes.
 pub fn parse_url(url: &str) -> Option<Vec<String>> {
-    let rest = url.trim().strip_prefix("redis://")?;
+    let url = url.trim();
+    let (scheme, rest) = match url.strip_prefix("rediss://") {
+        Some(r) => ("rediss", r),
+        None => ("redis", url.strip_prefix("redis://")?),
+    };
     let (auth, hosts) = match rest.rfind('@') {
         Some(at) => (&rest[..=at], &rest[at + 1..]),
         None => ("", rest),
@@ -79,7 +105,7 @@ pub fn parse_url(url: &str) -> Option<Vec<String>> {
             return None;
         }
         let db = if db.is_empty() { String::new() } else { format!("/{db}") };
-        out.push(format!("redis://{auth}{host}:{port}{db}"));
+        out.push(format!("{scheme}://{auth}{host}:{port}{db}"));
     }
     Some(out)
 }
@@ -97,6 +123,8 @@ pub struct Node {
     pub password: Option<String>,
     /// Database (a standalone server's; a cluster has 0 only).
     pub db: u8,
+    /// TLS (`rediss://`).
+    pub tls: bool,
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -116,10 +144,13 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The node of one `redis://[user:password@]host:port[/db]` URL (user and
+/// The node of one `redis[s]://[user:password@]host:port[/db]` URL (user and
 /// password percent-decoded; `:password@` alone is the default user's).
 pub fn node_of_url(url: &str) -> Option<Node> {
-    let rest = url.strip_prefix("redis://")?;
+    let (tls, rest) = match url.strip_prefix("rediss://") {
+        Some(r) => (true, r),
+        None => (false, url.strip_prefix("redis://")?),
+    };
     let (auth, hostport) = match rest.rfind('@') {
         Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
         None => (None, rest),
@@ -151,12 +182,12 @@ pub fn node_of_url(url: &str) -> Option<Node> {
         user,
         password,
         db,
+        tls,
     })
 }
 
 /// The accepted forms of `TIERKV_REMOTE_URL`, for error messages.
-pub const URL_FORMS: &str =
-    "redis://[user:password@]host:port (one server or a cluster node) or redis://host:port,host:port,... (a cluster's seed list)";
+pub const URL_FORMS: &str = "redis://[user:password@]host:port (one server or a cluster node) or redis://host:port,host:port,... (a cluster's seed list); rediss:// for TLS";
 
 #[cfg(test)]
 mod tests {
@@ -170,10 +201,14 @@ mod tests {
             ["redis://u:p@127.0.0.1:7001", "redis://u:p@127.0.0.1:7002"]
         );
         assert_eq!(parse_url("redis://h:1/2").unwrap(), ["redis://h:1/2"]);
+        assert_eq!(
+            parse_url("rediss://u:p@h:1,g:2").unwrap(),
+            ["rediss://u:p@h:1", "rediss://u:p@g:2"]
+        );
         for bad in [
             "",
             "http://h:1",
-            "rediss://h:1",
+            "rediss:/h:1",
             "redis://",
             "redis://h",
             "redis://h:0",
@@ -197,7 +232,11 @@ mod tests {
         let n = node_of_url("redis://:pw@h:1").unwrap();
         assert_eq!((n.user, n.password.as_deref()), (None, Some("pw")));
         let n = node_of_url("redis://[::1]:6379").unwrap();
-        assert_eq!((n.host.as_str(), n.port, n.password), ("[::1]", 6379, None));
+        assert_eq!(
+            (n.host.as_str(), n.port, n.password, n.tls),
+            ("[::1]", 6379, None, false)
+        );
+        assert!(node_of_url("rediss://h:1").unwrap().tls);
         assert!(node_of_url("redis://h:1/x").is_none());
         assert!(node_of_url("redis://u:%zz@h:1").is_none());
     }
@@ -214,6 +253,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             queue: 1,
             prefix: "p".into(),
+            tls: TlsFiles::default(),
         };
         let d = format!("{s:?}");
         assert!(!d.contains("secret") && !d.contains("other"), "{d}");

@@ -26,6 +26,7 @@ fn settings(store: &Store) -> RemoteSettings {
         timeout: Duration::from_millis(500),
         queue: 64,
         prefix: "t".into(),
+        tls: TlsFiles::default(),
     }
 }
 
@@ -454,4 +455,119 @@ fn an_acl_user_limited_to_the_prefix_logs_in_and_a_wrong_password_is_a_store_dow
         "{problem}"
     );
     assert_eq!(v(&w.stats().read_blocks), 0);
+}
+
+#[test]
+fn a_tls_cluster_that_asks_for_client_certificates_serves_only_verified_peers() {
+    let Some(store) = Store::start_with("cluster", &[("TIERKV_REDIS_TLS", "1")]) else {
+        return;
+    };
+    assert!(store.url.starts_with("rediss://"), "{}", store.url);
+    let certs = store.node_dir().join("tls");
+    let mut s = settings(&store);
+    s.tls = TlsFiles {
+        ca: Some(certs.join("ca.crt")),
+        cert: Some(certs.join("client.crt")),
+        key: Some(certs.join("client.key")),
+    };
+    assert!(s.uses_tls());
+    let (a, b) = (open(&s), open(&s));
+    let keys: Vec<u128> = (1..=30).map(|k| k * 0x3_0000_0011).collect();
+    put(&a, keys.iter().copied());
+    assert_eq!(v(&a.stats().written_blocks), 30);
+    let hs: Vec<BlockHash> = keys.iter().map(|&k| BlockHash(k)).collect();
+    assert_eq!(settled_run(&b, &hs), 30);
+    assert!(load(&b, &keys).iter().all(|&o| o == LoadOutcome::Loaded));
+
+    // No client certificate (the server asks for one), or a server this client
+    // cannot verify (the system's CAs do not sign it): the store is down to it.
+    let mut no_cert = s.clone();
+    no_cert.tls.cert = None;
+    no_cert.tls.key = None;
+    let mut unknown_ca = s.clone();
+    unknown_ca.tls.ca = None;
+    for bad in [no_cert, unknown_ca] {
+        let t = open(&bad);
+        assert_eq!(load(&t, &keys[..2]), [LoadOutcome::Miss, LoadOutcome::Miss]);
+        assert!(!t.is_up(), "{:?}", bad.tls);
+        assert!(t.status().problem.is_some());
+        assert_eq!(v(&t.stats().read_blocks), 0);
+    }
+}
+
+#[test]
+fn a_replica_promoted_for_a_killed_master_serves_its_blocks_again() {
+    let Some(store) = Store::start_with("cluster", &[("TIERKV_REDIS_REPLICAS", "1")]) else {
+        return;
+    };
+    let s = settings(&store);
+    let a = open(&s);
+    let keys: Vec<u128> = (1..=60).map(|k| k * 0x5_0000_0003).collect();
+    put(&a, keys.iter().copied());
+    let ports = store.ports();
+    let masters: Vec<u16> = ports
+        .iter()
+        .copied()
+        .filter(|&p| cli_at(p, &["ROLE"]).starts_with("master"))
+        .collect();
+    assert_eq!(masters.len(), 3, "{ports:?}");
+    // Every write reached its replica before a master dies (ROLE on a replica:
+    // slave, master host, master port, link state, offset).
+    let end = Instant::now() + Duration::from_secs(20);
+    for &r in ports.iter().filter(|p| !masters.contains(p)) {
+        loop {
+            let role: Vec<String> = cli_at(r, &["ROLE"]).lines().map(str::to_string).collect();
+            let synced = role.len() >= 4
+                && role[3] == "connected"
+                && cli_at(r, &["DBSIZE"]) == cli_at(role[2].parse().unwrap(), &["DBSIZE"]);
+            if synced {
+                break;
+            }
+            assert!(Instant::now() < end, "replica {r} not in sync: {role:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let b = open(&s);
+    assert!(load(&b, &keys).iter().all(|&o| o == LoadOutcome::Loaded));
+
+    let victim = *masters
+        .iter()
+        .find(|&&m| cli_at(m, &["DBSIZE"]).parse::<u64>().unwrap() > 0)
+        .unwrap();
+    store.signal(victim, libc::SIGKILL);
+    // During the failover its blocks are misses (never wrong: `load` checks the
+    // bytes); once its replica is master, every block loads again.
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = load(&b, &keys);
+        if out.iter().all(|&o| o == LoadOutcome::Loaded) {
+            break;
+        }
+        assert!(
+            out.iter()
+                .all(|&o| matches!(o, LoadOutcome::Loaded | LoadOutcome::Miss)),
+            "{out:?}"
+        );
+        assert!(Instant::now() < end, "the promoted replica never served: {out:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(v(&b.stats().checksum_failures), 0);
+    // Writers move on too: new blocks are stored on every master, the new one
+    // included (a write that met the dead master is dropped and tried again).
+    let fresh: Vec<u128> = (1000..1060).map(|k| k * 0x7_0000_0001).collect();
+    let hs: Vec<BlockHash> = fresh.iter().map(|&k| BlockHash(k)).collect();
+    let end = Instant::now() + Duration::from_secs(10);
+    while a.lookup_run(&hs).unwrap() < hs.len() {
+        assert!(
+            Instant::now() < end,
+            "writes after the failover: {}",
+            v(&a.stats().write_errors)
+        );
+        for &k in &fresh {
+            let (x, y) = segs(k);
+            a.store(BlockHash(k), ctx(), &[&x, &y]).unwrap();
+        }
+        assert!(a.wait_idle(Duration::from_secs(10)));
+    }
+    assert!(load(&b, &fresh).iter().all(|&o| o == LoadOutcome::Loaded));
 }
