@@ -12,7 +12,8 @@
 //! 4. The parts: [`semantic`] (near-duplicate reuse plans), [`tier`] (one
 //!    [`tier::Tier`] trait; the host tier over a shared arena, the disk tier),
 //!    [`block`] (the engine block pool), [`hw`] (telemetry and scheduling).
-//! 5. Primitives: [`evict`] (eviction policies), [`prefix`] (block identity),
+//! 5. Primitives: [`evict`] (eviction policies), [`pq`] (PQ key retrieval),
+//!    [`prefix`] (block identity),
 //!    [`metrics`] (histograms, the text writer, the exporter), `log`.
 //!
 //! The supported API is the facade ([`Manager`] and the types it names) and the C
@@ -42,6 +43,8 @@ mod manager;
 pub mod metrics;
 /// cbindgen:ignore
 pub mod movement;
+/// cbindgen:ignore
+pub mod pq;
 /// cbindgen:ignore
 pub mod prefix;
 /// cbindgen:ignore

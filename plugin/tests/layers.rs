@@ -21,7 +21,7 @@ const LAYERS: &[(u8, &[&str])] = &[
     (4, &["semantic"]),
     (3, &["tier"]),
     (2, &["block", "hw"]),
-    (1, &["evict", "events"]),
+    (1, &["evict", "events", "pq"]),
     (0, &["prefix", "metrics", "log"]),
 ];
 
@@ -194,7 +194,7 @@ fn the_check_catches_each_kind_of_violation() {
     );
     write("block/pool.rs", "fn f() { crate::hw::x(); }\n");
     write("ffi/api.rs", "use crate::{manager::Manager, tier::TierId};\n");
-    write("pq/mod.rs", "use crate::prefix::BlockHash;\n");
+    write("newpart/mod.rs", "use crate::prefix::BlockHash;\n");
     write(
         "evict/mod.rs",
         "use crate::prefix::BlockHash;\n#[cfg(test)]\nmod tests {\n    use crate::manager::Manager;\n}\n",
@@ -207,7 +207,7 @@ fn the_check_catches_each_kind_of_violation() {
         "{bad:#?}"
     );
     assert!(has("ffi/api.rs:1: the C ABI names `tier`"), "{bad:#?}");
-    assert!(has("pq/mod.rs: module `pq` has no layer"), "{bad:#?}");
+    assert!(has("newpart/mod.rs: module `newpart` has no layer"), "{bad:#?}");
     assert_eq!(bad.len(), 4, "{bad:#?}");
     let by_file: BTreeMap<_, _> = bad.iter().map(|b| (b.split(':').next().unwrap(), b)).collect();
     assert!(!by_file.contains_key("evict/mod.rs"), "{bad:#?}");
