@@ -175,6 +175,40 @@ pub struct HwHints {
     pub samples: u64,
 }
 
+/// `TierkvPqParams`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PqParams {
+    /// Fraction of the context attended.
+    pub budget: f64,
+    /// Sinks.
+    pub sink: u32,
+    /// Sub-spaces.
+    pub subspaces: u32,
+    /// Bits per code.
+    pub bits: u32,
+    /// Training sample (0: default).
+    pub train_sample: u32,
+}
+
+/// `TierkvPqInfo`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PqInfo {
+    /// Layers.
+    pub layers: u32,
+    /// KV heads.
+    pub kv_heads: u32,
+    /// Head dimension.
+    pub head_dim: u32,
+    /// Reserved.
+    pub reserved: u32,
+    /// Tokens indexed.
+    pub tokens: u64,
+    /// Bytes of codes and centroids.
+    pub bytes: u64,
+}
+
 /// Opaque manager pointer.
 pub type Mgr = *mut c_void;
 
@@ -245,6 +279,12 @@ api! {
     tierkv_events_start: fn(Mgr, usize) -> i32;
     tierkv_name_blocks: fn(Mgr, *const Hash, *const u64, *const u64, usize) -> i32;
     tierkv_take_events: fn(Mgr, *mut u8, usize, *mut usize, *mut usize, *mut usize) -> i32;
+    tierkv_pq_params: fn(Mgr, *mut PqParams) -> i32;
+    tierkv_pq_build: fn(Mgr, *const f32, u32, u32, usize, u32, *const PqParams, *mut *mut c_void) -> i32;
+    tierkv_pq_append: fn(*const c_void, *const f32, usize) -> i32;
+    tierkv_pq_topk: fn(*const c_void, u32, *const f32, u32, f64, *mut u32, usize, *mut usize) -> i32;
+    tierkv_pq_info: fn(*const c_void, *mut PqInfo) -> i32;
+    tierkv_pq_destroy: fn(*mut c_void) -> ();
 }
 
 impl Api {

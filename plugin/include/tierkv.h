@@ -167,6 +167,9 @@ typedef struct TierkvManager TierkvManager;
 // A reuse plan (opaque; free with `tierkv_plan_destroy`).
 typedef struct TierkvPlan TierkvPlan;
 
+// A PQ index (opaque; free with `tierkv_pq_destroy`).
+typedef struct TierkvPq TierkvPq;
+
 // Parameters of `tierkv_manager_create`.
 typedef struct TierkvManagerParams {
   // Tokens per block (at least 1).
@@ -287,6 +290,37 @@ typedef struct TierkvPoolState {
   // Cached blocks evicted by allocations.
   uint64_t evictions;
 } TierkvPoolState;
+
+// Parameters of a PQ index.
+typedef struct TierkvPqParams {
+  // Tokens attended per step as a fraction of the context (0, 1]: half local
+  // window, half top-k, plus the sinks.
+  double budget;
+  // Attention sinks (the first tokens).
+  uint32_t sink;
+  // Sub-spaces per key (divides the head dimension).
+  uint32_t subspaces;
+  // Bits per code, 1-8.
+  uint32_t bits;
+  // Keys sampled for training at most (0: the default, 8192).
+  uint32_t train_sample;
+} TierkvPqParams;
+
+// Shape and size of a PQ index.
+typedef struct TierkvPqInfo {
+  // Layers.
+  uint32_t layers;
+  // KV heads per layer.
+  uint32_t kv_heads;
+  // Head dimension.
+  uint32_t head_dim;
+  // Reserved (0).
+  uint32_t reserved;
+  // Tokens indexed.
+  uint64_t tokens;
+  // Bytes of codes and centroids.
+  uint64_t bytes;
+} TierkvPqInfo;
 
 // Summary of a plan.
 typedef struct TierkvPlanSummary {
@@ -782,6 +816,70 @@ enum TierkvStatus tierkv_pool_register_many(const struct TierkvManager *mgr,
                                             const struct TierkvHash *hashes,
                                             size_t n,
                                             uint8_t *out_indexed);
+
+// Writes the manager's PQ parameters (`TIERKV_PQ_*`) to `*out`.
+//
+// # Safety
+// `out` valid for one write.
+enum TierkvStatus tierkv_pq_params(const struct TierkvManager *mgr, struct TierkvPqParams *out);
+
+// Builds the PQ index of `tokens` keys per (layer, KV head): `keys` holds
+// `layers * kv_heads * tokens * head_dim` floats, `[layer][kv_head][token]
+// [head_dim]`. `params` null: the manager's. Per (layer, head): k-means of each
+// sub-space on up to `train_sample` keys after the sinks, then every key encoded
+// (docs/pq.md has the cost).
+//
+// # Safety
+// `keys` valid for that many reads; `params` null or valid for one read; `out`
+// valid for one write.
+enum TierkvStatus tierkv_pq_build(const struct TierkvManager *mgr,
+                                  const float *keys,
+                                  uint32_t layers,
+                                  uint32_t kv_heads,
+                                  size_t tokens,
+                                  uint32_t head_dim,
+                                  const struct TierkvPqParams *params,
+                                  struct TierkvPq **out);
+
+// Encodes `n` tokens appended to the context: `keys` holds `layers * kv_heads *
+// n * head_dim` floats, `[layer][kv_head][token][head_dim]`.
+//
+// # Safety
+// `keys` valid for that many reads.
+enum TierkvStatus tierkv_pq_append(const struct TierkvPq *pq, const float *keys, size_t n);
+
+// The tokens layer `layer` attends over for one decode step, per KV head.
+// `queries`: `kv_heads * group * head_dim` floats, `[kv_head][group][head_dim]`
+// (the query heads of each KV head). `budget` 0: the index's; else a fraction
+// (0, 1]. Writes KV head `h`'s tokens (ascending) to `out_tokens[h * capacity..]`
+// and their number to `out_counts[h]`. A `capacity` of the tokens indexed
+// (`tierkv_pq_info`) always suffices; a smaller one that a selection does not
+// fit is an error that writes nothing.
+//
+// # Safety
+// `queries` valid for that many reads; `out_tokens` for `kv_heads * capacity`
+// writes; `out_counts` for `kv_heads` writes.
+enum TierkvStatus tierkv_pq_topk(const struct TierkvPq *pq,
+                                 uint32_t layer,
+                                 const float *queries,
+                                 uint32_t group,
+                                 double budget,
+                                 uint32_t *out_tokens,
+                                 size_t capacity,
+                                 size_t *out_counts);
+
+// Writes the index's shape and size to `*out`.
+//
+// # Safety
+// `out` valid for one write.
+enum TierkvStatus tierkv_pq_info(const struct TierkvPq *pq, struct TierkvPqInfo *out);
+
+// Frees an index once no call on another thread uses it. Null, an unknown or an
+// already destroyed handle is a no-op (handles are never reused).
+//
+// # Safety
+// None beyond passing a value that was a PQ handle (or null).
+void tierkv_pq_destroy(struct TierkvPq *pq);
 
 // Writes 1 to `*out_enabled` if semantic sharing is on for this manager's
 // namespace (`TIERKV_SEMANTIC`, `TIERKV_SEMANTIC_NAMESPACES`), else 0.

@@ -182,6 +182,44 @@ class _Range(ctypes.Structure):
     _fields_ = [("start", ctypes.c_uint32), ("end", ctypes.c_uint32)]
 
 
+class _PqParams(ctypes.Structure):
+    _fields_ = [
+        ("budget", ctypes.c_double),
+        ("sink", ctypes.c_uint32),
+        ("subspaces", ctypes.c_uint32),
+        ("bits", ctypes.c_uint32),
+        ("train_sample", ctypes.c_uint32),
+    ]
+
+
+class _PqInfo(ctypes.Structure):
+    _fields_ = [
+        ("layers", ctypes.c_uint32),
+        ("kv_heads", ctypes.c_uint32),
+        ("head_dim", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("tokens", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+    ]
+
+
+def _f32(obj, n: int, what: str):
+    """A pointer to ``n`` contiguous float32 values of ``obj`` (a numpy array, a
+    torch CPU tensor or an ``array.array('f')``), and the object that keeps them."""
+    if hasattr(obj, "numpy") and hasattr(obj, "is_contiguous"):  # torch
+        obj = obj.detach().contiguous().numpy()
+    if hasattr(obj, "ctypes") and hasattr(obj, "dtype"):  # numpy
+        if str(obj.dtype) != "float32" or not obj.flags["C_CONTIGUOUS"]:
+            raise TierKVError(1, f"{what}: a C-contiguous float32 array is needed, not {obj.dtype}")
+        if obj.size != n:
+            raise TierKVError(1, f"{what}: {obj.size} values, the shape needs {n}")
+        return obj.ctypes.data, obj
+    arr = obj if isinstance(obj, array.array) and obj.typecode == "f" else array.array("f", obj)
+    if len(arr) != n:
+        raise TierKVError(1, f"{what}: {len(arr)} values, the shape needs {n}")
+    return arr.buffer_info()[0], arr
+
+
 def _rope(dtype: int, head_dim: int, rot_dim: int, base: float, neox: bool) -> _Rope:
     return _Rope(dtype, head_dim, rot_dim, 1 if neox else 0, base, None)
 
@@ -285,6 +323,19 @@ def _load(path: str) -> ctypes.CDLL:
         "tierkv_pool_shadow_record": ([vp, ctypes.c_uint64, u64p], ctypes.c_int),
         "tierkv_name_blocks": ([vp, hp, u64p, u64p, ctypes.c_size_t], ctypes.c_int),
         "tierkv_take_events": ([vp, u8p, ctypes.c_size_t, szp, szp, szp], ctypes.c_int),
+        "tierkv_pq_params": ([vp, ctypes.POINTER(_PqParams)], ctypes.c_int),
+        "tierkv_pq_build": (
+            [vp, vp, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_size_t, ctypes.c_uint32,
+             ctypes.POINTER(_PqParams), ctypes.POINTER(vp)],
+            ctypes.c_int,
+        ),
+        "tierkv_pq_append": ([vp, vp, ctypes.c_size_t], ctypes.c_int),
+        "tierkv_pq_topk": (
+            [vp, ctypes.c_uint32, vp, ctypes.c_uint32, ctypes.c_double, u32p, ctypes.c_size_t, szp],
+            ctypes.c_int,
+        ),
+        "tierkv_pq_info": ([vp, ctypes.POINTER(_PqInfo)], ctypes.c_int),
+        "tierkv_pq_destroy": ([vp], None),
     }
     lib.tierkv_abi_version.argtypes, lib.tierkv_abi_version.restype = [], ctypes.c_uint32
     version = lib.tierkv_abi_version()
@@ -650,6 +701,26 @@ class TierKV:
         why = SEMANTIC_REASONS.get(reason.value, str(reason.value))
         return (Plan(self, plan) if plan.value else None), why
 
+    def pq_params(self) -> dict:
+        """The manager's PQ parameters (``TIERKV_PQ_*``)."""
+        p = _PqParams()
+        self._check(self._lib.tierkv_pq_params(self._h, ctypes.byref(p)))
+        return {name: getattr(p, name) for name, _ in _PqParams._fields_}
+
+    def pq_build(self, keys, layers: int, kv_heads: int, tokens: int, head_dim: int, params: dict | None = None) -> PqIndex:
+        """A PQ index of ``keys`` ``[layer][kv_head][token][head_dim]`` float32
+        (post-RoPE); ``params`` (keys of ``pq_params``) override the manager's."""
+        ptr, keep = _f32(keys, layers * kv_heads * tokens * head_dim, "keys")
+        p = None
+        if params is not None:
+            base = self.pq_params()
+            base.update(params)
+            p = ctypes.byref(_PqParams(**base))
+        h = ctypes.c_void_p()
+        self._check(self._lib.tierkv_pq_build(self._h, ptr, layers, kv_heads, tokens, head_dim, p, ctypes.byref(h)))
+        del keep
+        return PqIndex(self, h)
+
     def register_token_layout(self, rows: Sequence[tuple[int, ...]], rope: _Rope) -> None:
         """``rows``: (region, is_key, offset, token_stride, head_stride, heads, row_bytes,
         elem_stride) (see ``TierkvTokenRows``)."""
@@ -667,6 +738,51 @@ class TierKV:
         res = (ctypes.c_uint8 * n)()
         self._check(self._lib.tierkv_load_tokens(self._h, arr, n_src, mp, ids, n, res))
         return list(res)
+
+
+class PqIndex:
+    """A PQ index of a request's keys (``TierkvPq*``, after PQCache), freed with
+    its object or ``close``."""
+
+    def __init__(self, tkv: "TierKV", handle: ctypes.c_void_p):
+        self._tkv, self._h = tkv, handle
+        self.info = self._info()
+
+    def _info(self) -> dict:
+        i = _PqInfo()
+        self._tkv._check(self._tkv._lib.tierkv_pq_info(self._h, ctypes.byref(i)))
+        return {name: getattr(i, name) for name, _ in _PqInfo._fields_ if name != "reserved"}
+
+    def topk(self, layer: int, queries, group: int, budget: float = 0.0) -> list[list[int]]:
+        """Per KV head, the tokens layer ``layer`` attends over (sinks, top-k by PQ
+        score, local window; ascending) for ``queries`` ``[kv_head][group][head_dim]``
+        float32. ``budget`` 0: the index's fraction."""
+        i = self.info
+        heads, cap = i["kv_heads"], max(int(i["tokens"]), 1)
+        ptr, keep = _f32(queries, heads * group * i["head_dim"], "queries")
+        toks = (ctypes.c_uint32 * (heads * cap))()
+        counts = (ctypes.c_size_t * heads)()
+        self._tkv._check(
+            self._tkv._lib.tierkv_pq_topk(self._h, layer, ptr, group, budget, toks, cap, counts)
+        )
+        del keep
+        return [list(toks[h * cap : h * cap + counts[h]]) for h in range(heads)]
+
+    def append(self, keys, n: int) -> None:
+        """Encodes ``n`` appended tokens, ``[layer][kv_head][n][head_dim]`` float32."""
+        i = self.info
+        ptr, keep = _f32(keys, i["layers"] * i["kv_heads"] * n * i["head_dim"], "keys")
+        self._tkv._check(self._tkv._lib.tierkv_pq_append(self._h, ptr, n))
+        del keep
+        self.info = self._info()
+
+    def close(self) -> None:
+        if self._h:
+            self._tkv._lib.tierkv_pq_destroy(self._h)
+            self._h = None
+
+    def __del__(self):
+        self.close()
 
 
 class LayerLoad:

@@ -89,6 +89,8 @@ pub struct Config {
     pub remote: Option<crate::tier::remote::RemoteSettings>,
     /// Remote admission (`TIERKV_REMOTE_ADMIT`, `TIERKV_REMOTE_ADMIT_USES`).
     pub remote_admit: AdmitMode,
+    /// PQ retrieval (`TIERKV_PQ_*`).
+    pub pq: crate::pq::PqSettings,
     /// `TIERKV_*` names set in the environment that no part reads (typos).
     pub unknown_vars: Vec<String>,
 }
@@ -162,6 +164,7 @@ impl Config {
         let (uses, use_forms) = int_in(1u8, 15);
         let uses = v.value("TIERKV_DISK_ADMIT_USES", uses, &use_forms)?;
         let (remote, remote_admit) = remote::read(&v)?;
+        let pq = pq::read(&v)?;
         let cfg = Config {
             cpu_bytes: v.value("TIERKV_CPU_BYTES", parse_size, SIZE_FORMS)?,
             store_name: v
@@ -238,6 +241,7 @@ impl Config {
             semantic: semantic::read(&v)?,
             remote,
             remote_admit,
+            pq,
             unknown_vars: Vec::new(),
         };
         cfg.sanitize()?;
@@ -313,6 +317,7 @@ fn valid_name(v: &str) -> bool {
 }
 
 mod parse;
+mod pq;
 mod read;
 mod remote;
 mod semantic;

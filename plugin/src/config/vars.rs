@@ -165,6 +165,26 @@ pub const VARS: &[VarDoc] = &[
         meaning: "Uses (stores and hits) before a block is written to the remote tier under reuse admission. 1-15.",
     },
     VarDoc {
+        name: "TIERKV_PQ_BUDGET",
+        default: "0.2",
+        meaning: "PQ retrieval: tokens attended per decode step as a fraction of the context, half local window and half top-k by PQ score, plus the sinks (docs/pq.md). Above 0, at most 1.",
+    },
+    VarDoc {
+        name: "TIERKV_PQ_SINK",
+        default: "32",
+        meaning: "PQ retrieval: attention sinks, the first tokens of the context, always attended and not trained on. 0-4096.",
+    },
+    VarDoc {
+        name: "TIERKV_PQ_SUBSPACES",
+        default: "2",
+        meaning: "PQ retrieval: sub-spaces a key is split into (codes per key); 1, 2, 4, 8 or 16, dividing the head dimension.",
+    },
+    VarDoc {
+        name: "TIERKV_PQ_BITS",
+        default: "6",
+        meaning: "PQ retrieval: bits per code (2^bits centroids per sub-space). 1-8.",
+    },
+    VarDoc {
         name: "TIERKV_HW_INTERVAL",
         default: "1s",
         meaning: "Telemetry sampling interval (NVML, or /proc without a GPU) for the scheduler; 0 or off disables it.",

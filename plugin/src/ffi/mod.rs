@@ -26,6 +26,7 @@ mod handles;
 mod hw_api;
 mod layer_api;
 mod pool_api;
+mod pq_api;
 mod semantic_api;
 mod types;
 
@@ -35,6 +36,7 @@ pub use events_api::*;
 pub use hw_api::*;
 pub use layer_api::*;
 pub use pool_api::*;
+pub use pq_api::*;
 pub use semantic_api::*;
 pub use types::*;
 

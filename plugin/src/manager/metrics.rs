@@ -31,6 +31,7 @@ impl Manager {
         if let Some(ix) = &self.semantic {
             ix.report(&mut r);
         }
+        crate::pq::report(&self.pq_stats, &mut r);
         self.report_events(&mut r);
         self.report_pool_shadow(&mut r);
         r.finish()

@@ -37,6 +37,7 @@ use crate::tier::{HostTier, TierError};
 // the parts that define them).
 pub use self::events::EventsTaken;
 pub use self::pool::{PoolState, POOL_DISAGREEMENT_KINDS};
+pub use self::pq::{PqHandle, PqSettings};
 pub use crate::block::CowOutcome;
 pub use crate::events::MIN_BATCH_BYTES as EVENTS_MIN_BUFFER;
 pub use crate::hw::{Decisions, Placement, Telemetry};
@@ -184,6 +185,8 @@ pub struct Manager {
     sampler: Mutex<Option<Sampler>>,
     /// Device blocks not stored because of the offload budget.
     deferred_blocks: std::sync::atomic::AtomicU64,
+    /// Counters of the PQ indexes built through this manager.
+    pq_stats: Arc<crate::pq::PqStats>,
     /// The near-duplicate index, when semantic sharing is on for this namespace.
     semantic: Option<crate::semantic::SemanticIndex>,
     /// Token rows and RoPE of the engine layout (for semantic loads).
@@ -264,6 +267,7 @@ impl Manager {
             hw,
             sampler: Mutex::new(sampler),
             deferred_blocks: std::sync::atomic::AtomicU64::new(0),
+            pq_stats: Arc::default(),
             semantic,
             token_layout: RwLock::new(None),
             #[cfg(feature = "cuda")]
@@ -595,6 +599,7 @@ impl Drop for Manager {
 mod events;
 mod metrics;
 mod pool;
+mod pq;
 mod semantic;
 
 mod device;

@@ -5,7 +5,8 @@
 //!
 //! Core types: [`PqIndex`] (every (layer, KV head) of a request), [`HeadIndex`]
 //! (one head: [`Codebook`] + one code row per token), [`Budget`] (sinks, window,
-//! top-k), [`Train`] (PQCache's m = 2 sub-spaces, 2^6 centroids).
+//! top-k), [`PqSettings`] / [`Train`] (PQCache's defaults: 1/5 of the context,
+//! 32 sinks, m = 2 sub-spaces of 2^6 centroids), [`PqStats`] (`tierkv_pq_*`).
 //!
 //! ```text
 //!   prefill keys ──k-means per sub-space──► Codebook ──encode──► codes (m bytes/token)
@@ -26,9 +27,13 @@
 mod codebook;
 mod index;
 mod kmeans;
+mod report;
 mod select;
+mod settings;
 
 pub use self::codebook::{Codebook, PqError, Train};
 pub use self::index::{HeadIndex, PqIndex, Scratch};
 pub use self::kmeans::{kmeans, Clusters, Rng};
+pub use self::report::{report, PqStats};
 pub use self::select::{group_scores, topk, Budget};
+pub use self::settings::PqSettings;

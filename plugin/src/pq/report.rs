@@ -1,0 +1,66 @@
+//! PQ retrieval's counters ([`PqStats`], `tierkv_pq_*`) and their series.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::metrics::{Histogram, Report};
+
+/// Counters of the PQ indexes of one manager.
+#[derive(Debug, Default)]
+pub struct PqStats {
+    /// Indexes built.
+    pub builds: AtomicU64,
+    /// Time to build an index (every layer and head: k-means, encoding).
+    pub build_latency: Histogram,
+    /// Bytes of codes and centroids of the live indexes.
+    pub index_bytes: AtomicU64,
+    /// Tokens indexed in the live indexes (per layer and head once).
+    pub index_tokens: AtomicU64,
+    /// Top-k selections (one per layer and call).
+    pub topk_calls: AtomicU64,
+    /// Time of a top-k selection of one layer (every KV head).
+    pub topk_latency: Histogram,
+    /// Tokens selected (sinks, window and top-k, summed over KV heads).
+    pub selected_tokens: AtomicU64,
+}
+
+/// Adds the series of `s` to `r`.
+pub fn report(s: &PqStats, r: &mut Report) {
+    let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    r.counter(
+        "tierkv_pq_builds_total",
+        "PQ indexes built (tierkv_pq_build).",
+        &[("", v(&s.builds))],
+    );
+    r.histogram(
+        "tierkv_pq_build_seconds",
+        "Time to build a PQ index: k-means and encoding of every layer and KV head.",
+        "",
+        &s.build_latency,
+    );
+    r.gauge(
+        "tierkv_pq_index_bytes",
+        "Bytes of codes and centroids of the live PQ indexes.",
+        &[("", v(&s.index_bytes))],
+    );
+    r.gauge(
+        "tierkv_pq_index_tokens",
+        "Tokens indexed by the live PQ indexes.",
+        &[("", v(&s.index_tokens))],
+    );
+    r.counter(
+        "tierkv_pq_topk_total",
+        "Top-k selections, one per layer and call (tierkv_pq_topk).",
+        &[("", v(&s.topk_calls))],
+    );
+    r.histogram(
+        "tierkv_pq_topk_seconds",
+        "Time of one layer's top-k selection (LUTs, code scan, softmax per query head, top-k; every KV head).",
+        "",
+        &s.topk_latency,
+    );
+    r.counter(
+        "tierkv_pq_selected_tokens_total",
+        "Tokens selected for attention (sinks, local window and top-k, summed over KV heads).",
+        &[("", v(&s.selected_tokens))],
+    );
+}
