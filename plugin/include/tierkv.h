@@ -841,6 +841,21 @@ enum TierkvStatus tierkv_pq_build(const struct TierkvManager *mgr,
                                   const struct TierkvPqParams *params,
                                   struct TierkvPq **out);
 
+// Builds the PQ index of the first `tokens` tokens of the stored blocks `hashes`
+// (a request's blocks, in order), read from the host tier (each verified) through
+// the token layout (`tierkv_register_token_layout`: its key rows, one set per
+// layer in the order registered). No engine copy of the keys is needed.
+//
+// # Safety
+// `hashes` valid for `n_blocks` reads; `params` null or valid for one read; `out`
+// valid for one write.
+enum TierkvStatus tierkv_pq_build_blocks(const struct TierkvManager *mgr,
+                                         const struct TierkvHash *hashes,
+                                         size_t n_blocks,
+                                         size_t tokens,
+                                         const struct TierkvPqParams *params,
+                                         struct TierkvPq **out);
+
 // Encodes `n` tokens appended to the context: `keys` holds `layers * kv_heads *
 // n * head_dim` floats, `[layer][kv_head][token][head_dim]`.
 //

@@ -57,3 +57,56 @@ def test_an_index_selects_the_planted_token_with_sinks_and_window(env, monkeypat
     ix.close()
     ix.close()
     t.close()
+
+
+def test_an_index_built_from_stored_blocks_equals_one_built_from_the_keys(env):
+    """Blocks in vLLM's CPU fp32 layout (per block and KV head: K transposed,
+    [head_dim][block_size], then V [block_size][head_dim]), two layers (regions):
+    the index read through the token layout selects exactly what the index of the
+    same keys given directly selects."""
+    import ctypes
+
+    import numpy as np
+
+    from tierkv_vllm.lib import DTYPE_F32, STORE_STORED, _rope
+
+    bt, heads, dim, layers = 16, HEADS, DIM, 2
+    slab = 2 * dim * bt * 4  # K then V of one head
+    region = heads * slab  # one layer's block
+    t = TierKV(block_tokens=bt, block_bytes=layers * region)
+    nblocks = 40
+    mems = [ctypes.create_string_buffer(region * nblocks) for _ in range(layers)]
+    t.register_layout([(ctypes.addressof(m), region, region) for m in mems], nblocks)
+    rows = []
+    for layer in range(layers):
+        # Keys: token stride 4 bytes, element stride bt * 4 (transposed).
+        rows.append((layer, 1, 0, 4, slab, heads, dim * 4, bt * 4))
+        rows.append((layer, 0, dim * bt * 4, dim * 4, slab, heads, dim * 4, 0))
+    t.register_token_layout(rows, _rope(DTYPE_F32, dim, dim, 10000.0, True))
+    rng = np.random.default_rng(3)
+    n_tok = nblocks * bt - 5  # the last block partly used
+    keys = rng.standard_normal((layers, heads, nblocks * bt, dim)).astype(np.float32)
+    for layer in range(layers):
+        view = np.frombuffer(mems[layer], dtype=np.float32).reshape(nblocks, heads, 2, dim, bt)
+        # view[b, h, 0] is K transposed: [dim][bt].
+        view[:, :, 0] = keys[layer].reshape(heads, nblocks, bt, dim).transpose(1, 0, 3, 2)
+        view[:, :, 1] = rng.standard_normal((nblocks, heads, dim, bt)).astype(np.float32)
+    tokens = [random.Random(9).randrange(5000) for _ in range(nblocks * bt)]
+    hashes = t.hash_tokens(tokens)
+    assert t.store_blocks(hashes, list(range(nblocks))) == [STORE_STORED] * nblocks
+    # The engine's copy is gone: the index reads the stored blocks.
+    for m in mems:
+        ctypes.memset(m, 0, len(m))
+    from_blocks = t.pq_build_blocks(hashes, n_tok)
+    direct = t.pq_build(np.ascontiguousarray(keys[:, :, :n_tok]), layers, heads, n_tok, dim)
+    assert from_blocks.info == direct.info
+    q = rng.standard_normal((heads, GROUP, dim)).astype(np.float32)
+    for layer in range(layers):
+        assert from_blocks.topk(layer, q, GROUP) == direct.topk(layer, q, GROUP)
+    # More tokens than the blocks hold, or a block not stored: refused.
+    with pytest.raises(TierKVError):
+        t.pq_build_blocks(hashes, nblocks * bt + 1)
+    other = t.hash_tokens([7] * bt)
+    with pytest.raises(TierKVError):
+        t.pq_build_blocks(other, bt)
+    t.close()

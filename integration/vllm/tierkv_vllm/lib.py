@@ -329,6 +329,10 @@ def _load(path: str) -> ctypes.CDLL:
              ctypes.POINTER(_PqParams), ctypes.POINTER(vp)],
             ctypes.c_int,
         ),
+        "tierkv_pq_build_blocks": (
+            [vp, hp, ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(_PqParams), ctypes.POINTER(vp)],
+            ctypes.c_int,
+        ),
         "tierkv_pq_append": ([vp, vp, ctypes.c_size_t], ctypes.c_int),
         "tierkv_pq_topk": (
             [vp, ctypes.c_uint32, vp, ctypes.c_uint32, ctypes.c_double, u32p, ctypes.c_size_t, szp],
@@ -707,18 +711,31 @@ class TierKV:
         self._check(self._lib.tierkv_pq_params(self._h, ctypes.byref(p)))
         return {name: getattr(p, name) for name, _ in _PqParams._fields_}
 
+    def _pq_params_ref(self, params: dict | None):
+        """The manager's PQ parameters with ``params`` applied (None: null, theirs)."""
+        if params is None:
+            return None
+        base = self.pq_params()
+        base.update(params)
+        return ctypes.byref(_PqParams(**base))
+
     def pq_build(self, keys, layers: int, kv_heads: int, tokens: int, head_dim: int, params: dict | None = None) -> PqIndex:
         """A PQ index of ``keys`` ``[layer][kv_head][token][head_dim]`` float32
         (post-RoPE); ``params`` (keys of ``pq_params``) override the manager's."""
         ptr, keep = _f32(keys, layers * kv_heads * tokens * head_dim, "keys")
-        p = None
-        if params is not None:
-            base = self.pq_params()
-            base.update(params)
-            p = ctypes.byref(_PqParams(**base))
+        p = self._pq_params_ref(params)
         h = ctypes.c_void_p()
         self._check(self._lib.tierkv_pq_build(self._h, ptr, layers, kv_heads, tokens, head_dim, p, ctypes.byref(h)))
         del keep
+        return PqIndex(self, h)
+
+    def pq_build_blocks(self, hashes: bytes, tokens: int, params: dict | None = None) -> PqIndex:
+        """A PQ index of the first ``tokens`` tokens of the stored blocks ``hashes``
+        (keys read from the host tier through the registered token layout)."""
+        arr, n = _hash_array(hashes)
+        p = self._pq_params_ref(params)
+        h = ctypes.c_void_p()
+        self._check(self._lib.tierkv_pq_build_blocks(self._h, arr, n, tokens, p, ctypes.byref(h)))
         return PqIndex(self, h)
 
     def register_token_layout(self, rows: Sequence[tuple[int, ...]], rope: _Rope) -> None:

@@ -2,8 +2,10 @@
 //! then each decode step's tokens per KV head.
 //!
 //! Workflow of an engine:
-//! 1. After prefill: `tierkv_pq_build` with the keys, fp32 `[layer][kv_head]
-//!    [token][head_dim]` (post-RoPE, as attention sees them) -> a `TierkvPq`.
+//! 1. After prefill: `tierkv_pq_build_blocks` with the request's stored blocks
+//!    (keys read through the token layout), or `tierkv_pq_build` with the keys,
+//!    fp32 `[layer][kv_head][token][head_dim]` (post-RoPE, as attention sees
+//!    them) -> a `TierkvPq`.
 //!    Parameters: null for the manager's (`TIERKV_PQ_*`), or
 //!    `tierkv_pq_params` then change fields.
 //! 2. Each decode step, per layer: `tierkv_pq_topk` with the queries,
@@ -14,8 +16,10 @@
 
 use std::sync::Arc;
 
-use super::{guard, manager, out_ptr, slice_in, slice_out, FfiError, Held, Registry, TierkvManager, TierkvStatus};
-use crate::manager::{PqHandle, PqSettings};
+use super::{
+    guard, manager, out_ptr, slice_in, slice_out, FfiError, Held, Registry, TierkvHash, TierkvManager, TierkvStatus,
+};
+use crate::manager::{BlockHash, PqHandle, PqSettings};
 
 /// A PQ index (opaque; free with `tierkv_pq_destroy`).
 pub struct TierkvPq {
@@ -80,6 +84,19 @@ fn params_of(p: &TierkvPqParams, base: PqSettings) -> Result<PqSettings, FfiErro
     Ok(s)
 }
 
+/// The settings of `params` over `base`; null: `None` (the manager's).
+///
+/// # Safety
+/// `params` null or valid for one read.
+unsafe fn settings_of(params: *const TierkvPqParams, base: PqSettings) -> Result<Option<PqSettings>, FfiError> {
+    if params.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-null, the caller's contract (one read).
+    let p = unsafe { *params };
+    params_of(&p, base).map(Some)
+}
+
 /// Writes the manager's PQ parameters (`TIERKV_PQ_*`) to `*out`.
 ///
 /// # Safety
@@ -136,13 +153,8 @@ pub unsafe extern "C" fn tierkv_pq_build(
         }
         // SAFETY: validated pointer and length, caller contract.
         let k = unsafe { slice_in(keys, n, "keys") }?;
-        let settings = if params.is_null() {
-            None
-        } else {
-            // SAFETY: non-null, caller contract (one read).
-            let p = unsafe { *params };
-            Some(params_of(&p, m.pq_settings())?)
-        };
+        // SAFETY: the caller's contract (null or one read).
+        let settings = unsafe { settings_of(params, m.pq_settings()) }?;
         let h = m.in_scope(|| {
             m.pq_build(
                 k,
@@ -153,6 +165,37 @@ pub unsafe extern "C" fn tierkv_pq_build(
                 settings,
             )
         })?;
+        *out = PQS.insert(Arc::new(h)) as usize as *mut TierkvPq;
+        Ok(())
+    })
+}
+
+/// Builds the PQ index of the first `tokens` tokens of the stored blocks `hashes`
+/// (a request's blocks, in order), read from the host tier (each verified) through
+/// the token layout (`tierkv_register_token_layout`: its key rows, one set per
+/// layer in the order registered). No engine copy of the keys is needed.
+///
+/// # Safety
+/// `hashes` valid for `n_blocks` reads; `params` null or valid for one read; `out`
+/// valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_pq_build_blocks(
+    mgr: *const TierkvManager,
+    hashes: *const TierkvHash,
+    n_blocks: usize,
+    tokens: usize,
+    params: *const TierkvPqParams,
+    out: *mut *mut TierkvPq,
+) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        // SAFETY: validated pointers, caller contract.
+        let (out, hs) = unsafe { (out_ptr(out, "out")?, slice_in(hashes, n_blocks, "hashes")?) };
+        *out = std::ptr::null_mut();
+        // SAFETY: the caller's contract (null or one read).
+        let settings = unsafe { settings_of(params, m.pq_settings()) }?;
+        let hs: Vec<BlockHash> = hs.iter().map(|&h| h.into()).collect();
+        let h = m.in_scope(|| m.pq_build_blocks(&hs, tokens, settings))?;
         *out = PQS.insert(Arc::new(h)) as usize as *mut TierkvPq;
         Ok(())
     })

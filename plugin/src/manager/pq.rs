@@ -108,6 +108,52 @@ impl Manager {
     }
 }
 
+impl Manager {
+    /// Builds the PQ index of the first `tokens` tokens of the stored blocks
+    /// `hashes` (a request's blocks, in order): every block loaded from the host
+    /// tier and verified, its keys read through the registered token layout
+    /// (`register_token_layout`: which rows are keys, their dtype), in fp32.
+    pub fn pq_build_blocks(
+        &self,
+        hashes: &[crate::prefix::BlockHash],
+        tokens: usize,
+        settings: Option<PqSettings>,
+    ) -> Result<PqHandle, ManagerError> {
+        let bt = self.block_tokens();
+        if tokens == 0 || tokens > hashes.len().saturating_mul(bt) {
+            return Err(invalid(format!(
+                "{tokens} tokens of {} blocks of {bt} tokens",
+                hashes.len()
+            )));
+        }
+        let guard = self.token_layout.read();
+        let Some(tl) = guard.as_ref() else {
+            return Err(ManagerError::State(
+                "no token layout registered (tierkv_register_token_layout)",
+            ));
+        };
+        let Some((layers, heads, dim)) = tl.key_shape() else {
+            return Err(invalid("the token layout's key rows differ in heads".into()));
+        };
+        let total = tokens;
+        let mut keys = vec![0f32; layers * heads * total * dim];
+        let block_bytes = self.movement.host().block_bytes() as usize;
+        let mut buf = vec![0u8; block_bytes];
+        for (i, &h) in hashes.iter().enumerate().take(tokens.div_ceil(bt)) {
+            let o = self.movement.host().load(h, &mut [&mut buf[..]])?;
+            if o != crate::tier::LoadOutcome::Loaded {
+                return Err(ManagerError::Unavailable(format!(
+                    "block {i} of the request is not in the host tier ({o:?})"
+                )));
+            }
+            let n = bt.min(total - i * bt);
+            tl.read_keys(&buf, n, &mut keys, total, i * bt);
+        }
+        drop(guard);
+        self.pq_build(&keys, layers, heads, total, dim, settings)
+    }
+}
+
 impl PqHandle {
     /// Shape and size.
     pub fn info(&self) -> PqInfo {

@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use tierkv_cuda::reference::{rotate_row, rotation_table, KeyDtype, RopeSpec};
+use tierkv_cuda::reference::{bf16_to_f32, f16_to_f32, rotate_row, rotation_table, KeyDtype, RopeSpec};
 
 use super::plan::TokenSource;
 use crate::tier::layout::Region;
@@ -183,6 +183,45 @@ impl TokenLayout {
             dtype,
             rope,
         })
+    }
+
+    /// The keys' shape: key row sets (one per layer, in the order registered),
+    /// KV heads, head dimension; `None` when the sets differ in heads.
+    pub fn key_shape(&self) -> Option<(usize, usize, usize)> {
+        let keys: Vec<&TokenRows> = self.rows.iter().filter(|r| r.is_key == 1).collect();
+        let heads = keys.first()?.heads;
+        keys.iter()
+            .all(|r| r.heads == heads)
+            .then_some((keys.len(), heads as usize, self.rope.dim as usize))
+    }
+
+    /// Reads the first `tokens` keys of one stored block (`block`: its regions'
+    /// bytes, concatenated) as fp32 into `out`, laid out `[layer][head][total]
+    /// [dim]` with this block's tokens at `base..base + tokens`.
+    pub fn read_keys(&self, block: &[u8], tokens: usize, out: &mut [f32], total: usize, base: usize) {
+        let Some((_, heads, dim)) = self.key_shape() else {
+            return;
+        };
+        let es = self.dtype.size();
+        let keys = self.rows.iter().filter(|r| r.is_key == 1);
+        for (layer, r) in keys.enumerate() {
+            let step = if r.elem_stride == 0 { es } else { r.elem_stride as usize };
+            let region = self.region_offsets[r.region as usize] as usize;
+            for t in 0..tokens.min(self.block_tokens as usize) {
+                for h in 0..heads {
+                    let row = region + r.offset as usize + t * r.token_stride as usize + h * r.head_stride as usize;
+                    let dst = ((layer * heads + h) * total + base + t) * dim;
+                    for (e, o) in out[dst..dst + dim].iter_mut().enumerate() {
+                        let b = &block[row + e * step..row + e * step + es];
+                        *o = match self.dtype {
+                            KeyDtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                            KeyDtype::F16 => f16_to_f32(u16::from_le_bytes([b[0], b[1]])),
+                            KeyDtype::Bf16 => bf16_to_f32(u16::from_le_bytes([b[0], b[1]])),
+                        };
+                    }
+                }
+            }
+        }
     }
 
     /// Writes one target block: `out[k]` is region k's bytes of the engine block,
