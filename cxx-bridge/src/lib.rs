@@ -148,6 +148,17 @@ mod ffi {
         estimate: f32,
     }
 
+    /// The tokens one layer's decode step attends over, per KV head (PQ
+    /// retrieval): KV head `h`'s are `tokens[offsets[h]..offsets[h + 1]]`,
+    /// ascending (sinks, top-k by PQ score, local window).
+    #[derive(Debug, Clone)]
+    struct PqSelection {
+        /// Start of each KV head's tokens, and the end (`kv_heads + 1` entries).
+        offsets: Vec<u32>,
+        /// Token positions.
+        tokens: Vec<u32>,
+    }
+
     /// The engine block pool's sizes and counters.
     #[derive(Debug, Clone, Copy)]
     struct PoolState {
@@ -170,6 +181,8 @@ mod ffi {
     extern "Rust" {
         /// One tierkv manager.
         type Manager;
+        /// A PQ index of a request's keys (after PQCache; docs/pq.md).
+        type PqIndex;
 
         /// Creates a manager: reads `TIERKV_*`, opens (or joins) the host tier,
         /// starts the exporter when asked.
@@ -212,6 +225,27 @@ mod ffi {
         /// exact prefix hit of `exact_tokens` (see `SemanticPlan`).
         fn semantic_lookup(self: &Manager, tokens: &[u32], exact_tokens: u32) -> Result<SemanticPlan>;
 
+        /// A PQ index of `keys`, fp32 `[layer][kv_head][token][head_dim]`
+        /// (post-RoPE), with the manager's `TIERKV_PQ_*` parameters.
+        fn pq_build(
+            self: &Manager,
+            keys: &[f32],
+            layers: u32,
+            kv_heads: u32,
+            tokens: usize,
+            head_dim: u32,
+        ) -> Result<Box<PqIndex>>;
+        /// A PQ index of the first `tokens` tokens of the stored blocks `hashes`
+        /// (keys read from the host tier through the registered token layout).
+        fn pq_build_blocks(self: &Manager, hashes: &[Hash], tokens: usize) -> Result<Box<PqIndex>>;
+        /// The tokens layer `layer` attends over for `queries`, fp32
+        /// `[kv_head][group][head_dim]`; `budget` 0: the index's fraction.
+        fn topk(self: &PqIndex, layer: u32, queries: &[f32], group: u32, budget: f64) -> Result<PqSelection>;
+        /// Encodes `n` appended tokens, `[layer][kv_head][n][head_dim]`.
+        fn append(self: &PqIndex, keys: &[f32], n: usize) -> Result<()>;
+        /// Tokens indexed.
+        fn tokens(self: &PqIndex) -> usize;
+
         /// Starts recording KV events (0: keep up to 65536).
         fn events_start(self: &Manager, capacity: usize) -> Result<()>;
         /// The engine's 64-bit keys (and parents', empty or one per block) of
@@ -242,7 +276,7 @@ mod ffi {
     }
 }
 
-pub use ffi::{EventBatch, Hash, Lookup, Params, PoolState, Region, TierState};
+pub use ffi::{EventBatch, Hash, Lookup, Params, PoolState, PqSelection, Region, TierState};
 
 /// The error C++ sees as `rust::Error`: its text is `tierkv_last_error`'s.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -623,5 +657,72 @@ impl Manager {
                 evictions: s.stats.evictions,
             })
         })
+    }
+}
+
+/// A PQ index (see the bridge declaration).
+pub struct PqIndex(tierkv::PqHandle);
+
+impl Manager {
+    /// A PQ index of keys given by the engine.
+    pub fn pq_build(
+        &self,
+        keys: &[f32],
+        layers: u32,
+        kv_heads: u32,
+        tokens: usize,
+        head_dim: u32,
+    ) -> Result<Box<PqIndex>, Error> {
+        guard(|| {
+            let h = self.0.pq_build(
+                keys,
+                layers as usize,
+                kv_heads as usize,
+                tokens,
+                head_dim as usize,
+                None,
+            )?;
+            Ok(Box::new(PqIndex(h)))
+        })
+    }
+
+    /// A PQ index of a request's stored blocks.
+    pub fn pq_build_blocks(&self, hs: &[Hash], tokens: usize) -> Result<Box<PqIndex>, Error> {
+        guard(|| Ok(Box::new(PqIndex(self.0.pq_build_blocks(&hashes(hs), tokens, None)?))))
+    }
+}
+
+impl PqIndex {
+    /// One layer's selection per KV head.
+    pub fn topk(&self, layer: u32, queries: &[f32], group: u32, budget: f64) -> Result<PqSelection, Error> {
+        guard(|| {
+            if !(0.0..=1.0).contains(&budget) {
+                return Err(invalid(format!(
+                    "budget {budget}: 0 (the index's) or a fraction (0, 1]"
+                )));
+            }
+            let heads = self.0.info().kv_heads;
+            let mut out = vec![Vec::new(); heads];
+            let b = (budget > 0.0).then_some(budget);
+            self.0.topk(layer as usize, queries, group as usize, b, &mut out)?;
+            let mut offsets = vec![0u32];
+            for sel in &out {
+                offsets.push(offsets[offsets.len() - 1] + sel.len() as u32);
+            }
+            Ok(PqSelection {
+                offsets,
+                tokens: out.concat(),
+            })
+        })
+    }
+
+    /// Encodes appended tokens.
+    pub fn append(&self, keys: &[f32], n: usize) -> Result<(), Error> {
+        guard(|| Ok(self.0.append(keys, n)?))
+    }
+
+    /// Tokens indexed.
+    pub fn tokens(&self) -> usize {
+        self.0.info().tokens
     }
 }

@@ -52,4 +52,4 @@ pub mod semantic;
 /// cbindgen:ignore
 pub mod tier;
 
-pub use manager::{ErrorKind, EventsTaken, Manager, ManagerError, ManagerParams, PoolState};
+pub use manager::{ErrorKind, EventsTaken, Manager, ManagerError, ManagerParams, PoolState, PqHandle};

@@ -34,6 +34,7 @@ const ROOT_ITEMS: &[(&str, &str)] = &[
     ("ManagerError", "manager"),
     ("ManagerParams", "manager"),
     ("ErrorKind", "manager"),
+    ("PqHandle", "manager"),
 ];
 
 fn layer_of(module: &str) -> Option<u8> {

@@ -144,6 +144,30 @@ rust::String run_all() {
   check(m->pool_state().hits == 4 && m->pool_state().free == m->pool_state().num_blocks - 2, "touched");
   check(!error_of([&] { m->pool_allocate(100); }).empty(), "too many blocks is an exception");
   check(m->tier_status(TIERKV_TIER_HOST).up && !m->tier_status(TIERKV_TIER_DISK).configured, "tier status");
+  {
+    // PQ retrieval: 1 layer, 2 KV heads of 16 dimensions, 300 tokens; token 150
+    // of each head points where the all-ones query looks.
+    constexpr uint32_t heads = 2, dim = 16, group = 3;
+    constexpr size_t n = 300;
+    std::vector<float> keys(heads * n * dim);
+    for (size_t i = 0; i < keys.size(); ++i) keys[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+    for (uint32_t h = 0; h < heads; ++h)
+      for (uint32_t e = 0; e < dim; ++e) keys[(h * n + 150) * dim + e] = 4.0f;
+    rust::Box<tierkv::PqIndex> ix = m->pq_build(rust::Slice<const float>(keys.data(), keys.size()), 1, heads, n, dim);
+    check(ix->tokens() == n, "PQ index of 300 tokens");
+    std::vector<float> q(heads * group * dim, 1.0f);
+    tierkv::PqSelection sel = ix->topk(0, rust::Slice<const float>(q.data(), q.size()), group, 0.0);
+    check(sel.offsets.size() == heads + 1 && sel.offsets[heads] == sel.tokens.size(), "a selection per KV head");
+    for (uint32_t h = 0; h < heads; ++h) {
+      bool found = false;
+      for (uint32_t i = sel.offsets[h]; i < sel.offsets[h + 1]; ++i) found |= sel.tokens[i] == 150;
+      check(found, "the planted token is selected for KV head " + std::to_string(h));
+    }
+    check(!error_of([&] { ix->topk(1, rust::Slice<const float>(q.data(), q.size()), group, 0.0); }).empty(),
+          "a layer past the last is an exception");
+    ix->append(rust::Slice<const float>(keys.data(), heads * 2 * dim), 2);
+    check(ix->tokens() == n + 2, "appended tokens are indexed");
+  }
   check(std::string(m->metrics_text()).find("tierkv_block_ops_total") != std::string::npos, "metrics");
   {
     std::string path = std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") + "/tierkv-cxx-sha.txt";
