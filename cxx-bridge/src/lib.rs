@@ -701,7 +701,7 @@ impl PqIndex {
                     "budget {budget}: 0 (the index's) or a fraction (0, 1]"
                 )));
             }
-            let heads = self.0.info().kv_heads;
+            let heads = self.0.shape().1;
             let mut out = vec![Vec::new(); heads];
             let b = (budget > 0.0).then_some(budget);
             self.0.topk(layer as usize, queries, group as usize, b, &mut out)?;

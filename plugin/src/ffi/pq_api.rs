@@ -210,9 +210,9 @@ pub unsafe extern "C" fn tierkv_pq_build_blocks(
 pub unsafe extern "C" fn tierkv_pq_append(pq: *const TierkvPq, keys: *const f32, n: usize) -> TierkvStatus {
     guard(|| {
         let h = pq_ref(pq)?;
-        let i = h.info();
-        let len = (i.layers * i.kv_heads)
-            .checked_mul(i.head_dim)
+        let (layers, kv_heads, head_dim) = h.shape();
+        let len = (layers * kv_heads)
+            .checked_mul(head_dim)
             .and_then(|x| x.checked_mul(n))
             .ok_or_else(|| FfiError::invalid("keys: the shape overflows"))?;
         // SAFETY: validated pointer and length, caller contract.
@@ -245,12 +245,11 @@ pub unsafe extern "C" fn tierkv_pq_topk(
 ) -> TierkvStatus {
     guard(|| {
         let h = pq_ref(pq)?;
-        let i = h.info();
-        let qn = (i.kv_heads * i.head_dim)
+        let (_, kv_heads, head_dim) = h.shape();
+        let qn = (kv_heads * head_dim)
             .checked_mul(group as usize)
             .ok_or_else(|| FfiError::invalid("queries: the shape overflows"))?;
-        let slots = i
-            .kv_heads
+        let slots = kv_heads
             .checked_mul(capacity)
             .ok_or_else(|| FfiError::invalid("out_tokens: the shape overflows"))?;
         // SAFETY: validated pointers and lengths, caller contract.
@@ -258,7 +257,7 @@ pub unsafe extern "C" fn tierkv_pq_topk(
             (
                 slice_in(queries, qn, "queries")?,
                 slice_out(out_tokens, slots, "out_tokens")?,
-                slice_out(out_counts, i.kv_heads, "out_counts")?,
+                slice_out(out_counts, kv_heads, "out_counts")?,
             )
         };
         if !(0.0..=1.0).contains(&budget) {
@@ -267,7 +266,7 @@ pub unsafe extern "C" fn tierkv_pq_topk(
             )));
         }
         let budget = (budget > 0.0).then_some(budget);
-        let mut out = vec![Vec::new(); i.kv_heads];
+        let mut out = vec![Vec::new(); kv_heads];
         h.topk(layer as usize, q, group as usize, budget, &mut out)?;
         if let Some(big) = out.iter().map(Vec::len).max().filter(|&n| n > capacity) {
             return Err(FfiError::invalid(format!(

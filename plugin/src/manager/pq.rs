@@ -25,7 +25,8 @@ const MAX_DIM: usize = 1024;
 pub struct PqHandle {
     index: Mutex<(PqIndex, Scratch)>,
     settings: PqSettings,
-    dim: usize,
+    /// Layers, KV heads, head dimension (fixed at build).
+    shape: (usize, usize, usize),
     stats: Arc<PqStats>,
     /// What this index adds to the live gauges.
     counted: Mutex<(u64, u64)>,
@@ -99,7 +100,7 @@ impl Manager {
         let handle = PqHandle {
             index: Mutex::new((index, Scratch::default())),
             settings: s,
-            dim: head_dim,
+            shape: (layers, kv_heads, head_dim),
             stats,
             counted: Mutex::new((0, 0)),
         };
@@ -155,14 +156,19 @@ impl Manager {
 }
 
 impl PqHandle {
+    /// Layers, KV heads, head dimension (no lock: a selection's shape check).
+    pub fn shape(&self) -> (usize, usize, usize) {
+        self.shape
+    }
+
     /// Shape and size.
     pub fn info(&self) -> PqInfo {
         let g = self.index.lock();
         let ix = &g.0;
         PqInfo {
-            layers: ix.layers(),
-            kv_heads: ix.kv_heads(),
-            head_dim: self.dim,
+            layers: self.shape.0,
+            kv_heads: self.shape.1,
+            head_dim: self.shape.2,
             tokens: ix.head(0, 0).len(),
             bytes: ix.bytes(),
         }
@@ -195,13 +201,13 @@ impl PqHandle {
             let ix = &mut g.0;
             let (layers, heads) = (ix.layers(), ix.kv_heads());
             let per = n
-                .checked_mul(self.dim)
+                .checked_mul(self.shape.2)
                 .ok_or_else(|| invalid("too many tokens".into()))?;
             if keys.len() != per * layers * heads {
                 return Err(invalid(format!(
                     "{} key floats for {layers} x {heads} x {n} x {}",
                     keys.len(),
-                    self.dim
+                    self.shape.2
                 )));
             }
             for l in 0..layers {
@@ -234,19 +240,19 @@ impl PqHandle {
         if layer >= ix.layers() {
             return Err(invalid(format!("layer {layer} of {}", ix.layers())));
         }
-        if group == 0 || group > MAX_HEADS || queries.len() != heads * group * self.dim || out.len() != heads {
+        if group == 0 || group > MAX_HEADS || queries.len() != heads * group * self.shape.2 || out.len() != heads {
             return Err(invalid(format!(
                 "{} query floats and {} outputs for {heads} KV heads x {group} x {}",
                 queries.len(),
                 out.len(),
-                self.dim
+                self.shape.2
             )));
         }
         let fraction = budget.unwrap_or(self.settings.budget);
         if !(fraction > 0.0 && fraction <= 1.0) {
             return Err(invalid(format!("budget {fraction}")));
         }
-        let per = group * self.dim;
+        let per = group * self.shape.2;
         let mut selected = 0;
         for (h, o) in out.iter_mut().enumerate() {
             let head = ix.head(layer, h);

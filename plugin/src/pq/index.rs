@@ -96,8 +96,8 @@ impl HeadIndex {
         let n = self.len();
         let cand = budget.candidates(n);
         let start = cand.start as u32;
-        let scores = self.candidate_scores(queries, budget, s).to_vec();
-        let chosen = topk(&scores, budget.topk, &mut s.order);
+        self.candidate_scores(queries, budget, s);
+        let chosen = topk(&s.agg[..cand.len()], budget.topk, &mut s.order);
         let mut out: Vec<u32> = (0..cand.start as u32).collect();
         out.extend(chosen.into_iter().map(|i| i + start));
         out.extend(cand.end as u32..n as u32);

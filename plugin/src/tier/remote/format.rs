@@ -48,14 +48,6 @@ pub fn value_len(segs: &[&[u8]]) -> usize {
     HEADER + segs.iter().map(|s| s.len()).sum::<usize>()
 }
 
-/// The value of a block given as segments: header, then their concatenation,
-/// checksummed while copied.
-pub fn encode(hash: BlockHash, namespace: u64, segs: &[&[u8]]) -> Vec<u8> {
-    let mut v = vec![0u8; value_len(segs)];
-    encode_into(&mut v, hash, namespace, segs);
-    v
-}
-
 /// Writes the value of a block given as segments into `v` (of [`value_len`]
 /// bytes): the header, then the segments copied and checksummed in one pass.
 pub fn encode_into(v: &mut [u8], hash: BlockHash, namespace: u64, segs: &[&[u8]]) {
@@ -123,6 +115,12 @@ pub fn decode_into(value: &[u8], hash: BlockHash, namespace: u64, dsts: &mut [&m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encode(hash: BlockHash, namespace: u64, segs: &[&[u8]]) -> Vec<u8> {
+        let mut v = vec![0u8; value_len(segs)];
+        encode_into(&mut v, hash, namespace, segs);
+        v
+    }
 
     fn segs() -> (Vec<u8>, Vec<u8>) {
         (

@@ -70,8 +70,6 @@ const WRITERS: usize = 3;
 const PIPELINE: usize = 8;
 /// Idle clients kept for loads and probes.
 const POOL: usize = 8;
-/// Request buffers kept for the next writes.
-const SPARE: usize = WRITERS + 2;
 
 const CONNECTING: u8 = 0;
 const UP: u8 = 1;
@@ -133,9 +131,6 @@ struct Inner {
     problem: Mutex<Option<String>>,
     retry_at: Mutex<Instant>,
     pool: Mutex<Vec<Client>>,
-    /// Buffers of written requests, kept for the next ones: a new 1.4 MiB
-    /// buffer per block costs more in page faults than its copy.
-    spare: Mutex<Vec<Vec<u8>>>,
     queued: AtomicU64,
     /// When the last manager let go (queued writes get `CLOSE_GRACE` more).
     closing: Mutex<Option<Instant>>,
@@ -364,7 +359,6 @@ impl Shared {
             problem: Mutex::new(None),
             retry_at: Mutex::new(Instant::now()),
             pool: Mutex::new(Vec::new()),
-            spare: Mutex::new(Vec::new()),
             queued: AtomicU64::new(0),
             closing: Mutex::new(None),
         });
@@ -497,11 +491,6 @@ fn writer(i: &Inner, rx: &Receiver<Write>) {
         } else {
             i.write(&mut client, &w);
         }
-        let mut spare = i.spare.lock();
-        if spare.len() < SPARE {
-            spare.push(w.request);
-        }
-        drop(spare);
         i.queued.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -624,8 +613,7 @@ impl Tier for RemoteTier {
         }
         let key = i.key(hash);
         let value_len = format::value_len(segs);
-        let buf = i.spare.lock().pop().unwrap_or_default();
-        let request = wire::set_nx(buf, &key, value_len, i.ttl_s(), |v| {
+        let request = wire::set_nx(&key, value_len, i.ttl_s(), |v| {
             format::encode_into(v, hash, ctx.namespace, segs)
         });
         let w = Write {

@@ -138,15 +138,13 @@ pub fn command(args: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// The request `SET key <value> NX EX ttl` in `out` (cleared; a buffer of an
-/// earlier request is reused as it is), the value's `value_len` bytes written in
-/// place by `fill` (no copy of the value after it).
-pub fn set_nx(mut out: Vec<u8>, key: &str, value_len: usize, ttl_s: u64, fill: impl FnOnce(&mut [u8])) -> Vec<u8> {
+/// The request `SET key <value> NX EX ttl`, the value's `value_len` bytes written
+/// in place by `fill` (no copy of the value after it).
+pub fn set_nx(key: &str, value_len: usize, ttl_s: u64, fill: impl FnOnce(&mut [u8])) -> Vec<u8> {
     let head = format!("*6\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${value_len}\r\n", key.len());
     let ttl = ttl_s.to_string();
     let tail = format!("\r\n$2\r\nNX\r\n$2\r\nEX\r\n${}\r\n{ttl}\r\n", ttl.len());
-    out.clear();
-    out.reserve(head.len() + value_len + tail.len());
+    let mut out = Vec::with_capacity(head.len() + value_len + tail.len());
     out.extend_from_slice(head.as_bytes());
     out.resize(head.len() + value_len, 0);
     fill(&mut out[head.len()..]);
@@ -193,7 +191,7 @@ mod tests {
 
     #[test]
     fn a_set_request_is_the_command_with_the_value_in_place() {
-        let r = set_nx(b"junk".to_vec(), "k", 3, 60, |v| v.copy_from_slice(b"abc"));
+        let r = set_nx("k", 3, 60, |v| v.copy_from_slice(b"abc"));
         assert_eq!(r, command(&[b"SET", b"k", b"abc", b"NX", b"EX", b"60"]));
     }
 
