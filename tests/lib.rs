@@ -201,8 +201,8 @@ pub struct PqInfo {
     pub kv_heads: u32,
     /// Head dimension.
     pub head_dim: u32,
-    /// Reserved.
-    pub reserved: u32,
+    /// Elements of a value row (0: an index of keys).
+    pub value_dim: u32,
     /// Tokens indexed.
     pub tokens: u64,
     /// Bytes of codes and centroids.
@@ -284,6 +284,8 @@ api! {
     tierkv_pq_append: fn(*const c_void, *const f32, usize) -> i32;
     tierkv_pq_topk: fn(*const c_void, u32, *const f32, u32, f64, *mut u32, usize, *mut usize) -> i32;
     tierkv_pq_info: fn(*const c_void, *mut PqInfo) -> i32;
+    tierkv_pq_gather: fn(Mgr, *const c_void, u32, *const u32, *const usize, usize, *mut f32, *mut f32, *mut usize) -> i32;
+    tierkv_pq_set_cache: fn(*const c_void, u64) -> i32;
     tierkv_pq_destroy: fn(*mut c_void) -> ();
 }
 

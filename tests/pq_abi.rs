@@ -247,6 +247,55 @@ fn bad_shapes_parameters_and_handles_are_refused() {
             (a.tierkv_pq_topk)(pq, 0, q.as_ptr(), 3, 0.0, toks.as_mut_ptr(), 64, counts.as_mut_ptr()),
             status::OK
         );
+        // An index of keys has no stored blocks to gather from; bad pointers and handles.
+        let (mut kk, mut vv, mut rows) = (vec![0f32; 2 * 64 * 16], vec![0f32; 2 * 64 * 16], [0usize; 2]);
+        let mut gather = |pq: *const c_void, toks: *const u32, counts: *const usize, rows: *mut usize, kk: *mut f32| {
+            (a.tierkv_pq_gather)(m, pq, 0, toks, counts, 64, kk, vv.as_mut_ptr(), rows)
+        };
+        assert_eq!(
+            gather(pq, toks.as_ptr(), counts.as_ptr(), rows.as_mut_ptr(), kk.as_mut_ptr()),
+            status::STATE
+        );
+        assert_eq!(
+            gather(
+                pq,
+                std::ptr::null(),
+                counts.as_ptr(),
+                rows.as_mut_ptr(),
+                kk.as_mut_ptr()
+            ),
+            status::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            gather(
+                pq,
+                toks.as_ptr(),
+                counts.as_ptr(),
+                std::ptr::null_mut(),
+                kk.as_mut_ptr()
+            ),
+            status::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            gather(
+                0x4000 as *const c_void,
+                toks.as_ptr(),
+                counts.as_ptr(),
+                rows.as_mut_ptr(),
+                kk.as_mut_ptr()
+            ),
+            status::INVALID_ARGUMENT
+        );
+        let over = [65usize, 0];
+        assert_eq!(
+            gather(pq, toks.as_ptr(), over.as_ptr(), rows.as_mut_ptr(), kk.as_mut_ptr()),
+            status::INVALID_ARGUMENT
+        );
+        assert_eq!((a.tierkv_pq_set_cache)(pq, 1 << 20), status::OK);
+        assert_eq!(
+            (a.tierkv_pq_set_cache)(0x4000 as *const c_void, 0),
+            status::INVALID_ARGUMENT
+        );
         assert_eq!((a.tierkv_pq_append)(pq, std::ptr::null(), 3), status::INVALID_ARGUMENT);
         assert_eq!(
             (a.tierkv_pq_append)(pq, k.as_ptr(), usize::MAX),

@@ -159,6 +159,47 @@ mod ffi {
         tokens: Vec<u32>,
     }
 
+    /// A gather's K and V rows (PQ retrieval), per KV head: head `h`'s rows are
+    /// `offsets[h]..offsets[h + 1]`, row `r`'s key at `keys[r * head_dim..]`,
+    /// its value at `values[r * value_dim..]` (fp32), its position `tokens[r]`.
+    #[derive(Debug, Clone)]
+    struct PqRows {
+        /// Start of each KV head's rows, and the end (`kv_heads + 1` entries).
+        offsets: Vec<u32>,
+        /// Token positions of the rows.
+        tokens: Vec<u32>,
+        /// Keys, `head_dim` floats a row.
+        keys: Vec<f32>,
+        /// Values, `value_dim` floats a row.
+        values: Vec<f32>,
+        /// Floats of a key.
+        head_dim: u32,
+        /// Floats of a value.
+        value_dim: u32,
+    }
+
+    /// Where one kind of row (K or V) of every token and head of one region of
+    /// a block lies (`TierkvTokenRows` of the C ABI).
+    #[derive(Debug, Clone, Copy)]
+    struct TokenRows {
+        /// Region index.
+        region: u32,
+        /// 1 for keys, 0 for values.
+        is_key: u32,
+        /// Byte offset of token 0, head 0.
+        offset: u64,
+        /// Bytes between tokens.
+        token_stride: u64,
+        /// Bytes between heads.
+        head_stride: u64,
+        /// Heads.
+        heads: u32,
+        /// Bytes of one row.
+        row_bytes: u32,
+        /// Bytes between a row's elements (0: contiguous).
+        elem_stride: u64,
+    }
+
     /// The engine block pool's sizes and counters.
     #[derive(Debug, Clone, Copy)]
     struct PoolState {
@@ -235,9 +276,28 @@ mod ffi {
             tokens: usize,
             head_dim: u32,
         ) -> Result<Box<PqIndex>>;
+        /// Where each token's K and V rows lie in the registered layout (rows
+        /// tiling every region's block), the keys' dtype (0 f32, 1 f16, 2 bf16)
+        /// and standard RoPE (`rope_theta` `base`, `rot_dim` of `head_dim`
+        /// rotated, `neox`: rotate-half pairing): semantic sharing and PQ
+        /// indexes of stored blocks read tokens through it.
+        fn register_token_layout(
+            self: &Manager,
+            rows: &[TokenRows],
+            dtype: u32,
+            head_dim: u32,
+            rot_dim: u32,
+            base: f32,
+            neox: bool,
+        ) -> Result<()>;
         /// A PQ index of the first `tokens` tokens of the stored blocks `hashes`
-        /// (keys read from the host tier through the registered token layout).
+        /// (keys fetched from the tiers through the registered token layout); it
+        /// can gather.
         fn pq_build_blocks(self: &Manager, hashes: &[Hash], tokens: usize) -> Result<Box<PqIndex>>;
+        /// Layer `layer`'s K and V rows of a selection (`topk`'s) from the stored
+        /// blocks `index` was built from (its block cache, else the tiers);
+        /// tokens past the stored blocks end a head's rows.
+        fn pq_gather(self: &Manager, index: &PqIndex, layer: u32, selection: &PqSelection) -> Result<PqRows>;
         /// The tokens layer `layer` attends over for `queries`, fp32
         /// `[kv_head][group][head_dim]`; `budget` 0: the index's fraction.
         fn topk(self: &PqIndex, layer: u32, queries: &[f32], group: u32, budget: f64) -> Result<PqSelection>;
@@ -276,7 +336,7 @@ mod ffi {
     }
 }
 
-pub use ffi::{EventBatch, Hash, Lookup, Params, PoolState, PqSelection, Region, TierState};
+pub use ffi::{EventBatch, Hash, Lookup, Params, PoolState, PqRows, PqSelection, Region, TierState, TokenRows};
 
 /// The error C++ sees as `rust::Error`: its text is `tierkv_last_error`'s.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -689,6 +749,85 @@ impl Manager {
     /// A PQ index of a request's stored blocks.
     pub fn pq_build_blocks(&self, hs: &[Hash], tokens: usize) -> Result<Box<PqIndex>, Error> {
         guard(|| Ok(Box::new(PqIndex(self.0.pq_build_blocks(&hashes(hs), tokens, None)?))))
+    }
+
+    /// The token layout (standard RoPE).
+    pub fn register_token_layout(
+        &self,
+        rows: &[TokenRows],
+        dtype: u32,
+        head_dim: u32,
+        rot_dim: u32,
+        base: f32,
+        neox: bool,
+    ) -> Result<(), Error> {
+        use tierkv::semantic::synth::{row_rope, TokenRows as Rows};
+        use tierkv_cuda::reference::KeyDtype;
+        guard(|| {
+            let dtype = match dtype {
+                0 => KeyDtype::F32,
+                1 => KeyDtype::F16,
+                2 => KeyDtype::Bf16,
+                _ => return Err(invalid(format!("dtype {dtype}: expected 0 (f32), 1 (f16) or 2 (bf16)"))),
+            };
+            let rope = row_rope(head_dim, rot_dim, base, neox, None).map_err(invalid)?;
+            let rows: Vec<Rows> = rows
+                .iter()
+                .map(|r| Rows {
+                    region: r.region,
+                    is_key: r.is_key,
+                    offset: r.offset,
+                    token_stride: r.token_stride,
+                    head_stride: r.head_stride,
+                    heads: r.heads,
+                    row_bytes: r.row_bytes,
+                    elem_stride: r.elem_stride,
+                })
+                .collect();
+            Ok(self.0.register_token_layout(&rows, dtype, rope)?)
+        })
+    }
+
+    /// One layer's K and V rows of a selection.
+    pub fn pq_gather(&self, index: &PqIndex, layer: u32, sel: &PqSelection) -> Result<PqRows, Error> {
+        guard(|| {
+            let (_, heads, dim) = index.0.shape();
+            let vdim = index.0.value_dim();
+            let o = &sel.offsets;
+            if o.len() != heads + 1 || o.windows(2).any(|w| w[0] > w[1]) || o[heads] as usize != sel.tokens.len() {
+                return Err(invalid(format!(
+                    "a selection of {} offsets for {heads} KV heads",
+                    o.len()
+                )));
+            }
+            let lists: Vec<&[u32]> = o
+                .windows(2)
+                .map(|w| &sel.tokens[w[0] as usize..w[1] as usize])
+                .collect();
+            let cap = lists.iter().map(|l| l.len()).max().unwrap_or(0);
+            let (mut k, mut v, mut rows) = (
+                vec![0f32; heads * cap * dim],
+                vec![0f32; heads * cap * vdim],
+                vec![0; heads],
+            );
+            self.0
+                .pq_gather(&index.0, layer as usize, &lists, cap, &mut k, &mut v, &mut rows)?;
+            let mut out = PqRows {
+                offsets: vec![0],
+                tokens: Vec::new(),
+                keys: Vec::new(),
+                values: Vec::new(),
+                head_dim: dim as u32,
+                value_dim: vdim as u32,
+            };
+            for (h, (&n, l)) in rows.iter().zip(&lists).enumerate() {
+                out.tokens.extend_from_slice(&l[..n]);
+                out.keys.extend_from_slice(&k[h * cap * dim..(h * cap + n) * dim]);
+                out.values.extend_from_slice(&v[h * cap * vdim..(h * cap + n) * vdim]);
+                out.offsets.push(out.tokens.len() as u32);
+            }
+            Ok(out)
+        })
     }
 }
 

@@ -17,7 +17,18 @@ tokens are always attended):
   against the exact one.
 Per method and budget, the model is run again with every layer's continuation
 rows restricted to the selection (the prompt rows attend fully, as in prefill),
-and the continuation's perplexity is reported, with full attention's.
+and the continuation's perplexity is reported, with full attention's; then
+``--gen`` tokens are generated greedily after the prompt with every decode step
+restricted the same way, against full attention's: the share of equal tokens
+(greedy match, position by position) and ROUGE-L F1 (longest common
+subsequence).
+
+The index is built as an engine builds it: the prompt's K and V are stored as
+tierkv blocks in vLLM's CPU layout (fp32, 16 tokens a block), the engine's copy
+cleared, and ``tierkv_pq_build_blocks`` reads the keys back. PQ's selections
+are then gathered (``tierkv_pq_gather``) step by step and layer by layer: each
+gathered row must equal the model's key and value (checked), and the replay at
+several block-cache sizes gives the LFU hit ratio and the bytes fetched a step.
 
 Run (the vLLM environment has torch and transformers):
     TIERKV_LIB=target/release/libtierkv.so $VENV/bin/python \\
@@ -27,6 +38,8 @@ Run (the vLLM environment has torch and transformers):
 from __future__ import annotations
 
 import argparse
+import copy
+import ctypes
 import json
 import math
 import sys
@@ -40,8 +53,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "integration" / "vllm"))
 
 from tierkv_vllm import TierKV  # noqa: E402
+from tierkv_vllm.lib import DTYPE_F32, STORE_STORED, _rope  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from semantic_bench import rouge_l  # noqa: E402
 
 SINK = 32
+BT = 16  # tokens a block
+CACHE_SHARES = (0.0, 0.125, 0.25, 0.5)  # block cache, as a share of the prompt's blocks
 METHODS = ("pq", "oracle", "sink_local", "random")
 
 
@@ -72,8 +91,98 @@ def group_softmax_sum(scores: np.ndarray, scale: float) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).sum(axis=0)
 
 
+class Blocks:
+    """The prompt's K and V stored as tierkv blocks in vLLM's CPU layout (per
+    layer and block, per KV head: K as [d][BT], then V as [BT][d]); the engine's
+    copy is cleared once stored."""
+
+    def __init__(self, tkv: TierKV, keys: np.ndarray, values: np.ndarray, tokens: list[int], base: float):
+        L, KV, P, d = keys.shape
+        self.nb = nb = -(-P // BT)
+        slab = 2 * d * BT * 4
+        region = KV * slab
+        self.block_bytes = L * region
+        self.mems = [ctypes.create_string_buffer(region * nb) for _ in range(L)]
+        tkv.register_layout([(ctypes.addressof(m), region, region) for m in self.mems], nb)
+        rows = []
+        for layer in range(L):
+            rows.append((layer, 1, 0, 4, slab, KV, d * 4, BT * 4))
+            rows.append((layer, 0, d * BT * 4, d * 4, slab, KV, d * 4, 0))
+        tkv.register_token_layout(rows, _rope(DTYPE_F32, d, d, base, True))
+        pad = ((0, 0), (0, nb * BT - P), (0, 0))
+        for layer in range(L):
+            view = np.frombuffer(self.mems[layer], dtype=np.float32).reshape(nb, KV, 2, d * BT)
+            k = np.pad(keys[layer], pad).reshape(KV, nb, BT, d)
+            v = np.pad(values[layer], pad).reshape(KV, nb, BT, d)
+            view[:, :, 0] = k.transpose(1, 0, 3, 2).reshape(nb, KV, d * BT)
+            view[:, :, 1] = v.transpose(1, 0, 2, 3).reshape(nb, KV, BT * d)
+        toks = list(tokens[:P]) + [0] * (nb * BT - P)
+        self.hashes = tkv.hash_tokens(toks)
+        assert tkv.store_blocks(self.hashes, list(range(nb))) == [STORE_STORED] * nb
+        for m in self.mems:
+            ctypes.memset(m, 0, len(m))
+
+
+def counter(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def replay(tkv: TierKV, pq, blocks: Blocks, sels: list, keys: np.ndarray, values: np.ndarray, steps: int) -> dict:
+    """Gathers PQ's selections (per layer: per step, per KV head) of the first
+    `steps` steps, step by step and layer by layer, at each block-cache size;
+    checks every row once."""
+    layers, T = len(sels), min(len(sels[0]), steps)
+    out = {}
+    for share in CACHE_SHARES:
+        pq.set_cache(0)
+        pq.set_cache(int(share * blocks.nb) * blocks.block_bytes)
+        m0 = tkv.metrics_text()
+        t0 = time.perf_counter()
+        for t in range(T):
+            for layer in range(layers):
+                sel = [s.tolist() for s in sels[layer][t]]
+                k, v, rows = pq.gather(layer, sel)
+                if share == 0.0:
+                    KV, d = keys.shape[1], keys.shape[3]
+                    cap = max(len(x) for x in sel)
+                    k = np.frombuffer(k, dtype=np.float32).reshape(KV, cap, d)
+                    v = np.frombuffer(v, dtype=np.float32).reshape(KV, cap, d)
+                    for h in range(KV):
+                        assert rows[h] == len(sel[h])
+                        assert np.array_equal(k[h, : rows[h]], keys[layer, h, sel[h]]), "gathered keys differ"
+                        assert np.array_equal(v[h, : rows[h]], values[layer, h, sel[h]]), "gathered values differ"
+        secs = time.perf_counter() - t0
+        m1 = tkv.metrics_text()
+        d = lambda series: counter(m1, series) - counter(m0, series)  # noqa: E731
+        hit, miss = d('tierkv_pq_block_cache_total{result="hit"}'), d('tierkv_pq_block_cache_total{result="miss"}')
+        out[str(share)] = {
+            "hit_ratio": hit / max(hit + miss, 1),
+            "fetched_mib_per_step": d("tierkv_pq_fetched_bytes_total") / T / 2**20,
+            "gathered_mib_per_step": d("tierkv_pq_gathered_bytes_total") / T / 2**20,
+            "blocks_per_step": (hit + miss) / T,
+            "ms_per_step": secs * 1e3 / T,
+        }
+    out["kv_mib"] = blocks.nb * blocks.block_bytes / 2**20
+    return out
+
+
+def generate(model, past, first: int, n: int) -> list[int]:
+    """Greedy decoding of `n` tokens after a prefilled prompt (`past`, copied)."""
+    past = copy.deepcopy(past)
+    toks = [first]
+    with torch.no_grad():
+        for _ in range(n - 1):
+            out = model(torch.tensor([[toks[-1]]]), past_key_values=past, use_cache=True)
+            toks.append(int(out.logits[0, -1].argmax()))
+    return toks
+
+
 class Run:
-    """Attention hooks: capture keys/values/queries, or restrict continuation rows."""
+    """Attention hooks: capture keys/values/queries, restrict continuation rows,
+    or generate (prefill in full, each decode step restricted)."""
 
     def __init__(self, prompt: int):
         self.prompt = prompt
@@ -91,6 +200,18 @@ class Run:
         g = H // k.shape[0]
         scaling = scaling if scaling is not None else d**-0.5
         kr, vr = k.repeat_interleave(g, 0), v.repeat_interleave(g, 0)
+        if self.mode == "generate":
+            if q.shape[1] > 1 or self.select is None:  # the prompt's prefill, or full attention
+                # (a single query row attends to every key: no causal mask)
+                causal = q.shape[1] > 1
+                out = torch.nn.functional.scaled_dot_product_attention(q, kr, vr, is_causal=causal, scale=scaling)
+                return out.transpose(0, 1).unsqueeze(0), None
+            # One decode step: the selection of the prompt, every generated token.
+            allowed = torch.ones(H, 1, kr.shape[1], dtype=torch.bool)
+            allowed[:, :, :P] = self.select(layer, q)
+            scores = torch.einsum("htd,hld->htl", q, kr) * scaling
+            w = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+            return torch.einsum("htl,hld->htd", w, vr).transpose(0, 1).unsqueeze(0), None
         if self.mode == "capture":
             self.keys[layer] = k.detach().clone()
             self.values[layer] = v.detach().clone()
@@ -185,6 +306,8 @@ def main() -> None:
     ap.add_argument("--lengths", default="2048,4096")
     ap.add_argument("--docs", type=int, default=3, help="documents per length")
     ap.add_argument("--cont", type=int, default=48, help="continuation tokens (queries)")
+    ap.add_argument("--gen", type=int, default=32, help="tokens generated per method (0: none)")
+    ap.add_argument("--replay-steps", type=int, default=16, help="continuation steps whose selections are gathered")
     ap.add_argument("--budgets", default="0.2,0.1")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json")
@@ -200,7 +323,16 @@ def main() -> None:
     model.eval()
     cfg = model.config
     layers, kv_heads, d = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
-    tkv = TierKV(block_tokens=16, block_bytes=4096)
+    import os
+
+    # A store of this run's own (the prompt's blocks), removed at the end.
+    store = f"pq-quality-{os.getpid()}"
+    os.environ["TIERKV_STORE_NAME"] = store
+    os.environ.setdefault("TIERKV_CPU_BYTES", "2GiB")
+    slab = 2 * d * BT * 4
+    tkv = TierKV(block_tokens=BT, block_bytes=layers * kv_heads * slab, exporter=False)
+    rp = getattr(cfg, "rope_parameters", None) or {}
+    base = float(getattr(cfg, "rope_theta", None) or rp.get("rope_theta", 10000.0))
     budgets = [float(b) for b in a.budgets.split(",")]
     results = []
     for length in [int(x) for x in a.lengths.split(",")]:
@@ -215,12 +347,23 @@ def main() -> None:
                 torch.nn.functional.cross_entropy(lg[P - 1 : length - 1], ids[0, P:length]).item()
             )
             full_ppl = math.exp(nll(logits))
-            # The index: every layer's prompt keys, [layer][kv_head][token][d].
+            # Every layer's prompt keys and values, [layer][kv_head][token][d],
+            # stored as blocks; the index reads the keys back from them.
             keys = np.stack([run.keys[l][:, :P].numpy() for l in range(layers)]).astype(np.float32)
+            values = np.stack([run.values[l][:, :P].numpy() for l in range(layers)]).astype(np.float32)
+            blocks = Blocks(tkv, keys, values, doc, base)
             t0 = time.perf_counter()
-            pq = tkv.pq_build(np.ascontiguousarray(keys), layers, kv_heads, P, d, params={"sink": SINK})
+            pq = tkv.pq_build_blocks(blocks.hashes, P, params={"sink": SINK})
             build_s = time.perf_counter() - t0
             row = {"length": length, "doc": di, "prompt": P, "full_ppl": full_ppl, "build_s": build_s, "budgets": {}}
+            if a.gen:
+                # Full attention's greedy continuation, from one prefill of the prompt.
+                run.mode, run.select = "generate", None
+                with torch.no_grad():
+                    pre = model(ids[:, :P], use_cache=True)
+                past, first = pre.past_key_values, int(pre.logits[0, -1].argmax())
+                full_gen = generate(model, past, first, a.gen)
+                run.mode = "capture"
             for f in budgets:
                 rng = np.random.default_rng(1234 + di)
                 per_method = {}
@@ -258,20 +401,31 @@ def main() -> None:
                     run.mode, run.select = "restrict", select
                     with torch.no_grad():
                         per_method[m]["ppl"] = math.exp(nll(model(ids).logits[0]))
-                    run.mode = "capture"
+                    if a.gen:
+                        run.mode = "generate"
+                        gen = generate(model, past, first, a.gen)
+                        per_method[m]["greedy_match"] = float(np.mean([x == y for x, y in zip(gen, full_gen)]))
+                        per_method[m]["rouge_l"] = rouge_l(gen, full_gen)
+                    run.mode, run.select = "capture", None
+                per_method["pq"]["gather"] = replay(tkv, pq, blocks, sels["pq"], keys, values, a.replay_steps)
                 row["budgets"][str(f)] = per_method
                 print(
                     f"L={length} doc={di} budget={f}: "
                     + "  ".join(
                         f"{m}: mass {per_method[m]['mass_recall']:.3f} err {per_method[m]['output_error']:.3f} "
-                        f"ppl {per_method[m]['ppl']:.3f}"
+                        f"ppl {per_method[m]['ppl']:.3f} match {per_method[m].get('greedy_match', float('nan')):.2f}"
                         for m in METHODS
                     )
-                    + f"  recall@k {per_method['pq']['recall_at_k']:.3f}  full ppl {full_ppl:.3f}",
+                    + f"  recall@k {per_method['pq']['recall_at_k']:.3f}  full ppl {full_ppl:.3f}"
+                    + "  LFU hits "
+                    + " ".join(f"{k}:{g['hit_ratio']:.2f}" for k, g in per_method["pq"]["gather"].items() if k != "kv_mib"),
                     flush=True,
                 )
             pq.close()
             results.append(row)
+    tkv.close()
+    for suffix in ("arena", "g3dir"):
+        Path(f"/dev/shm/tierkv-{store}.{suffix}").unlink(missing_ok=True)
     summarize(results, budgets)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
@@ -280,7 +434,7 @@ def main() -> None:
 def summarize(results: list[dict], budgets: list[float]) -> None:
     """Means over documents, per length and budget; the share of the gap from
     sink + local to the oracle that PQ closes (attention mass, perplexity)."""
-    print("\nlength budget method      mass   out_err   ppl      recall@k")
+    print("\nlength budget method      mass   out_err   ppl      match  rouge-L  recall@k")
     for length in sorted({r["length"] for r in results}):
         rows = [r for r in results if r["length"] == length]
         full = np.mean([r["full_ppl"] for r in rows])
@@ -288,9 +442,11 @@ def summarize(results: list[dict], budgets: list[float]) -> None:
             mean = lambda m, key: float(np.mean([r["budgets"][str(f)][m][key] for r in rows]))  # noqa: E731
             for m in METHODS:
                 rk = f"{mean(m, 'recall_at_k'):.3f}" if m == "pq" else ""
+                gen = "greedy_match" in rows[0]["budgets"][str(f)][m]
+                gm = f"{mean(m, 'greedy_match'):.3f}  {mean(m, 'rouge_l'):.3f}" if gen else "   -      -  "
                 print(
                     f"{length:>6} {f:>6} {m:<10} {mean(m, 'mass_recall'):.3f}  {mean(m, 'output_error'):.3f}"
-                    f"    {mean(m, 'ppl'):>7.3f}  {rk}"
+                    f"    {mean(m, 'ppl'):>7.3f}  {gm}    {rk}"
                 )
             gap_mass = (mean("pq", "mass_recall") - mean("sink_local", "mass_recall")) / max(
                 mean("oracle", "mass_recall") - mean("sink_local", "mass_recall"), 1e-9
@@ -299,6 +455,18 @@ def summarize(results: list[dict], budgets: list[float]) -> None:
                 mean("sink_local", "ppl") - mean("oracle", "ppl"), 1e-9
             )
             layers = np.mean([r["budgets"][str(f)]["pq"]["per_layer_recall_at_k"] for r in rows], axis=0)
+            g = [r["budgets"][str(f)]["pq"]["gather"] for r in rows]
+            print(
+                f"{length:>6} {f:>6} gathers (KV {np.mean([x['kv_mib'] for x in g]):.0f} MiB, "
+                f"{np.mean([x['0.0']['blocks_per_step'] for x in g]):.0f} block lookups a step, "
+                f"{np.mean([x['0.0']['gathered_mib_per_step'] for x in g]):.1f} MiB of rows a step): "
+                + "; ".join(
+                    f"cache {float(c):.3g} of the blocks: hits {np.mean([x[c]['hit_ratio'] for x in g]):.2f}, "
+                    f"fetched {np.mean([x[c]['fetched_mib_per_step'] for x in g]):.0f} MiB, "
+                    f"{np.mean([x[c]['ms_per_step'] for x in g]):.0f} ms a step"
+                    for c in (str(x) for x in CACHE_SHARES)
+                )
+            )
             print(
                 f"{length:>6} {f:>6} full ppl {full:.3f}; PQ closes {gap_mass:.2f} of the sink+local-to-oracle gap "
                 f"in attention mass, {gap_ppl:.2f} in perplexity; recall@k by layer "

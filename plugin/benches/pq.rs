@@ -14,6 +14,15 @@
 //!    the same candidates for the same query heads (what PQ must beat to be worth
 //!    it on a CPU), and `exact+topk` (the oracle selection's whole cost).
 //! 3. Memory: codes + centroids against the fp32 K and V bytes of the context.
+//! 4. `gather` (2K and 8K tokens): a decode step's selections (every layer, from
+//!    the PQ index of stored blocks in vLLM's CPU layout, 16 tokens a block,
+//!    host tier) copied row by row into compact buffers (`Manager::pq_gather`),
+//!    with no block cache, with the default 64 MiB LFU cache and with a cache
+//!    holding every block (`gather-all`: the row copies alone), against loading
+//!    every block the step's selections touch whole into engine blocks (what an
+//!    engine without a gather moves). With random keys the selections scatter
+//!    over nearly every block (the worst case; real selections cluster: the LFU
+//!    hit ratio on real keys is in `integration/bench/pq_quality.py`).
 //!
 //! The keys are random here (uniform in [-1, 1)): k-means runs its full 25
 //! iterations on them (real keys converge sooner), and the costs of the scan and
@@ -23,7 +32,12 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use tierkv::config::Config;
 use tierkv::pq::{group_scores, topk, Budget, HeadIndex, Rng, Scratch, Train};
+use tierkv::semantic::synth::{row_rope, TokenRows};
+use tierkv::tier::layout::Region;
+use tierkv::{Manager, ManagerParams};
+use tierkv_cuda::reference::KeyDtype;
 
 const LAYERS: usize = 30;
 const KV_HEADS: usize = 3;
@@ -128,6 +142,180 @@ fn main() {
             step / ex,
             index_bytes as f64 / (1 << 20) as f64,
             kv_bytes as f64 / (1 << 20) as f64,
+        );
+    }
+    gather(if quick { &[2048] } else { &[2048, 8192] }, reps);
+}
+
+/// Tokens a block (vLLM's default).
+const BT: usize = 16;
+
+/// Case 4: gathers against whole-block loads (see the file's overview).
+fn gather(sizes: &[usize], reps: usize) {
+    println!(
+        "\ngather per decode step (every layer), 16-token blocks in the host tier, random keys; medians of {reps}"
+    );
+    println!(
+        "{:>7} {:>7} {:>12} {:>14} {:>9} {:>14} {:>9} {:>9} {:>14} {:>10}",
+        "tokens",
+        "blocks",
+        "gather-0 ms",
+        "gather-LFU ms",
+        "LFU hits",
+        "gather-all ms",
+        "whole ms",
+        "rows MiB",
+        "fetched-0 MiB",
+        "whole MiB"
+    );
+    // vLLM's CPU layout per layer and block: per KV head K as [dim][BT], then V [BT][dim].
+    let slab = 2 * DIM * BT * 4;
+    let region = KV_HEADS * slab;
+    let block = LAYERS * region;
+    for &n in sizes {
+        let nb = n.div_ceil(BT);
+        let shm = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            shm_dir: shm.path().to_path_buf(),
+            cpu_bytes: (2 * nb * block) as u64 + (64 << 20),
+            hw_interval: None,
+            ..Config::default()
+        };
+        let params = ManagerParams {
+            block_tokens: BT as u32,
+            block_bytes: block as u64,
+            namespace: Some(format!("pq-bench-{n}")),
+            pool_blocks: 0,
+            disk_reader: false,
+        };
+        let m = Manager::new(cfg, params).unwrap();
+        // Engine memory: nb blocks of the request, then nb more to load whole blocks into.
+        let mut mems: Vec<Vec<f32>> = (0..LAYERS).map(|l| random(2 * nb * region / 4, l as u64 + 7)).collect();
+        let regions: Vec<Region> = mems
+            .iter_mut()
+            .map(|mem| Region {
+                base: mem.as_mut_ptr() as u64,
+                block_stride: region as u64,
+                bytes_per_block: region as u64,
+            })
+            .collect();
+        m.register_layout(&regions, 2 * nb as u64).unwrap();
+        let rows: Vec<TokenRows> = (0..LAYERS as u32)
+            .flat_map(|l| {
+                let k = TokenRows {
+                    region: l,
+                    is_key: 1,
+                    offset: 0,
+                    token_stride: 4,
+                    head_stride: slab as u64,
+                    heads: KV_HEADS as u32,
+                    row_bytes: (DIM * 4) as u32,
+                    elem_stride: (BT * 4) as u64,
+                };
+                let v = TokenRows {
+                    is_key: 0,
+                    offset: (DIM * BT * 4) as u64,
+                    token_stride: (DIM * 4) as u64,
+                    elem_stride: 0,
+                    ..k
+                };
+                [k, v]
+            })
+            .collect();
+        let rope = row_rope(DIM as u32, DIM as u32, 10000.0, true, None).unwrap();
+        m.register_token_layout(&rows, KeyDtype::F32, rope).unwrap();
+        let tokens: Vec<u32> = (0..(nb * BT) as u32).map(|t| t * 7 + n as u32).collect();
+        let mut hs = Vec::new();
+        m.hash_tokens(None, &tokens, &mut hs).unwrap();
+        let ids: Vec<u64> = (0..nb as u64).collect();
+        let mut out = vec![tierkv::tier::StoreOutcome::NoSpace; nb];
+        // SAFETY: the engine memory is ours and not written during the call.
+        unsafe { m.store_blocks(&hs, &ids, &mut out) }.unwrap();
+        let settings = |cache_bytes| tierkv::pq::PqSettings {
+            cache_bytes,
+            ..m.pq_settings()
+        };
+        let (ix0, ixc, ixa) = (
+            m.pq_build_blocks(&hs, n, Some(settings(0))).unwrap(),
+            m.pq_build_blocks(&hs, n, Some(settings(64 << 20))).unwrap(),
+            m.pq_build_blocks(&hs, n, Some(settings((nb * block) as u64))).unwrap(),
+        );
+        // One decode step's selections: every layer's, from its own queries.
+        let sels: Vec<Vec<Vec<u32>>> = (0..LAYERS)
+            .map(|l| {
+                let mut o = vec![Vec::new(); KV_HEADS];
+                let q = random(KV_HEADS * GROUP * DIM, 1000 + l as u64);
+                ix0.topk(l, &q, GROUP, None, &mut o).unwrap();
+                o
+            })
+            .collect();
+        let cap = sels.iter().flatten().map(Vec::len).max().unwrap();
+        let (mut k, mut v, mut got) = (
+            vec![0f32; KV_HEADS * cap * DIM],
+            vec![0f32; KV_HEADS * cap * DIM],
+            vec![0; KV_HEADS],
+        );
+        let mut step = |ix: &tierkv::PqHandle| {
+            let t0 = Instant::now();
+            for (l, sel) in sels.iter().enumerate() {
+                let lists: Vec<&[u32]> = sel.iter().map(|s| &s[..]).collect();
+                m.pq_gather(ix, l, &lists, cap, &mut k, &mut v, &mut got).unwrap();
+                black_box(&k);
+            }
+            t0.elapsed().as_secs_f64()
+        };
+        let counter = |name: &str| -> f64 {
+            let text = m.metrics_text();
+            let line = text.lines().find(|l| l.starts_with(name)).unwrap_or("x 0");
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        let fetched0 = counter("tierkv_pq_fetched_bytes_total");
+        let g0 = median((0..reps).map(|_| step(&ix0)).collect());
+        let fetched_per_step = (counter("tierkv_pq_fetched_bytes_total") - fetched0) / reps as f64;
+        let (h0, m0) = (
+            counter("tierkv_pq_block_cache_total{result=\"hit\"}"),
+            counter("tierkv_pq_block_cache_total{result=\"miss\"}"),
+        );
+        let gc = median((0..reps).map(|_| step(&ixc)).collect());
+        let (h1, m1) = (
+            counter("tierkv_pq_block_cache_total{result=\"hit\"}") - h0,
+            counter("tierkv_pq_block_cache_total{result=\"miss\"}") - m0,
+        );
+        let ga = median((0..reps).map(|_| step(&ixa)).collect());
+        // Whole blocks: every block some layer's selection touches, loaded once.
+        let mut touched: Vec<u64> = sels
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|&t| u64::from(t) / BT as u64)
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let want: Vec<_> = touched.iter().map(|&b| hs[b as usize]).collect();
+        let dst: Vec<u64> = touched.iter().map(|&b| nb as u64 + b).collect();
+        let mut lo = vec![tierkv::tier::LoadOutcome::Miss; want.len()];
+        let whole = median(
+            (0..reps)
+                .map(|_| {
+                    let t0 = Instant::now();
+                    // SAFETY: blocks nb.. of the engine memory are ours to write.
+                    unsafe { m.load_blocks(&want, &dst, &mut lo) }.unwrap();
+                    t0.elapsed().as_secs_f64()
+                })
+                .collect(),
+        );
+        let rows_bytes: usize = sels.iter().flatten().map(|s| s.len() * DIM * 4 * 2).sum();
+        let mib = |b: f64| b / (1 << 20) as f64;
+        println!(
+            "{n:>7} {nb:>7} {:>12.1} {:>14.1} {:>9.2} {:>14.2} {:>9.2} {:>9.2} {:>14.1} {:>10.1}",
+            g0 * 1e3,
+            gc * 1e3,
+            h1 / (h1 + m1).max(1.0),
+            ga * 1e3,
+            whole * 1e3,
+            mib(rows_bytes as f64),
+            mib(fetched_per_step),
+            mib((touched.len() * block) as f64),
         );
     }
 }

@@ -314,8 +314,9 @@ typedef struct TierkvPqInfo {
   uint32_t kv_heads;
   // Head dimension.
   uint32_t head_dim;
-  // Reserved (0).
-  uint32_t reserved;
+  // Elements of a value row (an index built from blocks; 0 from keys: it
+  // cannot gather).
+  uint32_t value_dim;
   // Tokens indexed.
   uint64_t tokens;
   // Bytes of codes and centroids.
@@ -842,9 +843,10 @@ enum TierkvStatus tierkv_pq_build(const struct TierkvManager *mgr,
                                   struct TierkvPq **out);
 
 // Builds the PQ index of the first `tokens` tokens of the stored blocks `hashes`
-// (a request's blocks, in order), read from the host tier (each verified) through
-// the token layout (`tierkv_register_token_layout`: its key rows, one set per
-// layer in the order registered). No engine copy of the keys is needed.
+// (a request's blocks, in order), fetched from the tiers (each verified) and read
+// through the token layout (`tierkv_register_token_layout`: its key rows, one set
+// per layer in the order registered). No engine copy of the keys is needed; the
+// index can gather (`tierkv_pq_gather`).
 //
 // # Safety
 // `hashes` valid for `n_blocks` reads; `params` null or valid for one read; `out`
@@ -882,6 +884,39 @@ enum TierkvStatus tierkv_pq_topk(const struct TierkvPq *pq,
                                  uint32_t *out_tokens,
                                  size_t capacity,
                                  size_t *out_counts);
+
+// Copies layer `layer`'s K and V rows of the selected tokens, per KV head
+// `h` the `counts[h]` tokens at `tokens[h * capacity..]` (ascending, as
+// `tierkv_pq_topk` writes them), from the stored blocks the index was built
+// from (`tierkv_pq_build_blocks`) into `out_k[h * capacity + r]` (`head_dim`
+// floats) and `out_v[h * capacity + r]` (`value_dim` floats, `tierkv_pq_info`),
+// fp32; row `r` is token `tokens[h * capacity + r]` (its position). Tokens past
+// the stored blocks (the engine's own) end a head's rows: `out_rows[h]` says how
+// many were written. Blocks come from the index's block cache, else from the
+// tiers, each verified; a block no tier holds any more is an error
+// (`TIERKV_UNAVAILABLE`).
+//
+// # Safety
+// `tokens` valid for `kv_heads * capacity` reads, `counts` for `kv_heads`;
+// `out_k` for `kv_heads * capacity * head_dim` writes, `out_v` for `kv_heads *
+// capacity * value_dim`, `out_rows` for `kv_heads`.
+enum TierkvStatus tierkv_pq_gather(const struct TierkvManager *mgr,
+                                   const struct TierkvPq *pq,
+                                   uint32_t layer,
+                                   const uint32_t *tokens,
+                                   const size_t *counts,
+                                   size_t capacity,
+                                   float *out_k,
+                                   float *out_v,
+                                   size_t *out_rows);
+
+// Keeps at most `bytes` of whole blocks in the index's block cache from now on
+// (least frequently used out first; 0 empties it). An index starts with
+// `TIERKV_PQ_CACHE_BYTES`.
+//
+// # Safety
+// None beyond passing a PQ handle.
+enum TierkvStatus tierkv_pq_set_cache(const struct TierkvPq *pq, uint64_t bytes);
 
 // Writes the index's shape and size to `*out`.
 //

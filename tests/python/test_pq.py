@@ -86,11 +86,13 @@ def test_an_index_built_from_stored_blocks_equals_one_built_from_the_keys(env):
     rng = np.random.default_rng(3)
     n_tok = nblocks * bt - 5  # the last block partly used
     keys = rng.standard_normal((layers, heads, nblocks * bt, dim)).astype(np.float32)
+    values = rng.standard_normal((layers, heads, nblocks * bt, dim)).astype(np.float32)
     for layer in range(layers):
         view = np.frombuffer(mems[layer], dtype=np.float32).reshape(nblocks, heads, 2, dim, bt)
-        # view[b, h, 0] is K transposed: [dim][bt].
+        # view[b, h, 0] is K transposed: [dim][bt]; view[b, h, 1] V as [bt][dim].
         view[:, :, 0] = keys[layer].reshape(heads, nblocks, bt, dim).transpose(1, 0, 3, 2)
-        view[:, :, 1] = rng.standard_normal((nblocks, heads, dim, bt)).astype(np.float32)
+        vv = view[:, :, 1].reshape(nblocks, heads, bt * dim)
+        vv[:] = values[layer].reshape(heads, nblocks, bt * dim).transpose(1, 0, 2)
     tokens = [random.Random(9).randrange(5000) for _ in range(nblocks * bt)]
     hashes = t.hash_tokens(tokens)
     assert t.store_blocks(hashes, list(range(nblocks))) == [STORE_STORED] * nblocks
@@ -99,10 +101,34 @@ def test_an_index_built_from_stored_blocks_equals_one_built_from_the_keys(env):
         ctypes.memset(m, 0, len(m))
     from_blocks = t.pq_build_blocks(hashes, n_tok)
     direct = t.pq_build(np.ascontiguousarray(keys[:, :, :n_tok]), layers, heads, n_tok, dim)
-    assert from_blocks.info == direct.info
+    assert from_blocks.info["value_dim"] == dim and direct.info["value_dim"] == 0
+    same = ("layers", "kv_heads", "head_dim", "tokens", "bytes")
+    assert all(from_blocks.info[k] == direct.info[k] for k in same)
     q = rng.standard_normal((heads, GROUP, dim)).astype(np.float32)
     for layer in range(layers):
-        assert from_blocks.topk(layer, q, GROUP) == direct.topk(layer, q, GROUP)
+        sel = from_blocks.topk(layer, q, GROUP)
+        assert sel == direct.topk(layer, q, GROUP)
+        # The gather: each selected token's K and V rows, from the stored blocks.
+        k, v, rows = from_blocks.gather(layer, sel)
+        cap = max(len(x) for x in sel)
+        k = np.frombuffer(k, dtype=np.float32).reshape(heads, cap, dim)
+        v = np.frombuffer(v, dtype=np.float32).reshape(heads, cap, dim)
+        for h in range(heads):
+            assert rows[h] == len(sel[h])
+            assert np.array_equal(k[h, : rows[h]], keys[layer, h, sel[h]])
+            assert np.array_equal(v[h, : rows[h]], values[layer, h, sel[h]])
+    # An index of keys has no blocks to gather from.
+    with pytest.raises(TierKVError):
+        direct.gather(0, sel)
+    # Tokens appended after the build are the engine's: they end a head's rows.
+    from_blocks.append(np.zeros((layers, heads, 3, dim), dtype=np.float32), 3)
+    _, _, rows = from_blocks.gather(1, [[0, 5, n_tok + 1]] * heads)
+    assert rows == [2] * heads
+    with pytest.raises(TierKVError):  # not ascending
+        from_blocks.gather(1, [[5, 0]] * heads)
+    text = t.metrics_text()
+    assert 'tierkv_pq_block_cache_total{result="hit"}' in text
+    assert "tierkv_pq_gathers_total 3" in text
     # More tokens than the blocks hold, or a block not stored: refused.
     with pytest.raises(TierKVError):
         t.pq_build_blocks(hashes, nblocks * bt + 1)

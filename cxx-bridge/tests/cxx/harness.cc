@@ -168,6 +168,44 @@ rust::String run_all() {
     ix->append(rust::Slice<const float>(keys.data(), heads * 2 * dim), 2);
     check(ix->tokens() == n + 2, "appended tokens are indexed");
   }
+  {
+    // PQ from stored blocks: a token layout over the two regions (K in the
+    // first, V in the second: 4 tokens x 4 heads x 64 fp32 each), six blocks of
+    // known floats stored, then a gather returns each selected token's rows.
+    constexpr uint32_t heads = 4, dim = 64, bt = 4, nb = 6;
+    auto val = [](uint32_t kind, uint32_t t, uint32_t h, uint32_t d) {
+      return static_cast<float>((kind * 7 + t * 13 + h * 31 + d) % 97) - 48.0f;
+    };
+    for (uint32_t t = 0; t < nb * bt; ++t)
+      for (uint32_t h = 0; h < heads; ++h)
+        for (uint32_t d = 0; d < dim; ++d)
+          for (uint32_t kind = 0; kind < 2; ++kind) {
+            float x = val(kind, t, h, d);
+            std::memcpy(mem.data() + (t / bt) * block + kind * half + (((t % bt) * heads + h) * dim + d) * 4, &x, 4);
+          }
+    std::vector<tierkv::TokenRows> rows{{0, 1, 0, heads * dim * 4, dim * 4, heads, dim * 4, 0},
+                                        {1, 0, 0, heads * dim * 4, dim * 4, heads, dim * 4, 0}};
+    m->register_token_layout(rust::Slice<const tierkv::TokenRows>(rows.data(), rows.size()), 0, dim, dim, 10000.0f, true);
+    std::vector<uint32_t> toks(nb * bt);
+    for (size_t i = 0; i < toks.size(); ++i) toks[i] = 50000 + static_cast<uint32_t>(i);
+    rust::Vec<tierkv::Hash> ph = m->hash_tokens(rust::Slice<const uint32_t>(toks.data(), toks.size()), {});
+    std::vector<uint64_t> slots{0, 1, 2, 3, 4, 5};
+    m->store_blocks(rust::Slice<const tierkv::Hash>(ph.data(), ph.size()), rust::Slice<const uint64_t>(slots.data(), nb));
+    std::fill(mem.begin(), mem.end(), 0);  // the engine's copy is gone
+    rust::Box<tierkv::PqIndex> ix = m->pq_build_blocks(rust::Slice<const tierkv::Hash>(ph.data(), ph.size()), nb * bt);
+    std::vector<float> q(heads * dim, 1.0f);
+    tierkv::PqSelection sel = ix->topk(0, rust::Slice<const float>(q.data(), q.size()), 1, 1.0);
+    tierkv::PqRows got = m->pq_gather(*ix, 0, sel);
+    check(got.offsets.size() == heads + 1 && got.tokens.size() == sel.tokens.size(), "a row per selected token");
+    bool same = got.keys.size() == got.tokens.size() * dim && got.values.size() == got.tokens.size() * dim;
+    for (uint32_t h = 0; same && h < heads; ++h)
+      for (uint32_t r = got.offsets[h]; r < got.offsets[h + 1]; ++r)
+        for (uint32_t d = 0; d < dim; ++d)
+          same &= got.keys[r * dim + d] == val(0, got.tokens[r], h, d) && got.values[r * dim + d] == val(1, got.tokens[r], h, d);
+    check(same, "gathered K and V equal the stored rows");
+    rust::Box<tierkv::PqIndex> of_keys = m->pq_build(rust::Slice<const float>(q.data(), q.size()), 1, heads, 1, dim);
+    check(!error_of([&] { m->pq_gather(*of_keys, 0, sel); }).empty(), "an index of keys cannot gather");
+  }
   check(std::string(m->metrics_text()).find("tierkv_block_ops_total") != std::string::npos, "metrics");
   {
     std::string path = std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") + "/tierkv-cxx-sha.txt";

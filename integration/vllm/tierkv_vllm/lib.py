@@ -197,7 +197,7 @@ class _PqInfo(ctypes.Structure):
         ("layers", ctypes.c_uint32),
         ("kv_heads", ctypes.c_uint32),
         ("head_dim", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("value_dim", ctypes.c_uint32),
         ("tokens", ctypes.c_uint64),
         ("bytes", ctypes.c_uint64),
     ]
@@ -339,6 +339,11 @@ def _load(path: str) -> ctypes.CDLL:
             ctypes.c_int,
         ),
         "tierkv_pq_info": ([vp, ctypes.POINTER(_PqInfo)], ctypes.c_int),
+        "tierkv_pq_set_cache": ([vp, ctypes.c_uint64], ctypes.c_int),
+        "tierkv_pq_gather": (
+            [vp, vp, ctypes.c_uint32, u32p, szp, ctypes.c_size_t, vp, vp, szp],
+            ctypes.c_int,
+        ),
         "tierkv_pq_destroy": ([vp], None),
     }
     lib.tierkv_abi_version.argtypes, lib.tierkv_abi_version.restype = [], ctypes.c_uint32
@@ -731,7 +736,8 @@ class TierKV:
 
     def pq_build_blocks(self, hashes: bytes, tokens: int, params: dict | None = None) -> PqIndex:
         """A PQ index of the first ``tokens`` tokens of the stored blocks ``hashes``
-        (keys read from the host tier through the registered token layout)."""
+        (keys fetched from the tiers, read through the registered token layout);
+        it can ``gather``."""
         arr, n = _hash_array(hashes)
         p = self._pq_params_ref(params)
         h = ctypes.c_void_p()
@@ -768,7 +774,7 @@ class PqIndex:
     def _info(self) -> dict:
         i = _PqInfo()
         self._tkv._check(self._tkv._lib.tierkv_pq_info(self._h, ctypes.byref(i)))
-        return {name: getattr(i, name) for name, _ in _PqInfo._fields_ if name != "reserved"}
+        return {name: getattr(i, name) for name, _ in _PqInfo._fields_}
 
     def topk(self, layer: int, queries, group: int, budget: float = 0.0) -> list[list[int]]:
         """Per KV head, the tokens layer ``layer`` attends over (sinks, top-k by PQ
@@ -784,6 +790,38 @@ class PqIndex:
         )
         del keep
         return [list(toks[h * cap : h * cap + counts[h]]) for h in range(heads)]
+
+    def gather(self, layer: int, tokens: Sequence[Sequence[int]]):
+        """Layer ``layer``'s K and V rows of ``tokens`` (per KV head, ascending, as
+        ``topk`` gives them) from the stored blocks the index was built from
+        (``TierKV.pq_build_blocks``), fp32: ``(k, v, rows)`` with ``k``
+        ``[kv_head][capacity][head_dim]`` and ``v`` ``[kv_head][capacity][value_dim]``
+        flat ``array('f')`` (capacity: the longest list) and ``rows[h]`` the rows
+        written (tokens past the stored blocks end a head's rows)."""
+        i = self.info
+        heads, dim, vdim = i["kv_heads"], i["head_dim"], i["value_dim"]
+        if len(tokens) != heads:
+            raise ValueError(f"{len(tokens)} token lists for {heads} KV heads")
+        cap = max(1, max(len(t) for t in tokens))
+        toks = (ctypes.c_uint32 * (heads * cap))()
+        counts = (ctypes.c_size_t * heads)()
+        for h, t in enumerate(tokens):
+            toks[h * cap : h * cap + len(t)] = list(t)
+            counts[h] = len(t)
+        k = array.array("f", bytes(4 * heads * cap * dim))
+        v = array.array("f", bytes(4 * heads * cap * max(vdim, 1)))
+        rows = (ctypes.c_size_t * heads)()
+        kp = ctypes.c_void_p(k.buffer_info()[0])
+        vq = ctypes.c_void_p(v.buffer_info()[0])
+        self._tkv._check(
+            self._tkv._lib.tierkv_pq_gather(self._tkv._h, self._h, layer, toks, counts, cap, kp, vq, rows)
+        )
+        return k, v, list(rows)
+
+    def set_cache(self, nbytes: int) -> None:
+        """Keeps at most ``nbytes`` of whole blocks in the block cache (LFU; 0
+        empties it)."""
+        self._tkv._check(self._tkv._lib.tierkv_pq_set_cache(self._h, nbytes))
 
     def append(self, keys, n: int) -> None:
         """Encodes ``n`` appended tokens, ``[layer][kv_head][n][head_dim]`` float32."""

@@ -1,6 +1,7 @@
 //! The `TIERKV_PQ_*` variables, read into PQ retrieval's own settings
 //! ([`PqSettings`]), defaults from the table.
 
+use super::parse::{parse_size, SIZE_FORMS};
 use super::read::{int_in, Vars};
 use super::ConfigError;
 use crate::pq::PqSettings;
@@ -23,9 +24,11 @@ pub(super) fn read(v: &Vars<impl Fn(&str) -> Option<String>>) -> Result<PqSettin
         |s| s.parse::<usize>().ok().filter(|m| [1, 2, 4, 8, 16].contains(m)),
         "1, 2, 4, 8 or 16 (a divisor of the head dimension)",
     )?;
+    let cache_bytes = v.value("TIERKV_PQ_CACHE_BYTES", parse_size, SIZE_FORMS)?;
     Ok(PqSettings {
         budget,
         sink,
+        cache_bytes,
         train: crate::pq::Train {
             subspaces,
             bits,

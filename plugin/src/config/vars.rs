@@ -185,6 +185,11 @@ pub const VARS: &[VarDoc] = &[
         meaning: "PQ retrieval: bits per code (2^bits centroids per sub-space). 1-8.",
     },
     VarDoc {
+        name: "TIERKV_PQ_CACHE_BYTES",
+        default: "64MiB",
+        meaning: "PQ retrieval: bytes of whole blocks each index keeps for its gathers (PQCache's block cache, least frequently used out); 0: every gather fetches from the tiers.",
+    },
+    VarDoc {
         name: "TIERKV_HW_INTERVAL",
         default: "1s",
         meaning: "Telemetry sampling interval (NVML, or /proc without a GPU) for the scheduler; 0 or off disables it.",

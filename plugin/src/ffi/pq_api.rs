@@ -11,7 +11,10 @@
 //! 2. Each decode step, per layer: `tierkv_pq_topk` with the queries,
 //!    `[kv_head][group][head_dim]` -> per KV head the tokens to attend over
 //!    (sinks, top-k by PQ score, local window; ascending).
-//! 3. Tokens appended to the context: `tierkv_pq_append` (encoded with the
+//! 3. An index built from blocks: `tierkv_pq_gather` with the selection ->
+//!    the selected tokens' K and V rows of that layer, fp32, in a compact buffer
+//!    (through the index's LFU block cache, else from the tiers).
+//! 4. Tokens appended to the context: `tierkv_pq_append` (encoded with the
 //!    existing centroids). `tierkv_pq_destroy` when the request ends.
 
 use std::sync::Arc;
@@ -53,8 +56,9 @@ pub struct TierkvPqInfo {
     pub kv_heads: u32,
     /// Head dimension.
     pub head_dim: u32,
-    /// Reserved (0).
-    pub reserved: u32,
+    /// Elements of a value row (an index built from blocks; 0 from keys: it
+    /// cannot gather).
+    pub value_dim: u32,
     /// Tokens indexed.
     pub tokens: u64,
     /// Bytes of codes and centroids.
@@ -171,9 +175,10 @@ pub unsafe extern "C" fn tierkv_pq_build(
 }
 
 /// Builds the PQ index of the first `tokens` tokens of the stored blocks `hashes`
-/// (a request's blocks, in order), read from the host tier (each verified) through
-/// the token layout (`tierkv_register_token_layout`: its key rows, one set per
-/// layer in the order registered). No engine copy of the keys is needed.
+/// (a request's blocks, in order), fetched from the tiers (each verified) and read
+/// through the token layout (`tierkv_register_token_layout`: its key rows, one set
+/// per layer in the order registered). No engine copy of the keys is needed; the
+/// index can gather (`tierkv_pq_gather`).
 ///
 /// # Safety
 /// `hashes` valid for `n_blocks` reads; `params` null or valid for one read; `out`
@@ -281,6 +286,83 @@ pub unsafe extern "C" fn tierkv_pq_topk(
     })
 }
 
+/// Copies layer `layer`'s K and V rows of the selected tokens, per KV head
+/// `h` the `counts[h]` tokens at `tokens[h * capacity..]` (ascending, as
+/// `tierkv_pq_topk` writes them), from the stored blocks the index was built
+/// from (`tierkv_pq_build_blocks`) into `out_k[h * capacity + r]` (`head_dim`
+/// floats) and `out_v[h * capacity + r]` (`value_dim` floats, `tierkv_pq_info`),
+/// fp32; row `r` is token `tokens[h * capacity + r]` (its position). Tokens past
+/// the stored blocks (the engine's own) end a head's rows: `out_rows[h]` says how
+/// many were written. Blocks come from the index's block cache, else from the
+/// tiers, each verified; a block no tier holds any more is an error
+/// (`TIERKV_UNAVAILABLE`).
+///
+/// # Safety
+/// `tokens` valid for `kv_heads * capacity` reads, `counts` for `kv_heads`;
+/// `out_k` for `kv_heads * capacity * head_dim` writes, `out_v` for `kv_heads *
+/// capacity * value_dim`, `out_rows` for `kv_heads`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn tierkv_pq_gather(
+    mgr: *const TierkvManager,
+    pq: *const TierkvPq,
+    layer: u32,
+    tokens: *const u32,
+    counts: *const usize,
+    capacity: usize,
+    out_k: *mut f32,
+    out_v: *mut f32,
+    out_rows: *mut usize,
+) -> TierkvStatus {
+    guard(|| {
+        let m = manager(mgr)?;
+        let h = pq_ref(pq)?;
+        let (_, kv_heads, head_dim) = h.shape();
+        let value_dim = h.value_dim();
+        let len = |d: usize, what: &str| {
+            kv_heads
+                .checked_mul(capacity)
+                .and_then(|n| n.checked_mul(d))
+                .ok_or_else(|| FfiError::invalid(format!("{what}: the shape overflows")))
+        };
+        let (nt, nk, nv) = (len(1, "tokens")?, len(head_dim, "out_k")?, len(value_dim, "out_v")?);
+        // SAFETY: validated pointers and lengths, caller contract.
+        let (toks, cs, k, v, rows) = unsafe {
+            (
+                slice_in(tokens, nt, "tokens")?,
+                slice_in(counts, kv_heads, "counts")?,
+                slice_out(out_k, nk, "out_k")?,
+                slice_out(out_v, nv, "out_v")?,
+                slice_out(out_rows, kv_heads, "out_rows")?,
+            )
+        };
+        if let Some(c) = cs.iter().find(|&&c| c > capacity) {
+            return Err(FfiError::invalid(format!("counts: {c} tokens for capacity {capacity}")));
+        }
+        let lists: Vec<&[u32]> = cs
+            .iter()
+            .enumerate()
+            .map(|(hd, &c)| &toks[hd * capacity..hd * capacity + c])
+            .collect();
+        m.in_scope(|| m.pq_gather(&h, layer as usize, &lists, capacity, k, v, rows))?;
+        Ok(())
+    })
+}
+
+/// Keeps at most `bytes` of whole blocks in the index's block cache from now on
+/// (least frequently used out first; 0 empties it). An index starts with
+/// `TIERKV_PQ_CACHE_BYTES`.
+///
+/// # Safety
+/// None beyond passing a PQ handle.
+#[no_mangle]
+pub unsafe extern "C" fn tierkv_pq_set_cache(pq: *const TierkvPq, bytes: u64) -> TierkvStatus {
+    guard(|| {
+        pq_ref(pq)?.set_cache_bytes(bytes);
+        Ok(())
+    })
+}
+
 /// Writes the index's shape and size to `*out`.
 ///
 /// # Safety
@@ -295,7 +377,7 @@ pub unsafe extern "C" fn tierkv_pq_info(pq: *const TierkvPq, out: *mut TierkvPqI
             layers: i.layers as u32,
             kv_heads: i.kv_heads as u32,
             head_dim: i.head_dim as u32,
-            reserved: 0,
+            value_dim: i.value_dim as u32,
             tokens: i.tokens as u64,
             bytes: i.bytes as u64,
         };

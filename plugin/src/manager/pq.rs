@@ -1,6 +1,8 @@
 //! PQ retrieval through the facade: an index of a request's keys
-//! ([`Manager::pq_build`]), and each decode step's tokens ([`PqHandle::topk`]),
-//! counted under `tierkv_pq_*`.
+//! ([`Manager::pq_build`], or [`Manager::pq_build_blocks`] from its stored
+//! blocks), each decode step's tokens ([`PqHandle::topk`]) and their K and V
+//! rows ([`Manager::pq_gather`], through the index's LFU block cache), counted
+//! under `tierkv_pq_*`.
 //!
 //! Keys and queries are given as the engine has them, fp32, `[layer][kv_head]
 //! [token][head_dim]` and `[kv_head][group][head_dim]`.
@@ -13,7 +15,10 @@ use parking_lot::Mutex;
 
 use super::{Manager, ManagerError};
 pub use crate::pq::PqSettings;
-use crate::pq::{Budget, PqIndex, PqStats, Scratch};
+use crate::pq::{BlockCache, Budget, PqIndex, PqStats, Scratch};
+use crate::prefix::BlockHash;
+use crate::semantic::synth::TokenLayout;
+use crate::tier::LoadOutcome;
 
 /// Largest shapes accepted (far above any model: a bound against bad callers).
 const MAX_LAYERS: usize = 1024;
@@ -30,6 +35,21 @@ pub struct PqHandle {
     stats: Arc<PqStats>,
     /// What this index adds to the live gauges.
     counted: Mutex<(u64, u64)>,
+    /// The stored blocks it was built from (gathers read them).
+    source: Option<Source>,
+    /// Hot blocks of `source`, LFU.
+    cache: Mutex<BlockCache>,
+}
+
+/// A request's stored blocks, as an index built from them knows them.
+struct Source {
+    hashes: Vec<BlockHash>,
+    /// Tokens held by the blocks (the rest of the context is the engine's).
+    tokens: usize,
+    layout: TokenLayout,
+    block_bytes: usize,
+    /// Elements of a value row.
+    value_dim: usize,
 }
 
 /// Shape and size of a [`PqHandle`].
@@ -45,6 +65,10 @@ pub struct PqInfo {
     pub tokens: usize,
     /// Bytes of codes and centroids.
     pub bytes: usize,
+    /// Elements of a value row (built from blocks; 0 from keys: no gathers).
+    pub value_dim: usize,
+    /// Blocks in its block cache.
+    pub cached_blocks: usize,
 }
 
 fn invalid(what: String) -> ManagerError {
@@ -103,6 +127,8 @@ impl Manager {
             shape: (layers, kv_heads, head_dim),
             stats,
             counted: Mutex::new((0, 0)),
+            source: None,
+            cache: Mutex::new(BlockCache::new(0)),
         };
         handle.recount();
         Ok(handle)
@@ -111,12 +137,14 @@ impl Manager {
 
 impl Manager {
     /// Builds the PQ index of the first `tokens` tokens of the stored blocks
-    /// `hashes` (a request's blocks, in order): every block loaded from the host
-    /// tier and verified, its keys read through the registered token layout
-    /// (`register_token_layout`: which rows are keys, their dtype), in fp32.
+    /// `hashes` (a request's blocks, in order): every block fetched from the
+    /// tiers and verified, its keys read through the registered token layout
+    /// (`register_token_layout`: which rows are keys, their dtype), in fp32. The
+    /// index can gather ([`Manager::pq_gather`]); the last blocks read fill its
+    /// block cache.
     pub fn pq_build_blocks(
         &self,
-        hashes: &[crate::prefix::BlockHash],
+        hashes: &[BlockHash],
         tokens: usize,
         settings: Option<PqSettings>,
     ) -> Result<PqHandle, ManagerError> {
@@ -136,22 +164,154 @@ impl Manager {
         let Some((layers, heads, dim)) = tl.key_shape() else {
             return Err(invalid("the token layout's key rows differ in heads".into()));
         };
+        let value_dim = match tl.value_shape() {
+            Some((vl, vh, vd)) if vl == layers && vh == heads => vd,
+            _ => return Err(invalid("the token layout's value rows differ from its key rows".into())),
+        };
+        let layout = tl.clone();
+        drop(guard);
         let total = tokens;
         let mut keys = vec![0f32; layers * heads * total * dim];
         let block_bytes = self.movement.host().block_bytes() as usize;
-        let mut buf = vec![0u8; block_bytes];
-        for (i, &h) in hashes.iter().enumerate().take(tokens.div_ceil(bt)) {
-            let o = self.movement.host().load(h, &mut [&mut buf[..]])?;
-            if o != crate::tier::LoadOutcome::Loaded {
-                return Err(ManagerError::Unavailable(format!(
-                    "block {i} of the request is not in the host tier ({o:?})"
+        let used = &hashes[..tokens.div_ceil(bt)];
+        let s = settings.unwrap_or(self.config.pq);
+        let capacity = (s.cache_bytes / block_bytes.max(1) as u64) as usize;
+        // The last blocks read are kept for the first gathers (the window's).
+        let mut cache = BlockCache::new(capacity);
+        const CHUNK: usize = 32;
+        for (c, chunk) in used.chunks(CHUNK).enumerate() {
+            let mut bufs: Vec<Vec<u8>> = (0..chunk.len()).map(|_| cache.buffer(block_bytes)).collect();
+            let mut outcomes = vec![LoadOutcome::Miss; chunk.len()];
+            self.movement.fetch(chunk, &mut bufs, &mut outcomes)?;
+            for (j, (buf, o)) in bufs.into_iter().zip(outcomes).enumerate() {
+                let i = c * CHUNK + j;
+                if o != LoadOutcome::Loaded {
+                    return Err(ManagerError::Unavailable(format!(
+                        "block {i} of the request is in no tier ({o:?})"
+                    )));
+                }
+                layout.read_keys(&buf, bt.min(total - i * bt), &mut keys, total, i * bt);
+                cache.insert(i as u32, buf);
+            }
+        }
+        let mut handle = self.pq_build(&keys, layers, heads, total, dim, Some(s))?;
+        handle.cache = Mutex::new(cache);
+        handle.source = Some(Source {
+            hashes: used.to_vec(),
+            tokens,
+            layout,
+            block_bytes,
+            value_dim,
+        });
+        Ok(handle)
+    }
+}
+
+impl Manager {
+    /// Copies the K and V rows of layer `layer` of the tokens `tokens[h]` (per
+    /// KV head, ascending, as [`PqHandle::topk`] gives them) from the stored
+    /// blocks `pq` was built from, as fp32, into `out_k`
+    /// (`[kv_head][capacity][head_dim]`) and `out_v` (`[kv_head][capacity]
+    /// [value_dim]`); row `r` of head `h` is token `tokens[h][r]` (its
+    /// position). Tokens past the stored blocks (the engine's own, appended
+    /// after the build) end a head's rows: `rows[h]` says how many were written.
+    /// Blocks come from the index's LFU block cache, else from the tiers
+    /// ([`crate::movement::Movement::fetch`]: host, then lower tiers, verified).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pq_gather(
+        &self,
+        pq: &PqHandle,
+        layer: usize,
+        tokens: &[&[u32]],
+        capacity: usize,
+        out_k: &mut [f32],
+        out_v: &mut [f32],
+        rows: &mut [usize],
+    ) -> Result<(), ManagerError> {
+        let t0 = Instant::now();
+        let Some(src) = pq.source.as_ref() else {
+            return Err(ManagerError::State(
+                "a PQ index built from keys has no stored blocks to gather from (tierkv_pq_build_blocks)",
+            ));
+        };
+        if !Arc::ptr_eq(&pq.stats, &self.pq_stats) {
+            return Err(invalid("the PQ index was built by another manager".into()));
+        }
+        let (layers, heads, dim) = pq.shape;
+        let vdim = src.value_dim;
+        let Some((kr, vr)) = src.layout.layer_rows(layer).filter(|_| layer < layers) else {
+            return Err(invalid(format!("layer {layer} of {layers}")));
+        };
+        let room = heads.checked_mul(capacity);
+        let fits = |buf: usize, d: usize| room.and_then(|n| n.checked_mul(d)).is_some_and(|n| buf >= n);
+        if tokens.len() != heads || rows.len() != heads || !fits(out_k.len(), dim) || !fits(out_v.len(), vdim) {
+            return Err(invalid(format!(
+                "{} token lists, {} row counts, {} K and {} V floats for {heads} KV heads x {capacity} rows of {dim} and {vdim}",
+                tokens.len(),
+                rows.len(),
+                out_k.len(),
+                out_v.len()
+            )));
+        }
+        let bt = src.layout.block_tokens() as u32;
+        let mut needed = Vec::new();
+        for (h, list) in tokens.iter().enumerate() {
+            if list.len() > capacity || list.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(invalid(format!(
+                    "KV head {h}: {} tokens for {capacity} rows, or not ascending",
+                    list.len()
                 )));
             }
-            let n = bt.min(total - i * bt);
-            tl.read_keys(&buf, n, &mut keys, total, i * bt);
+            rows[h] = list.partition_point(|&t| (t as usize) < src.tokens);
+            needed.extend(list[..rows[h]].iter().map(|&t| t / bt));
         }
-        drop(guard);
-        self.pq_build(&keys, layers, heads, total, dim, settings)
+        needed.sort_unstable();
+        needed.dedup();
+        let mut cache = pq.cache.lock();
+        let missed: Vec<u32> = needed.iter().copied().filter(|&b| !cache.touch(b)).collect();
+        let mut bufs: Vec<Vec<u8>> = missed.iter().map(|_| cache.buffer(src.block_bytes)).collect();
+        if !missed.is_empty() {
+            let want: Vec<BlockHash> = missed.iter().map(|&b| src.hashes[b as usize]).collect();
+            let mut outcomes = vec![LoadOutcome::Miss; missed.len()];
+            self.movement.fetch(&want, &mut bufs, &mut outcomes)?;
+            if let Some(i) = outcomes.iter().position(|o| *o != LoadOutcome::Loaded) {
+                bufs.into_iter().for_each(|b| cache.recycle(b));
+                return Err(ManagerError::Unavailable(format!(
+                    "block {} of the request is in no tier ({:?})",
+                    missed[i], outcomes[i]
+                )));
+            }
+        }
+        for (h, list) in tokens.iter().enumerate() {
+            for (r, &t) in list[..rows[h]].iter().enumerate() {
+                let b = t / bt;
+                let block = match missed.binary_search(&b) {
+                    Ok(i) => &bufs[i][..],
+                    Err(_) => cache.get(b).unwrap_or_default(),
+                };
+                let (slot, at) = ((t % bt) as usize, h * capacity + r);
+                src.layout
+                    .read_row(kr, block, slot, h, &mut out_k[at * dim..(at + 1) * dim]);
+                src.layout
+                    .read_row(vr, block, slot, h, &mut out_v[at * vdim..(at + 1) * vdim]);
+            }
+        }
+        for (b, buf) in missed.iter().zip(bufs) {
+            cache.insert(*b, buf);
+        }
+        drop(cache);
+        let s = &self.pq_stats;
+        let written: usize = rows.iter().sum();
+        s.gathers.fetch_add(1, Ordering::Relaxed);
+        s.gathered_bytes
+            .fetch_add((written * (dim + vdim) * 4) as u64, Ordering::Relaxed);
+        s.fetched_bytes
+            .fetch_add((missed.len() * src.block_bytes) as u64, Ordering::Relaxed);
+        s.cache_hits
+            .fetch_add((needed.len() - missed.len()) as u64, Ordering::Relaxed);
+        s.cache_misses.fetch_add(missed.len() as u64, Ordering::Relaxed);
+        s.gather_latency.observe_ns(t0.elapsed().as_nanos() as u64);
+        Ok(())
     }
 }
 
@@ -159,6 +319,19 @@ impl PqHandle {
     /// Layers, KV heads, head dimension (no lock: a selection's shape check).
     pub fn shape(&self) -> (usize, usize, usize) {
         self.shape
+    }
+
+    /// Keeps at most `bytes` of whole blocks in its block cache from now on (the
+    /// least frequently used going first); 0 empties it.
+    pub fn set_cache_bytes(&self, bytes: u64) {
+        let per = self.source.as_ref().map_or(1, |s| s.block_bytes.max(1)) as u64;
+        self.cache.lock().set_capacity((bytes / per) as usize);
+    }
+
+    /// Elements of a value row, for gathers (0: built from keys, no gathers; no
+    /// lock).
+    pub fn value_dim(&self) -> usize {
+        self.source.as_ref().map_or(0, |s| s.value_dim)
     }
 
     /// Shape and size.
@@ -171,6 +344,8 @@ impl PqHandle {
             head_dim: self.shape.2,
             tokens: ix.head(0, 0).len(),
             bytes: ix.bytes(),
+            value_dim: self.value_dim(),
+            cached_blocks: self.cache.lock().len(),
         }
     }
 

@@ -489,3 +489,121 @@ fn a_block_stored_on_one_machine_is_served_on_another_through_the_remote_tier() 
         "{text}"
     );
 }
+
+/// A PQ index built from blocks that spilled from a small host tier to disk
+/// gathers every selected token's K and V from wherever its block lives
+/// (verified loads), through its block cache or, with none, the tiers each time.
+#[test]
+fn pq_gathers_rows_from_blocks_in_the_host_and_disk_tiers() {
+    use tierkv_cuda::reference::{KeyDtype, RopeSpec};
+    let (shm, disk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = Config {
+        shm_dir: shm.path().to_path_buf(),
+        cpu_bytes: 1 << 20,
+        disk_path: Some(disk.path().to_path_buf()),
+        disk_bytes: 8 << 20,
+        disk_admit: AdmitMode::Always,
+        ..Config::default()
+    };
+    // One layer, 8 KV heads of 64 floats, 4 tokens a block: K rows then V rows.
+    const HEADS: usize = 8;
+    const DIM: usize = 64;
+    const BT: usize = 4;
+    const ROW: usize = DIM * 4;
+    const BYTES: usize = 2 * BT * HEADS * ROW;
+    const N: usize = 120; // ~60 blocks fit the host tier: the rest only on disk
+    let m = manager(cfg, BYTES as u64);
+    let val = |kind: usize, t: usize, h: usize, d: usize| ((kind * 7 + t * 13 + h * 31 + d) % 97) as f32 - 48.0;
+    let mut mem = vec![0u8; N * BYTES];
+    for t in 0..N * BT {
+        for h in 0..HEADS {
+            for d in 0..DIM {
+                for kind in 0..2 {
+                    let at = (t / BT) * BYTES + kind * BT * HEADS * ROW + ((t % BT) * HEADS + h) * ROW + d * 4;
+                    mem[at..at + 4].copy_from_slice(&val(kind, t, h, d).to_le_bytes());
+                }
+            }
+        }
+    }
+    let region = Region {
+        base: mem.as_mut_ptr() as u64,
+        block_stride: BYTES as u64,
+        bytes_per_block: BYTES as u64,
+    };
+    m.register_layout(&[region], N as u64).unwrap();
+    let rows = |is_key: u32| TokenRows {
+        region: 0,
+        is_key,
+        offset: if is_key == 1 { 0 } else { (BT * HEADS * ROW) as u64 },
+        token_stride: (HEADS * ROW) as u64,
+        head_stride: ROW as u64,
+        heads: HEADS as u32,
+        row_bytes: ROW as u32,
+        elem_stride: 0,
+    };
+    let rope = RopeSpec::standard(1, DIM as u32, DIM as u32, 10000.0, true).unwrap();
+    m.register_token_layout(&[rows(1), rows(0)], KeyDtype::F32, rope)
+        .unwrap();
+    let hs: Vec<BlockHash> = (1..=N as u128).map(|i| BlockHash(i * 0x9e37_79b9)).collect();
+    let ids: Vec<u64> = (0..N as u64).collect();
+    let mut out = vec![StoreOutcome::NoSpace; N];
+    // SAFETY: `mem` is valid for reads and not written meanwhile.
+    unsafe { m.store_blocks(&hs, &ids, &mut out) }.unwrap();
+    assert!(m.flush(std::time::Duration::from_secs(20)));
+    let in_host = (0..N)
+        .filter(|&i| m.movement.host().lookup(&hs[i..=i]).unwrap() == 1)
+        .count();
+    assert!(
+        in_host < N,
+        "some blocks live on disk only ({in_host} of {N} in the host tier)"
+    );
+    mem.fill(0); // the engine's copy is gone
+    let tokens = N * BT - 3;
+    for cache_bytes in [0, 8 * BYTES as u64] {
+        let s = PqSettings {
+            cache_bytes,
+            sink: 4,
+            ..m.pq_settings()
+        };
+        let pq = m.pq_build_blocks(&hs, tokens, Some(s)).unwrap();
+        assert_eq!(pq.info().value_dim, DIM);
+        for step in 0..3u32 {
+            // Every KV head: a spread of tokens over all blocks, then one past the stored ones.
+            let lists: Vec<Vec<u32>> = (0..HEADS as u32)
+                .map(|h| {
+                    let mut l: Vec<u32> = (0..tokens as u32).filter(|t| (t + h + step) % 7 == 0).collect();
+                    l.push(tokens as u32 + 1);
+                    l
+                })
+                .collect();
+            let cap = lists.iter().map(Vec::len).max().unwrap();
+            let refs: Vec<&[u32]> = lists.iter().map(|l| &l[..]).collect();
+            let (mut k, mut v, mut n) = (
+                vec![0f32; HEADS * cap * DIM],
+                vec![0f32; HEADS * cap * DIM],
+                vec![0; HEADS],
+            );
+            m.pq_gather(&pq, 0, &refs, cap, &mut k, &mut v, &mut n).unwrap();
+            for (h, l) in lists.iter().enumerate() {
+                assert_eq!(n[h], l.len() - 1, "the token past the blocks ends the rows");
+                for (r, &t) in l[..n[h]].iter().enumerate() {
+                    let at = (h * cap + r) * DIM;
+                    for d in 0..DIM {
+                        assert_eq!(k[at + d], val(0, t as usize, h, d), "K token {t} head {h}");
+                        assert_eq!(v[at + d], val(1, t as usize, h, d), "V token {t} head {h}");
+                    }
+                }
+            }
+        }
+        assert!(pq.info().cached_blocks <= (cache_bytes / BYTES as u64) as usize);
+        // Layer out of range, a list longer than its rows, not ascending: refused.
+        let one: Vec<&[u32]> = vec![&[1, 2][..]; HEADS];
+        let (mut k, mut v, mut n) = (vec![0f32; HEADS * 2 * DIM], vec![0f32; HEADS * 2 * DIM], vec![0; HEADS]);
+        assert!(m.pq_gather(&pq, 1, &one, 2, &mut k, &mut v, &mut n).is_err());
+        assert!(m.pq_gather(&pq, 0, &one, 1, &mut k, &mut v, &mut n).is_err());
+        let back: Vec<&[u32]> = vec![&[2, 1][..]; HEADS];
+        assert!(m.pq_gather(&pq, 0, &back, 2, &mut k, &mut v, &mut n).is_err());
+    }
+    let text = m.metrics_text();
+    assert!(text.contains("tierkv_pq_block_cache_total{result=\"hit\"}"), "{text}");
+}

@@ -384,6 +384,60 @@ impl Movement {
         Ok(still)
     }
 
+    /// Copies whole blocks `hashes[i]` (their regions concatenated, the tiers'
+    /// payload) into `bufs[i]`, from the host tier or else the first lower tier
+    /// that has them (onboarded into the host tier), each verified; writes
+    /// `outcomes[i]`. A read for the library's own use (PQ gathers): no
+    /// admission use is counted.
+    pub fn fetch(
+        &self,
+        hashes: &[BlockHash],
+        bufs: &mut [Vec<u8>],
+        outcomes: &mut [LoadOutcome],
+    ) -> Result<(), TierError> {
+        let mut missed = Vec::new();
+        for (i, (&h, buf)) in hashes.iter().zip(bufs.iter_mut()).enumerate() {
+            outcomes[i] = self.host.load(h, &mut [&mut buf[..]])?;
+            if outcomes[i] == LoadOutcome::Miss {
+                missed.push(i);
+            }
+        }
+        for l in &self.lower {
+            if missed.is_empty() {
+                break;
+            }
+            let want: Vec<BlockHash> = missed.iter().map(|&i| hashes[i]).collect();
+            let mut got = vec![LoadOutcome::Miss; missed.len()];
+            {
+                let mut dsts: Vec<Vec<&mut [u8]>> = Vec::with_capacity(missed.len());
+                let mut rest: &mut [Vec<u8>] = bufs;
+                let mut at = 0;
+                for &i in &missed {
+                    let (_, tail) = rest.split_at_mut(i - at);
+                    let (this, tail) = tail.split_at_mut(1);
+                    dsts.push(vec![&mut this[0][..]]);
+                    rest = tail;
+                    at = i + 1;
+                }
+                l.tier.load_into(&want, self.namespace, &mut dsts, &mut got)?;
+            }
+            let mut still = Vec::new();
+            for (&i, o) in missed.iter().zip(got) {
+                outcomes[i] = o;
+                match o {
+                    LoadOutcome::Loaded => {
+                        let ctx = self.ctx(i, hashes.len(), hashes[i]);
+                        Tier::store(&*self.host, hashes[i], ctx, &[&bufs[i][..]])?;
+                    }
+                    LoadOutcome::Miss => still.push(i),
+                    _ => {}
+                }
+            }
+            missed = still;
+        }
+        Ok(())
+    }
+
     /// A status snapshot of tier `id` (host or a configured lower tier).
     pub fn status(&self, id: TierId) -> Option<TierStatus> {
         match id {

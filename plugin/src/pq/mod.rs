@@ -6,7 +6,8 @@
 //! Core types: [`PqIndex`] (every (layer, KV head) of a request), [`HeadIndex`]
 //! (one head: [`Codebook`] + one code row per token), [`Budget`] (sinks, window,
 //! top-k), [`PqSettings`] / [`Train`] (PQCache's defaults: 1/5 of the context,
-//! 32 sinks, m = 2 sub-spaces of 2^6 centroids), [`PqStats`] (`tierkv_pq_*`).
+//! 32 sinks, m = 2 sub-spaces of 2^6 centroids), [`BlockCache`] (a request's hot
+//! blocks for gathers, LFU), [`PqStats`] (`tierkv_pq_*`).
 //!
 //! ```text
 //!   prefill keys ──k-means per sub-space──► Codebook ──encode──► codes (m bytes/token)
@@ -24,6 +25,7 @@
 //! Hand-written (no crate fits: `kmeans` needs nightly, faiss is a C library
 //! Debian does not ship, linfa is heavy); loops written for autovectorisation.
 
+mod cache;
 mod codebook;
 mod index;
 mod kmeans;
@@ -31,6 +33,7 @@ mod report;
 mod select;
 mod settings;
 
+pub use self::cache::BlockCache;
 pub use self::codebook::{Codebook, PqError, Train};
 pub use self::index::{HeadIndex, PqIndex, Scratch};
 pub use self::kmeans::{kmeans, Clusters, Rng};

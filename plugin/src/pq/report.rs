@@ -21,6 +21,18 @@ pub struct PqStats {
     pub topk_latency: Histogram,
     /// Tokens selected (sinks, window and top-k, summed over KV heads).
     pub selected_tokens: AtomicU64,
+    /// Gathers (one per layer and call).
+    pub gathers: AtomicU64,
+    /// Time of one layer's gather (every KV head).
+    pub gather_latency: Histogram,
+    /// Bytes of K and V rows written to gather buffers (fp32).
+    pub gathered_bytes: AtomicU64,
+    /// Bytes of blocks fetched from the tiers for gathers (block-cache misses).
+    pub fetched_bytes: AtomicU64,
+    /// Blocks a gather found in its index's block cache.
+    pub cache_hits: AtomicU64,
+    /// Blocks a gather fetched from the tiers.
+    pub cache_misses: AtomicU64,
 }
 
 /// Adds the series of `s` to `r`.
@@ -62,5 +74,31 @@ pub fn report(s: &PqStats, r: &mut Report) {
         "tierkv_pq_selected_tokens_total",
         "Tokens selected for attention (sinks, local window and top-k, summed over KV heads).",
         &[("", v(&s.selected_tokens))],
+    );
+    r.counter(
+        "tierkv_pq_gathers_total",
+        "Gathers of selected tokens' K and V, one per layer and call (tierkv_pq_gather).",
+        &[("", v(&s.gathers))],
+    );
+    r.histogram(
+        "tierkv_pq_gather_seconds",
+        "Time of one layer's gather: block-cache lookups, fetches of the missed blocks from the tiers, row copies.",
+        "",
+        &s.gather_latency,
+    );
+    r.counter(
+        "tierkv_pq_gathered_bytes_total",
+        "Bytes of K and V rows (fp32) written to gather buffers.",
+        &[("", v(&s.gathered_bytes))],
+    );
+    r.counter(
+        "tierkv_pq_fetched_bytes_total",
+        "Bytes of whole blocks fetched from the tiers for gathers (block-cache misses).",
+        &[("", v(&s.fetched_bytes))],
+    );
+    r.counter(
+        "tierkv_pq_block_cache_total",
+        "Blocks a gather needed, by where it found them: result=hit (the index's LFU block cache) or miss (fetched from the tiers).",
+        &[("result=\"hit\"", v(&s.cache_hits)), ("result=\"miss\"", v(&s.cache_misses))],
     );
 }

@@ -15,15 +15,19 @@ pub struct PqSettings {
     /// Codebook training: sub-spaces (`TIERKV_PQ_SUBSPACES`), bits per code
     /// (`TIERKV_PQ_BITS`), sample, iterations, seed.
     pub train: Train,
+    /// Bytes of hot blocks an index keeps for its gathers, LFU
+    /// (`TIERKV_PQ_CACHE_BYTES`; 0: every gather fetches from the tiers).
+    pub cache_bytes: u64,
 }
 
 impl Default for PqSettings {
-    /// PQCache's: 1/5 of the context, 32 sinks, m = 2, b = 6.
+    /// PQCache's: 1/5 of the context, 32 sinks, m = 2, b = 6; 64 MiB of block cache.
     fn default() -> Self {
         Self {
             budget: 0.2,
             sink: 32,
             train: Train::default(),
+            cache_bytes: 64 << 20,
         }
     }
 }

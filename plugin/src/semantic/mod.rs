@@ -143,6 +143,8 @@ pub struct SemanticIndex {
     inner: Mutex<Inner>,
     capacity: usize,
     counters: Counters,
+    /// Time budget of one alignment ([`ALIGN_DEADLINE`] unless set).
+    deadline: Duration,
 }
 
 impl SemanticIndex {
@@ -152,7 +154,15 @@ impl SemanticIndex {
             inner: Mutex::new(Inner::default()),
             capacity: capacity.max(1),
             counters: Counters::Own(Box::default()),
+            deadline: ALIGN_DEADLINE,
         }
+    }
+
+    /// The same index with another alignment time budget (tests that must not
+    /// depend on the machine's load give a generous one).
+    pub fn with_align_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// An empty index whose counters are the store-wide ones of `host`'s arena.
@@ -298,7 +308,7 @@ impl SemanticIndex {
                 break;
             }
             self.stats().candidates.fetch_add(1, Ordering::Relaxed);
-            let al = align::align(&c.tokens, tokens, ALIGN_DEADLINE, policy.align_options());
+            let al = align::align(&c.tokens, tokens, self.deadline, policy.align_options());
             let p = ReusePlan::build(&al, c.id, Arc::clone(&c.hashes), block_tokens, n, c.estimate, policy);
             if best.as_ref().is_none_or(|b| p.coverage() > b.coverage()) {
                 if !alive(&c.hashes) {

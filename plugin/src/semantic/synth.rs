@@ -195,6 +195,51 @@ impl TokenLayout {
             .then_some((keys.len(), heads as usize, self.rope.dim as usize))
     }
 
+    /// The values' shape: value row sets (one per layer, in the order
+    /// registered), heads, elements per row; `None` when the sets differ.
+    pub fn value_shape(&self) -> Option<(usize, usize, usize)> {
+        let es = self.dtype.size() as u32;
+        let vals: Vec<&TokenRows> = self.rows.iter().filter(|r| r.is_key == 0).collect();
+        let (heads, bytes) = (vals.first()?.heads, vals.first()?.row_bytes);
+        (bytes % es == 0 && vals.iter().all(|r| r.heads == heads && r.row_bytes == bytes)).then_some((
+            vals.len(),
+            heads as usize,
+            (bytes / es) as usize,
+        ))
+    }
+
+    /// Tokens per block.
+    pub fn block_tokens(&self) -> usize {
+        self.block_tokens as usize
+    }
+
+    /// The key and value row sets of `layer` (the `layer`-th of each kind, in
+    /// the order registered).
+    pub fn layer_rows(&self, layer: usize) -> Option<(&TokenRows, &TokenRows)> {
+        let kind = |key: bool| self.rows.iter().filter(move |r| (r.is_key == 1) == key).nth(layer);
+        Some((kind(true)?, kind(false)?))
+    }
+
+    /// Reads one row (token slot `t`, head `h` of row set `r`, one of this
+    /// layout's) of a stored block (`block`: its regions' bytes, concatenated) as
+    /// fp32 into `out` (the row's elements).
+    pub fn read_row(&self, r: &TokenRows, block: &[u8], t: usize, h: usize, out: &mut [f32]) {
+        let es = self.dtype.size();
+        let step = if r.elem_stride == 0 { es } else { r.elem_stride as usize };
+        let row = self.region_offsets[r.region as usize] as usize
+            + r.offset as usize
+            + t * r.token_stride as usize
+            + h * r.head_stride as usize;
+        for (e, o) in out.iter_mut().enumerate() {
+            let b = &block[row + e * step..row + e * step + es];
+            *o = match self.dtype {
+                KeyDtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                KeyDtype::F16 => f16_to_f32(u16::from_le_bytes([b[0], b[1]])),
+                KeyDtype::Bf16 => bf16_to_f32(u16::from_le_bytes([b[0], b[1]])),
+            };
+        }
+    }
+
     /// Reads the first `tokens` keys of one stored block (`block`: its regions'
     /// bytes, concatenated) as fp32 into `out`, laid out `[layer][head][total]
     /// [dim]` with this block's tokens at `base..base + tokens`.
@@ -202,23 +247,12 @@ impl TokenLayout {
         let Some((_, heads, dim)) = self.key_shape() else {
             return;
         };
-        let es = self.dtype.size();
         let keys = self.rows.iter().filter(|r| r.is_key == 1);
         for (layer, r) in keys.enumerate() {
-            let step = if r.elem_stride == 0 { es } else { r.elem_stride as usize };
-            let region = self.region_offsets[r.region as usize] as usize;
-            for t in 0..tokens.min(self.block_tokens as usize) {
+            for t in 0..tokens.min(self.block_tokens()) {
                 for h in 0..heads {
-                    let row = region + r.offset as usize + t * r.token_stride as usize + h * r.head_stride as usize;
                     let dst = ((layer * heads + h) * total + base + t) * dim;
-                    for (e, o) in out[dst..dst + dim].iter_mut().enumerate() {
-                        let b = &block[row + e * step..row + e * step + es];
-                        *o = match self.dtype {
-                            KeyDtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-                            KeyDtype::F16 => f16_to_f32(u16::from_le_bytes([b[0], b[1]])),
-                            KeyDtype::Bf16 => bf16_to_f32(u16::from_le_bytes([b[0], b[1]])),
-                        };
-                    }
+                    self.read_row(r, block, t, h, &mut out[dst..dst + dim]);
                 }
             }
         }

@@ -43,7 +43,10 @@ fn policy() -> SemanticPolicy {
 }
 
 fn index_with(prompts: &[(&[u32], u128)]) -> SemanticIndex {
-    let ix = SemanticIndex::new(100);
+    // A generous alignment budget: plans must not depend on the machine's load
+    // (a debug build under parallel tests is far slower than the 20 ms default's
+    // measured 35 us).
+    let ix = SemanticIndex::new(100).with_align_deadline(std::time::Duration::from_secs(10));
     for (p, tag) in prompts {
         ix.insert(p, hashes_for(p, *tag)).unwrap();
     }
