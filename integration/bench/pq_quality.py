@@ -96,7 +96,7 @@ class Blocks:
     layer and block, per KV head: K as [d][BT], then V as [BT][d]); the engine's
     copy is cleared once stored."""
 
-    def __init__(self, tkv: TierKV, keys: np.ndarray, values: np.ndarray, tokens: list[int], base: float):
+    def __init__(self, tkv: TierKV, keys: np.ndarray, values: np.ndarray, tokens: list[int], base: float, salt: int):
         L, KV, P, d = keys.shape
         self.nb = nb = -(-P // BT)
         slab = 2 * d * BT * 4
@@ -117,7 +117,10 @@ class Blocks:
             view[:, :, 0] = k.transpose(1, 0, 3, 2).reshape(nb, KV, d * BT)
             view[:, :, 1] = v.transpose(1, 0, 2, 3).reshape(nb, KV, BT * d)
         toks = list(tokens[:P]) + [0] * (nb * BT - P)
-        self.hashes = tkv.hash_tokens(toks)
+        # Each document's blocks their own identities (a salted parent): documents
+        # of different lengths may share a prefix, whose KV the model computes
+        # with other shapes (last bits differ) and the check below must see.
+        self.hashes = tkv.hash_tokens(toks, parent=salt.to_bytes(16, "little"))
         assert tkv.store_blocks(self.hashes, list(range(nb))) == [STORE_STORED] * nb
         for m in self.mems:
             ctypes.memset(m, 0, len(m))
@@ -162,7 +165,7 @@ def replay(tkv: TierKV, pq, blocks: Blocks, sels: list, keys: np.ndarray, values
             "hit_ratio": hit / max(hit + miss, 1),
             "fetched_mib_per_step": d("tierkv_pq_fetched_bytes_total") / T / 2**20,
             "gathered_mib_per_step": d("tierkv_pq_gathered_bytes_total") / T / 2**20,
-            "blocks_per_step": (hit + miss) / T,
+            "lookups_per_step": (hit + miss) / T,
             "ms_per_step": secs * 1e3 / T,
         }
     out["kv_mib"] = blocks.nb * blocks.block_bytes / 2**20
@@ -308,6 +311,7 @@ def main() -> None:
     ap.add_argument("--cont", type=int, default=48, help="continuation tokens (queries)")
     ap.add_argument("--gen", type=int, default=32, help="tokens generated per method (0: none)")
     ap.add_argument("--replay-steps", type=int, default=16, help="continuation steps whose selections are gathered")
+    ap.add_argument("--gather-only", action="store_true", help="PQ's selections and their gathers alone (no quality runs)")
     ap.add_argument("--budgets", default="0.2,0.1")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json")
@@ -351,12 +355,12 @@ def main() -> None:
             # stored as blocks; the index reads the keys back from them.
             keys = np.stack([run.keys[l][:, :P].numpy() for l in range(layers)]).astype(np.float32)
             values = np.stack([run.values[l][:, :P].numpy() for l in range(layers)]).astype(np.float32)
-            blocks = Blocks(tkv, keys, values, doc, base)
+            blocks = Blocks(tkv, keys, values, doc, base, salt=length * 1000 + di + 1)
             t0 = time.perf_counter()
             pq = tkv.pq_build_blocks(blocks.hashes, P, params={"sink": SINK})
             build_s = time.perf_counter() - t0
             row = {"length": length, "doc": di, "prompt": P, "full_ppl": full_ppl, "build_s": build_s, "budgets": {}}
-            if a.gen:
+            if a.gen and not a.gather_only:
                 # Full attention's greedy continuation, from one prefill of the prompt.
                 run.mode, run.select = "generate", None
                 with torch.no_grad():
@@ -368,6 +372,12 @@ def main() -> None:
                 rng = np.random.default_rng(1234 + di)
                 per_method = {}
                 sels = {}
+                if a.gather_only:
+                    sel = [selections("pq", l, run.queries[l].numpy(), keys[l], pq, f, rng) for l in range(layers)]
+                    g = replay(tkv, pq, blocks, sel, keys, values, a.replay_steps)
+                    row["budgets"][str(f)] = {"pq": {"gather": g}}
+                    print(f"L={length} doc={di} budget={f}: " + gather_line([g]), flush=True)
+                    continue
                 for m in METHODS:
                     sels[m] = [
                         selections(m, l, run.queries[l].numpy(), keys[l], pq, f, rng) for l in range(layers)
@@ -413,12 +423,13 @@ def main() -> None:
                     f"L={length} doc={di} budget={f}: "
                     + "  ".join(
                         f"{m}: mass {per_method[m]['mass_recall']:.3f} err {per_method[m]['output_error']:.3f} "
-                        f"ppl {per_method[m]['ppl']:.3f} match {per_method[m].get('greedy_match', float('nan')):.2f}"
+                        f"ppl {per_method[m]['ppl']:.3f} match {per_method[m].get('greedy_match', float('nan')):.2f} "
+                        f"rouge-L {per_method[m].get('rouge_l', float('nan')):.2f}"
                         for m in METHODS
                     )
                     + f"  recall@k {per_method['pq']['recall_at_k']:.3f}  full ppl {full_ppl:.3f}"
-                    + "  LFU hits "
-                    + " ".join(f"{k}:{g['hit_ratio']:.2f}" for k, g in per_method["pq"]["gather"].items() if k != "kv_mib"),
+                    + "  "
+                    + gather_line([per_method["pq"]["gather"]]),
                     flush=True,
                 )
             pq.close()
@@ -426,9 +437,30 @@ def main() -> None:
     tkv.close()
     for suffix in ("arena", "g3dir"):
         Path(f"/dev/shm/tierkv-{store}.{suffix}").unlink(missing_ok=True)
-    summarize(results, budgets)
+    if a.gather_only:
+        for length in sorted({r["length"] for r in results}):
+            for f in budgets:
+                g = [r["budgets"][str(f)]["pq"]["gather"] for r in results if r["length"] == length]
+                print(f"{length:>6} {f:>6} " + gather_line(g))
+    else:
+        summarize(results, budgets)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
+
+
+def gather_line(g: list[dict]) -> str:
+    """Means over documents of `replay`'s figures, one line."""
+    mean = lambda c, key: float(np.mean([x[c][key] for x in g]))  # noqa: E731
+    return (
+        f"gathers (KV {np.mean([x['kv_mib'] for x in g]):.0f} MiB, "
+        f"{mean('0.0', 'lookups_per_step'):.0f} region lookups a step, "
+        f"{mean('0.0', 'gathered_mib_per_step'):.1f} MiB of rows a step): "
+        + "; ".join(
+            f"cache {float(c):.3g} of the KV: hits {mean(c, 'hit_ratio'):.2f}, "
+            f"read {mean(c, 'fetched_mib_per_step'):.1f} MiB, {mean(c, 'ms_per_step'):.1f} ms a step"
+            for c in (str(x) for x in CACHE_SHARES)
+        )
+    )
 
 
 def summarize(results: list[dict], budgets: list[float]) -> None:
@@ -455,18 +487,7 @@ def summarize(results: list[dict], budgets: list[float]) -> None:
                 mean("sink_local", "ppl") - mean("oracle", "ppl"), 1e-9
             )
             layers = np.mean([r["budgets"][str(f)]["pq"]["per_layer_recall_at_k"] for r in rows], axis=0)
-            g = [r["budgets"][str(f)]["pq"]["gather"] for r in rows]
-            print(
-                f"{length:>6} {f:>6} gathers (KV {np.mean([x['kv_mib'] for x in g]):.0f} MiB, "
-                f"{np.mean([x['0.0']['blocks_per_step'] for x in g]):.0f} block lookups a step, "
-                f"{np.mean([x['0.0']['gathered_mib_per_step'] for x in g]):.1f} MiB of rows a step): "
-                + "; ".join(
-                    f"cache {float(c):.3g} of the blocks: hits {np.mean([x[c]['hit_ratio'] for x in g]):.2f}, "
-                    f"fetched {np.mean([x[c]['fetched_mib_per_step'] for x in g]):.0f} MiB, "
-                    f"{np.mean([x[c]['ms_per_step'] for x in g]):.0f} ms a step"
-                    for c in (str(x) for x in CACHE_SHARES)
-                )
-            )
+            print(f"{length:>6} {f:>6} " + gather_line([r["budgets"][str(f)]["pq"]["gather"] for r in rows]))
             print(
                 f"{length:>6} {f:>6} full ppl {full:.3f}; PQ closes {gap_mass:.2f} of the sink+local-to-oracle gap "
                 f"in attention mass, {gap_ppl:.2f} in perplexity; recall@k by layer "

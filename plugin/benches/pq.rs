@@ -16,13 +16,14 @@
 //! 3. Memory: codes + centroids against the fp32 K and V bytes of the context.
 //! 4. `gather` (2K and 8K tokens): a decode step's selections (every layer, from
 //!    the PQ index of stored blocks in vLLM's CPU layout, 16 tokens a block,
-//!    host tier) copied row by row into compact buffers (`Manager::pq_gather`),
-//!    with no block cache, with the default 64 MiB LFU cache and with a cache
-//!    holding every block (`gather-all`: the row copies alone), against loading
-//!    every block the step's selections touch whole into engine blocks (what an
-//!    engine without a gather moves). With random keys the selections scatter
-//!    over nearly every block (the worst case; real selections cluster: the LFU
-//!    hit ratio on real keys is in `integration/bench/pq_quality.py`).
+//!    host tier) copied row by row into compact buffers (`Manager::pq_gather`:
+//!    per touched block the layer's region, read from the host tier and checked
+//!    against the build's digest), with no block cache, with the default 64 MiB
+//!    LFU cache and with a cache holding every region (`gather-all`: the row
+//!    copies alone), against loading every block the step's selections touch
+//!    whole into engine blocks (what an engine without a gather moves). With
+//!    random keys the selections scatter over nearly every block (the worst
+//!    case; the LFU hit ratio on real keys is in `integration/bench/pq_quality.py`).
 //!
 //! The keys are random here (uniform in [-1, 1)): k-means runs its full 25
 //! iterations on them (real keys converge sooner), and the costs of the scan and

@@ -819,7 +819,7 @@ class PqIndex:
         return k, v, list(rows)
 
     def set_cache(self, nbytes: int) -> None:
-        """Keeps at most ``nbytes`` of whole blocks in the block cache (LFU; 0
+        """Keeps at most ``nbytes`` of block regions in the block cache (LFU; 0
         empties it)."""
         self._tkv._check(self._tkv._lib.tierkv_pq_set_cache(self._h, nbytes))
 

@@ -187,7 +187,7 @@ pub const VARS: &[VarDoc] = &[
     VarDoc {
         name: "TIERKV_PQ_CACHE_BYTES",
         default: "64MiB",
-        meaning: "PQ retrieval: bytes of whole blocks each index keeps for its gathers (PQCache's block cache, least frequently used out); 0: every gather fetches from the tiers.",
+        meaning: "PQ retrieval: bytes of block regions (a layer's K and V, in vLLM's layout) each index keeps for its gathers (PQCache's block cache, least frequently used out); 0: every gather reads the host tier.",
     },
     VarDoc {
         name: "TIERKV_HW_INTERVAL",

@@ -18,6 +18,7 @@ pub use crate::pq::PqSettings;
 use crate::pq::{BlockCache, Budget, PqIndex, PqStats, Scratch};
 use crate::prefix::BlockHash;
 use crate::semantic::synth::TokenLayout;
+use crate::tier::checksum::FusedHasher;
 use crate::tier::LoadOutcome;
 
 /// Largest shapes accepted (far above any model: a bound against bad callers).
@@ -47,9 +48,44 @@ struct Source {
     /// Tokens held by the blocks (the rest of the context is the engine's).
     tokens: usize,
     layout: TokenLayout,
-    block_bytes: usize,
+    /// Each region's `(offset, bytes)` in a block's payload.
+    spans: Vec<(usize, usize)>,
+    /// Digest of each (block, region) of the verified blocks read at build,
+    /// `[block * regions + region]`: a gather reads one region of a block from
+    /// the host tier and checks it against this.
+    sums: Vec<u64>,
     /// Elements of a value row.
     value_dim: usize,
+}
+
+impl Source {
+    /// The digest seed of block `b`'s regions (bound to its identity).
+    fn seed(&self, b: usize) -> u64 {
+        self.hashes[b].fold64() ^ 0x9e37_79b9_7f4a_7c15
+    }
+
+    /// The block-cache key of region `r` of block `b`.
+    fn key(&self, b: usize, r: usize) -> u32 {
+        (b * self.spans.len() + r) as u32
+    }
+
+    /// A block cache of `bytes` (whole regions: as many as the largest fits),
+    /// and the first block whose regions the build keeps in it.
+    fn cache(&self, bytes: u64) -> (BlockCache, usize) {
+        let largest = self.spans.iter().map(|s| s.1).max().unwrap_or(1).max(1);
+        let capacity = (bytes / largest as u64) as usize;
+        let blocks = capacity / self.spans.len().max(1);
+        (BlockCache::new(capacity), self.hashes.len().saturating_sub(blocks))
+    }
+
+    /// Digests of block `b`'s regions in `payload` (the whole block).
+    fn digests<'a>(&'a self, b: usize, payload: &'a [u8]) -> impl Iterator<Item = u64> + 'a {
+        self.spans.iter().map(move |&(at, n)| {
+            let mut h = FusedHasher::new(self.seed(b));
+            h.update(&payload[at..at + n]);
+            h.digest()
+        })
+    }
 }
 
 /// Shape and size of a [`PqHandle`].
@@ -175,34 +211,54 @@ impl Manager {
         let block_bytes = self.movement.host().block_bytes() as usize;
         let used = &hashes[..tokens.div_ceil(bt)];
         let s = settings.unwrap_or(self.config.pq);
-        let capacity = (s.cache_bytes / block_bytes.max(1) as u64) as usize;
-        // The last blocks read are kept for the first gathers (the window's).
-        let mut cache = BlockCache::new(capacity);
+        let spans: Vec<(usize, usize)> = (0..layout.regions())
+            .map(|r| {
+                let at = layout.region_offset(r);
+                let end = if r + 1 < layout.regions() {
+                    layout.region_offset(r + 1)
+                } else {
+                    block_bytes
+                };
+                (at, end - at)
+            })
+            .collect();
+        let mut src = Source {
+            hashes: used.to_vec(),
+            tokens,
+            layout,
+            sums: Vec::with_capacity(used.len() * spans.len()),
+            spans,
+            value_dim,
+        };
+        let (mut cache, keep_from) = src.cache(s.cache_bytes);
         const CHUNK: usize = 32;
+        let mut bufs: Vec<Vec<u8>> = Vec::new();
         for (c, chunk) in used.chunks(CHUNK).enumerate() {
-            let mut bufs: Vec<Vec<u8>> = (0..chunk.len()).map(|_| cache.buffer(block_bytes)).collect();
+            bufs.resize_with(chunk.len(), || vec![0u8; block_bytes]);
             let mut outcomes = vec![LoadOutcome::Miss; chunk.len()];
-            self.movement.fetch(chunk, &mut bufs, &mut outcomes)?;
-            for (j, (buf, o)) in bufs.into_iter().zip(outcomes).enumerate() {
+            self.movement.fetch(chunk, &mut bufs[..chunk.len()], &mut outcomes)?;
+            for (j, (buf, o)) in bufs.iter().zip(outcomes).enumerate() {
                 let i = c * CHUNK + j;
                 if o != LoadOutcome::Loaded {
                     return Err(ManagerError::Unavailable(format!(
                         "block {i} of the request is in no tier ({o:?})"
                     )));
                 }
-                layout.read_keys(&buf, bt.min(total - i * bt), &mut keys, total, i * bt);
-                cache.insert(i as u32, buf);
+                src.layout
+                    .read_keys(buf, bt.min(total - i * bt), &mut keys, total, i * bt);
+                let sums: Vec<u64> = src.digests(i, buf).collect();
+                src.sums.extend_from_slice(&sums);
+                // The last blocks read are kept for the first gathers (the window's).
+                if i >= keep_from {
+                    for (r, &(at, n)) in src.spans.iter().enumerate() {
+                        cache.insert(src.key(i, r), buf[at..at + n].to_vec());
+                    }
+                }
             }
         }
         let mut handle = self.pq_build(&keys, layers, heads, total, dim, Some(s))?;
         handle.cache = Mutex::new(cache);
-        handle.source = Some(Source {
-            hashes: used.to_vec(),
-            tokens,
-            layout,
-            block_bytes,
-            value_dim,
-        });
+        handle.source = Some(src);
         Ok(handle)
     }
 }
@@ -215,8 +271,9 @@ impl Manager {
     /// [value_dim]`); row `r` of head `h` is token `tokens[h][r]` (its
     /// position). Tokens past the stored blocks (the engine's own, appended
     /// after the build) end a head's rows: `rows[h]` says how many were written.
-    /// Blocks come from the index's LFU block cache, else from the tiers
-    /// ([`crate::movement::Movement::fetch`]: host, then lower tiers, verified).
+    /// The layer's regions of the blocks come from the index's LFU block cache,
+    /// else from the tiers ([`Manager::pq_fetch`]: a region of the host tier's
+    /// copy checked against the build's digest, else the whole block verified).
     #[allow(clippy::too_many_arguments)]
     pub fn pq_gather(
         &self,
@@ -254,6 +311,7 @@ impl Manager {
             )));
         }
         let bt = src.layout.block_tokens() as u32;
+        let (kreg, vreg) = (kr.region as usize, vr.region as usize);
         let mut needed = Vec::new();
         for (h, list) in tokens.iter().enumerate() {
             if list.len() > capacity || list.windows(2).any(|w| w[0] >= w[1]) {
@@ -263,41 +321,45 @@ impl Manager {
                 )));
             }
             rows[h] = list.partition_point(|&t| (t as usize) < src.tokens);
-            needed.extend(list[..rows[h]].iter().map(|&t| t / bt));
+            for &t in &list[..rows[h]] {
+                let b = (t / bt) as usize;
+                needed.push(src.key(b, kreg));
+                needed.push(src.key(b, vreg));
+            }
         }
         needed.sort_unstable();
         needed.dedup();
+        let nr = src.spans.len();
         let mut cache = pq.cache.lock();
-        let missed: Vec<u32> = needed.iter().copied().filter(|&b| !cache.touch(b)).collect();
-        let mut bufs: Vec<Vec<u8>> = missed.iter().map(|_| cache.buffer(src.block_bytes)).collect();
-        if !missed.is_empty() {
-            let want: Vec<BlockHash> = missed.iter().map(|&b| src.hashes[b as usize]).collect();
-            let mut outcomes = vec![LoadOutcome::Miss; missed.len()];
-            self.movement.fetch(&want, &mut bufs, &mut outcomes)?;
-            if let Some(i) = outcomes.iter().position(|o| *o != LoadOutcome::Loaded) {
+        let missed: Vec<u32> = needed.iter().copied().filter(|&k| !cache.touch(k)).collect();
+        let mut bufs: Vec<Vec<u8>> = missed
+            .iter()
+            .map(|&k| cache.buffer(src.spans[k as usize % nr].1))
+            .collect();
+        let fetched = match self.pq_fetch(src, &missed, &mut bufs) {
+            Ok(n) => n,
+            Err(e) => {
                 bufs.into_iter().for_each(|b| cache.recycle(b));
-                return Err(ManagerError::Unavailable(format!(
-                    "block {} of the request is in no tier ({:?})",
-                    missed[i], outcomes[i]
-                )));
+                return Err(e);
             }
-        }
+        };
         for (h, list) in tokens.iter().enumerate() {
             for (r, &t) in list[..rows[h]].iter().enumerate() {
-                let b = t / bt;
-                let block = match missed.binary_search(&b) {
-                    Ok(i) => &bufs[i][..],
-                    Err(_) => cache.get(b).unwrap_or_default(),
-                };
+                let b = (t / bt) as usize;
                 let (slot, at) = ((t % bt) as usize, h * capacity + r);
+                let region = |k: u32| match missed.binary_search(&k) {
+                    Ok(i) => &bufs[i][..],
+                    Err(_) => cache.get(k).unwrap_or_default(),
+                };
+                let (kb, vb) = (region(src.key(b, kreg)), region(src.key(b, vreg)));
                 src.layout
-                    .read_row(kr, block, slot, h, &mut out_k[at * dim..(at + 1) * dim]);
+                    .read_row_in(kr, kb, slot, h, &mut out_k[at * dim..(at + 1) * dim]);
                 src.layout
-                    .read_row(vr, block, slot, h, &mut out_v[at * vdim..(at + 1) * vdim]);
+                    .read_row_in(vr, vb, slot, h, &mut out_v[at * vdim..(at + 1) * vdim]);
             }
         }
-        for (b, buf) in missed.iter().zip(bufs) {
-            cache.insert(*b, buf);
+        for (k, buf) in missed.iter().zip(bufs) {
+            cache.insert(*k, buf);
         }
         drop(cache);
         let s = &self.pq_stats;
@@ -305,13 +367,60 @@ impl Manager {
         s.gathers.fetch_add(1, Ordering::Relaxed);
         s.gathered_bytes
             .fetch_add((written * (dim + vdim) * 4) as u64, Ordering::Relaxed);
-        s.fetched_bytes
-            .fetch_add((missed.len() * src.block_bytes) as u64, Ordering::Relaxed);
+        s.fetched_bytes.fetch_add(fetched as u64, Ordering::Relaxed);
         s.cache_hits
             .fetch_add((needed.len() - missed.len()) as u64, Ordering::Relaxed);
         s.cache_misses.fetch_add(missed.len() as u64, Ordering::Relaxed);
         s.gather_latency.observe_ns(t0.elapsed().as_nanos() as u64);
         Ok(())
+    }
+}
+
+impl Manager {
+    /// Reads the block regions `keys` (block-cache keys, ascending) of `src` into
+    /// `bufs`: each from the host tier alone (the region's bytes, checked against
+    /// the digest the build took of the verified block); a region the host tier
+    /// lacks, or whose bytes differ, comes from the whole block fetched from the
+    /// tiers (verified, onboarded) and is checked the same way. Returns the bytes
+    /// read from the tiers.
+    fn pq_fetch(&self, src: &Source, keys: &[u32], bufs: &mut [Vec<u8>]) -> Result<usize, ManagerError> {
+        let nr = src.spans.len();
+        let host = self.movement.host();
+        let mut read = 0;
+        let mut whole: Vec<usize> = Vec::new();
+        for (i, (&k, buf)) in keys.iter().zip(bufs.iter_mut()).enumerate() {
+            let (b, r) = (k as usize / nr, k as usize % nr);
+            read += buf.len();
+            let got = host.read_range(src.hashes[b], src.spans[r].0, buf, src.seed(b))?;
+            if got != Some(src.sums[k as usize]) {
+                whole.push(i);
+            }
+        }
+        let mut blocks: Vec<usize> = whole.iter().map(|&i| keys[i] as usize / nr).collect();
+        blocks.dedup();
+        if blocks.is_empty() {
+            return Ok(read);
+        }
+        let block_bytes = host.block_bytes() as usize;
+        let want: Vec<BlockHash> = blocks.iter().map(|&b| src.hashes[b]).collect();
+        let mut payloads = vec![vec![0u8; block_bytes]; blocks.len()];
+        let mut outcomes = vec![LoadOutcome::Miss; blocks.len()];
+        self.movement.fetch(&want, &mut payloads, &mut outcomes)?;
+        read += blocks.len() * block_bytes;
+        for i in whole {
+            let k = keys[i] as usize;
+            let (b, r) = (k / nr, k % nr);
+            let j = blocks.binary_search(&b).unwrap_or_default();
+            let (at, n) = src.spans[r];
+            if outcomes[j] != LoadOutcome::Loaded || src.digests(b, &payloads[j]).nth(r) != Some(src.sums[k]) {
+                return Err(ManagerError::Unavailable(format!(
+                    "block {b} of the request is in no tier ({:?})",
+                    outcomes[j]
+                )));
+            }
+            bufs[i].copy_from_slice(&payloads[j][at..at + n]);
+        }
+        Ok(read)
     }
 }
 
@@ -321,11 +430,12 @@ impl PqHandle {
         self.shape
     }
 
-    /// Keeps at most `bytes` of whole blocks in its block cache from now on (the
+    /// Keeps at most `bytes` of block regions in its block cache from now on (the
     /// least frequently used going first); 0 empties it.
     pub fn set_cache_bytes(&self, bytes: u64) {
-        let per = self.source.as_ref().map_or(1, |s| s.block_bytes.max(1)) as u64;
-        self.cache.lock().set_capacity((bytes / per) as usize);
+        if let Some(src) = self.source.as_ref() {
+            self.cache.lock().set_capacity(src.cache(bytes).0.capacity());
+        }
     }
 
     /// Elements of a value row, for gathers (0: built from keys, no gathers; no

@@ -606,4 +606,43 @@ fn pq_gathers_rows_from_blocks_in_the_host_and_disk_tiers() {
     }
     let text = m.metrics_text();
     assert!(text.contains("tierkv_pq_block_cache_total{result=\"hit\"}"), "{text}");
+    // Every host-tier copy corrupted behind the tier's back after the build: a
+    // gather's region read fails its digest, the block comes from disk instead.
+    let pq = m.pq_build_blocks(&hs, tokens, None).unwrap();
+    pq.set_cache_bytes(0);
+    let host = m.movement.host();
+    let g = host.arena().geometry();
+    let mut f = std::fs::read(host.arena().path()).unwrap();
+    for slot in 0..u64::from(g.n_slots) {
+        f[(g.data_off + slot * g.slot_stride) as usize + 100] ^= 0x40;
+    }
+    std::fs::write(host.arena().path(), &f).unwrap();
+    let all: Vec<u32> = (0..tokens as u32).step_by(5).collect();
+    let lists: Vec<&[u32]> = vec![&all[..]; HEADS];
+    let cap = all.len();
+    let (mut k, mut v, mut n) = (
+        vec![0f32; HEADS * cap * DIM],
+        vec![0f32; HEADS * cap * DIM],
+        vec![0; HEADS],
+    );
+    m.pq_gather(&pq, 0, &lists, cap, &mut k, &mut v, &mut n).unwrap();
+    for h in 0..HEADS {
+        for (r, &t) in all.iter().enumerate() {
+            let at = (h * cap + r) * DIM;
+            assert_eq!(
+                k[at..at + DIM],
+                (0..DIM).map(|d| val(0, t as usize, h, d)).collect::<Vec<_>>()[..]
+            );
+            assert_eq!(
+                v[at..at + DIM],
+                (0..DIM).map(|d| val(1, t as usize, h, d)).collect::<Vec<_>>()[..]
+            );
+        }
+    }
+    assert!(
+        host.stats()
+            .checksum_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
 }

@@ -387,7 +387,8 @@ impl Movement {
     /// Copies whole blocks `hashes[i]` (their regions concatenated, the tiers'
     /// payload) into `bufs[i]`, from the host tier or else the first lower tier
     /// that has them (onboarded into the host tier), each verified; writes
-    /// `outcomes[i]`. A read for the library's own use (PQ gathers): no
+    /// `outcomes[i]`. A host copy that fails verification is dropped and the
+    /// block sought below. A read for the library's own use (PQ gathers): no
     /// admission use is counted.
     pub fn fetch(
         &self,
@@ -398,7 +399,8 @@ impl Movement {
         let mut missed = Vec::new();
         for (i, (&h, buf)) in hashes.iter().zip(bufs.iter_mut()).enumerate() {
             outcomes[i] = self.host.load(h, &mut [&mut buf[..]])?;
-            if outcomes[i] == LoadOutcome::Miss {
+            // A corrupt host copy was dropped: a lower tier may hold a good one.
+            if matches!(outcomes[i], LoadOutcome::Miss | LoadOutcome::Corrupt) {
                 missed.push(i);
             }
         }

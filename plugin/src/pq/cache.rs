@@ -1,34 +1,43 @@
-//! [`BlockCache`]: PQCache's block cache, the hot blocks of one request kept
-//! near the compute, least frequently used first out (ties: least recently
-//! used), so that a decode step's gather fetches only the blocks it misses.
+//! [`BlockCache`]: PQCache's block cache, the hot block regions (a layer's K and
+//! V, in vLLM's layout) of one request kept near the compute, least frequently
+//! used first out (ties: least recently used), so that a decode step's gather
+//! reads only the regions it misses.
 
 use std::collections::{BTreeSet, HashMap};
 
 /// Buffers of evicted blocks kept for reuse at most.
 const SPARE: usize = 8;
 
-/// One cached block.
+/// One cached buffer.
 #[derive(Debug)]
 struct Entry {
     bytes: Vec<u8>,
+    /// Uses counted when it came in (its place in `order`).
     uses: u64,
     last: u64,
 }
 
-/// An LFU cache of whole blocks (by the block's index in its request).
+/// An LFU cache of byte buffers (block regions) by a key (the region's place in
+/// its request). Frequencies are kept for every key used, held or not, so that
+/// a buffer comes in only when its key is used more often than the one it
+/// would push out: a decode step's scan over more regions than fit then keeps
+/// a stable set (an LFU that forgot evicted keys' counts would cycle and never
+/// hit).
 #[derive(Debug, Default)]
 pub struct BlockCache {
     capacity: usize,
     entries: HashMap<u32, Entry>,
-    /// `(uses, last use, block)`: the first is the next out.
+    /// Uses of every key seen.
+    uses: HashMap<u32, u64>,
+    /// `(uses, last use, key)` of the held entries: the first is the next out.
     order: BTreeSet<(u64, u64, u32)>,
     clock: u64,
-    /// Buffers of evicted blocks, reused by the next insert.
+    /// Buffers of evicted entries, reused by the next fetch.
     spare: Vec<Vec<u8>>,
 }
 
 impl BlockCache {
-    /// A cache of at most `capacity` blocks (0: nothing is kept).
+    /// A cache of at most `capacity` buffers (0: nothing is kept).
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
@@ -36,12 +45,12 @@ impl BlockCache {
         }
     }
 
-    /// Blocks it keeps at most.
+    /// Buffers it keeps at most.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// Keeps at most `capacity` blocks from now on, the least frequently used
+    /// Keeps at most `capacity` buffers from now on, the least frequently used
     /// going first.
     pub fn set_capacity(&mut self, capacity: usize) {
         self.capacity = capacity;
@@ -53,7 +62,7 @@ impl BlockCache {
         }
     }
 
-    /// Blocks it holds.
+    /// Buffers it holds.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -63,58 +72,68 @@ impl BlockCache {
         self.entries.is_empty()
     }
 
-    /// Whether `block` is held (no use counted).
-    pub fn contains(&self, block: u32) -> bool {
-        self.entries.contains_key(&block)
+    /// Whether `key` is held (no use counted).
+    pub fn contains(&self, key: u32) -> bool {
+        self.entries.contains_key(&key)
     }
 
-    /// Counts a use of `block` when held; whether it was.
-    pub fn touch(&mut self, block: u32) -> bool {
+    /// Counts a use of `key`; whether it is held.
+    pub fn touch(&mut self, key: u32) -> bool {
         self.clock += 1;
-        let Some(e) = self.entries.get_mut(&block) else {
+        let n = self.uses.entry(key).or_insert(0);
+        *n += 1;
+        let n = *n;
+        let Some(e) = self.entries.get_mut(&key) else {
             return false;
         };
-        self.order.remove(&(e.uses, e.last, block));
-        e.uses += 1;
-        e.last = self.clock;
-        self.order.insert((e.uses, e.last, block));
+        self.order.remove(&(e.uses, e.last, key));
+        (e.uses, e.last) = (n, self.clock);
+        self.order.insert((n, self.clock, key));
         true
     }
 
-    /// The bytes of `block` when held.
-    pub fn get(&self, block: u32) -> Option<&[u8]> {
-        self.entries.get(&block).map(|e| &e.bytes[..])
+    /// The bytes of `key` when held.
+    pub fn get(&self, key: u32) -> Option<&[u8]> {
+        self.entries.get(&key).map(|e| &e.bytes[..])
     }
 
-    /// A buffer of `len` bytes for a block about to be fetched (an evicted
-    /// block's when there is one).
+    /// A buffer of `len` bytes for a fetch (an evicted entry's when there is one).
     pub fn buffer(&mut self, len: usize) -> Vec<u8> {
         let mut b = self.spare.pop().unwrap_or_default();
         b.resize(len, 0);
         b
     }
 
-    /// Keeps `block` (just fetched, one use), evicting the least frequently used
-    /// block when full; with capacity 0 the buffer is kept for reuse only.
-    pub fn insert(&mut self, block: u32, bytes: Vec<u8>) {
-        if self.capacity == 0 || self.entries.contains_key(&block) {
+    /// Offers `bytes` (just fetched) for `key`: kept when there is room, or when
+    /// `key` has been used more often than the least frequently used entry
+    /// (which goes); otherwise only the buffer is kept for reuse.
+    pub fn insert(&mut self, key: u32, bytes: Vec<u8>) {
+        let n = self.uses.get(&key).copied().unwrap_or(0);
+        if self.capacity == 0 || self.entries.contains_key(&key) {
             self.recycle(bytes);
             return;
         }
         if self.entries.len() >= self.capacity {
-            if let Some(first) = self.order.pop_first() {
-                if let Some(e) = self.entries.remove(&first.2) {
-                    self.recycle(e.bytes);
+            match self.order.first() {
+                Some(&(u, _, _)) if u < n => {
+                    let first = self.order.pop_first().unwrap_or_default();
+                    if let Some(e) = self.entries.remove(&first.2) {
+                        self.recycle(e.bytes);
+                    }
+                }
+                _ => {
+                    self.recycle(bytes);
+                    return;
                 }
             }
         }
         self.clock += 1;
-        self.order.insert((1, self.clock, block));
+        self.order.insert((n, self.clock, key));
         self.entries.insert(
-            block,
+            key,
             Entry {
                 bytes,
-                uses: 1,
+                uses: n,
                 last: self.clock,
             },
         );
@@ -127,7 +146,7 @@ impl BlockCache {
         }
     }
 
-    /// Bytes held (the blocks' buffers).
+    /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.entries.values().map(|e| e.bytes.len()).sum()
     }
@@ -137,22 +156,42 @@ impl BlockCache {
 mod tests {
     use super::*;
 
+    /// A use, then the fetch a miss brings.
+    fn access(c: &mut BlockCache, k: u32) -> bool {
+        let hit = c.touch(k);
+        if !hit {
+            c.insert(k, vec![k as u8]);
+        }
+        hit
+    }
+
     #[test]
-    fn least_frequent_goes_first_then_least_recent() {
+    fn a_key_comes_in_only_when_used_more_often_than_the_one_it_pushes_out() {
         let mut c = BlockCache::new(2);
-        c.insert(1, vec![1]);
-        c.insert(2, vec![2]);
-        assert!(c.touch(1));
-        c.insert(3, vec![3]); // 2 (one use) goes
+        assert!(!access(&mut c, 1) && !access(&mut c, 2));
+        assert!(access(&mut c, 1)); // 1: two uses
+        assert!(!access(&mut c, 3)); // one use, not more than 2's: not kept
+        assert!(!c.contains(3));
+        assert!(!access(&mut c, 3)); // two uses now: in, 2 (one use) out
         assert!(c.contains(1) && c.contains(3) && !c.contains(2));
-        assert!(c.touch(3));
-        c.insert(4, vec![4]); // 1 and 3 have two uses; 1 is older
-        assert!(!c.contains(1) && c.contains(3) && c.contains(4));
         assert_eq!(c.get(3), Some(&[3u8][..]));
-        assert_eq!(c.len(), 2);
-        assert!(!c.touch(9));
-        c.set_capacity(1); // 4 (one use) goes
-        assert!(c.contains(3) && !c.contains(4));
+        c.set_capacity(1); // the less used of 1 and 3 (equal: the older, 1) goes
+        assert!(c.contains(3) && !c.contains(1) && c.len() == 1);
+    }
+
+    #[test]
+    fn a_cyclic_scan_larger_than_the_cache_still_hits_a_stable_part() {
+        let mut c = BlockCache::new(10);
+        let mut hits = 0;
+        for round in 0..20 {
+            for k in 0..40 {
+                if access(&mut c, k) && round > 0 {
+                    hits += 1;
+                }
+            }
+        }
+        // An LFU without history would hit nothing; here the first 10 stay.
+        assert_eq!(hits, 19 * 10);
     }
 
     #[test]

@@ -29,9 +29,9 @@ pub struct PqStats {
     pub gathered_bytes: AtomicU64,
     /// Bytes of blocks fetched from the tiers for gathers (block-cache misses).
     pub fetched_bytes: AtomicU64,
-    /// Blocks a gather found in its index's block cache.
+    /// Block regions a gather found in its index's block cache.
     pub cache_hits: AtomicU64,
-    /// Blocks a gather fetched from the tiers.
+    /// Block regions a gather read from the tiers.
     pub cache_misses: AtomicU64,
 }
 
@@ -93,12 +93,12 @@ pub fn report(s: &PqStats, r: &mut Report) {
     );
     r.counter(
         "tierkv_pq_fetched_bytes_total",
-        "Bytes of whole blocks fetched from the tiers for gathers (block-cache misses).",
+        "Bytes gathers read from the tiers (block-cache misses: a region from the host tier, or a whole block from a lower tier).",
         &[("", v(&s.fetched_bytes))],
     );
     r.counter(
         "tierkv_pq_block_cache_total",
-        "Blocks a gather needed, by where it found them: result=hit (the index's LFU block cache) or miss (fetched from the tiers).",
+        "Block regions (a layer's K and V) a gather needed, by where it found them: result=hit (the index's LFU block cache) or miss (read from the tiers).",
         &[("result=\"hit\"", v(&s.cache_hits)), ("result=\"miss\"", v(&s.cache_misses))],
     );
 }

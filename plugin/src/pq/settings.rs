@@ -15,7 +15,7 @@ pub struct PqSettings {
     /// Codebook training: sub-spaces (`TIERKV_PQ_SUBSPACES`), bits per code
     /// (`TIERKV_PQ_BITS`), sample, iterations, seed.
     pub train: Train,
-    /// Bytes of hot blocks an index keeps for its gathers, LFU
+    /// Bytes of hot block regions an index keeps for its gathers, LFU
     /// (`TIERKV_PQ_CACHE_BYTES`; 0: every gather fetches from the tiers).
     pub cache_bytes: u64,
 }

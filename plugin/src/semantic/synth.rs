@@ -220,23 +220,53 @@ impl TokenLayout {
         Some((kind(true)?, kind(false)?))
     }
 
+    /// Byte offset of region `r` in a stored block (regions concatenated).
+    pub fn region_offset(&self, r: usize) -> usize {
+        self.region_offsets[r] as usize
+    }
+
+    /// Regions.
+    pub fn regions(&self) -> usize {
+        self.region_offsets.len()
+    }
+
     /// Reads one row (token slot `t`, head `h` of row set `r`, one of this
     /// layout's) of a stored block (`block`: its regions' bytes, concatenated) as
     /// fp32 into `out` (the row's elements).
     pub fn read_row(&self, r: &TokenRows, block: &[u8], t: usize, h: usize, out: &mut [f32]) {
+        self.read_row_in(r, &block[self.region_offset(r.region as usize)..], t, h, out);
+    }
+
+    /// [`TokenLayout::read_row`] from the bytes of the row set's region alone.
+    /// (The dtype is matched once per row, not per element: PQ gathers call this
+    /// for every selected token.)
+    pub fn read_row_in(&self, r: &TokenRows, region: &[u8], t: usize, h: usize, out: &mut [f32]) {
         let es = self.dtype.size();
         let step = if r.elem_stride == 0 { es } else { r.elem_stride as usize };
-        let row = self.region_offsets[r.region as usize] as usize
-            + r.offset as usize
-            + t * r.token_stride as usize
-            + h * r.head_stride as usize;
-        for (e, o) in out.iter_mut().enumerate() {
-            let b = &block[row + e * step..row + e * step + es];
-            *o = match self.dtype {
-                KeyDtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-                KeyDtype::F16 => f16_to_f32(u16::from_le_bytes([b[0], b[1]])),
-                KeyDtype::Bf16 => bf16_to_f32(u16::from_le_bytes([b[0], b[1]])),
-            };
+        let row = r.offset as usize + t * r.token_stride as usize + h * r.head_stride as usize;
+        let Some(last) = out.len().checked_sub(1) else { return };
+        let src = &region[row..row + last * step + es];
+        match self.dtype {
+            KeyDtype::F32 if step == 4 => {
+                for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            KeyDtype::F32 => {
+                for (o, b) in out.iter_mut().zip(src.chunks(step)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            KeyDtype::F16 => {
+                for (o, b) in out.iter_mut().zip(src.chunks(step)) {
+                    *o = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                }
+            }
+            KeyDtype::Bf16 => {
+                for (o, b) in out.iter_mut().zip(src.chunks(step)) {
+                    *o = bf16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                }
+            }
         }
     }
 

@@ -274,9 +274,27 @@ impl HostTier {
             off += seg.len();
         }
         let ok = hasher.digest() == want_sum && len == off as u64;
-        // The outcome stands whatever happens to the lock now (the bytes were
-        // verified without it); a pin that cannot be dropped after three waits stays
-        // until this mapping's lease is given back.
+        self.unpin(slot, hash, ok)?;
+        let s = self.stats();
+        if !ok {
+            s.checksum_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                hash = format_args!("{:032x}", hash.0),
+                "host-tier block failed verification; dropped"
+            );
+            return Ok(LoadOutcome::Corrupt);
+        }
+        s.loaded_blocks.fetch_add(1, Ordering::Relaxed);
+        s.loaded_bytes.fetch_add(off as u64, Ordering::Relaxed);
+        s.load_latency.observe_ns(start.elapsed().as_nanos() as u64);
+        Ok(LoadOutcome::Loaded)
+    }
+
+    /// Drops this mapping's pin on `slot` (and the slot too when its bytes failed
+    /// verification). The outcome of the read stands whatever happens to the lock
+    /// now (the bytes were read without it); a pin that cannot be dropped after
+    /// three waits stays until this mapping's lease is given back.
+    fn unpin(&self, slot: u32, hash: BlockHash, ok: bool) -> Result<(), TierError> {
         for _ in 0..3 {
             match self.arena.lock() {
                 Ok(mut l) => {
@@ -293,19 +311,47 @@ impl HostTier {
                 Err(e) => return Err(e.into()),
             }
         }
-        let s = self.stats();
-        if !ok {
-            s.checksum_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                hash = format_args!("{:032x}", hash.0),
-                "host-tier block failed verification; dropped"
-            );
-            return Ok(LoadOutcome::Corrupt);
+        Ok(())
+    }
+
+    /// Copies bytes `offset..offset + dst.len()` of block `hash` into `dst` (the
+    /// slot pinned meanwhile) and returns their digest ([`FusedHasher`] seeded
+    /// with `seed`); `None` when the block is not here or the index is busy.
+    /// The bytes are NOT verified against the block's checksum (that needs the
+    /// whole block): the caller must hold a digest of this range taken from a
+    /// verified load, and compare (PQ gathers read one layer of a block so).
+    pub fn read_range(
+        &self,
+        hash: BlockHash,
+        offset: usize,
+        dst: &mut [u8],
+        seed: u64,
+    ) -> Result<Option<u64>, TierError> {
+        let end = offset.checked_add(dst.len());
+        if end.is_none_or(|e| e as u64 > self.block_bytes()) {
+            return Err(TierError::SizeMismatch {
+                got: end.unwrap_or(usize::MAX) as u64,
+                want: self.block_bytes(),
+            });
         }
-        s.loaded_blocks.fetch_add(1, Ordering::Relaxed);
-        s.loaded_bytes.fetch_add(off as u64, Ordering::Relaxed);
-        s.load_latency.observe_ns(start.elapsed().as_nanos() as u64);
-        Ok(LoadOutcome::Loaded)
+        let slot = {
+            let Some(mut l) = self.lock_or_miss()? else {
+                return Ok(None);
+            };
+            let Some(slot) = l.find(hash).filter(|&s| l.meta(s).state == SlotState::Ready as u32) else {
+                return Ok(None);
+            };
+            if !l.pin(slot) {
+                return Ok(None);
+            }
+            slot
+        };
+        let mut hasher = FusedHasher::new(seed);
+        // SAFETY: the slot is pinned (it cannot be evicted or rewritten while
+        // pinned) and holds block_bytes bytes; the range lies inside (checked).
+        unsafe { hasher.copy_raw(dst.as_mut_ptr(), self.arena.payload_ptr(slot).add(offset), dst.len()) };
+        self.unpin(slot, hash, true)?;
+        Ok(Some(hasher.digest()))
     }
 
     /// Identities in eviction order, first victim first.
