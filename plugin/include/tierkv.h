@@ -892,9 +892,10 @@ enum TierkvStatus tierkv_pq_topk(const struct TierkvPq *pq,
 // floats) and `out_v[h * capacity + r]` (`value_dim` floats, `tierkv_pq_info`),
 // fp32; row `r` is token `tokens[h * capacity + r]` (its position). Tokens past
 // the stored blocks (the engine's own) end a head's rows: `out_rows[h]` says how
-// many were written. Blocks come from the index's block cache, else from the
-// tiers, each verified; a block no tier holds any more is an error
-// (`TIERKV_UNAVAILABLE`).
+// many were written. The layer's region of each block comes from the index's
+// block cache, else from the host tier (checked against the digest the build
+// took of the verified block), else the whole block from a lower tier
+// (verified); a block no tier holds any more is an error (`TIERKV_UNAVAILABLE`).
 //
 // # Safety
 // `tokens` valid for `kv_heads * capacity` reads, `counts` for `kv_heads`;
@@ -910,7 +911,7 @@ enum TierkvStatus tierkv_pq_gather(const struct TierkvManager *mgr,
                                    float *out_v,
                                    size_t *out_rows);
 
-// Keeps at most `bytes` of whole blocks in the index's block cache from now on
+// Keeps at most `bytes` of block regions in the index's block cache from now on
 // (least frequently used out first; 0 empties it). An index starts with
 // `TIERKV_PQ_CACHE_BYTES`.
 //
