@@ -78,13 +78,12 @@ impl Source {
         (BlockCache::new(capacity), self.hashes.len().saturating_sub(blocks))
     }
 
-    /// Digests of block `b`'s regions in `payload` (the whole block).
-    fn digests<'a>(&'a self, b: usize, payload: &'a [u8]) -> impl Iterator<Item = u64> + 'a {
-        self.spans.iter().map(move |&(at, n)| {
-            let mut h = FusedHasher::new(self.seed(b));
-            h.update(&payload[at..at + n]);
-            h.digest()
-        })
+    /// Digest of region `r` of block `b` in `payload` (the whole block).
+    fn digest(&self, b: usize, r: usize, payload: &[u8]) -> u64 {
+        let (at, n) = self.spans[r];
+        let mut h = FusedHasher::new(self.seed(b));
+        h.update(&payload[at..at + n]);
+        h.digest()
     }
 }
 
@@ -246,7 +245,7 @@ impl Manager {
                 }
                 src.layout
                     .read_keys(buf, bt.min(total - i * bt), &mut keys, total, i * bt);
-                let sums: Vec<u64> = src.digests(i, buf).collect();
+                let sums: Vec<u64> = (0..src.spans.len()).map(|r| src.digest(i, r, buf)).collect();
                 src.sums.extend_from_slice(&sums);
                 // The last blocks read are kept for the first gathers (the window's).
                 if i >= keep_from {
@@ -412,7 +411,7 @@ impl Manager {
             let (b, r) = (k / nr, k % nr);
             let j = blocks.binary_search(&b).unwrap_or_default();
             let (at, n) = src.spans[r];
-            if outcomes[j] != LoadOutcome::Loaded || src.digests(b, &payloads[j]).nth(r) != Some(src.sums[k]) {
+            if outcomes[j] != LoadOutcome::Loaded || src.digest(b, r, &payloads[j]) != src.sums[k] {
                 return Err(ManagerError::Unavailable(format!(
                     "block {b} of the request is in no tier ({:?})",
                     outcomes[j]

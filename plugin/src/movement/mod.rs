@@ -411,16 +411,13 @@ impl Movement {
             let want: Vec<BlockHash> = missed.iter().map(|&i| hashes[i]).collect();
             let mut got = vec![LoadOutcome::Miss; missed.len()];
             {
-                let mut dsts: Vec<Vec<&mut [u8]>> = Vec::with_capacity(missed.len());
-                let mut rest: &mut [Vec<u8>] = bufs;
-                let mut at = 0;
-                for &i in &missed {
-                    let (_, tail) = rest.split_at_mut(i - at);
-                    let (this, tail) = tail.split_at_mut(1);
-                    dsts.push(vec![&mut this[0][..]]);
-                    rest = tail;
-                    at = i + 1;
-                }
+                // `missed` is ascending: the buffers it names, in its order.
+                let mut dsts: Vec<Vec<&mut [u8]>> = bufs
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| missed.binary_search(i).is_ok())
+                    .map(|(_, b)| vec![&mut b[..]])
+                    .collect();
                 l.tier.load_into(&want, self.namespace, &mut dsts, &mut got)?;
             }
             let mut still = Vec::new();
