@@ -29,12 +29,7 @@ pub use crate::tier::disk::{DiskSettings, RecoveryMode};
 use crate::tier::shared_file::resolve_group;
 use crate::tier::HostSettings;
 
-/// Eviction policies of the host tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EvictionKind {
-    /// Least recently used, O(1) with an intrusive list.
-    Lru,
-}
+pub use crate::tier::arena::HostEviction;
 
 /// The validated configuration of one manager.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +51,7 @@ pub struct Config {
     /// Log level (`TIERKV_LOG`).
     pub log: LogLevel,
     /// Host tier eviction policy (`TIERKV_EVICTION`).
-    pub eviction: EvictionKind,
+    pub eviction: HostEviction,
     /// Arena initialisation wait (`TIERKV_LOCK_TIMEOUT`).
     pub lock_timeout: Duration,
     /// Telemetry interval, `None` when off (`TIERKV_HW_INTERVAL`).
@@ -190,11 +185,7 @@ impl Config {
             namespace: v.value("TIERKV_NAMESPACE", |s| Some(s.to_string()), "any text")?,
             metrics_addr: v.get("TIERKV_METRICS_ADDR", or_off(parse_addr), ADDR_FORMS)?.flatten(),
             log: v.value("TIERKV_LOG", parse_log, "one of off, error, warn, info, debug, trace")?,
-            eviction: v.value(
-                "TIERKV_EVICTION",
-                |s| s.eq_ignore_ascii_case("lru").then_some(EvictionKind::Lru),
-                "lru",
-            )?,
+            eviction: v.value("TIERKV_EVICTION", HostEviction::parse, "hazard or lru")?,
             lock_timeout: v.value("TIERKV_LOCK_TIMEOUT", parse_duration, DURATION_FORMS)?,
             hw_interval: v.value(
                 "TIERKV_HW_INTERVAL",
@@ -256,6 +247,7 @@ impl Config {
             shm_dir: self.shm_dir.clone(),
             share_group: self.share_group,
             lock_timeout: self.lock_timeout,
+            eviction: self.eviction,
         }
     }
 

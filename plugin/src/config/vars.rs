@@ -56,8 +56,8 @@ pub const VARS: &[VarDoc] = &[
     },
     VarDoc {
         name: "TIERKV_EVICTION",
-        default: "lru",
-        meaning: "Eviction policy of the host tier: lru.",
+        default: "hazard",
+        meaning: "Eviction policy of a host-tier store this process creates: hazard (learned reuse odds, as TIERKV_DISK_EVICTION) or lru. A store keeps the policy it was created with; every process of it evicts alike.",
     },
     VarDoc {
         name: "TIERKV_LOCK_TIMEOUT",

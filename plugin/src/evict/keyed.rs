@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::evict::list::{LinkStore, ListEnds, NIL};
+use crate::evict::list::{ChainList, LinkStore, ListEnds, NIL};
 
 mod hazard;
 pub use hazard::Hazard;
@@ -415,33 +415,6 @@ impl Policy for S3Fifo {
             }
         }
         None
-    }
-}
-
-/// A list whose members touched by one request are kept in chain order (deepest
-/// nearest the head), after everything touched before.
-#[derive(Debug, Default)]
-struct ChainList {
-    ends: ListEnds,
-    /// The current request and the member it placed nearest the head.
-    anchor: Option<(u64, u32)>,
-}
-
-impl ChainList {
-    /// Places `i` (in no list) for request `request`.
-    fn place(&mut self, n: &mut Nodes, i: u32, request: u64) {
-        match self.anchor {
-            Some((r, at)) if r == request && at != i => self.ends.insert_before(n, at, i),
-            _ => self.ends.push_back(n, i),
-        }
-        self.anchor = Some((request, i));
-    }
-
-    fn remove(&mut self, n: &mut Nodes, i: u32) {
-        if self.anchor.is_some_and(|(_, at)| at == i) {
-            self.anchor = None;
-        }
-        self.ends.remove(n, i);
     }
 }
 

@@ -163,6 +163,58 @@ impl ListEnds {
     }
 }
 
+/// A list whose members touched by one request are kept in chain order (deepest
+/// nearest the head), after everything touched before. `repr(C)` and without
+/// pointers, so that it can live in shared memory (the host arena's hazard
+/// lists); the anchor read back from there is only a hint: a member that is not
+/// at a plausible place is simply appended.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ChainList {
+    /// The list.
+    pub ends: ListEnds,
+    /// The member the current request placed nearest the head ([`NIL`]: none).
+    anchor: u32,
+    /// The current request.
+    request: u64,
+}
+
+impl Default for ChainList {
+    fn default() -> Self {
+        Self {
+            ends: ListEnds::new(),
+            anchor: NIL,
+            request: 0,
+        }
+    }
+}
+
+impl ChainList {
+    /// Places `i` (in no list) for request `request`.
+    pub fn place(&mut self, s: &mut impl LinkStore, i: u32, request: u64) {
+        if self.anchor != NIL && self.request == request && self.anchor != i {
+            self.ends.insert_before(s, self.anchor, i);
+        } else {
+            self.ends.push_back(s, i);
+        }
+        self.anchor = i;
+        self.request = request;
+    }
+
+    /// Unlinks `i`, which must be in this list.
+    pub fn remove(&mut self, s: &mut impl LinkStore, i: u32) {
+        if self.anchor == i {
+            self.anchor = NIL;
+        }
+        self.ends.remove(s, i);
+    }
+
+    /// Empties the list (its members' links are the caller's to reset).
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
-//! [`SlotLru`]: least-recently-used order over slots whose links live in a
-//! [`LinkStore`] (the host arena's slot table, in shared memory).
+//! Eviction over slots whose state lives in shared memory (the host arena's slot
+//! table and header): [`SlotLru`], least-recently-used order over links in a
+//! [`LinkStore`], and [`SlotHazard`] (`hazard.rs`), the hazard policy's slot form.
 //!
 //! Contract: the caller (holding the arena lock) calls [`SlotLru::inserted`] once
 //! for a slot before any [`SlotLru::accessed`] or [`SlotLru::removed`], and removes
@@ -12,6 +13,9 @@
 //! ```
 
 use super::list::{LinkStore, ListEnds, NIL};
+
+mod hazard;
+pub use hazard::{Departed, HazardStore, SlotAccess, SlotHazard, SlotUse, WAYS};
 
 /// Least recently used: a list ordered by last use, head evicted first.
 #[derive(Debug, Clone, Copy, Default)]

@@ -316,7 +316,7 @@ impl Movement {
             // SAFETY: the caller's contract, for this block alone (the previous
             // block's slices were cleared).
             segs.extend(unsafe { block_mut(layout, b) });
-            let o = self.host.load(h, &mut segs)?;
+            let o = self.host.load_at(h, &mut segs, i, hashes.len())?;
             if let Some(slot) = outcomes.get_mut(i) {
                 *slot = o;
             }

@@ -169,6 +169,8 @@ fn small_host(shm: &std::path::Path, n: u32) -> Arc<HostTier> {
         shm_dir: shm.to_path_buf(),
         store_name: "m".into(),
         cpu_bytes: bytes,
+        // These tests are about tiers, and name the victims LRU picks.
+        eviction: crate::config::HostEviction::Lru,
         ..Config::default()
     };
     Arc::new(HostTier::open(&cfg.host_settings(), LEN, 16).unwrap())

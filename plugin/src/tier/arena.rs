@@ -8,11 +8,13 @@
 //! File layout (every offset page-aligned where it matters):
 //!
 //! ```text
-//!   0         Header (16 KiB): magic, geometry, robust mutex, lists, shared stats
+//!   0         Header (16 KiB): magic, geometry, robust mutex, lists, shared stats,
+//!                                         eviction policy and its learned model
 //!   lease_off Lease x MAX_LEASES          generation, held flag, pinned slots
 //!   meta_off  SlotMeta x n_slots          identity, checksum, state, generation,
-//!                                         writer token, pin count, links
+//!                                         writer token, pin count, links, uses
 //!   table_off u32 x table_cap             open-addressing index: slot + 1, 0 = empty
+//!   departed_off Departed x 4 n_slots     keys evicted lately (hazard policy)
 //!   data_off  slot_stride x n_slots       block payloads, each 4 KiB aligned
 //! ```
 //!
@@ -56,13 +58,16 @@ use std::time::{Duration, Instant};
 pub use self::stats::SharedStats;
 use super::shared_file::{self, SharedFileError, Sharing};
 use crate::evict::list::{ListEnds, NIL};
+use crate::evict::{Departed, SlotHazard, SlotUse, DEPARTED_WAYS};
 use crate::prefix::BlockHash;
 
 const MAGIC: u64 = 0x7469_6572_6b76_4152; // "tierkvAR"
 /// 2: the header no longer keeps a separate count of ready slots.
 /// 3: leases instead of pids, slot generations, pin counts, lock timeouts.
 /// 4: each slot keeps the engine's key for its block (KV events).
-const VERSION: u32 = 4;
+/// 5: the eviction policy is the arena's (LRU or hazard), with its model in the
+///    header, each slot's uses and a table of departed keys.
+const VERSION: u32 = 5;
 /// The oldest format whose users hold leases as this one does: a store of such a
 /// version with nobody attached is recreated in this format.
 const LEASED_SINCE: u32 = 3;
@@ -128,6 +133,8 @@ pub struct SlotMeta {
     pub prev: u32,
     /// List links.
     pub next: u32,
+    /// The hazard policy's record of the slot.
+    pub used: SlotUse,
 }
 
 /// Fixed at creation: what each slot holds and how many there are.
@@ -147,6 +154,10 @@ pub struct Geometry {
     pub meta_off: u64,
     /// Offset of the index table.
     pub table_off: u64,
+    /// Offset of the departed-keys table.
+    pub departed_off: u64,
+    /// Entries of the departed-keys table (a multiple of its ways).
+    pub departed_len: u32,
     /// Offset of the first payload.
     pub data_off: u64,
     /// File size, at most the configured capacity.
@@ -161,7 +172,8 @@ impl Geometry {
             return None;
         }
         let slot_stride = slot_bytes.checked_add(PAGE - 1)? / PAGE * PAGE;
-        let meta = std::mem::size_of::<SlotMeta>() as u64;
+        let meta = std::mem::size_of::<SlotMeta>() as u64
+            + u64::from(DEPARTED_PER_SLOT) * std::mem::size_of::<Departed>() as u64;
         let fixed = HEADER_BYTES + LEASE_BYTES;
         // Upper bound ignoring the table; binary search the largest count that fits.
         let mut hi = (capacity.saturating_sub(fixed) / (slot_stride + meta)).min(u64::from(u32::MAX / 4));
@@ -182,7 +194,10 @@ impl Geometry {
         let lease_off = HEADER_BYTES;
         let meta_off = lease_off + LEASE_BYTES;
         let table_off = meta_off + u64::from(n_slots) * std::mem::size_of::<SlotMeta>() as u64;
-        let data_off = (table_off + u64::from(table_cap) * 4).div_ceil(PAGE) * PAGE;
+        let departed_off = (table_off + u64::from(table_cap) * 4).div_ceil(8) * 8;
+        let departed_len = n_slots.saturating_mul(DEPARTED_PER_SLOT);
+        let departed_bytes = u64::from(departed_len) * std::mem::size_of::<Departed>() as u64;
+        let data_off = (departed_off + departed_bytes).div_ceil(PAGE) * PAGE;
         let file_len = data_off + u64::from(n_slots) * slot_stride;
         Self {
             slot_bytes,
@@ -192,6 +207,8 @@ impl Geometry {
             lease_off,
             meta_off,
             table_off,
+            departed_off,
+            departed_len,
             data_off,
             file_len,
         }
@@ -208,11 +225,56 @@ impl Geometry {
     }
 }
 
+/// Departed keys remembered per slot (as the keyed hazard policy does).
+const DEPARTED_PER_SLOT: u32 = DEPARTED_WAYS as u32;
+
+/// How a full arena picks its victim; chosen by the process that creates it and
+/// kept in its header, so every process of the arena evicts alike.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostEviction {
+    /// Least recently used.
+    Lru = 0,
+    /// Learned reuse odds ([`SlotHazard`]).
+    #[default]
+    Hazard = 1,
+}
+
+impl HostEviction {
+    /// Parses `lru` or `hazard`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "lru" => Some(Self::Lru),
+            "hazard" => Some(Self::Hazard),
+            _ => None,
+        }
+    }
+
+    /// The name `parse` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lru => "lru",
+            Self::Hazard => "hazard",
+        }
+    }
+
+    /// The policy a header field names (anything else, written by someone else:
+    /// LRU, whose list the repair rebuilds).
+    fn from_raw(v: u32) -> Self {
+        if v == Self::Hazard as u32 {
+            Self::Hazard
+        } else {
+            Self::Lru
+        }
+    }
+}
+
 #[repr(C)]
 struct Header {
     magic: AtomicU64,
     version: u32,
-    _pad: u32,
+    /// A [`HostEviction`] value.
+    policy: u32,
     slot_bytes: u64,
     n_slots: u32,
     table_cap: u32,
@@ -222,9 +284,22 @@ struct Header {
     lru: ListEnds,
     mutex: libc::pthread_mutex_t,
     stats: SharedStats,
+    hazard: SlotHazard,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() as u64 <= HEADER_BYTES);
+
+/// Where the header keeps the eviction policy's state: (offset of the policy
+/// field, offset and length of the hazard model and lists) — for tests that
+/// write garbage there.
+#[cfg(test)]
+pub(crate) fn policy_state_offsets() -> (u64, u64, u64) {
+    (
+        std::mem::offset_of!(Header, policy) as u64,
+        std::mem::offset_of!(Header, hazard) as u64,
+        std::mem::size_of::<SlotHazard>() as u64,
+    )
+}
 
 /// Why an arena could not be opened or used.
 #[derive(Debug, thiserror::Error)]
@@ -329,6 +404,8 @@ pub struct ArenaSpec {
     pub timeout: Duration,
     /// Who may share the file (`TIERKV_SHARE_GROUP`).
     pub sharing: Sharing,
+    /// The eviction policy of an arena this process creates (`TIERKV_HOST_EVICTION`).
+    pub eviction: HostEviction,
 }
 
 impl Arena {
@@ -345,17 +422,28 @@ impl Arena {
             Some(err) => io_err("flock", path)(err),
         })?;
         // The flock is released when `fd` is closed (failure) or below (success).
-        let mut arena = Self::open_locked(fd, path, want)?;
+        let mut arena = Self::open_locked(fd, path, want, &spec)?;
         arena.me = arena.attach()?;
         // SAFETY: valid descriptor; unlocking cannot violate memory safety.
         unsafe { libc::flock(arena.fd.as_raw_fd(), libc::LOCK_UN) };
+        if arena.eviction() != spec.eviction {
+            tracing::warn!(path = %path.display(), store = arena.eviction().name(), configured = spec.eviction.name(),
+                "the host-tier store evicts by the policy it was created with (TIERKV_HOST_EVICTION differs); every process of a store evicts alike");
+        }
         Ok(arena)
     }
 
-    fn open_locked(fd: OwnedFd, path: &Path, want: Geometry) -> Result<Self, ArenaError> {
+    /// The store's eviction policy (fixed when it was created).
+    pub fn eviction(&self) -> HostEviction {
+        // SAFETY: the header is mapped for the arena's lifetime; the field is set
+        // before the magic is published and never changed by this library.
+        HostEviction::from_raw(unsafe { std::ptr::addr_of!((*(self.base as *const Header)).policy).read_volatile() })
+    }
+
+    fn open_locked(fd: OwnedFd, path: &Path, want: Geometry, spec: &ArenaSpec) -> Result<Self, ArenaError> {
         let existing = file_size(&fd, path)?;
         if existing < HEADER_BYTES {
-            return Self::create_locked(fd, path, want);
+            return Self::create_locked(fd, path, want, spec.eviction);
         }
         let probe = map(&fd, HEADER_BYTES, path)?;
         // SAFETY: the first HEADER_BYTES are mapped; Header fits in them.
@@ -369,7 +457,7 @@ impl Arena {
         // SAFETY: probe was mapped above with this length.
         unsafe { libc::munmap(probe.cast(), HEADER_BYTES as usize) };
         if !initialised {
-            return Self::create_locked(fd, path, want);
+            return Self::create_locked(fd, path, want, spec.eviction);
         }
         if !(LEASED_SINCE..=VERSION).contains(&version) {
             // Another library version may be using it (it takes no lease we could
@@ -390,7 +478,7 @@ impl Arena {
             }
             tracing::warn!(path = %path.display(), found = version, want = VERSION,
                 "host-tier store has an older format and no process attached; recreating it");
-            return Self::create_locked(fd, path, want);
+            return Self::create_locked(fd, path, want, spec.eviction);
         }
         match found {
             Some(g) if g == want && existing >= g.file_len => Self::mapped(fd, path, g),
@@ -400,7 +488,7 @@ impl Arena {
                         want_bytes = want.slot_bytes, want_len = want.file_len,
                         "host-tier store has another geometry and no process attached; recreating it as configured");
                 }
-                Self::create_locked(fd, path, want)
+                Self::create_locked(fd, path, want, spec.eviction)
             }
             Some(g) if g.slot_bytes != want.slot_bytes => Err(ArenaError::Mismatch {
                 path: path.to_path_buf(),
@@ -434,7 +522,7 @@ impl Arena {
         })
     }
 
-    fn create_locked(fd: OwnedFd, path: &Path, geo: Geometry) -> Result<Self, ArenaError> {
+    fn create_locked(fd: OwnedFd, path: &Path, geo: Geometry, eviction: HostEviction) -> Result<Self, ArenaError> {
         // SAFETY: valid descriptor; ftruncate to zero first drops any stale content.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), 0) } != 0 {
             return Err(io_err("truncate", path)(io::Error::last_os_error()));
@@ -452,17 +540,19 @@ impl Arena {
         let arena = Self::mapped(fd, path, geo)?;
         // SAFETY: the whole file is mapped and no other process uses it: we hold the
         // creation flock, no lease is held, and the magic is not yet written.
-        unsafe { arena.init_header() }.map_err(io_err("init mutex", path))?;
+        unsafe { arena.init_header(eviction) }.map_err(io_err("init mutex", path))?;
         Ok(arena)
     }
 
     /// # Safety
     /// Exclusive access to a freshly allocated (zeroed) mapping.
-    unsafe fn init_header(&self) -> io::Result<()> {
+    unsafe fn init_header(&self, eviction: HostEviction) -> io::Result<()> {
         let h = self.base as *mut Header;
         // SAFETY: h points at HEADER_BYTES of mapped, zeroed memory we own exclusively.
         let hdr = unsafe { &mut *h };
         hdr.version = VERSION;
+        hdr.policy = eviction as u32;
+        hdr.hazard = SlotHazard::default();
         hdr.slot_bytes = self.geo.slot_bytes;
         hdr.n_slots = self.geo.n_slots;
         hdr.table_cap = self.geo.table_cap;
@@ -705,6 +795,7 @@ impl SlotMeta {
             pins: 0,
             prev: NIL,
             next: NIL,
+            used: SlotUse::default(),
         }
     }
 

@@ -3,19 +3,22 @@
 //! Workflow of a store (engine -> host):
 //! 1. Under the arena lock: skip if the identity is present (or being written by a
 //!    live writer within its deadline; an abandoned write is reclaimed at once);
-//!    otherwise take a free slot or evict the LRU unpinned block, and mark the slot
+//!    otherwise take a free slot or evict the store's policy's victim among the
+//!    unpinned blocks (`hazard` or LRU, `TIERKV_EVICTION`), and mark the slot
 //!    `Writing` (indexed, so a concurrent store of the same block skips), getting a
 //!    [`WriteTicket`].
 //! 2. Without the lock: copy the segments in, checksumming in the same pass
 //!    ([`FusedHasher`], keyed by the identity).
 //! 3. Under the lock: if the ticket still holds (same slot generation, same
-//!    writer), record checksum and length, mark `Ready`, append to the LRU;
+//!    writer), record checksum and length, mark `Ready`, put it on the policy's
+//!    list (the store a use of block `depth` of a chain);
 //!    otherwise the store is lost and reported as not stored.
 //!
 //! Workflow of a load (host -> engine):
 //! 1. Under the lock: find the identity `Ready`, pin it (a pin count on the slot,
 //!    and the slot in this mapping's lease, so a dead reader's pins are dropped)
-//!    and mark it recently used.
+//!    and count the use for the policy ([`HostTier::load_at`]: an engine's load;
+//!    [`HostTier::load`]: the library's own read, which `hazard` does not count).
 //! 2. Without the lock: copy out, checksumming the very words delivered.
 //! 3. Under the lock: unpin; on a mismatch drop the block and report
 //!    [`LoadOutcome::Corrupt`] (the caller recomputes; nothing wrong is served).
@@ -25,7 +28,7 @@
 //! in `tierkv_lock_timeouts_total`, never a stall of the engine.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,6 +38,7 @@ use super::checksum::FusedHasher;
 use super::shared_file::Sharing;
 use super::{BlockCtx, LoadOutcome, StoreOutcome, Tier, TierId, TierStatus};
 use crate::events::{EventKind, EventLog, EventTier};
+use crate::evict::SlotAccess;
 use crate::prefix::BlockHash;
 
 /// How many LRU entries a store inspects for an unpinned victim before giving up.
@@ -61,6 +65,10 @@ pub struct HostTier {
     arena: Arena,
     block_tokens: u64,
     events: Arc<EventLog>,
+    /// Chains (engine calls) this mapping started, for the eviction policy.
+    chains: AtomicU64,
+    /// The eviction policy's clock ([`Locked::now_ms`]; tests set their own).
+    clock: fn() -> u64,
 }
 
 impl HostTier {
@@ -73,6 +81,7 @@ impl HostTier {
             capacity: cfg.capacity,
             timeout: cfg.lock_timeout,
             sharing: Sharing { group: cfg.share_group },
+            eviction: cfg.eviction,
         };
         let arena = Arena::open(&path, spec)?;
         let reclaimed = arena.lock()?.sweep_dead();
@@ -84,12 +93,20 @@ impl HostTier {
             tracing::warn!(reclaimed, "reclaimed host-tier slots of writers that died");
         }
         let g = arena.geometry();
-        tracing::info!(path = %path.display(), blocks = g.n_slots, block_bytes, "host tier open");
+        tracing::info!(path = %path.display(), blocks = g.n_slots, block_bytes, eviction = arena.eviction().name(), "host tier open");
         Ok(Self {
             arena,
             block_tokens,
             events: Arc::new(EventLog::new()),
+            chains: AtomicU64::new(0),
+            clock: Locked::now_ms,
         })
+    }
+
+    /// Replaces the eviction policy's clock (tests: time that moves as they say).
+    #[cfg(test)]
+    pub(crate) fn set_clock(&mut self, clock: fn() -> u64) {
+        self.clock = clock;
     }
 
     /// The arena (geometry, path, stats).
@@ -165,14 +182,39 @@ impl HostTier {
         self
     }
 
-    /// Stores one block given as segments (their concatenation is the payload).
+    /// Stores one block given as segments (their concatenation is the payload),
+    /// a chain of its own for the eviction policy.
     pub fn store(&self, hash: BlockHash, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
-        self.store_keyed(hash, 0, 0, segs)
+        self.store_keyed(hash, 0, 0, self.access(0, false), segs)
+    }
+
+    /// A use of block `depth` of a chain (an engine call; depth 0 starts a new
+    /// one), `last` when it ends the chain, as the eviction policy sees it. Chain
+    /// numbers carry this mapping's lease, so two processes' chains never mix.
+    fn access(&self, depth: u32, last: bool) -> SlotAccess {
+        let n = if depth == 0 {
+            self.chains.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.chains.load(Ordering::Relaxed)
+        };
+        let lease = u64::from(self.arena.owner().index_plus_one);
+        SlotAccess {
+            request: lease << 48 | (n & ((1 << 48) - 1)),
+            last,
+            now_ms: (self.clock)(),
+        }
     }
 
     /// [`HostTier::store`] of a block the engine calls `key` (its parent `parent`;
     /// 0: none): the key is kept with the block and names it in KV events.
-    fn store_keyed(&self, hash: BlockHash, key: u64, parent: u64, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
+    fn store_keyed(
+        &self,
+        hash: BlockHash,
+        key: u64,
+        parent: u64,
+        access: SlotAccess,
+        segs: &[&[u8]],
+    ) -> Result<StoreOutcome, TierError> {
         self.check_len(segs.iter().map(|s| s.len() as u64).sum())?;
         let start = Instant::now();
         let ticket = match self.reserve(hash, key)? {
@@ -189,7 +231,7 @@ impl HostTier {
             off += seg.len();
         }
         let committed = match self.lock_or_miss()? {
-            Some(mut l) => l.commit_write(ticket, hasher.digest(), off as u64),
+            Some(mut l) => l.commit_write(ticket, hasher.digest(), off as u64, access),
             // The slot stays Writing until its deadline; then it is reclaimed.
             None => false,
         };
@@ -219,14 +261,15 @@ impl HostTier {
             }
             self.stats().dead_writer_reclaims.fetch_add(1, Ordering::Relaxed);
         }
-        let taken = match l.take_slot(EVICTION_SCAN) {
+        let now = (self.clock)();
+        let taken = match l.take_slot(EVICTION_SCAN, now) {
             Some(t) => Some(t),
             None => {
                 let reclaimed = l.sweep_dead();
                 self.stats()
                     .dead_writer_reclaims
                     .fetch_add(u64::from(reclaimed), Ordering::Relaxed);
-                l.take_slot(EVICTION_SCAN)
+                l.take_slot(EVICTION_SCAN, now)
             }
         };
         let Some((slot, evicted)) = taken else {
@@ -244,9 +287,33 @@ impl HostTier {
         Ok(Ok(ticket))
     }
 
-    /// Loads one block into `segs` and verifies it. On [`LoadOutcome::Corrupt`] the
-    /// destination holds unverified bytes and must be recomputed.
+    /// Loads one block into `segs` and verifies it, for the library's own use (the
+    /// hazard policy does not count it as a use; see [`HostTier::load_at`]). On
+    /// [`LoadOutcome::Corrupt`] the destination holds unverified bytes and must be
+    /// recomputed.
     pub fn load(&self, hash: BlockHash, segs: &mut [&mut [u8]]) -> Result<LoadOutcome, TierError> {
+        self.load_with(hash, segs, None)
+    }
+
+    /// [`HostTier::load`] of block `i` of an engine call of `n` blocks: a use the
+    /// eviction policy learns from.
+    pub fn load_at(
+        &self,
+        hash: BlockHash,
+        segs: &mut [&mut [u8]],
+        i: usize,
+        n: usize,
+    ) -> Result<LoadOutcome, TierError> {
+        let a = self.access(i as u32, i + 1 == n);
+        self.load_with(hash, segs, Some(a))
+    }
+
+    fn load_with(
+        &self,
+        hash: BlockHash,
+        segs: &mut [&mut [u8]],
+        a: Option<SlotAccess>,
+    ) -> Result<LoadOutcome, TierError> {
         self.check_len(segs.iter().map(|s| s.len() as u64).sum())?;
         let start = Instant::now();
         let (slot, want_sum, len) = {
@@ -258,7 +325,7 @@ impl HostTier {
                 self.stats().load_misses.fetch_add(1, Ordering::Relaxed);
                 return Ok(LoadOutcome::Miss);
             };
-            if !l.pin(slot) {
+            if !l.pin(slot, a) {
                 return Ok(LoadOutcome::Busy);
             }
             let m = l.meta(slot);
@@ -341,7 +408,7 @@ impl HostTier {
             let Some(slot) = l.find(hash).filter(|&s| l.meta(s).state == SlotState::Ready as u32) else {
                 return Ok(None);
             };
-            if !l.pin(slot) {
+            if !l.pin(slot, None) {
                 return Ok(None);
             }
             slot
@@ -378,7 +445,7 @@ impl Tier for HostTier {
     }
 
     fn store(&self, hash: BlockHash, ctx: BlockCtx, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
-        self.store_keyed(hash, ctx.key, ctx.parent, segs)
+        self.store_keyed(hash, ctx.key, ctx.parent, self.access(ctx.depth, ctx.last), segs)
     }
 
     fn load_into(
@@ -388,8 +455,9 @@ impl Tier for HostTier {
         dsts: &mut [Vec<&mut [u8]>],
         outcomes: &mut [LoadOutcome],
     ) -> Result<(), TierError> {
-        for ((&h, dst), o) in hashes.iter().zip(dsts).zip(outcomes) {
-            *o = self.load(h, dst)?;
+        let n = hashes.len();
+        for (i, ((&h, dst), o)) in hashes.iter().zip(dsts).zip(outcomes).enumerate() {
+            *o = self.load_at(h, dst, i, n)?;
         }
         Ok(())
     }

@@ -196,3 +196,48 @@ fn hazard_peels_chains_from_the_tail_and_is_deterministic() {
     let b = drive(&mut Hazard::new(16), 16, &accesses);
     assert_eq!(a, b);
 }
+
+/// Four keys used every 10 s; between their uses a flood of keys used once,
+/// larger than the cache, driven as the disk tier drives a policy (admission
+/// first). LRU lets the flood push the hot keys out every round; hazard keeps
+/// them. (The host tier's flood test is the same without admission.)
+#[test]
+fn hazard_keeps_hot_keys_through_a_flood_larger_than_the_cache() {
+    const CAP: usize = 16;
+    let mut stream = Vec::new();
+    let (mut now, mut request, mut next) = (0u64, 0u64, 1000u64);
+    for _ in 0..40 {
+        now += 10_000;
+        request += 1;
+        for d in 0..4u32 {
+            now += 10;
+            stream.push(Access {
+                key: u64::from(d) + 1,
+                request,
+                depth: d,
+                last: d == 3,
+                now_ms: now,
+            });
+        }
+        request += 1;
+        for d in 0..40u32 {
+            now += 10;
+            next += 1;
+            stream.push(Access {
+                key: next,
+                request,
+                depth: d,
+                last: d == 39,
+                now_ms: now,
+            });
+        }
+    }
+    let late_hot_hits = |kind: PolicyKind| {
+        let hit = drive(kind.build(CAP).as_mut(), CAP, &stream);
+        let half = stream.len() / 2;
+        (half..stream.len()).filter(|&i| stream[i].key <= 4 && hit[i]).count()
+    };
+    assert_eq!(late_hot_hits(PolicyKind::Lru), 0, "LRU");
+    let h = late_hot_hits(PolicyKind::Hazard);
+    assert!(h >= 76, "hazard keeps the hot keys (of 80 uses): {h}");
+}

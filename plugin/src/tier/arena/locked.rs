@@ -19,9 +19,9 @@ use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
 use super::lease::{self, Lease, OwnerToken, MAX_LEASES};
-use super::{boottime_ns, Arena, Header, SlotMeta, SlotState, WRITE_DEADLINE};
+use super::{boottime_ns, Arena, Header, HostEviction, SlotMeta, SlotState, WRITE_DEADLINE};
 use crate::evict::list::{LinkStore, ListEnds, NIL};
-use crate::evict::SlotLru;
+use crate::evict::{Departed, HazardStore, SlotAccess, SlotHazard, SlotLru, SlotUse};
 use crate::prefix::BlockHash;
 
 /// The arena index while its mutex is held; unlocks on drop (repairing the index
@@ -63,6 +63,46 @@ impl LinkStore for Locked<'_> {
         let m = self.meta_mut(i);
         m.prev = prev;
         m.next = next;
+    }
+}
+
+impl HazardStore for Locked<'_> {
+    fn slot_use(&self, slot: u32) -> SlotUse {
+        self.meta(slot).used
+    }
+
+    fn set_slot_use(&mut self, slot: u32, u: SlotUse) {
+        self.meta_mut(slot).used = u;
+    }
+
+    fn slot_key(&self, slot: u32) -> u64 {
+        self.meta(slot).block_hash().fold64()
+    }
+
+    fn evictable(&self, slot: u32) -> Option<bool> {
+        if slot >= self.n_slots() {
+            self.damage();
+            return None;
+        }
+        let m = self.meta(slot);
+        if m.state != SlotState::Ready as u32 {
+            self.damage();
+            return None;
+        }
+        Some(m.pins == 0)
+    }
+
+    fn departed(&mut self) -> &mut [Departed] {
+        let g = self.arena.geo;
+        // SAFETY: the table lies inside the mapping (see Geometry::layout), 8-byte
+        // aligned, and is only touched under the mutex; any bit pattern is a valid
+        // Departed (integers).
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.arena.base.add(g.departed_off as usize) as *mut Departed,
+                g.departed_len as usize,
+            )
+        }
     }
 }
 
@@ -161,8 +201,114 @@ impl<'a> Locked<'a> {
 
     /// Number of slots in the `Ready` state.
     pub fn ready_count(&self) -> u32 {
-        // The eviction list holds exactly the Ready slots.
-        self.header().lru.len.min(self.n_slots())
+        // The eviction lists hold exactly the Ready slots.
+        let len = match self.eviction() {
+            HostEviction::Lru => self.header().lru.len,
+            HostEviction::Hazard => self.header().hazard.len(),
+        };
+        len.min(self.n_slots())
+    }
+
+    /// The store's eviction policy (a value that names none marks the index
+    /// damaged; the repair makes it the default).
+    fn eviction(&self) -> HostEviction {
+        let raw = self.header().policy;
+        if raw != HostEviction::Lru as u32 && raw != HostEviction::Hazard as u32 {
+            self.damage();
+        }
+        HostEviction::from_raw(raw)
+    }
+
+    /// Now on the policy's clock (ms of `CLOCK_BOOTTIME`: one clock for every
+    /// process on the host, whatever its PID namespace).
+    pub fn now_ms() -> u64 {
+        boottime_ns() / 1_000_000
+    }
+
+    /// Runs `f` on the hazard policy's state (copied out of the header and back:
+    /// `f` also needs the slots).
+    fn with_hazard<R>(&mut self, f: impl FnOnce(&mut SlotHazard, &mut Self) -> R) -> R {
+        let mut h = self.header().hazard;
+        let r = f(&mut h, self);
+        self.header().hazard = h;
+        r
+    }
+
+    /// A `Ready` slot became evictable (committed).
+    fn order_inserted(&mut self, slot: u32, a: SlotAccess) {
+        match self.eviction() {
+            HostEviction::Lru => {
+                let mut lru = SlotLru(self.header().lru);
+                lru.inserted(self, slot);
+                self.header().lru = lru.0;
+            }
+            HostEviction::Hazard => self.with_hazard(|h, l| h.inserted(l, slot, a)),
+        }
+    }
+
+    /// A `Ready` slot was used (`None`: a read for the library's own use, which
+    /// the hazard policy does not count; LRU refreshes it as before).
+    fn order_accessed(&mut self, slot: u32, a: Option<SlotAccess>) {
+        match (self.eviction(), a) {
+            (HostEviction::Lru, _) => {
+                let mut lru = SlotLru(self.header().lru);
+                lru.accessed(self, slot);
+                self.header().lru = lru.0;
+            }
+            (HostEviction::Hazard, Some(a)) => self.with_hazard(|h, l| h.accessed(l, slot, a)),
+            (HostEviction::Hazard, None) => {}
+        }
+    }
+
+    /// A `Ready` slot left its list: evicted (`evicted`), or dropped.
+    fn order_removed(&mut self, slot: u32, evicted: bool) {
+        match self.eviction() {
+            HostEviction::Lru => {
+                let mut lru = SlotLru(self.header().lru);
+                lru.removed(self, slot);
+                self.header().lru = lru.0;
+            }
+            HostEviction::Hazard if evicted => self.with_hazard(|h, l| h.evicted(l, slot)),
+            HostEviction::Hazard => self.with_hazard(|h, l| h.removed(l, slot)),
+        }
+    }
+
+    /// The policy's victim among at most `scan` candidates (per list); `None`
+    /// when all are pinned or the lists are damaged (marked).
+    fn victim(&mut self, scan: usize, now_ms: u64) -> Option<u32> {
+        match self.eviction() {
+            HostEviction::Lru => {
+                let policy = SlotLru(self.header().lru);
+                let mut cur = policy.first_candidate();
+                for _ in 0..scan {
+                    if cur == NIL {
+                        break;
+                    }
+                    match self.evictable(cur) {
+                        None => return None,
+                        Some(true) => return Some(cur),
+                        Some(false) => cur = policy.next_candidate(self, cur),
+                    }
+                }
+                None
+            }
+            HostEviction::Hazard => self.with_hazard(|h, l| h.victim(l, scan, now_ms)),
+        }
+    }
+
+    /// Whether the eviction lists end where they should and hold exactly `ready`
+    /// slots (checked when no victim is found: O(slots)).
+    fn lists_hold(&self, ready: u32) -> bool {
+        let n = self.n_slots();
+        let walked = match self.eviction() {
+            HostEviction::Lru => {
+                let l = self.header().lru;
+                let c = l.iter(self).take(n as usize + 1).count() as u32;
+                (c == l.len && c <= n).then_some(c)
+            }
+            HostEviction::Hazard => self.header().hazard.walked_len(self, n),
+        };
+        walked == Some(ready)
     }
 
     /// Advances and returns the logical clock.
@@ -237,10 +383,11 @@ impl<'a> Locked<'a> {
         self.table()[hole as usize] = 0;
     }
 
-    /// Takes a free slot, or evicts the least recently used unpinned `Ready` slot
-    /// (looking at most `scan` entries from the LRU head). Returns the slot and the
-    /// evicted identity, if any.
-    pub fn take_slot(&mut self, scan: usize) -> Option<(u32, Option<BlockHash>)> {
+    /// Takes a free slot, or evicts the policy's victim among the unpinned `Ready`
+    /// slots (looking at most `scan` entries from the head of each eviction list).
+    /// Returns the slot and the evicted identity, if any.
+    /// `now_ms`: the policy's clock ([`Locked::now_ms`]).
+    pub fn take_slot(&mut self, scan: usize, now_ms: u64) -> Option<(u32, Option<BlockHash>)> {
         let mut free = self.header().free;
         let got = free.pop_front(self);
         self.header().free = free;
@@ -251,25 +398,17 @@ impl<'a> Locked<'a> {
             self.damage();
             return None;
         }
-        let policy = SlotLru(self.header().lru);
-        let mut cur = policy.first_candidate();
-        for _ in 0..scan {
-            if cur == NIL {
-                break;
-            }
-            let next = policy.next_candidate(self, cur);
-            let m = *self.meta(cur);
-            if m.state != SlotState::Ready as u32 {
+        let Some(victim) = self.victim(scan, now_ms) else {
+            // Every candidate pinned, or Ready slots on no list (shared memory
+            // written underneath): the latter is damage, rebuilt on unlock.
+            if !self.lists_hold(self.census().0) {
                 self.damage();
-                return None;
             }
-            if m.pins == 0 {
-                self.unlink_ready(cur);
-                return Some((cur, Some(m.block_hash())));
-            }
-            cur = next;
-        }
-        None
+            return None;
+        };
+        let hash = self.meta(victim).block_hash();
+        self.unlink_ready(victim, true);
+        Some((victim, Some(hash)))
     }
 
     /// Reserves `slot` (just taken) for writing `hash` (the engine's `key` for it,
@@ -302,7 +441,8 @@ impl<'a> Locked<'a> {
 
     /// Publishes a written slot. `false` (nothing changed) when the reservation was
     /// reclaimed meanwhile: the write is lost, never published over someone else's.
-    pub fn commit_write(&mut self, t: WriteTicket, checksum: u64, len: u64) -> bool {
+    /// `a` is the store as the eviction policy sees it.
+    pub fn commit_write(&mut self, t: WriteTicket, checksum: u64, len: u64, a: SlotAccess) -> bool {
         if !self.owns(t) {
             return false;
         }
@@ -314,9 +454,7 @@ impl<'a> Locked<'a> {
         m.writer_lease = 0;
         m.writer_gen = 0;
         m.state = SlotState::Ready as u32;
-        let mut lru = SlotLru(self.header().lru);
-        lru.inserted(self, t.slot);
-        self.header().lru = lru.0;
+        self.order_inserted(t.slot, a);
         true
     }
 
@@ -349,10 +487,8 @@ impl<'a> Locked<'a> {
         self.header().free = free;
     }
 
-    fn unlink_ready(&mut self, slot: u32) {
-        let mut lru = SlotLru(self.header().lru);
-        lru.removed(self, slot);
-        self.header().lru = lru.0;
+    fn unlink_ready(&mut self, slot: u32, evicted: bool) {
+        self.order_removed(slot, evicted);
         let hash = self.meta(slot).block_hash();
         self.table_remove(hash);
         self.meta_mut(slot).state = SlotState::Free as u32;
@@ -367,7 +503,7 @@ impl<'a> Locked<'a> {
         if m.state != SlotState::Ready as u32 || m.block_hash() != hash {
             return None;
         }
-        self.unlink_ready(slot);
+        self.unlink_ready(slot, false);
         if m.pins == 0 {
             self.release(slot);
         } else {
@@ -385,10 +521,11 @@ impl<'a> Locked<'a> {
         }
     }
 
-    /// Pins the `Ready` `slot` for reading by this mapping and marks it recently
-    /// used. Returns `false` when this mapping already pins [`super::PINS_PER_LEASE`]
-    /// slots (there is no limit on readers of one slot).
-    pub fn pin(&mut self, slot: u32) -> bool {
+    /// Pins the `Ready` `slot` for reading by this mapping and counts the read as a
+    /// use (`a`; `None`: a read for the library's own use, see
+    /// `order_accessed`). Returns `false` when this mapping already pins
+    /// [`super::PINS_PER_LEASE`] slots (there is no limit on readers of one slot).
+    pub fn pin(&mut self, slot: u32, a: Option<SlotAccess>) -> bool {
         let Some(me) = self.arena.me.index() else {
             return false;
         };
@@ -402,9 +539,7 @@ impl<'a> Locked<'a> {
         self.meta_mut(slot).pins += 1;
         let t = self.tick();
         self.meta_mut(slot).last_access = t;
-        let mut lru = SlotLru(self.header().lru);
-        lru.accessed(self, slot);
-        self.header().lru = lru.0;
+        self.order_accessed(slot, a);
         true
     }
 
@@ -554,8 +689,22 @@ impl<'a> Locked<'a> {
         self.rebuild_pins();
         ready.sort_unstable();
         let mut lru = SlotLru::default();
-        for &(_, s) in &ready {
-            lru.inserted(self, s);
+        let raw = self.header().policy;
+        if raw != HostEviction::Lru as u32 && raw != HostEviction::Hazard as u32 {
+            self.header().policy = HostEviction::default() as u32;
+        }
+        match self.eviction() {
+            HostEviction::Lru => {
+                for &(_, s) in &ready {
+                    lru.inserted(self, s);
+                }
+                // The other policy's lists hold nothing.
+                self.with_hazard(|h, l| h.rebuild(l, &[]));
+            }
+            HostEviction::Hazard => {
+                let slots: Vec<u32> = ready.iter().map(|r| r.1).collect();
+                self.with_hazard(|h, l| h.rebuild(l, &slots));
+            }
         }
         let mut free = ListEnds::new();
         for &s in &free_slots {
@@ -592,14 +741,15 @@ impl<'a> Locked<'a> {
         }
     }
 
-    /// Identities of the `Ready` slots in eviction order (tests and tools).
+    /// Identities of the `Ready` slots in eviction order, if none were used
+    /// meanwhile (tests and tools).
     pub fn eviction_order(&self) -> Vec<BlockHash> {
-        self.header()
-            .lru
-            .iter(self)
-            .take(self.n_slots() as usize)
-            .map(|s| self.meta(s).block_hash())
-            .collect()
+        let n = self.n_slots() as usize;
+        let slots: Vec<u32> = match self.eviction() {
+            HostEviction::Lru => self.header().lru.iter(self).take(n).collect(),
+            HostEviction::Hazard => self.header().hazard.order(self, n),
+        };
+        slots.into_iter().map(|s| self.meta(s).block_hash()).collect()
     }
 
     /// Number of free slots.

@@ -138,7 +138,7 @@ pub const STATUS_LABELS: [&str; ADAPTER_STATUSES] = [
 /// updated, and updating it means bumping [`super::VERSION`] (an arena of the old
 /// layout must be refused, not read with the new one).
 pub const LAYOUT: (u32, usize, [usize; 26]) = (
-    4,
+    5,
     1336,
     [
         0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, 136, 144, 152, 160, 168, 568, 776, 984,

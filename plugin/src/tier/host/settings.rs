@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::tier::arena::HostEviction;
+
 /// The host tier's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostSettings {
@@ -17,4 +19,6 @@ pub struct HostSettings {
     /// How long opening waits for another process's initialisation
     /// (`TIERKV_LOCK_TIMEOUT`).
     pub lock_timeout: Duration,
+    /// Eviction policy of a store this process creates (`TIERKV_HOST_EVICTION`).
+    pub eviction: HostEviction,
 }

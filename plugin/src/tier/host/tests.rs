@@ -1,4 +1,5 @@
 use super::*;
+use crate::tier::arena::HostEviction;
 use std::sync::Arc;
 
 pub(super) fn cfg(dir: &std::path::Path, bytes: u64) -> HostSettings {
@@ -8,6 +9,7 @@ pub(super) fn cfg(dir: &std::path::Path, bytes: u64) -> HostSettings {
         store_name: "t".into(),
         share_group: None,
         lock_timeout: std::time::Duration::from_secs(10),
+        eviction: HostEviction::default(),
     }
 }
 
@@ -15,13 +17,22 @@ fn block(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| seed.wrapping_mul(31).wrapping_add(i as u8)).collect()
 }
 
-/// A tier with room for exactly `n` blocks of `len` bytes.
+/// A tier with room for exactly `n` blocks of `len` bytes (the default policy).
 fn tier_for(dir: &std::path::Path, len: u64, n: u32) -> HostTier {
+    tier_with(dir, len, n, HostEviction::default())
+}
+
+/// [`tier_for`] with the store's policy `eviction`.
+fn tier_with(dir: &std::path::Path, len: u64, n: u32, eviction: HostEviction) -> HostTier {
     let mut bytes = 4096;
     while crate::tier::arena::Geometry::fit(len, bytes).map_or(0, |g| g.n_slots) < n {
         bytes += 4096;
     }
-    let t = HostTier::open(&cfg(dir, bytes), len, 16).unwrap();
+    let c = HostSettings {
+        eviction,
+        ..cfg(dir, bytes)
+    };
+    let t = HostTier::open(&c, len, 16).unwrap();
     assert_eq!(t.arena().geometry().n_slots, n);
     t
 }
@@ -50,7 +61,7 @@ fn store_then_load_round_trips_through_segments() {
 #[test]
 fn capacity_is_hard_and_eviction_is_lru() {
     let d = tempfile::tempdir().unwrap();
-    let t = tier_for(d.path(), 4096, 3);
+    let t = tier_with(d.path(), 4096, 3, HostEviction::Lru);
     let file_len = t.arena().geometry().file_len;
     for h in 1..=3u128 {
         t.store(BlockHash(h), &[&block(h as u8, 4096)]).unwrap();
@@ -95,7 +106,7 @@ fn pinned_block_is_not_evicted() {
     let slot = {
         let mut l = t.arena().lock().unwrap();
         let s = l.find(BlockHash(1)).unwrap();
-        assert!(l.pin(s));
+        assert!(l.pin(s, None));
         s
     };
     assert_eq!(
@@ -164,7 +175,7 @@ fn crashed_process_leaves_store_usable() {
         let child = HostTier::open(&cfg(d.path(), 0).clone_with(t.arena().geometry().file_len), 4096, 16);
         if let Ok(c) = child {
             let mut l = c.arena().lock().unwrap();
-            if let Some((s, _)) = l.take_slot(8) {
+            if let Some((s, _)) = l.take_slot(8, Locked::now_ms()) {
                 let _ = l.begin_write(s, BlockHash(99), 0);
             }
             std::mem::forget(l);
@@ -217,7 +228,7 @@ mod model {
         #[test]
         fn matches_lru_model(ops in proptest::collection::vec((0u8..3, 1u128..9), 1..120)) {
             let d = tempfile::tempdir().unwrap();
-            let t = tier_for(d.path(), 4096, 4);
+            let t = tier_with(d.path(), 4096, 4, HostEviction::Lru);
             let mut lru: Vec<u128> = Vec::new(); // first = next victim
             let mut out = vec![0u8; 4096];
             for (op, h) in ops {
@@ -293,4 +304,88 @@ fn a_store_of_the_previous_format_is_recreated_once_nobody_uses_it() {
     assert_eq!(t.lookup(&[BlockHash(1)]).unwrap(), 0, "a new, empty store");
     t.store(BlockHash(2), &[&block(2, 4096)]).unwrap();
     assert_eq!(t.lookup(&[BlockHash(2)]).unwrap(), 1);
+}
+
+/// Hot blocks read every round, between rounds a flood of blocks stored once and
+/// never read: LRU lets the flood push the hot blocks out every round; the
+/// hazard store learns that blocks read again come back and the flood does not,
+/// and keeps the hot ones (the same policy code as the disk tier's).
+#[test]
+fn the_hazard_store_keeps_reused_blocks_through_a_flood_lru_does_not() {
+    // The test's clock: 10 ms per operation, a round about 10 s (no waiting).
+    static NOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    fn now() -> u64 {
+        NOW.fetch_add(10, Ordering::Relaxed)
+    }
+    // Blocks stored once per round, more than the tier holds.
+    const FLOOD: u32 = 40;
+    let mut hits = Vec::new();
+    for eviction in [HostEviction::Lru, HostEviction::Hazard] {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = tier_with(d.path(), 4096, 16, eviction);
+        t.set_clock(now);
+        assert_eq!(t.arena().eviction(), eviction);
+        let hot: Vec<u128> = (1..=4).collect();
+        let mut next = 1000u128;
+        let mut late_hits = 0;
+        let mut out = vec![0u8; 4096];
+        for round in 0..40 {
+            NOW.fetch_add(10_000, Ordering::Relaxed);
+            for (i, &h) in hot.iter().enumerate() {
+                let o = t.load_at(BlockHash(h), &mut [&mut out], i, hot.len()).unwrap();
+                if o == LoadOutcome::Loaded {
+                    assert_eq!(out, block(h as u8, 4096));
+                    late_hits += usize::from(round >= 20);
+                } else {
+                    assert_eq!(o, LoadOutcome::Miss);
+                    // Recomputed and stored again, as an engine would.
+                    let ctx = BlockCtx {
+                        namespace: 0,
+                        depth: i as u32,
+                        last: i + 1 == hot.len(),
+                        key: 0,
+                        parent: 0,
+                    };
+                    Tier::store(&t, BlockHash(h), ctx, &[&block(h as u8, 4096)]).unwrap();
+                }
+            }
+            for i in 0..FLOOD {
+                next += 1;
+                let ctx = BlockCtx {
+                    namespace: 0,
+                    depth: i,
+                    last: i + 1 == FLOOD,
+                    key: 0,
+                    parent: 0,
+                };
+                let r = Tier::store(&t, BlockHash(next), ctx, &[&block(next as u8, 4096)]).unwrap();
+                assert_eq!(r, StoreOutcome::Stored, "the host tier never refuses a store");
+            }
+            let (ready, busy, free) = t.arena().lock().unwrap().census();
+            assert_eq!((ready, busy, free), (16, 0, 0));
+            assert_eq!(t.block_count().unwrap(), 16, "the lists hold every ready slot");
+        }
+        hits.push(late_hits);
+    }
+    assert_eq!(hits[0], 0, "LRU: the flood evicts the hot blocks every round");
+    assert!(hits[1] >= 76, "hazard keeps the hot blocks (of 80 reads): {}", hits[1]);
+}
+
+/// A store keeps the policy it was created with: a process configured otherwise
+/// joins it and evicts alike.
+#[test]
+fn a_store_keeps_its_policy_for_every_process() {
+    let d = tempfile::tempdir().unwrap();
+    let a = tier_with(d.path(), 4096, 4, HostEviction::Lru);
+    let bytes = a.arena().geometry().file_len;
+    let b = HostTier::open(
+        &HostSettings {
+            eviction: HostEviction::Hazard,
+            ..cfg(d.path(), bytes)
+        },
+        4096,
+        16,
+    )
+    .unwrap();
+    assert_eq!(b.arena().eviction(), HostEviction::Lru);
 }

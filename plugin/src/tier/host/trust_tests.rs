@@ -3,6 +3,7 @@
 
 use super::tests::cfg;
 use super::*;
+use crate::evict::SlotAccess;
 use crate::tier::arena::{Geometry, WRITE_DEADLINE};
 use std::os::unix::fs::PermissionsExt;
 
@@ -92,7 +93,9 @@ fn a_dead_writers_slot_does_not_block_its_identity() {
             return 1;
         };
         let mut l = mine.arena().lock().unwrap();
-        let Some((s, _)) = l.take_slot(8) else { return 2 };
+        let Some((s, _)) = l.take_slot(8, Locked::now_ms()) else {
+            return 2;
+        };
         let _ = l.begin_write(s, BlockHash(99), 0);
         drop(l);
         std::mem::forget(mine); // dies mid-write, holding its lease until exit
@@ -120,7 +123,7 @@ fn a_reclaimed_slot_is_never_committed_by_its_old_writer() {
     let other = HostTier::open(&c, 4096, 16).unwrap();
     let ticket = {
         let mut l = slow.arena().lock().unwrap();
-        let (s, _) = l.take_slot(8).unwrap();
+        let (s, _) = l.take_slot(8, Locked::now_ms()).unwrap();
         let t = l.begin_write(s, BlockHash(7), 0);
         // Stuck past the deadline (a stopped process).
         l.meta_mut(s).write_started -= WRITE_DEADLINE.as_nanos() as u64 + 1;
@@ -130,7 +133,16 @@ fn a_reclaimed_slot_is_never_committed_by_its_old_writer() {
         other.store(BlockHash(7), &[&block(7, 4096)]).unwrap(),
         StoreOutcome::Stored
     );
-    assert!(!slow.arena().lock().unwrap().commit_write(ticket, 0, 4096));
+    assert!(!slow.arena().lock().unwrap().commit_write(
+        ticket,
+        0,
+        4096,
+        SlotAccess {
+            request: 1,
+            last: false,
+            now_ms: 0
+        }
+    ));
     let mut out = vec![0u8; 4096];
     assert_eq!(slow.load(BlockHash(7), &mut [&mut out]).unwrap(), LoadOutcome::Loaded);
     assert_eq!(out, block(7, 4096));
@@ -165,7 +177,7 @@ fn eight_processes_load_one_block_at_once() {
                 let slot = {
                     let mut l = mine.arena().lock().unwrap();
                     let Some(s) = l.find(BlockHash(5)) else { return 2 };
-                    if !l.pin(s) {
+                    if !l.pin(s, None) {
                         return 3;
                     }
                     s
@@ -224,7 +236,7 @@ fn a_dead_readers_pin_is_dropped() {
         };
         let mut l = mine.arena().lock().unwrap();
         let s = l.find(BlockHash(1)).unwrap();
-        i32::from(!l.pin(s))
+        i32::from(!l.pin(s, None))
     });
     assert_eq!(wait(child), 0);
     assert_eq!(t.store(BlockHash(2), &[&block(2, 4096)]).unwrap(), StoreOutcome::Stored);
@@ -274,6 +286,71 @@ fn a_corrupted_index_never_hangs_and_is_rebuilt() {
     assert!(t.block_count().unwrap() <= u64::from(g.n_slots));
     assert_eq!(t.load(BlockHash(5), &mut [&mut out]).unwrap(), LoadOutcome::Loaded);
     assert_eq!(out, block(5, 4096));
+}
+
+/// Garbage where the eviction policy keeps its state (the header's model and
+/// lists, the policy field, every slot's record, the departed table): nothing
+/// panics or hangs, every block still loads with its own bytes, and the store
+/// goes on storing and evicting.
+#[test]
+fn garbage_in_the_eviction_state_is_survived() {
+    let d = tempfile::tempdir().unwrap();
+    let t = HostTier::open(&cfg(d.path(), bytes_for(4096, 4)), 4096, 16).unwrap();
+    for k in 1..=4u128 {
+        t.store(BlockHash(k), &[&block(k, 4096)]).unwrap();
+    }
+    let g = t.arena().geometry();
+    let (policy, hazard, hazard_len) = crate::tier::arena::policy_state_offsets();
+    let mut f = std::fs::OpenOptions::new().write(true).open(t.arena().path()).unwrap();
+    use std::io::{Seek, SeekFrom, Write};
+    let mut scribble = |off: u64, len: u64, byte: u8| {
+        f.seek(SeekFrom::Start(off)).unwrap();
+        f.write_all(&vec![byte; len as usize]).unwrap();
+    };
+    let used = std::mem::offset_of!(crate::tier::arena::SlotMeta, used) as u64;
+    let meta = std::mem::size_of::<crate::tier::arena::SlotMeta>() as u64;
+    let departed = u64::from(g.departed_len) * std::mem::size_of::<crate::evict::Departed>() as u64;
+    let mut out = vec![0u8; 4096];
+    for byte in [0xff, 0x00, 0x5a] {
+        scribble(hazard, hazard_len, byte);
+        scribble(g.departed_off, departed, byte);
+        for s in 0..g.n_slots {
+            scribble(g.meta_off + u64::from(s) * meta + used, 16, byte);
+        }
+        for k in 1..=4u128 {
+            let o = t.load(BlockHash(k), &mut [&mut out]).unwrap();
+            assert!(o != LoadOutcome::Corrupt);
+            if o == LoadOutcome::Loaded {
+                assert_eq!(out, block(k, 4096));
+            }
+        }
+        for k in 10..20u128 {
+            t.store(BlockHash(k), &[&block(k, 4096)]).unwrap();
+        }
+        let (ready, writing, free) = t.arena().lock().unwrap().census();
+        assert_eq!(ready + writing + free, g.n_slots);
+        assert_eq!(
+            t.load(BlockHash(19), &mut [&mut out]).unwrap(),
+            LoadOutcome::Loaded,
+            "storing goes on"
+        );
+        assert_eq!(out, block(19, 4096));
+    }
+    // A policy value that names none: rebuilt as the default, storing goes on.
+    scribble(policy, 4, 0x77);
+    for k in 30..40u128 {
+        t.store(BlockHash(k), &[&block(k, 4096)]).unwrap();
+    }
+    assert_eq!(t.arena().eviction(), crate::tier::arena::HostEviction::default());
+    assert_eq!(t.load(BlockHash(39), &mut [&mut out]).unwrap(), LoadOutcome::Loaded);
+    // The other valid policy, its list empty: the ready slots on no list are found
+    // and the lists rebuilt for it.
+    scribble(policy, 1, crate::tier::arena::HostEviction::Lru as u8);
+    for k in 40..50u128 {
+        t.store(BlockHash(k), &[&block(k, 4096)]).unwrap();
+    }
+    assert_eq!(t.load(BlockHash(49), &mut [&mut out]).unwrap(), LoadOutcome::Loaded);
+    assert_eq!(out, block(49, 4096));
 }
 
 /// A truncated arena is never mapped past its end (no SIGBUS): refused while
