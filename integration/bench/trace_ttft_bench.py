@@ -1,6 +1,7 @@
 """Time to first token in real vLLM replaying the start of a production trace (the
 Mooncake JSONL that ``tierkv-replay`` reads), with tiers too small for its working
-set: the disk tier's eviction policies side by side (LRU and the default, hazard).
+set: a tier's eviction policies side by side (LRU and the default, hazard): the
+disk tier's (``--tier disk``, the default) or the host tier's (``--tier host``).
 
 Run (inside the vLLM environment, with TIERKV_LIB set or the wheel installed):
     python integration/bench/trace_ttft_bench.py --model DIR \\
@@ -16,13 +17,16 @@ blocks are 32 tokens, the CPU attention's smallest); chains are cut at
 ``--max-blocks`` trace blocks to fit the model. vLLM's own prefix cache is off: every
 reused token comes from tierkv.
 
-Tiers: host memory holds ``--host-share`` of the workload's distinct blocks, the disk
-tier ``--disk-share`` (write-through, ``TIERKV_DISK_ADMIT=always``, so the eviction
-policy alone decides what the disk keeps). One engine per policy, each with a fresh
-store and disk file; every engine pinned the same way (VLLM_CPU_OMP_THREADS_BIND=0).
+Tiers (``--tier disk``): host memory holds ``--host-share`` of the workload's
+distinct blocks, the disk tier ``--disk-share`` (write-through,
+``TIERKV_DISK_ADMIT=always``, so the eviction policy alone decides what the disk
+keeps; ``TIERKV_DISK_EVICTION``). ``--tier host``: the host tier alone, holding
+``--host-share``, its policy ``TIERKV_EVICTION``. One engine per policy, each with a
+fresh store (and disk file); every engine pinned the same way
+(VLLM_CPU_OMP_THREADS_BIND=0).
 
 Reports per policy: the share of prompt tokens served by tierkv, mean and median
-TTFT, the disk tier's loads, evictions and refusals, and whether every policy's
+TTFT, the compared tier's loads, evictions and refusals, and whether every policy's
 first tokens equal the first run's (a cache must never change an answer).
 """
 
@@ -125,6 +129,7 @@ def main() -> None:
     ap.add_argument("--host-share", type=float, default=0.01)
     ap.add_argument("--disk-share", type=float, default=0.05)
     ap.add_argument("--policies", default="lru,hazard")
+    ap.add_argument("--tier", choices=("disk", "host"), default="disk", help="the tier whose policies are compared")
     ap.add_argument("--keep", help="keep engine logs and results in this folder")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
@@ -163,12 +168,19 @@ def main() -> None:
             VLLM_CPU_OMP_THREADS_BIND="0",
             TIERKV_STORE_NAME=store,
             TIERKV_CPU_BYTES=str(host_bytes),
-            TIERKV_DISK_PATH=str(tmp / f"disk-{policy}"),
-            TIERKV_DISK_BYTES=str(disk_bytes),
-            TIERKV_DISK_ADMIT="always",
-            TIERKV_DISK_EVICTION=policy,
             TIERKV_METRICS_ADDR=f"127.0.0.1:{port}",
         )
+        for k in ("TIERKV_DISK_PATH", "TIERKV_DISK_BYTES", "TIERKV_EVICTION", "TIERKV_DISK_EVICTION"):
+            env.pop(k, None)
+        if args.tier == "disk":
+            env.update(
+                TIERKV_DISK_PATH=str(tmp / f"disk-{policy}"),
+                TIERKV_DISK_BYTES=str(disk_bytes),
+                TIERKV_DISK_ADMIT="always",
+                TIERKV_DISK_EVICTION=policy,
+            )
+        else:
+            env.update(TIERKV_EVICTION=policy)
         out = tmp / f"{policy}.json"
         cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--work", str(work), "--out", str(out)]
         cmd += ["--block-tokens", str(args.block_tokens), "--max-blocks", str(args.max_blocks), "--speed", str(args.speed)]
@@ -190,15 +202,17 @@ def main() -> None:
         f"{total_tokens} prompt tokens, {distinct} distinct trace blocks of {args.block_tokens} tokens; "
         f"tier blocks of 32 tokens ({bb / 2**20:.2f} MiB); SmolLM2-135M fp32, vLLM CPU, VLLM_CPU_OMP_THREADS_BIND=0"
     )
+    tier = args.tier
+    print(f"{tier} tier policies compared")
     print(f"{'policy':10}{'host blk':>9}{'disk blk':>9}{'served':>8}{'mean TTFT s':>12}{'median':>8}"
-          f"{'disk loads':>11}{'evicted':>8}{'refused':>8}  first tokens = first run")
+          f"{tier + ' loads':>11}{'evicted':>8}{'refused':>8}  first tokens = first run")
     for policy, r in results.items():
         m = r["metrics"] or ""
         served = metric(m, "tierkv_loaded_tokens_total") / total_tokens
         host = metric(m, "tierkv_tier_capacity_blocks", 'tier="host"')
         disk = metric(m, "tierkv_tier_capacity_blocks", 'tier="disk"')
-        loads = metric(m, "tierkv_block_ops_total", 'tier="disk",op="load"')
-        evicted = metric(m, "tierkv_block_ops_total", 'tier="disk",op="evict"')
+        loads = metric(m, "tierkv_block_ops_total", f'tier="{tier}",op="load"')
+        evicted = metric(m, "tierkv_block_ops_total", f'tier="{tier}",op="evict"')
         refused = metric(m, "tierkv_offload_total", 'result="refused"')
         t = r["ttft_s"]
         print(

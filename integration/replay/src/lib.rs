@@ -197,7 +197,15 @@ fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 /// Replays `trace` through `policy` with room for `capacity` blocks.
 pub fn replay(trace: &Trace, policy: &mut dyn Policy, capacity: usize) -> ReplayResult {
-    replay_admitting(trace, policy, capacity, |_| true)
+    replay_admitting(trace, policy, capacity, true, |_| true)
+}
+
+/// [`replay`] without asking the policy's admission: every missing block enters,
+/// as in the host tier (which runs the same eviction without admission).
+pub fn replay_without_admission(trace: &Trace, policy: &mut dyn Policy, capacity: usize) -> ReplayResult {
+    let mut r = replay_admitting(trace, policy, capacity, false, |_| true);
+    r.policy = format!("{}, no admission", r.policy);
+    r
 }
 
 /// [`replay`] with perfect admission: a missing block is inserted only if the trace
@@ -211,17 +219,19 @@ pub fn oracle_admission(trace: &Trace, policy: &mut dyn Policy, capacity: usize)
     for (t, &k) in flat.iter().enumerate().rev() {
         again[t] = !later.insert(k);
     }
-    let mut r = replay_admitting(trace, policy, capacity, |t| again[t]);
+    let mut r = replay_admitting(trace, policy, capacity, true, |t| again[t]);
     r.policy = format!("{}+oracle-admission", r.policy);
     r
 }
 
 /// Replays with `admit(t)` asked for the `t`-th access of the trace (counting every
 /// access from 0) when its block is missing; a block not admitted is not inserted.
+/// `ask_policy`: whether the policy's own admission is asked too when full.
 fn replay_admitting(
     trace: &Trace,
     policy: &mut dyn Policy,
     capacity: usize,
+    ask_policy: bool,
     admit: impl Fn(usize) -> bool,
 ) -> ReplayResult {
     let mut resident: HashSet<u64> = HashSet::new();
@@ -249,7 +259,7 @@ fn replay_admitting(
                 continue;
             }
             if resident.len() >= capacity {
-                if !policy.admit(a, &mut |k| !current.contains(&k)) {
+                if ask_policy && !policy.admit(a, &mut |k| !current.contains(&k)) {
                     continue;
                 }
                 let Some(v) = policy.evict(&mut |k| !current.contains(&k)) else {
@@ -358,6 +368,43 @@ mod tests {
         let bad = "{\"timestamp\": 1, \"input_length\": 1, \"hash_ids\": [1, x]}";
         assert!(Trace::parse(bad).unwrap_err().contains("not a block id"));
         assert_eq!(Trace::parse("a 1 2").unwrap().block_tokens(), None);
+    }
+
+    /// LRU that refuses every block when full.
+    struct Refusing(Lru);
+
+    impl Policy for Refusing {
+        fn name(&self) -> &'static str {
+            "refusing"
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn on_hit(&mut self, a: Access) {
+            self.0.on_hit(a)
+        }
+        fn on_insert(&mut self, a: Access) {
+            self.0.on_insert(a)
+        }
+        fn on_remove(&mut self, key: u64) {
+            self.0.on_remove(key)
+        }
+        fn evict(&mut self, evictable: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+            self.0.evict(evictable)
+        }
+        fn admit(&mut self, _: Access, _: &mut dyn FnMut(u64) -> bool) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn without_admission_every_block_enters() {
+        // Capacity 1: 1, then 2 twice. Refused when full, 2 never enters; without
+        // asking admission it evicts 1 and hits once.
+        let t = trace(&[&[1], &[2], &[2]]);
+        assert_eq!(replay(&t, &mut Refusing(Lru::default()), 1).hit_blocks, 0);
+        let r = replay_without_admission(&t, &mut Refusing(Lru::default()), 1);
+        assert_eq!((r.hit_blocks, r.policy.as_str()), (1, "refusing, no admission"));
     }
 
     #[test]
