@@ -152,6 +152,66 @@ fn a_reclaimed_slot_is_never_committed_by_its_old_writer() {
     assert_eq!((ready, writing, free), (1, 0, 1));
 }
 
+/// The hazard policy's state is the store's, not a process's: uses by other
+/// processes count, and a block that another process's stores pushed out keeps
+/// its count when it returns through this one.
+#[test]
+fn every_process_of_a_store_feeds_one_eviction_policy() {
+    let d = tempfile::tempdir().unwrap();
+    let c = cfg(d.path(), bytes_for(4096, 2));
+    let t = HostTier::open(&c, 4096, 16).unwrap();
+    assert_eq!(t.arena().eviction(), crate::tier::arena::HostEviction::Hazard);
+    t.store(BlockHash(1), &[&block(1, 4096)]).unwrap();
+    let uses = |t: &HostTier, h: u128| {
+        let mut l = t.arena().lock().unwrap();
+        let s = l.find(BlockHash(h)).unwrap();
+        l.meta(s).used.uses
+    };
+    assert_eq!(uses(&t, 1), 1);
+    // Three processes read block 1 as engines do (a use each).
+    for _ in 0..3 {
+        let c = c.clone();
+        let pid = in_child(move || {
+            let Ok(mine) = HostTier::open(&c, 4096, 16) else {
+                return 1;
+            };
+            let mut out = vec![0u8; 4096];
+            match mine.load_at(BlockHash(1), &mut [&mut out], 0, 1) {
+                Ok(LoadOutcome::Loaded) if out == block(1, 4096) => 0,
+                _ => 2,
+            }
+        });
+        assert_eq!(wait(pid), 0);
+    }
+    assert_eq!(uses(&t, 1), 4, "the children's reads counted");
+    // Another store: block 2 is stored here, then another process stores blocks
+    // until it departs (every block used once: the oldest leaves first).
+    let c2 = HostSettings {
+        store_name: "t2".into(),
+        ..c.clone()
+    };
+    let t2 = HostTier::open(&c2, 4096, 16).unwrap();
+    t2.store(BlockHash(2), &[&block(2, 4096)]).unwrap();
+    let pid = in_child(move || {
+        let Ok(mine) = HostTier::open(&c2, 4096, 16) else {
+            return 1;
+        };
+        for k in 10..20u128 {
+            if mine.store(BlockHash(k), &[&block(k, 4096)]).is_err() {
+                return 2;
+            }
+            if mine.lookup_run(&[BlockHash(2)]).is_ok_and(|n| n == 0) {
+                return 0;
+            }
+        }
+        3
+    });
+    assert_eq!(wait(pid), 0, "block 2 departed");
+    // It returns through this process: the store remembered it.
+    t2.store(BlockHash(2), &[&block(2, 4096)]).unwrap();
+    assert_eq!(uses(&t2, 2), 2, "the departed count came back");
+}
+
 /// Hot shared prompts: many processes read one block at once; no small fixed
 /// reader limit turns the seventh into a recompute.
 #[test]
