@@ -288,6 +288,8 @@ struct Header {
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() as u64 <= HEADER_BYTES);
+// The sizes docs/architecture.md gives for the file layout (format version 5).
+const _: () = assert!(std::mem::size_of::<SlotMeta>() == 104 && std::mem::size_of::<Departed>() == 24);
 
 /// Where the header keeps the eviction policy's state: (offset of the policy
 /// field, offset and length of the hazard model and lists) — for tests that
