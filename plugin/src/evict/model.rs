@@ -176,9 +176,16 @@ impl Candidate {
 }
 
 impl Model {
-    /// Advances the clock to `now_ms` (it never goes back).
+    /// Advances the clock to `now_ms` (it never goes back, except from a time more
+    /// than a day ahead of the caller's, which only garbage in shared memory can
+    /// leave: the clock would stand still until then).
     pub fn tick(&mut self, now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
+        const DAY_MS: u64 = 86_400_000;
+        self.now_ms = if self.now_ms > now_ms.saturating_add(DAY_MS) {
+            now_ms
+        } else {
+            self.now_ms.max(now_ms)
+        };
     }
 
     /// The clock.
@@ -291,6 +298,9 @@ mod tests {
             assert!(o.is_finite() && o >= 0.0);
         }
         m.tick(5);
+        assert_eq!(m.now(), 5, "a clock far in the future is garbage: reset");
+        m.tick(3);
+        assert_eq!(m.now(), 5, "otherwise it never goes back");
         m.learn(Some((99, 0)), 99);
         m.evicted(10);
         assert!(m.candidate(3, 0).odds.is_finite());
