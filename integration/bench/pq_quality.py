@@ -21,7 +21,8 @@ and the continuation's perplexity is reported, with full attention's; then
 ``--gen`` tokens are generated greedily after the prompt with every decode step
 restricted the same way, against full attention's: the share of equal tokens
 (greedy match, position by position) and ROUGE-L F1 (longest common
-subsequence).
+subsequence). ``--json`` keeps the generated tokens too (each method's and full
+attention's), to read what a method generated where it left full attention.
 
 The index is built as an engine builds it: the prompt's K and V are stored as
 tierkv blocks in vLLM's CPU layout (fp32, 16 tokens a block), the engine's copy
@@ -367,6 +368,7 @@ def main() -> None:
                     pre = model(ids[:, :P], use_cache=True)
                 past, first = pre.past_key_values, int(pre.logits[0, -1].argmax())
                 full_gen = generate(model, past, first, a.gen)
+                row["full_generated"] = full_gen
                 run.mode = "capture"
             for f in budgets:
                 rng = np.random.default_rng(1234 + di)
@@ -416,6 +418,7 @@ def main() -> None:
                         gen = generate(model, past, first, a.gen)
                         per_method[m]["greedy_match"] = float(np.mean([x == y for x, y in zip(gen, full_gen)]))
                         per_method[m]["rouge_l"] = rouge_l(gen, full_gen)
+                        per_method[m]["generated"] = gen
                     run.mode, run.select = "capture", None
                 per_method["pq"]["gather"] = replay(tkv, pq, blocks, sels["pq"], keys, values, a.replay_steps)
                 row["budgets"][str(f)] = per_method
