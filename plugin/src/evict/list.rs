@@ -166,8 +166,8 @@ impl ListEnds {
 /// A list whose members touched by one request are kept in chain order (deepest
 /// nearest the head), after everything touched before. `repr(C)` and without
 /// pointers, so that it can live in shared memory (the host arena's hazard
-/// lists); the anchor read back from there is only a hint: a member that is not
-/// at a plausible place is simply appended.
+/// lists); an anchor read back from there is used as it is, and an out-of-range
+/// one is caught by the store's checked links (the index is then rebuilt).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct ChainList {

@@ -39,4 +39,5 @@ pub(crate) mod model;
 mod slot;
 
 pub use keyed::{Access, Chat, Hazard, Lru, Policy, PolicyKind, S3Fifo};
-pub use slot::{Departed, HazardStore, SlotAccess, SlotHazard, SlotLru, SlotUse, WAYS as DEPARTED_WAYS};
+pub use model::DEPARTED_PER_RESIDENT;
+pub use slot::{Departed, HazardStore, SlotAccess, SlotHazard, SlotLru, SlotUse};

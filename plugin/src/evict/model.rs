@@ -44,6 +44,9 @@ const REFRESH_AFTER: u32 = 32;
 const TIE: f32 = 0.25;
 /// A new key is refused only when its odds are below the victim's by this share.
 const ADMIT_MARGIN: f32 = 0.15;
+/// Departed keys (evicted or refused) a policy remembers per resident key, so
+/// that a return counts as a reuse (both forms: keyed and the arena's).
+pub const DEPARTED_PER_RESIDENT: usize = 4;
 /// A class caps the odds of less-used classes only once this many keys entered it.
 const MIN_EVIDENCE: u32 = 64;
 

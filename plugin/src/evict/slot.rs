@@ -15,7 +15,7 @@
 use super::list::{LinkStore, ListEnds, NIL};
 
 mod hazard;
-pub use hazard::{Departed, HazardStore, SlotAccess, SlotHazard, SlotUse, WAYS};
+pub use hazard::{Departed, HazardStore, SlotAccess, SlotHazard, SlotUse};
 
 /// Least recently used: a list ordered by last use, head evicted first.
 #[derive(Debug, Clone, Copy, Default)]

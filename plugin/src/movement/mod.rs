@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Workflow of a store (one engine call, [`Movement::store`]):
-//! 1. Each lower tier starts a new chain ([`Tier::begin_request`]).
+//! 1. Every tier starts a new chain ([`Tier::begin_request`]).
 //! 2. Per block: when the scheduler places new blocks on disk (host memory is
 //!    short) and the first lower tier takes stores, the block goes there directly
 //!    (admission first). Otherwise it is copied to the host tier; a block the host
@@ -237,7 +237,7 @@ impl Movement {
         block_ids: &[u64],
         outcomes: &mut [StoreOutcome],
     ) -> Result<(), TierError> {
-        self.lower.iter().for_each(|l| l.tier.begin_request());
+        self.begin_request();
         let direct = self.hw.placement() == Placement::Disk && self.can_place_lower();
         let mut segs: Vec<&[u8]> = Vec::with_capacity(layout.regions().len());
         for (i, (&h, &b)) in hashes.iter().zip(block_ids).enumerate() {
@@ -281,6 +281,12 @@ impl Movement {
         Ok(())
     }
 
+    /// Every tier starts a new chain (one engine call), for its eviction policy.
+    fn begin_request(&self) {
+        Tier::begin_request(&*self.host);
+        self.lower.iter().for_each(|l| l.tier.begin_request());
+    }
+
     /// The context of block `i` of a call of `n` blocks, `hash`: its position
     /// (and whether it ends the chain) and the engine's name for it.
     fn ctx(&self, i: usize, n: usize, hash: BlockHash) -> BlockCtx {
@@ -308,7 +314,7 @@ impl Movement {
         block_ids: &[u64],
         outcomes: &mut [LoadOutcome],
     ) -> Result<(), TierError> {
-        self.lower.iter().for_each(|l| l.tier.begin_request());
+        self.begin_request();
         let mut missed = Vec::new();
         let mut segs: Vec<&mut [u8]> = Vec::with_capacity(layout.regions().len());
         for (i, (&h, &b)) in hashes.iter().zip(block_ids).enumerate() {
@@ -396,6 +402,7 @@ impl Movement {
         bufs: &mut [Vec<u8>],
         outcomes: &mut [LoadOutcome],
     ) -> Result<(), TierError> {
+        self.begin_request();
         let mut missed = Vec::new();
         for (i, (&h, buf)) in hashes.iter().zip(bufs.iter_mut()).enumerate() {
             outcomes[i] = self.host.load(h, &mut [&mut buf[..]])?;

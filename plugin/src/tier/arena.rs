@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 pub use self::stats::SharedStats;
 use super::shared_file::{self, SharedFileError, Sharing};
 use crate::evict::list::{ListEnds, NIL};
-use crate::evict::{Departed, SlotHazard, SlotUse, DEPARTED_WAYS};
+use crate::evict::{Departed, SlotHazard, SlotUse, DEPARTED_PER_RESIDENT};
 use crate::prefix::BlockHash;
 
 const MAGIC: u64 = 0x7469_6572_6b76_4152; // "tierkvAR"
@@ -226,7 +226,7 @@ impl Geometry {
 }
 
 /// Departed keys remembered per slot (as the keyed hazard policy does).
-const DEPARTED_PER_SLOT: u32 = DEPARTED_WAYS as u32;
+const DEPARTED_PER_SLOT: u32 = DEPARTED_PER_RESIDENT as u32;
 
 /// How a full arena picks its victim; chosen by the process that creates it and
 /// kept in its header, so every process of the arena evicts alike.

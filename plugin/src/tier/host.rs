@@ -185,18 +185,15 @@ impl HostTier {
     /// Stores one block given as segments (their concatenation is the payload),
     /// a chain of its own for the eviction policy.
     pub fn store(&self, hash: BlockHash, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
-        self.store_keyed(hash, 0, 0, self.access(0, false), segs)
+        Tier::begin_request(self);
+        self.store_keyed(hash, 0, 0, self.access(false), segs)
     }
 
-    /// A use of block `depth` of a chain (an engine call; depth 0 starts a new
-    /// one), `last` when it ends the chain, as the eviction policy sees it. Chain
-    /// numbers carry this mapping's lease, so two processes' chains never mix.
-    fn access(&self, depth: u32, last: bool) -> SlotAccess {
-        let n = if depth == 0 {
-            self.chains.fetch_add(1, Ordering::Relaxed) + 1
-        } else {
-            self.chains.load(Ordering::Relaxed)
-        };
+    /// A use in the current chain ([`Tier::begin_request`]), `last` when it ends
+    /// the chain, as the eviction policy sees it. Chain numbers carry this
+    /// mapping's lease, so two processes' chains never mix.
+    fn access(&self, last: bool) -> SlotAccess {
+        let n = self.chains.load(Ordering::Relaxed);
         let lease = u64::from(self.arena.owner().index_plus_one);
         SlotAccess {
             request: lease << 48 | (n & ((1 << 48) - 1)),
@@ -295,8 +292,8 @@ impl HostTier {
         self.load_with(hash, segs, None)
     }
 
-    /// [`HostTier::load`] of block `i` of an engine call of `n` blocks: a use the
-    /// eviction policy learns from.
+    /// [`HostTier::load`] of block `i` of an engine call of `n` blocks (its chain
+    /// begun by [`Tier::begin_request`]): a use the eviction policy learns from.
     pub fn load_at(
         &self,
         hash: BlockHash,
@@ -304,7 +301,7 @@ impl HostTier {
         i: usize,
         n: usize,
     ) -> Result<LoadOutcome, TierError> {
-        let a = self.access(i as u32, i + 1 == n);
+        let a = self.access(i + 1 == n);
         self.load_with(hash, segs, Some(a))
     }
 
@@ -444,8 +441,12 @@ impl Tier for HostTier {
         true
     }
 
+    fn begin_request(&self) {
+        self.chains.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn store(&self, hash: BlockHash, ctx: BlockCtx, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
-        self.store_keyed(hash, ctx.key, ctx.parent, self.access(ctx.depth, ctx.last), segs)
+        self.store_keyed(hash, ctx.key, ctx.parent, self.access(ctx.last), segs)
     }
 
     fn load_into(
@@ -455,6 +456,7 @@ impl Tier for HostTier {
         dsts: &mut [Vec<&mut [u8]>],
         outcomes: &mut [LoadOutcome],
     ) -> Result<(), TierError> {
+        Tier::begin_request(self);
         let n = hashes.len();
         for (i, ((&h, dst), o)) in hashes.iter().zip(dsts).zip(outcomes).enumerate() {
             *o = self.load_at(h, dst, i, n)?;

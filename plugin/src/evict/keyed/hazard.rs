@@ -23,10 +23,7 @@
 //! O(classes) per call.
 
 use super::{find_victim, Access, ChainList, Ghost, Nodes, Policy};
-use crate::evict::model::{class, Candidate, Model, CLASSES};
-
-/// Departed keys remembered per resident key.
-const DEPARTED_PER_SLOT: usize = 4;
+use crate::evict::model::{class, Candidate, Model, CLASSES, DEPARTED_PER_RESIDENT};
 
 /// What is kept about a resident key besides its links.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,7 +50,7 @@ pub struct Hazard {
 }
 
 impl Hazard {
-    /// For `capacity` resident keys (it remembers [`DEPARTED_PER_SLOT`] times as
+    /// For `capacity` resident keys (it remembers [`DEPARTED_PER_RESIDENT`] times as
     /// many departed ones: about 300 bytes per resident key in all).
     pub fn new(capacity: usize) -> Self {
         Self {
@@ -61,7 +58,7 @@ impl Hazard {
             lists: Default::default(),
             meta: Vec::new(),
             model: Model::default(),
-            departed: Ghost::new(capacity.max(1) * DEPARTED_PER_SLOT),
+            departed: Ghost::new(capacity.max(1) * DEPARTED_PER_RESIDENT),
             refused: None,
             chosen: None,
         }

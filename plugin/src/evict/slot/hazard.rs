@@ -18,7 +18,7 @@ use crate::evict::list::{ChainList, LinkStore, NIL};
 use crate::evict::model::{bounded_class, class, Candidate, Model, CLASSES};
 
 /// Entries per bucket of the departed table.
-pub const WAYS: usize = 4;
+const WAYS: usize = 4;
 
 /// What the policy keeps about a slot, in the slot's metadata.
 #[repr(C)]

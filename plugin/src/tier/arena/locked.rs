@@ -95,14 +95,8 @@ impl HazardStore for Locked<'_> {
     fn departed(&mut self) -> &mut [Departed] {
         let g = self.arena.geo;
         // SAFETY: the table lies inside the mapping (see Geometry::layout), 8-byte
-        // aligned, and is only touched under the mutex; any bit pattern is a valid
-        // Departed (integers).
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.arena.base.add(g.departed_off as usize) as *mut Departed,
-                g.departed_len as usize,
-            )
-        }
+        // aligned; any bit pattern is a valid Departed (integers).
+        unsafe { self.region(g.departed_off, g.departed_len as usize) }
     }
 }
 
@@ -176,14 +170,20 @@ impl<'a> Locked<'a> {
 
     fn table(&mut self) -> &mut [u32] {
         let g = self.arena.geo;
-        // SAFETY: the table lies inside the mapping (see Geometry::layout) and is
-        // only touched under the mutex.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.arena.base.add(g.table_off as usize) as *mut u32,
-                g.table_cap as usize,
-            )
-        }
+        // SAFETY: the table lies inside the mapping (see Geometry::layout), 4-byte
+        // aligned.
+        unsafe { self.region(g.table_off, g.table_cap as usize) }
+    }
+
+    /// `len` values of `T` at byte `off` of the mapping, touched only under the
+    /// mutex (held: `&mut self`).
+    ///
+    /// # Safety
+    /// The range lies inside the mapping, aligned for `T`, and any bit pattern is
+    /// a valid `T`.
+    unsafe fn region<T>(&mut self, off: u64, len: usize) -> &mut [T] {
+        // SAFETY: the caller's contract; `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.arena.base.add(off as usize) as *mut T, len) }
     }
 
     /// A table entry as a slot: `None` for empty; out of range marks damage.

@@ -331,6 +331,8 @@ fn the_hazard_store_keeps_reused_blocks_through_a_flood_lru_does_not() {
         let mut out = vec![0u8; 4096];
         for round in 0..40 {
             NOW.fetch_add(10_000, Ordering::Relaxed);
+            // One engine call reads the hot chain, one stores the flood.
+            Tier::begin_request(&t);
             for (i, &h) in hot.iter().enumerate() {
                 let o = t.load_at(BlockHash(h), &mut [&mut out], i, hot.len()).unwrap();
                 if o == LoadOutcome::Loaded {
@@ -349,6 +351,7 @@ fn the_hazard_store_keeps_reused_blocks_through_a_flood_lru_does_not() {
                     Tier::store(&t, BlockHash(h), ctx, &[&block(h as u8, 4096)]).unwrap();
                 }
             }
+            Tier::begin_request(&t);
             for i in 0..FLOOD {
                 next += 1;
                 let ctx = BlockCtx {
