@@ -213,7 +213,11 @@ def main() -> None:
         disk = metric(m, "tierkv_tier_capacity_blocks", 'tier="disk"')
         loads = metric(m, "tierkv_block_ops_total", f'tier="{tier}",op="load"')
         evicted = metric(m, "tierkv_block_ops_total", f'tier="{tier}",op="evict"')
-        refused = metric(m, "tierkv_offload_total", 'result="refused"')
+        refused = (
+            metric(m, "tierkv_block_ops_total", 'tier="host",op="store_rejected"')
+            if tier == "host"
+            else metric(m, "tierkv_offload_total", 'result="refused"')
+        )
         t = r["ttft_s"]
         print(
             f"{policy:10}{host:>9.0f}{disk:>9.0f}{served:>8.3f}{statistics.mean(t):>12.3f}"

@@ -200,8 +200,8 @@ pub fn replay(trace: &Trace, policy: &mut dyn Policy, capacity: usize) -> Replay
     replay_admitting(trace, policy, capacity, true, |_| true)
 }
 
-/// [`replay`] without asking the policy's admission: every missing block enters,
-/// as in the host tier (which runs the same eviction without admission).
+/// [`replay`] without asking the policy's admission: every missing block enters
+/// (what admission adds is the difference).
 pub fn replay_without_admission(trace: &Trace, policy: &mut dyn Policy, capacity: usize) -> ReplayResult {
     let mut r = replay_admitting(trace, policy, capacity, false, |_| true);
     r.policy = format!("{}, no admission", r.policy);

@@ -4,8 +4,9 @@
 //! Usage: `tierkv-replay TRACE [--capacity 5%[,10%,...] | --capacity 4096] [--cost]`.
 //! The trace format is documented in the `tierkv_replay` library (`integration/replay/src/lib.rs`). A capacity with `%`
 //! is a share of the trace's distinct blocks. The default policy (`TIERKV_DISK_EVICTION`
-//! unset) is marked `(default)`, and the host tier's (`TIERKV_EVICTION`: hazard
-//! without admission) has a row of its own; two offline bounds follow the policies: LRU with
+//! unset, and the host tier's `TIERKV_EVICTION` unset: hazard, admission included)
+//! is marked `(default)`, and its eviction with every block admitted has a row of
+//! its own (what admission adds); two offline bounds follow the policies: LRU with
 //! perfect admission (only blocks used again) and Belady. `--cost` adds each
 //! policy's time per block access: the median of 5 replays' wall time over the
 //! accesses, the replayer's own bookkeeping included (the same for every policy;
@@ -110,11 +111,9 @@ fn main() -> ExitCode {
             let mark = if kind == default { " (default)" } else { "" };
             row(&format!("{}{mark}", r.policy), &r, ns);
         }
-        // The host tier's default: the same eviction, every block admitted.
-        if tierkv::config::Config::default().eviction == tierkv::config::HostEviction::Hazard {
-            let r = replay_without_admission(&trace, PolicyKind::Hazard.build(blocks).as_mut(), blocks);
-            row(&format!("{} (host tier's default)", r.policy), &r, None);
-        }
+        // The default's eviction with every block admitted: what admission adds.
+        let r = replay_without_admission(&trace, default.build(blocks).as_mut(), blocks);
+        row(&r.policy, &r, None);
         // Not online: LRU that admits only blocks the trace uses again (what
         // admission alone is worth).
         let oracle = oracle_admission(&trace, PolicyKind::Lru.build(blocks).as_mut(), blocks);

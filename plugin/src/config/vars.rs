@@ -57,7 +57,7 @@ pub const VARS: &[VarDoc] = &[
     VarDoc {
         name: "TIERKV_EVICTION",
         default: "hazard",
-        meaning: "Eviction policy of a host-tier store this process creates: hazard (learned reuse odds, as TIERKV_DISK_EVICTION) or lru. A store keeps the policy it was created with; every process of it evicts alike.",
+        meaning: "Eviction and admission policy of a host-tier store this process creates: hazard (learned reuse odds, as TIERKV_DISK_EVICTION; a refused block still goes to the lower tiers) or lru (admits everything). A store keeps the policy it was created with; every process of it evicts alike.",
     },
     VarDoc {
         name: "TIERKV_LOCK_TIMEOUT",

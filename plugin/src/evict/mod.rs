@@ -28,8 +28,9 @@
 //! 2. A block that becomes resident: [`Policy::on_insert`] / [`SlotHazard::inserted`]
 //!    / [`SlotLru::inserted`], after making room with [`Policy::evict`] /
 //!    [`SlotHazard::victim`] then [`SlotHazard::evicted`] / the first unpinned
-//!    candidate of [`SlotLru::first_candidate`]. When full, a keyed tier first asks
-//!    [`Policy::admit`] whether the block is worth a victim at all.
+//!    candidate of [`SlotLru::first_candidate`]. When full, a tier first asks
+//!    [`Policy::admit`] / [`SlotHazard::admits`] whether the block is worth a victim
+//!    at all (a refusal: [`SlotHazard::refused`] in the arena).
 //! 3. A block that leaves for another reason (corrupt, dropped):
 //!    [`Policy::on_remove`] / [`SlotHazard::removed`] / [`SlotLru::removed`].
 

@@ -16,8 +16,9 @@
 //! 1. Every tier starts a new chain ([`Tier::begin_request`]).
 //! 2. Per block: when the scheduler places new blocks on disk (host memory is
 //!    short) and the first lower tier takes stores, the block goes there directly
-//!    (admission first). Otherwise it is copied to the host tier; a block the host
-//!    tier holds (stored or already there) is offered to every lower tier.
+//!    (admission first). Otherwise it is copied to the host tier (through its
+//!    admission) and offered to every lower tier, also when the host tier refused
+//!    it or had no room.
 //! 3. An offer counts a use for admission, skips a tier that holds the block or
 //!    cannot store now, and stores it when admission says yes (the tier's store may
 //!    be write-behind: it never waits for the device).
@@ -259,7 +260,9 @@ impl Movement {
                 }
             } else {
                 let o = Tier::store(&*self.host, h, ctx, &segs)?;
-                if matches!(o, StoreOutcome::Stored | StoreOutcome::AlreadyPresent) {
+                // A block the host tier refused (its admission, or no room) is
+                // offered too: the lower tiers' admission decides for them.
+                if !matches!(o, StoreOutcome::Deferred) {
                     self.offer_down(h, ctx, &segs)?;
                 }
                 o

@@ -241,3 +241,42 @@ fn lookups_report_each_block_in_its_fastest_tier() {
     let hits = |t: &MemTier| t.hits.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!((hits(&a), hits(&b)), (1, 2));
 }
+
+/// A block the host tier cannot take (here: every slot pinned by loads in
+/// flight; equally a refusal by its admission) is still offered to the lower
+/// tiers, from the engine's memory: nothing the engine stored is dropped by a
+/// full host tier alone.
+#[test]
+fn a_block_the_host_tier_refuses_goes_down() {
+    let shm = tempfile::tempdir().unwrap();
+    let mem_tier = Arc::new(MemTier::holding(&[]));
+    let host = small_host(shm.path(), 2);
+    for k in 1..=2u128 {
+        host.store(BlockHash(k), &[&payload(k)]).unwrap();
+    }
+    let pinned: Vec<u32> = {
+        let mut l = host.arena().lock().unwrap();
+        (1..=2u128)
+            .map(|k| {
+                let s = l.find(BlockHash(k)).unwrap();
+                assert!(l.pin(s, None));
+                s
+            })
+            .collect()
+    };
+    let m = Movement::new(Arc::clone(&host), Arc::new(HwState::default()), 7)
+        .with_lower(Box::new(Arc::clone(&mem_tier)), AdmitMode::Always);
+    let (mut mem, layout) = engine(1);
+    mem.copy_from_slice(&payload(3));
+    let mut stored = [StoreOutcome::Stored; 1];
+    // SAFETY: `mem` is valid for reads and not written meanwhile.
+    unsafe { m.store(&layout, &[BlockHash(3)], &[0], &mut stored) }.unwrap();
+    assert_eq!(stored, [StoreOutcome::NoSpace], "the host tier had no room");
+    assert_eq!(m.host().lookup_run(&[BlockHash(3)]).unwrap(), 0);
+    let below = mem_tier.blocks.lock();
+    assert_eq!(below.len(), 1, "offered down all the same");
+    assert_eq!(below.get(&BlockHash(3)), Some(&payload(3)), "the engine's bytes");
+    drop(below);
+    let mut l = host.arena().lock().unwrap();
+    pinned.into_iter().for_each(|s| l.unpin(s));
+}

@@ -3,7 +3,10 @@
 //! Workflow of a store (engine -> host):
 //! 1. Under the arena lock: skip if the identity is present (or being written by a
 //!    live writer within its deadline; an abandoned write is reclaimed at once);
-//!    otherwise take a free slot or evict the store's policy's victim among the
+//!    for an engine's store when the arena is full, ask the policy's admission
+//!    (`hazard` refuses a block less likely to be used again than its victim, and
+//!    the next block of a refused chain; LRU admits everything); then take a free
+//!    slot or evict the store's policy's victim among the
 //!    unpinned blocks (`hazard` or LRU, `TIERKV_EVICTION`), and mark the slot
 //!    `Writing` (indexed, so a concurrent store of the same block skips), getting a
 //!    [`WriteTicket`].
@@ -31,6 +34,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+use parking_lot::Mutex;
 
 use super::arena::SharedStats;
 use super::arena::{Arena, ArenaError, ArenaSpec, Locked, SlotState, WriteTicket};
@@ -67,6 +72,9 @@ pub struct HostTier {
     events: Arc<EventLog>,
     /// Chains (engine calls) this mapping started, for the eviction policy.
     chains: AtomicU64,
+    /// The chain and depth of the last block admission refused: the next block
+    /// of that chain is refused without asking.
+    refused: Mutex<Option<(u64, u32)>>,
     /// The eviction policy's clock ([`Locked::now_ms`]; tests set their own).
     clock: fn() -> u64,
 }
@@ -99,6 +107,7 @@ impl HostTier {
             block_tokens,
             events: Arc::new(EventLog::new()),
             chains: AtomicU64::new(0),
+            refused: Mutex::new(None),
             clock: Locked::now_ms,
         })
     }
@@ -186,7 +195,7 @@ impl HostTier {
     /// a chain of its own for the eviction policy.
     pub fn store(&self, hash: BlockHash, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
         Tier::begin_request(self);
-        self.store_keyed(hash, 0, 0, self.access(false), segs)
+        self.store_keyed(hash, 0, 0, self.access(false), None, segs)
     }
 
     /// A use in the current chain ([`Tier::begin_request`]), `last` when it ends
@@ -204,17 +213,20 @@ impl HostTier {
 
     /// [`HostTier::store`] of a block the engine calls `key` (its parent `parent`;
     /// 0: none): the key is kept with the block and names it in KV events.
+    /// `depth`: the block's place in an engine call, whose stores pass the
+    /// policy's admission (`None`: the library's own store, always admitted).
     fn store_keyed(
         &self,
         hash: BlockHash,
         key: u64,
         parent: u64,
         access: SlotAccess,
+        depth: Option<u32>,
         segs: &[&[u8]],
     ) -> Result<StoreOutcome, TierError> {
         self.check_len(segs.iter().map(|s| s.len() as u64).sum())?;
         let start = Instant::now();
-        let ticket = match self.reserve(hash, key)? {
+        let ticket = match self.reserve(hash, key, access, depth)? {
             Ok(t) => t,
             Err(outcome) => return Ok(outcome),
         };
@@ -245,8 +257,14 @@ impl HostTier {
     }
 
     /// Step 1 of a store: a reserved slot, or the outcome that ends the store
-    /// (a lock that timed out ends it as not stored).
-    fn reserve(&self, hash: BlockHash, key: u64) -> Result<Result<WriteTicket, StoreOutcome>, TierError> {
+    /// (a lock that timed out, or admission's refusal, ends it as not stored).
+    fn reserve(
+        &self,
+        hash: BlockHash,
+        key: u64,
+        access: SlotAccess,
+        depth: Option<u32>,
+    ) -> Result<Result<WriteTicket, StoreOutcome>, TierError> {
         let Some(mut l) = self.lock_or_miss()? else {
             return Ok(Err(StoreOutcome::NoSpace));
         };
@@ -258,7 +276,18 @@ impl HostTier {
             }
             self.stats().dead_writer_reclaims.fetch_add(1, Ordering::Relaxed);
         }
-        let now = (self.clock)();
+        if let Some(depth) = depth {
+            let mut refused = self.refused.lock();
+            let after_refusal = *refused == Some((access.request, depth.wrapping_sub(1)));
+            if !l.admits(EVICTION_SCAN, hash.fold64(), access, after_refusal) {
+                *refused = Some((access.request, depth));
+                drop(refused);
+                drop(l);
+                self.stats().store_rejected.fetch_add(1, Ordering::Relaxed);
+                return Ok(Err(StoreOutcome::NoSpace));
+            }
+        }
+        let now = access.now_ms;
         let taken = match l.take_slot(EVICTION_SCAN, now) {
             Some(t) => Some(t),
             None => {
@@ -446,7 +475,7 @@ impl Tier for HostTier {
     }
 
     fn store(&self, hash: BlockHash, ctx: BlockCtx, segs: &[&[u8]]) -> Result<StoreOutcome, TierError> {
-        self.store_keyed(hash, ctx.key, ctx.parent, self.access(ctx.last), segs)
+        self.store_keyed(hash, ctx.key, ctx.parent, self.access(ctx.last), Some(ctx.depth), segs)
     }
 
     fn load_into(

@@ -6,6 +6,9 @@
 //! Contract: the caller holds the arena lock; [`SlotHazard::inserted`] once for a
 //! slot that became evictable, then [`SlotHazard::accessed`] for its uses, and
 //! [`SlotHazard::removed`] or [`SlotHazard::evicted`] when it stops being one.
+//! Admission, when full: [`SlotHazard::victim`], then [`SlotHazard::admits`] for
+//! the new block; a refused block is [`SlotHazard::refused`] (remembered as
+//! departed, its refusal a use), an admitted one takes the victim's slot.
 //! Everything read back from shared memory is bounded ([`bounded_class`], the
 //! store's checked links); a damaged list is the store's to report and rebuild
 //! ([`SlotHazard::rebuild`]).
@@ -124,16 +127,52 @@ impl SlotHazard {
         }
     }
 
-    /// `slot` (holding the block `key`) became evictable: its first use here, or
-    /// its return after it departed (learned as a reuse).
-    pub fn inserted(&mut self, s: &mut impl HazardStore, slot: u32, a: SlotAccess) {
+    /// A use of `key`, which is not resident: takes what the departed table
+    /// remembers of it, learns the gap since its last use, and returns its use
+    /// count and class now.
+    fn use_departed(&mut self, s: &mut impl HazardStore, key: u64, a: SlotAccess) -> (u32, usize) {
         self.model.tick(a.now_ms);
-        let before = Self::take_departed(s, s.slot_key(slot));
+        let before = Self::take_departed(s, key);
         let uses = before.map_or(0, |u| u.uses).saturating_add(1);
         let to = class(uses, a.last);
         self.model
             .learn(before.map(|u| (bounded_class(u.class), u.last_ms)), to);
+        (uses, to)
+    }
+
+    /// `slot` (holding the block `key`) became evictable: its first use here, or
+    /// its return after it departed (learned as a reuse).
+    pub fn inserted(&mut self, s: &mut impl HazardStore, slot: u32, a: SlotAccess) {
+        let (uses, to) = self.use_departed(s, s.slot_key(slot), a);
         self.settle(s, slot, uses, to, a.request);
+    }
+
+    /// Admission when the arena is full and `victim` (from [`SlotHazard::victim`])
+    /// would make room: whether the block `key`, arriving with `a`, is worth it
+    /// (its odds at age 0 against the victim's, as the keyed form decides). A
+    /// refusal is then recorded with [`SlotHazard::refused`].
+    pub fn admits(&mut self, s: &mut impl HazardStore, key: u64, a: SlotAccess, victim: u32) -> bool {
+        self.model.tick(a.now_ms);
+        let key = departed_key(key);
+        let t = s.departed();
+        let r = bucket(key, t.len());
+        let before = t[r].iter().find(|e| e.key == key).map(|e| e.used);
+        let uses = before.map_or(0, |u| u.uses).saturating_add(1);
+        let v = s.slot_use(victim);
+        let victim = self.model.candidate(bounded_class(v.class), v.last_ms);
+        self.model.admits(class(uses, a.last), &victim)
+    }
+
+    /// The block `key` was refused: the refusal counts as a use, and the key is
+    /// remembered as departed, so that its return is learned.
+    pub fn refused(&mut self, s: &mut impl HazardStore, key: u64, a: SlotAccess) {
+        let (uses, to) = self.use_departed(s, key, a);
+        let used = SlotUse {
+            last_ms: self.model.now(),
+            uses,
+            class: to as u32,
+        };
+        Self::push_departed(s, key, used);
     }
 
     /// Records `slot`'s use now (its `uses`-th, into class `to`) and places it on

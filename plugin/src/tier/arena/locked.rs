@@ -411,6 +411,36 @@ impl<'a> Locked<'a> {
         Some((victim, Some(hash)))
     }
 
+    /// Admission of a new block (`key`, arriving with `a`) before
+    /// [`Locked::take_slot`]: `true` when a slot is free, the policy is LRU (it
+    /// admits everything) or there is no victim (`take_slot` reports that);
+    /// otherwise the hazard policy's answer for the victim `take_slot` would take,
+    /// a refusal recorded ([`Locked::refuse`]). `after_refusal`: the block comes
+    /// right after a refused one in its chain, and is refused without asking (a
+    /// prefix match could never reach it), as the keyed form does.
+    pub fn admits(&mut self, scan: usize, key: u64, a: SlotAccess, after_refusal: bool) -> bool {
+        if self.header().free.len > 0 || self.eviction() != HostEviction::Hazard {
+            return true;
+        }
+        let admitted = !after_refusal
+            && match self.victim(scan, a.now_ms) {
+                Some(victim) => self.with_hazard(|h, l| h.admits(l, key, a, victim)),
+                None => return true,
+            };
+        if !admitted {
+            self.refuse(key, a);
+        }
+        admitted
+    }
+
+    /// The block `key` was refused (here, or as the rest of a refused chain): the
+    /// hazard policy counts it as a use and remembers it.
+    pub fn refuse(&mut self, key: u64, a: SlotAccess) {
+        if self.eviction() == HostEviction::Hazard {
+            self.with_hazard(|h, l| h.refused(l, key, a));
+        }
+    }
+
     /// Reserves `slot` (just taken) for writing `hash` (the engine's `key` for it,
     /// 0: none) by this mapping's lease.
     pub fn begin_write(&mut self, slot: u32, hash: BlockHash, key: u64) -> WriteTicket {

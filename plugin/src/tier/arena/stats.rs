@@ -30,7 +30,7 @@ pub struct SharedStats {
     pub stored_bytes: AtomicU64,
     /// Stores skipped because the block was already present or being written.
     pub store_dedup: AtomicU64,
-    /// Stores refused because nothing could be evicted.
+    /// Stores refused: by the eviction policy's admission, or nothing could be evicted.
     pub store_rejected: AtomicU64,
     /// Blocks loaded and verified.
     pub loaded_blocks: AtomicU64,

@@ -306,6 +306,41 @@ fn a_store_of_the_previous_format_is_recreated_once_nobody_uses_it() {
     assert_eq!(t.lookup(&[BlockHash(2)]).unwrap(), 1);
 }
 
+/// Block `i` of an engine call of `n` blocks.
+fn chain_ctx(i: u32, n: u32) -> BlockCtx {
+    BlockCtx {
+        namespace: 0,
+        depth: i,
+        last: i + 1 == n,
+        key: 0,
+        parent: 0,
+    }
+}
+
+/// One engine call reading `hot` as a chain (each block's payload is `block(h)`):
+/// every hit checked, every miss recomputed and stored again, as an engine
+/// would. Returns the hits and the stores refused.
+fn read_chain(t: &HostTier, hot: &[u128]) -> (usize, u64) {
+    let (mut hits, mut refused) = (0, 0);
+    let mut out = vec![0u8; 4096];
+    Tier::begin_request(t);
+    for (i, &h) in hot.iter().enumerate() {
+        match t.load_at(BlockHash(h), &mut [&mut out], i, hot.len()).unwrap() {
+            LoadOutcome::Loaded => {
+                assert_eq!(out, block(h as u8, 4096));
+                hits += 1;
+            }
+            o => {
+                assert_eq!(o, LoadOutcome::Miss);
+                let ctx = chain_ctx(i as u32, hot.len() as u32);
+                let r = Tier::store(t, BlockHash(h), ctx, &[&block(h as u8, 4096)]).unwrap();
+                refused += u64::from(r == StoreOutcome::NoSpace);
+            }
+        }
+    }
+    (hits, refused)
+}
+
 /// Hot blocks read every round, between rounds a flood of blocks stored once and
 /// never read: LRU lets the flood push the hot blocks out every round; the
 /// hazard store learns that blocks read again come back and the flood does not,
@@ -328,41 +363,17 @@ fn the_hazard_store_keeps_reused_blocks_through_a_flood_lru_does_not() {
         let hot: Vec<u128> = (1..=4).collect();
         let mut next = 1000u128;
         let mut late_hits = 0;
-        let mut out = vec![0u8; 4096];
         for round in 0..40 {
             NOW.fetch_add(10_000, Ordering::Relaxed);
             // One engine call reads the hot chain, one stores the flood.
-            Tier::begin_request(&t);
-            for (i, &h) in hot.iter().enumerate() {
-                let o = t.load_at(BlockHash(h), &mut [&mut out], i, hot.len()).unwrap();
-                if o == LoadOutcome::Loaded {
-                    assert_eq!(out, block(h as u8, 4096));
-                    late_hits += usize::from(round >= 20);
-                } else {
-                    assert_eq!(o, LoadOutcome::Miss);
-                    // Recomputed and stored again, as an engine would.
-                    let ctx = BlockCtx {
-                        namespace: 0,
-                        depth: i as u32,
-                        last: i + 1 == hot.len(),
-                        key: 0,
-                        parent: 0,
-                    };
-                    Tier::store(&t, BlockHash(h), ctx, &[&block(h as u8, 4096)]).unwrap();
-                }
-            }
+            let (h, _) = read_chain(&t, &hot);
+            late_hits += if round >= 20 { h } else { 0 };
             Tier::begin_request(&t);
             for i in 0..FLOOD {
                 next += 1;
-                let ctx = BlockCtx {
-                    namespace: 0,
-                    depth: i,
-                    last: i + 1 == FLOOD,
-                    key: 0,
-                    parent: 0,
-                };
-                let r = Tier::store(&t, BlockHash(next), ctx, &[&block(next as u8, 4096)]).unwrap();
-                assert_eq!(r, StoreOutcome::Stored, "the host tier never refuses a store");
+                let r = Tier::store(&t, BlockHash(next), chain_ctx(i, FLOOD), &[&block(next as u8, 4096)]).unwrap();
+                // Every victim is the flood's own kind: admission lets it in.
+                assert_eq!(r, StoreOutcome::Stored);
             }
             let (ready, busy, free) = t.arena().lock().unwrap().census();
             assert_eq!((ready, busy, free), (16, 0, 0));
@@ -372,6 +383,65 @@ fn the_hazard_store_keeps_reused_blocks_through_a_flood_lru_does_not() {
     }
     assert_eq!(hits[0], 0, "LRU: the flood evicts the hot blocks every round");
     assert!(hits[1] >= 76, "hazard keeps the hot blocks (of 80 reads): {}", hits[1]);
+}
+
+/// Admission: every resident is read every round, and a flood of blocks stored
+/// once comes in between. LRU admits the flood, which evicts every resident each
+/// round; the hazard store, once it has seen that blocks stored once do not come
+/// back, refuses the flood (not stored, counted as rejected) rather than evict a
+/// block that is read again.
+#[test]
+fn the_hazard_store_refuses_a_flood_when_its_residents_are_reused() {
+    static NOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    fn now() -> u64 {
+        NOW.fetch_add(10, Ordering::Relaxed)
+    }
+    const SLOTS: u32 = 16;
+    const FLOOD: u32 = 40;
+    let mut results = Vec::new();
+    for eviction in [HostEviction::Lru, HostEviction::Hazard] {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = tier_with(d.path(), 4096, SLOTS, eviction);
+        t.set_clock(now);
+        let hot: Vec<u128> = (1..=u128::from(SLOTS)).collect();
+        let mut next = 1000u128;
+        let (mut late_hits, mut refused, mut others_refused) = (0, 0u64, 0);
+        for round in 0..40 {
+            NOW.fetch_add(10_000, Ordering::Relaxed);
+            let (h, r) = read_chain(&t, &hot);
+            late_hits += if round >= 20 { h } else { 0 };
+            others_refused += r;
+            Tier::begin_request(&t);
+            for i in 0..FLOOD {
+                next += 1;
+                let r = Tier::store(&t, BlockHash(next), chain_ctx(i, FLOOD), &[&block(next as u8, 4096)]).unwrap();
+                if r == StoreOutcome::NoSpace {
+                    refused += 1;
+                    let found = t.lookup(&[BlockHash(next)]).unwrap();
+                    assert_eq!(found, 0, "a refused block is not stored");
+                } else {
+                    assert_eq!(r, StoreOutcome::Stored);
+                }
+            }
+        }
+        let rejected = t.stats().store_rejected.load(Ordering::Relaxed);
+        assert_eq!(rejected, refused + others_refused, "every refusal is counted");
+        assert_eq!(
+            t.block_count().unwrap(),
+            u64::from(SLOTS),
+            "the lists hold every ready slot"
+        );
+        results.push((late_hits, refused));
+    }
+    eprintln!(
+        "(late hits, flood refused): LRU {:?}, hazard {:?}",
+        results[0], results[1]
+    );
+    assert_eq!(results[0], (0, 0), "LRU admits the flood, which evicts every resident");
+    let (hits, refused) = results[1];
+    // 20 late rounds of 16 reads; the flood's 1,600 blocks mostly refused.
+    assert!(hits >= 300, "hazard keeps the residents (of 320 reads): {hits}");
+    assert!(refused >= 1200, "hazard refuses the flood (of 1,600 blocks): {refused}");
 }
 
 /// A store keeps the policy it was created with: a process configured otherwise

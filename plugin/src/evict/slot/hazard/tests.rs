@@ -84,14 +84,35 @@ fn stream(n: usize, keys: u64) -> Vec<Access> {
 /// (no admission; departed tables large enough not to forget).
 #[test]
 fn slot_form_evicts_as_the_keyed_form() {
+    let (refusals, evictions) = drive_both_forms(false);
+    assert_eq!(refusals, 0);
+    assert!(evictions > 1000, "the stream must overflow the cache: {evictions}");
+}
+
+/// With admission, as the host arena asks it (`Locked::admits`: the victim's
+/// odds, a chain's next block refused without asking after a refusal), the slot
+/// form admits, refuses and evicts as the keyed form on the same stream.
+#[test]
+fn slot_form_admits_as_the_keyed_form() {
+    let (refusals, evictions) = drive_both_forms(true);
+    assert!(
+        refusals > 100 && evictions > 100,
+        "both happen: {refusals} refusals, {evictions} evictions"
+    );
+}
+
+/// Drives the keyed and the slot form with one stream into 48 slots, checking
+/// that every decision agrees (admission asked when `admission`); returns the
+/// refusals and evictions.
+fn drive_both_forms(admission: bool) -> (u32, u32) {
     const SLOTS: usize = 48;
     let mut keyed = Hazard::new(1 << 14);
     let mut slots = SlotHazard::default();
     let mut mem = Mem::new(SLOTS, 1 << 14);
     let mut where_: std::collections::HashMap<u64, u32> = Default::default();
     let mut free: Vec<u32> = (0..SLOTS as u32).rev().collect();
-    let mut last_now = 0;
-    let mut evictions = 0;
+    let mut refused_at: Option<(u64, u32)> = None;
+    let (mut refusals, mut evictions, mut last_now) = (0, 0, 0);
     for a in stream(20_000, 40) {
         let sa = SlotAccess {
             request: a.request,
@@ -101,28 +122,45 @@ fn slot_form_evicts_as_the_keyed_form() {
         if let Some(&slot) = where_.get(&a.key) {
             keyed.on_hit(a);
             slots.accessed(&mut mem, slot, sa);
-        } else {
-            let slot = match free.pop() {
-                Some(s) => s,
-                None => {
-                    let k = keyed.evict(&mut |_| true).expect("a keyed victim");
-                    let s = slots.victim(&mem, 256, last_now).expect("a slot victim");
-                    assert_eq!(mem.keys[s as usize], k, "eviction {evictions} differs");
-                    slots.evicted(&mut mem, s);
-                    where_.remove(&k);
-                    evictions += 1;
-                    s
-                }
-            };
-            mem.keys[slot as usize] = a.key;
-            where_.insert(a.key, slot);
-            keyed.on_insert(a);
-            slots.inserted(&mut mem, slot, sa);
+            last_now = a.now_ms;
+            continue;
         }
+        let slot = match free.pop() {
+            Some(s) => s,
+            None => {
+                // The keyed form's admission moves its clock to this access
+                // before it looks for a victim; its eviction alone does not.
+                let now = if admission { a.now_ms } else { last_now };
+                let after_refusal = refused_at == Some((a.request, a.depth.wrapping_sub(1)));
+                let victim =
+                    (!admission || !after_refusal).then(|| slots.victim(&mem, 256, now).expect("a slot victim"));
+                let admitted = !admission || victim.is_some_and(|v| slots.admits(&mut mem, a.key, sa, v));
+                if admission {
+                    assert_eq!(keyed.admit(a, &mut |_| true), admitted, "admission {refusals} differs");
+                }
+                let Some(victim) = victim.filter(|_| admitted) else {
+                    slots.refused(&mut mem, a.key, sa);
+                    refused_at = Some((a.request, a.depth));
+                    refusals += 1;
+                    last_now = a.now_ms;
+                    continue;
+                };
+                let k = keyed.evict(&mut |_| true).expect("a keyed victim");
+                assert_eq!(mem.keys[victim as usize], k, "eviction {evictions} differs");
+                slots.evicted(&mut mem, victim);
+                where_.remove(&k);
+                evictions += 1;
+                victim
+            }
+        };
+        mem.keys[slot as usize] = a.key;
+        where_.insert(a.key, slot);
+        keyed.on_insert(a);
+        slots.inserted(&mut mem, slot, sa);
         last_now = a.now_ms;
         assert_eq!(slots.len() as usize, keyed.len());
     }
-    assert!(evictions > 1000, "the stream must overflow the cache: {evictions}");
+    (refusals, evictions)
 }
 
 /// Pinned slots are passed over; all pinned: no victim.
@@ -150,7 +188,8 @@ fn pinned_slots_are_skipped() {
     assert_eq!(h.victim(&mem, 64, 100), None);
 }
 
-/// A departed key that returns is learned as a reuse: its use count goes on.
+/// A departed key (evicted or refused) that returns is learned as a reuse: its
+/// use count goes on.
 #[test]
 fn departed_keys_return_with_their_uses() {
     let mut h = SlotHazard::default();
@@ -170,6 +209,13 @@ fn departed_keys_return_with_their_uses() {
     h.inserted(&mut mem, 0, a(4));
     assert_eq!(mem.uses[0].uses, 3, "the departed entry was found");
     assert_eq!(mem.uses[0].class, class(3, false) as u32);
+    // A refused key is remembered alike: its refusal was its first use.
+    let mut refusing = Mem::new(1, 8);
+    refusing.keys[0] = 9;
+    let mut h = SlotHazard::default();
+    h.refused(&mut refusing, 9, a(1));
+    h.inserted(&mut refusing, 0, a(2));
+    assert_eq!(refusing.uses[0].uses, 2, "the refusal was the first use");
     // An empty departed table (a tiny arena) forgets, never fails.
     let mut bare = Mem::new(1, 0);
     bare.keys[0] = 7;
