@@ -84,20 +84,8 @@ def main() -> None:
     def restrict(method: str):
         if method == "full":
             return None
-        base_method = "pq" if method.startswith("pq") else method
-
-        def select(layer, q):
-            qn = q.detach().numpy()
-            s = Q.selections(base_method, layer, qn, keys[layer], indexes.get(method), a.budget, np.random.default_rng(99 + layer))
-            H, T = qn.shape[0], qn.shape[1]
-            g = H // kv_heads
-            allowed = torch.zeros(H, T, P, dtype=torch.bool)
-            for t in range(T):
-                for h in range(kv_heads):
-                    allowed[h * g : (h + 1) * g, t, torch.from_numpy(s[t][h])] = True
-            return allowed
-
-        return select
+        base = "pq" if method.startswith("pq") else method
+        return Q.restriction(base, keys, indexes.get(method), a.budget, kv_heads, P)
 
     def top(method: str, prefix: list[int], n: int = 4) -> list[tuple[str, float]]:
         """The most likely next tokens after `prefix` (generated), under `method`."""

@@ -269,6 +269,24 @@ def selections(method: str, layer: int, qs: np.ndarray, keys: np.ndarray, pq, fr
     return out
 
 
+def restriction(method: str, keys: np.ndarray, pq, fraction: float, kv_heads: int, P: int):
+    """``Run.select`` for `method`: each layer's queries [H, T, d] select prompt
+    tokens (``selections``), returned as the allowed mask [H, T, P]."""
+
+    def select(layer, q):
+        qn = q.detach().numpy()
+        s = selections(method, layer, qn, keys[layer], pq, fraction, np.random.default_rng(99 + layer))
+        H, T = qn.shape[0], qn.shape[1]
+        g = H // kv_heads
+        allowed = torch.zeros(H, T, P, dtype=torch.bool)
+        for t in range(T):
+            for h in range(kv_heads):
+                allowed[h * g : (h + 1) * g, t, torch.from_numpy(s[t][h])] = True
+        return allowed
+
+    return select
+
+
 def attention_metrics(sel, layer: int, run: Run, P: int, fraction: float, oracle_sel=None) -> dict:
     """Mass recall and relative output error of `sel` (per step, per KV head) on
     the exact run's queries; recall@k against `oracle_sel` when given."""
@@ -399,17 +417,7 @@ def main() -> None:
                         per_method[m]["per_layer_recall_at_k"] = [x["recall_at_k"] for x in per_layer]
                     # Perplexity with every layer restricted to this method's selection
                     # (PQ selects again on the restricted run's own queries).
-                    def select(layer, qcont, m=m):
-                        qn = qcont.detach().numpy()
-                        s = selections(m, layer, qn, keys[layer], pq, f, np.random.default_rng(99 + layer))
-                        H, T = qn.shape[0], qn.shape[1]
-                        g = H // kv_heads
-                        allowed = torch.zeros(H, T, P, dtype=torch.bool)
-                        for t in range(T):
-                            for h in range(kv_heads):
-                                allowed[h * g : (h + 1) * g, t, torch.from_numpy(s[t][h])] = True
-                        return allowed
-
+                    select = restriction(m, keys, pq, f, kv_heads, P)
                     run.mode, run.select = "restrict", select
                     with torch.no_grad():
                         per_method[m]["ppl"] = math.exp(nll(model(ids).logits[0]))

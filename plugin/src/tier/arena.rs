@@ -86,7 +86,7 @@ pub mod stats;
 
 use lease::LEASE_BYTES;
 pub use lease::{OwnerToken, MAX_LEASES, PINS_PER_LEASE};
-pub use locked::{Locked, WriteTicket};
+pub use locked::{Arrival, Locked, Refused, WriteTicket};
 
 /// State of one slot.
 #[repr(u32)]

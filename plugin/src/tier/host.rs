@@ -38,7 +38,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use super::arena::SharedStats;
-use super::arena::{Arena, ArenaError, ArenaSpec, Locked, SlotState, WriteTicket};
+use super::arena::{Arena, ArenaError, ArenaSpec, Arrival, Locked, Refused, SlotState, WriteTicket};
 use super::checksum::FusedHasher;
 use super::shared_file::Sharing;
 use super::{BlockCtx, LoadOutcome, StoreOutcome, Tier, TierId, TierStatus};
@@ -276,28 +276,30 @@ impl HostTier {
             }
             self.stats().dead_writer_reclaims.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(depth) = depth {
-            let mut refused = self.refused.lock();
-            let after_refusal = *refused == Some((access.request, depth.wrapping_sub(1)));
-            if !l.admits(EVICTION_SCAN, hash.fold64(), access, after_refusal) {
-                *refused = Some((access.request, depth));
-                drop(refused);
-                drop(l);
-                self.stats().store_rejected.fetch_add(1, Ordering::Relaxed);
-                return Ok(Err(StoreOutcome::NoSpace));
-            }
-        }
+        // Admission (an engine's store): the chain and depth of this process's
+        // last refusal tell whether this block comes right after it.
+        let mut last_refusal = self.refused.lock();
+        let arrival = depth.map(|d| Arrival {
+            key: hash.fold64(),
+            access,
+            after_refusal: *last_refusal == Some((access.request, d.wrapping_sub(1))),
+        });
         let now = access.now_ms;
-        let taken = match l.take_slot(EVICTION_SCAN, now) {
-            Some(t) => Some(t),
-            None => {
+        let taken = match l.take_slot(EVICTION_SCAN, now, arrival) {
+            Ok(None) => {
                 let reclaimed = l.sweep_dead();
                 self.stats()
                     .dead_writer_reclaims
                     .fetch_add(u64::from(reclaimed), Ordering::Relaxed);
-                l.take_slot(EVICTION_SCAN, now)
+                l.take_slot(EVICTION_SCAN, now, arrival)
             }
+            t => t,
         };
+        let taken = taken.unwrap_or_else(|Refused| {
+            *last_refusal = depth.map(|d| (access.request, d));
+            None
+        });
+        drop(last_refusal);
         let Some((slot, evicted)) = taken else {
             drop(l);
             self.stats().store_rejected.fetch_add(1, Ordering::Relaxed);

@@ -66,6 +66,22 @@ impl LinkStore for Locked<'_> {
     }
 }
 
+/// A new block asking [`Locked::take_slot`] for a slot (an engine's store), as
+/// the policy's admission sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// Its identity folded to 64 bits ([`BlockHash::fold64`]).
+    pub key: u64,
+    /// The use it is.
+    pub access: SlotAccess,
+    /// It comes right after a refused block of its chain.
+    pub after_refusal: bool,
+}
+
+/// The policy's admission refused a block ([`Locked::take_slot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused;
+
 impl HazardStore for Locked<'_> {
     fn slot_use(&self, slot: u32) -> SlotUse {
         self.meta(slot).used
@@ -385,18 +401,34 @@ impl<'a> Locked<'a> {
 
     /// Takes a free slot, or evicts the policy's victim among the unpinned `Ready`
     /// slots (looking at most `scan` entries from the head of each eviction list).
-    /// Returns the slot and the evicted identity, if any.
-    /// `now_ms`: the policy's clock ([`Locked::now_ms`]).
-    pub fn take_slot(&mut self, scan: usize, now_ms: u64) -> Option<(u32, Option<BlockHash>)> {
+    /// Returns the slot and the evicted identity, if any (`None`: nothing free or
+    /// evictable). `now_ms`: the policy's clock ([`Locked::now_ms`]).
+    ///
+    /// Admission, for an engine's store (`arrival`) when no slot is free: the
+    /// `hazard` policy refuses a block less likely to be used again than the
+    /// victim, and one that comes right after a refused block of its chain without
+    /// asking (a prefix match could never reach it), as the keyed form does; a
+    /// refusal is recorded ([`Locked::refuse`]). LRU admits everything.
+    pub fn take_slot(
+        &mut self,
+        scan: usize,
+        now_ms: u64,
+        arrival: Option<Arrival>,
+    ) -> Result<Option<(u32, Option<BlockHash>)>, Refused> {
         let mut free = self.header().free;
         let got = free.pop_front(self);
         self.header().free = free;
         if let Some(s) = got {
             if s < self.n_slots() && self.meta(s).state == SlotState::Free as u32 {
-                return Some((s, None));
+                return Ok(Some((s, None)));
             }
             self.damage();
-            return None;
+            return Ok(None);
+        }
+        let arrival = arrival.filter(|_| self.eviction() == HostEviction::Hazard);
+        if let Some(a) = arrival.filter(|a| a.after_refusal) {
+            self.refuse(a.key, a.access);
+            return Err(Refused);
         }
         let Some(victim) = self.victim(scan, now_ms) else {
             // Every candidate pinned, or Ready slots on no list (shared memory
@@ -404,38 +436,22 @@ impl<'a> Locked<'a> {
             if !self.lists_hold(self.census().0) {
                 self.damage();
             }
-            return None;
+            return Ok(None);
         };
+        if let Some(a) = arrival {
+            if !self.with_hazard(|h, l| h.admits(l, a.key, a.access, victim)) {
+                self.refuse(a.key, a.access);
+                return Err(Refused);
+            }
+        }
         let hash = self.meta(victim).block_hash();
         self.unlink_ready(victim, true);
-        Some((victim, Some(hash)))
+        Ok(Some((victim, Some(hash))))
     }
 
-    /// Admission of a new block (`key`, arriving with `a`) before
-    /// [`Locked::take_slot`]: `true` when a slot is free, the policy is LRU (it
-    /// admits everything) or there is no victim (`take_slot` reports that);
-    /// otherwise the hazard policy's answer for the victim `take_slot` would take,
-    /// a refusal recorded ([`Locked::refuse`]). `after_refusal`: the block comes
-    /// right after a refused one in its chain, and is refused without asking (a
-    /// prefix match could never reach it), as the keyed form does.
-    pub fn admits(&mut self, scan: usize, key: u64, a: SlotAccess, after_refusal: bool) -> bool {
-        if self.header().free.len > 0 || self.eviction() != HostEviction::Hazard {
-            return true;
-        }
-        let admitted = !after_refusal
-            && match self.victim(scan, a.now_ms) {
-                Some(victim) => self.with_hazard(|h, l| h.admits(l, key, a, victim)),
-                None => return true,
-            };
-        if !admitted {
-            self.refuse(key, a);
-        }
-        admitted
-    }
-
-    /// The block `key` was refused (here, or as the rest of a refused chain): the
-    /// hazard policy counts it as a use and remembers it.
-    pub fn refuse(&mut self, key: u64, a: SlotAccess) {
+    /// The block `key` was refused: the hazard policy counts it as a use and
+    /// remembers it.
+    fn refuse(&mut self, key: u64, a: SlotAccess) {
         if self.eviction() == HostEviction::Hazard {
             self.with_hazard(|h, l| h.refused(l, key, a));
         }

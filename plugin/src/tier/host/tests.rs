@@ -175,7 +175,7 @@ fn crashed_process_leaves_store_usable() {
         let child = HostTier::open(&cfg(d.path(), 0).clone_with(t.arena().geometry().file_len), 4096, 16);
         if let Ok(c) = child {
             let mut l = c.arena().lock().unwrap();
-            if let Some((s, _)) = l.take_slot(8, Locked::now_ms()) {
+            if let Some((s, _)) = l.take_slot(8, Locked::now_ms(), None).unwrap() {
                 let _ = l.begin_write(s, BlockHash(99), 0);
             }
             std::mem::forget(l);

@@ -93,7 +93,7 @@ fn a_dead_writers_slot_does_not_block_its_identity() {
             return 1;
         };
         let mut l = mine.arena().lock().unwrap();
-        let Some((s, _)) = l.take_slot(8, Locked::now_ms()) else {
+        let Some((s, _)) = l.take_slot(8, Locked::now_ms(), None).unwrap() else {
             return 2;
         };
         let _ = l.begin_write(s, BlockHash(99), 0);
@@ -123,7 +123,7 @@ fn a_reclaimed_slot_is_never_committed_by_its_old_writer() {
     let other = HostTier::open(&c, 4096, 16).unwrap();
     let ticket = {
         let mut l = slow.arena().lock().unwrap();
-        let (s, _) = l.take_slot(8, Locked::now_ms()).unwrap();
+        let (s, _) = l.take_slot(8, Locked::now_ms(), None).unwrap().unwrap();
         let t = l.begin_write(s, BlockHash(7), 0);
         // Stuck past the deadline (a stopped process).
         l.meta_mut(s).write_started -= WRITE_DEADLINE.as_nanos() as u64 + 1;

@@ -89,7 +89,7 @@ fn slot_form_evicts_as_the_keyed_form() {
     assert!(evictions > 1000, "the stream must overflow the cache: {evictions}");
 }
 
-/// With admission, as the host arena asks it (`Locked::admits`: the victim's
+/// With admission, as the host arena asks it (`Locked::take_slot`: the victim's
 /// odds, a chain's next block refused without asking after a refusal), the slot
 /// form admits, refuses and evicts as the keyed form on the same stream.
 #[test]
