@@ -427,6 +427,7 @@ pub fn new_manager(p: &Params) -> Result<Box<Manager>, Error> {
                 namespace: (!p.namespace_.is_empty()).then(|| p.namespace_.clone()),
                 pool_blocks: p.pool_blocks,
                 disk_reader: p.disk_reader,
+                pool_engine_order: false,
             },
         )?);
         if p.exporter {

@@ -17,6 +17,13 @@ Cases (each a fresh engine in its own process; vLLM's prefix cache on in all):
   ``rust``; and the time to first token of one more request per system prompt
   after the round robin (median), where ``small`` has evicted them from G1: vLLM
   alone recomputes, tierkv loads them from the host tier.
+- ``g1``: G1's own eviction (no connector, so a hit is G1's): 6 hot prompts of 6
+  blocks asked round robin, each followed by 2 prompts of 12 blocks used once, one
+  request at a time, on a G1 of 48 blocks (the hot set is 36). Engines: vLLM's pool,
+  tierkv's with ``TIERKV_POOL_EVICTION=lru`` (vLLM's order) and ``hazard``.
+  Reported: the share of the hot prompts' tokens served from G1
+  (``num_cached_tokens``) after the first round, and their median time to first
+  token (one request, one token).
 
 Run inside the vLLM environment (threads pinned as in every compared run):
     TIERKV_LIB=target/release/libtierkv.so VLLM_CPU_OMP_THREADS_BIND=0-1 \\
@@ -106,6 +113,9 @@ def child(args) -> None:
     pool_class = type(core.scheduler.kv_cache_manager.block_pool).__name__
     greedy = SamplingParams(temperature=0.0, max_tokens=GEN, ignore_eos=True)
     one = SamplingParams(temperature=0.0, max_tokens=1)
+    if args.g1:
+        Path(args.out).write_text(json.dumps(g1_case(llm, one, args.requests, pool_class)))
+        return
     ps = prompts(args.requests, seed=1)
     addr = os.environ.get("TIERKV_METRICS_ADDR")
     before = scrape(addr) if connector else ""
@@ -139,9 +149,57 @@ def child(args) -> None:
     Path(args.out).write_text(json.dumps(result))
 
 
-def run(args, name: str, pool: str, connector: bool, kv_bytes: int, requests: int, max_seqs: int, ttft: bool) -> dict:
+G1_HOT, G1_HOT_BLOCKS, G1_ONCE, G1_ONCE_BLOCKS, G1_BLOCKS = 6, 6, 2, 12, 48
+
+
+def g1_case(llm, one, requests: int, pool_class: str) -> dict:
+    """The ``g1`` case in one engine: hot prompts round robin, each followed by
+    prompts used once; every request alone (max_tokens 1), timed."""
+    from vllm.inputs import TokensPrompt
+
+    rng = random.Random(11)
+    hot = [[rng.randrange(1000, 40000) for _ in range(G1_HOT_BLOCKS * BS)] for _ in range(G1_HOT)]
+    hot_cached, hot_tokens, hot_ttft, once_ttft, outputs = 0, 0, [], [], []
+    for i in range(requests):
+        p = hot[i % G1_HOT] + [rng.randrange(1000, 40000) for _ in range(8)]
+        batch = [(True, p)] + [
+            (False, [rng.randrange(1000, 40000) for _ in range(G1_ONCE_BLOCKS * BS + 8)]) for _ in range(G1_ONCE)
+        ]
+        for is_hot, toks in batch:
+            t = time.perf_counter()
+            o = llm.generate([TokensPrompt(prompt_token_ids=toks)], one, use_tqdm=False)[0]
+            dt = time.perf_counter() - t
+            outputs.append(list(o.outputs[0].token_ids))
+            if is_hot and i >= G1_HOT:
+                hot_cached += o.num_cached_tokens or 0
+                hot_tokens += len(toks)
+                hot_ttft.append(dt)
+            elif not is_hot:
+                once_ttft.append(dt)
+    return {
+        "outputs": outputs,
+        "hot_cached_share": hot_cached / max(hot_tokens, 1),
+        "hot_ttft_s": hot_ttft,
+        "once_ttft_s": once_ttft,
+        "pool": pool_class,
+    }
+
+
+def run(
+    args,
+    name: str,
+    pool: str,
+    connector: bool,
+    kv_bytes: int,
+    requests: int,
+    max_seqs: int,
+    ttft: bool,
+    g1: bool = False,
+    extra: dict | None = None,
+) -> dict:
     out = Path(tempfile.mkdtemp()) / "result.json"
     env = dict(os.environ)
+    env.update(extra or {})
     env["TIERKV_VLLM_POOL"] = pool
     env["TIERKV_STORE_NAME"] = f"pool-vllm-bench-{uuid.uuid4().hex[:8]}"
     env["TIERKV_METRICS_ADDR"] = f"127.0.0.1:{args.port}"
@@ -152,6 +210,7 @@ def run(args, name: str, pool: str, connector: bool, kv_bytes: int, requests: in
     cmd += ["--kv-bytes", str(kv_bytes), "--requests", str(requests), "--max-seqs", str(max_seqs)]
     cmd += ["--connector"] if connector else []
     cmd += ["--ttft"] if ttft else []
+    cmd += ["--g1"] if g1 else []
     log = out.with_suffix(".log")
     with open(log, "w") as f:
         rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
@@ -176,8 +235,10 @@ def main() -> None:
     ap.add_argument("--max-seqs", type=int, default=256)
     ap.add_argument("--connector", action="store_true")
     ap.add_argument("--ttft", action="store_true")
+    ap.add_argument("--g1", action="store_true")
     ap.add_argument("--port", type=int, default=9477)
-    ap.add_argument("--only", choices=["throughput", "copies"])
+    ap.add_argument("--only", choices=["throughput", "copies", "g1"])
+    ap.add_argument("--g1-rounds", type=int, default=60, help="hot requests of the g1 case")
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each throughput engine")
     args = ap.parse_args()
     if args.child:
@@ -242,6 +303,26 @@ def main() -> None:
                 print(f"copies\t{name}\tbytes_copied_per_generated_token\t{r['copied_bytes'] / r['tokens']:.0f}")
         for name in ("small/vllm", "small/connector", "small/rust"):
             print(f"copies\t{name}\tttft_ms_median_evicted_prefix\t{statistics.median(res[name]['ttft_s']) * 1e3:.1f}")
+
+
+    if args.only in (None, "g1"):
+        kv = G1_BLOCKS * BLOCK_BYTES
+        cases = [
+            ("g1/vllm", "off", {}),
+            ("g1/rust-lru", "rust", {"TIERKV_POOL_EVICTION": "lru"}),
+            ("g1/rust-hazard", "rust", {"TIERKV_POOL_EVICTION": "hazard"}),
+        ]
+        res = {name: run(args, name, pool, False, kv, args.g1_rounds, 1, False, True, extra) for name, pool, extra in cases}
+        same = all(r["outputs"] == res["g1/vllm"]["outputs"] for r in res.values())
+        print(f"g1\toutputs_identical\t{same}")
+        base = statistics.median(res["g1/vllm"]["hot_ttft_s"])
+        for name, r in res.items():
+            hot = statistics.median(r["hot_ttft_s"])
+            print(
+                f"g1\t{name}\thot_tokens_from_g1\t{r['hot_cached_share']:.3f}"
+                f"\thot_ttft_ms_median\t{hot * 1e3:.1f}\tratio_to_vllm\t{hot / base:.2f}"
+                f"\tonce_ttft_ms_median\t{statistics.median(r['once_ttft_s']) * 1e3:.1f}"
+            )
 
 
 if __name__ == "__main__":

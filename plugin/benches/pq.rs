@@ -188,6 +188,7 @@ fn gather(sizes: &[usize], reps: usize) {
             namespace: Some(format!("pq-bench-{n}")),
             pool_blocks: 0,
             disk_reader: false,
+            pool_engine_order: false,
         };
         let m = Manager::new(cfg, params).unwrap();
         // Engine memory: nb blocks of the request, then nb more to load whole blocks into.

@@ -18,6 +18,11 @@
 // ownership of the disk tier's file (for a scheduler process, whose worker stores).
 #define TIERKV_CREATE_DISK_READER 2
 
+// `flags` bit: the engine block pool evicts in the engine's own order (least
+// recently released first) whatever `TIERKV_POOL_EVICTION` says (a shadow pool,
+// compared call by call with the engine's).
+#define TIERKV_CREATE_POOL_ENGINE_ORDER 4
+
 // Result of storing one block (`out_results` of `tierkv_store_blocks`). No code
 // is 0: a zero-initialised array never reads as success.
 #define TIERKV_STORE_STORED 1

@@ -85,6 +85,7 @@ fn worker(cfg: &Config, seed: u64, s: &Shared) -> ! {
         namespace: Some("soak".into()),
         pool_blocks: 0,
         disk_reader: false,
+        pool_engine_order: false,
     };
     let Ok(m) = Manager::new(cfg.clone(), params) else {
         // SAFETY: ends the child.

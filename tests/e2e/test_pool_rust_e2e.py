@@ -51,7 +51,8 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pool-rust")
     ps = prompts()
     common = ("--one-by-one", "--max-tokens", "8", "--max-model-len", "1024")
-    rust = {"TIERKV_VLLM_POOL": "rust"}
+    # vLLM's order where the figures assume it; the default (hazard) in its own run.
+    rust = {"TIERKV_VLLM_POOL": "rust", "TIERKV_POOL_EVICTION": "lru"}
 
     def start(mode, kv, extra=None, name=None):
         args = (*common, "--kv-bytes", str(kv))
@@ -65,6 +66,7 @@ def runs(tmp_path_factory):
     pairs = [
         (("vllm", "prefix", 1 << 30, None), ("rust_fit", "tierkv", 1 << 30, rust)),
         (("connector_fit", "tierkv", 1 << 30, None), ("rust_small", "tierkv", SMALL_KV, rust)),
+        (("rust_hazard", "tierkv", SMALL_KV, {"TIERKV_VLLM_POOL": "rust"}),),
     ]
     stores = []
     try:
@@ -85,7 +87,7 @@ def runs(tmp_path_factory):
 
 
 def test_tierkvs_pool_is_installed_and_outputs_are_vllms(runs):
-    for name in ("rust_fit", "rust_small"):
+    for name in ("rust_fit", "rust_small", "rust_hazard"):
         log = Path(runs[name]["log"]).read_text()
         assert "tierkv: pool rust installed" in log, f"{name}: tierkv's pool was not installed"
         assert runs[name]["outputs"] == runs["vllm"]["outputs"], f"{name}: outputs differ from vLLM's own pool"
@@ -105,3 +107,11 @@ def test_evicted_prefixes_are_demoted_and_served_from_the_host_tier(runs):
     assert copied_to_host(small) > 0, "victims were not demoted"
     # The second round's prefixes were evicted from G1: loaded back from the host tier.
     assert host_loads(small) >= PREFIX_BLOCKS
+
+
+def test_a_hazard_g1_serves_vllms_outputs_and_demotes_its_victims(runs):
+    """TIERKV_POOL_EVICTION unset (hazard): the learned policy picks G1's victims;
+    outputs stay vLLM's and its victims go to the host tier like the engine order's."""
+    hz = runs["rust_hazard"]
+    assert "eviction hazard" in Path(hz["log"]).read_text(), "the pool did not take TIERKV_POOL_EVICTION"
+    assert copied_to_host(hz) > 0, "victims were not demoted"

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import random
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,7 +34,7 @@ def block_hash(chain: int, i: int) -> bytes:
 
 
 def shadow(num_blocks: int, factory=None) -> ShadowBlockPool:
-    make = factory or (lambda n: TierKV(block_tokens=BS, block_bytes=4096, pool_blocks=n))
+    make = factory or (lambda n: TierKV(block_tokens=BS, block_bytes=4096, pool_blocks=n, pool_engine_order=True))
     return ShadowBlockPool(num_blocks, True, BS, tkv_factory=make)
 
 
@@ -137,7 +138,7 @@ def test_two_requests_computing_one_prefix_at_once_keep_both_blocks(env):
 
 def test_a_pool_out_of_line_is_caught(env):
     def off_by_one(n):
-        t = TierKV(block_tokens=BS, block_bytes=4096, pool_blocks=n)
+        t = TierKV(block_tokens=BS, block_bytes=4096, pool_blocks=n, pool_engine_order=True)
         t.pool_allocate(1)  # one block taken that vLLM does not know of
         return t
 
@@ -162,15 +163,17 @@ def _view(pool, s: Scheduler) -> tuple:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_tierkvs_pool_deciding_serves_vllm_exactly_as_its_own(env, seed):
-    """RustBlockPool (tierkv's pool chooses blocks, victims and hits) and vLLM's
-    BlockPool, driven by the same random schedule, give vLLM the same view after
-    every call: the same blocks, counts, hashes and free counts; tierkv's own free
-    count matches; every victim reaches the demotion sink once."""
+def test_tierkvs_pool_deciding_serves_vllm_exactly_as_its_own(env, monkeypatch, seed):
+    """RustBlockPool (tierkv's pool chooses blocks, victims and hits) in vLLM's
+    order (TIERKV_POOL_EVICTION=lru) and vLLM's BlockPool, driven by the same random
+    schedule, give vLLM the same view after every call: the same blocks, counts,
+    hashes and free counts; tierkv's own free count matches; every victim reaches
+    the demotion sink once."""
     from vllm.v1.core.block_pool import BlockPool
 
     from tierkv_vllm import pool as pool_mod
 
+    monkeypatch.setenv("TIERKV_POOL_EVICTION", "lru")
     victims: list[tuple[bytes, int, bool]] = []
     pool_mod.set_demotion_sink(victims.extend)
     try:
@@ -209,3 +212,99 @@ def test_the_null_block_moves_as_in_vllms_pool(env):
         pool.free_blocks(reversed(blocks))
     assert [(b.block_id, b.ref_cnt) for b in theirs.blocks] == [(b.block_id, b.ref_cnt) for b in ours.blocks]
     assert ours.get_num_free_blocks() == theirs.get_num_free_blocks() == ours._tkv.pool_state()["free"]
+
+
+# ------------------------------------- TIERKV_POOL_EVICTION: a policy picks the victims
+
+
+def _rust_pool(n: int):
+    from tierkv_vllm.pool import RustBlockPool
+
+    return RustBlockPool(n, True, BS, tkv_factory=lambda k: TierKV(block_tokens=BS, block_bytes=4096, pool_blocks=k))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_hazard_pool_keeps_vllms_view_consistent(env, monkeypatch, seed):
+    """With TIERKV_POOL_EVICTION=hazard (the default), tierkv's pool picks other victims than
+    vLLM's order, and vLLM's view of the pool follows it through random schedules
+    (the pool's own asserts: every allocated block free in vLLM's view), counts
+    agree, and every victim reaches the demotion sink."""
+    from tierkv_vllm import pool as pool_mod
+
+    monkeypatch.delenv("TIERKV_POOL_EVICTION", raising=False)
+    victims: list[tuple[bytes, int, bool]] = []
+    pool_mod.set_demotion_sink(victims.extend)
+    try:
+        ours = _rust_pool(24)
+        s = Scheduler(ours, random.Random(seed), lookahead=seed % 2 == 1)
+        for _ in range(1500):
+            s.step()
+            assert ours._tkv.pool_state()["free"] == ours.get_num_free_blocks()
+            held = {b.block_id for _, blocks, _ in s.admitted for b in blocks}
+            held |= {b.block_id for _, blocks in s.running for b in blocks}
+            assert all(ours.blocks[i].ref_cnt > 0 for i in held)
+        st = ours._tkv.pool_state()
+        assert st["hits"] > 0 and st["evictions"] > 0
+        assert ours.victims == len(victims) == st["evictions"]
+        assert ours.policy() == "hazard"
+        assert "tierkv_engine_pool_policy_fallbacks_total" in ours._tkv.metrics_text()
+    finally:
+        pool_mod.set_demotion_sink(None)
+
+
+def _serve(pool, hashes: list[bytes]) -> int:
+    """One request as vLLM's scheduler runs it: prefix lookup and hit, allocation,
+    caching of its full blocks, release last block first. Returns its hits."""
+    req = SimpleNamespace(block_hashes=hashes)
+    hits = []
+    for h in hashes:
+        got = pool.get_cached_block(h, [0])
+        if got is None:
+            break
+        hits.append(got[0])
+    pool.touch(hits)
+    blocks = hits + pool.get_new_blocks(len(hashes) - len(hits))
+    pool.cache_full_blocks(req, blocks, len(hits), len(blocks), BS, 0)
+    pool.free_blocks(reversed(blocks))
+    return len(hits)
+
+
+@pytest.mark.parametrize("policy", ["lru", "hazard"])
+def test_hazard_keeps_a_reused_prefix_in_g1_through_a_flood(env, monkeypatch, policy):
+    """A 4-block prefix asked for after every flood of 16 blocks used once, in a
+    pool of 16 usable blocks: vLLM's order (lru) has always evicted it by then;
+    hazard learns that the flood never returns and keeps the prefix in G1."""
+    monkeypatch.setenv("TIERKV_POOL_EVICTION", policy)
+    pool = _rust_pool(17)
+    assert pool.policy() == policy
+    hot = [block_hash(1, i) for i in range(4)]
+    late = 0
+    for r in range(40):
+        got = _serve(pool, hot)
+        late += got if r >= 10 else 0
+        for f in range(4):
+            time.sleep(0.005)  # the policy's clock is the wall clock: requests apart
+            assert _serve(pool, [block_hash(1000 + 4 * r + f, i) for i in range(4)]) == 0
+    if policy == "lru":
+        assert late == 0
+    else:
+        # Nearly every late round hits the whole prefix (the wall clock's jitter
+        # on a busy machine may cost a round).
+        assert late >= 0.9 * 30 * 4, late
+
+
+def test_a_shadow_pool_keeps_vllms_order_whatever_the_policy(env, monkeypatch):
+    """TIERKV_CREATE_POOL_ENGINE_ORDER (the plugin's shadow asks for it): with
+    TIERKV_POOL_EVICTION=hazard set, the shadow still agrees with vLLM call by call;
+    a shadow given a pool in another order stops at once instead of reporting
+    disagreements that are only the policy's."""
+    other = shadow(8, lambda n: TierKV(block_tokens=BS, block_bytes=4096, pool_blocks=n))
+    assert not other._shadow and other.disagreements == [0, 0, 0, 0]
+    monkeypatch.setenv("TIERKV_POOL_EVICTION", "hazard")
+    pool = shadow(24, lambda n: TierKV(block_tokens=BS, block_bytes=4096, pool_blocks=n, pool_engine_order=True))
+    s = Scheduler(pool, random.Random(3))
+    for _ in range(1500):
+        s.step()
+    pool.flush()
+    assert pool.disagreements == [0, 0, 0, 0]
+    assert pool._tkv.pool_state()["evictions"] > 0

@@ -29,8 +29,11 @@
 //!    the request's arrival time ([`Trace::clock_ms`]) and whether it ends the chain.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use tierkv::evict::{Access, Policy};
+use tierkv::block::BlockPool;
+use tierkv::evict::{Access, Policy, PolicyKind};
 use tierkv::prefix::BlockHash;
 
 /// Requests, each a chain of block keys.
@@ -198,6 +201,52 @@ fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// Replays `trace` through `policy` with room for `capacity` blocks.
 pub fn replay(trace: &Trace, policy: &mut dyn Policy, capacity: usize) -> ReplayResult {
     replay_admitting(trace, policy, capacity, true, |_| true)
+}
+
+/// Replays `trace` through the engine block pool (G1, [`BlockPool`]) of
+/// `capacity` blocks evicting by `kind` (`TIERKV_POOL_EVICTION`), as an engine
+/// serving one request at a time uses it: the prefix hit, the rest allocated and
+/// registered, everything released last block first. The policy's clock is the
+/// trace's. A request longer than the pool is a miss that changes nothing.
+pub fn replay_pool(trace: &Trace, kind: PolicyKind, capacity: usize) -> ReplayResult {
+    let now = Arc::new(AtomicU64::new(0));
+    let clock = Arc::clone(&now);
+    let mut pool = match BlockPool::try_with_policy(capacity, kind) {
+        Ok(p) => p.with_clock(Arc::new(move || clock.load(Ordering::Relaxed))),
+        Err(_) => return pool_result(kind, 0, trace),
+    };
+    let mut hits = 0u64;
+    let (mut ids, mut fresh, mut found) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, chain) in trace.requests.iter().enumerate() {
+        now.store(trace.clock_ms(r), Ordering::Relaxed);
+        let hashes: Vec<BlockHash> = chain.iter().map(|&k| BlockHash(u128::from(k))).collect();
+        ids.clear();
+        let hit = pool.acquire_cached(&hashes, &mut ids);
+        fresh.clear();
+        if pool.allocate(hashes.len() - hit, &mut fresh).is_ok() {
+            hits += hit as u64;
+            found.clear();
+            pool.register_many(&fresh, &hashes[hit..], &mut found)
+                .expect("blocks just allocated are held");
+        }
+        ids.append(&mut fresh);
+        ids.reverse();
+        pool.free(&ids).expect("blocks just referenced are held");
+    }
+    pool_result(kind, hits, trace)
+}
+
+fn pool_result(kind: PolicyKind, hits: u64, trace: &Trace) -> ReplayResult {
+    let name = if kind == PolicyKind::Lru {
+        "lru"
+    } else {
+        kind.build(1).name()
+    };
+    ReplayResult {
+        policy: format!("engine pool (G1), {name}"),
+        hit_blocks: hits,
+        total_blocks: trace.total_blocks(),
+    }
 }
 
 /// [`replay`] without asking the policy's admission: every missing block enters

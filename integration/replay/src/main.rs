@@ -7,7 +7,9 @@
 //! unset, and the host tier's `TIERKV_EVICTION` unset: hazard, admission included)
 //! is marked `(default)`, and its eviction with every block admitted has a row of
 //! its own (what admission adds); two offline bounds follow the policies: LRU with
-//! perfect admission (only blocks used again) and Belady. `--cost` adds each
+//! perfect admission (only blocks used again) and Belady. Two rows drive the engine
+//! block pool itself (G1, `tierkv::block::BlockPool`) with the same room: vLLM's
+//! order (`lru`) and the pool's default policy (`TIERKV_POOL_EVICTION=hazard`). `--cost` adds each
 //! policy's time per block access: the median of 5 replays' wall time over the
 //! accesses, the replayer's own bookkeeping included (the same for every policy;
 //! compare a policy with LRU's row).
@@ -15,7 +17,7 @@
 use std::process::ExitCode;
 
 use tierkv::evict::PolicyKind;
-use tierkv_replay::{belady, oracle_admission, replay, replay_without_admission, ReplayResult, Trace};
+use tierkv_replay::{belady, oracle_admission, replay, replay_pool, replay_without_admission, ReplayResult, Trace};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -118,6 +120,12 @@ fn main() -> ExitCode {
         // admission alone is worth).
         let oracle = oracle_admission(&trace, PolicyKind::Lru.build(blocks).as_mut(), blocks);
         row(&format!("{} (bound)", oracle.policy), &oracle, None);
+        // The engine block pool (G1) with the same room: vLLM's own order, and the
+        // learned policy (`TIERKV_POOL_EVICTION=hazard`; no admission there).
+        for kind in [PolicyKind::Lru, PolicyKind::Hazard] {
+            let r = replay_pool(&trace, kind, blocks);
+            row(&r.policy, &r, None);
+        }
         row("belady", &opt, None);
     }
     ExitCode::SUCCESS

@@ -47,6 +47,7 @@ SEMANTIC_REASONS = {
 DTYPE_F32, DTYPE_F16, DTYPE_BF16 = 0, 1, 2
 CREATE_NO_EXPORTER = 1
 CREATE_DISK_READER = 2
+CREATE_POOL_ENGINE_ORDER = 4
 
 
 LOOKUP_REPEAT = 1
@@ -389,11 +390,16 @@ class TierKV:
         lib_path: str | None = None,
         exporter: bool = True,
         disk_reader: bool = False,
+        pool_engine_order: bool = False,
     ):
         self._lib = _load(lib_path or find_library())
         self._h = ctypes.c_void_p()
         ns = namespace.encode() if namespace is not None else None
-        flags = (0 if exporter else CREATE_NO_EXPORTER) | (CREATE_DISK_READER if disk_reader else 0)
+        flags = (
+            (0 if exporter else CREATE_NO_EXPORTER)
+            | (CREATE_DISK_READER if disk_reader else 0)
+            | (CREATE_POOL_ENGINE_ORDER if pool_engine_order else 0)
+        )
         params = _Params(block_tokens, pool_blocks, block_bytes, ns, flags)
         self._check(self._lib.tierkv_manager_create(ctypes.byref(params), ctypes.byref(self._h)))
         self.block_tokens = block_tokens

@@ -180,6 +180,8 @@ def _tierkv_for(kv_cache_config: Any, mode: str):
             pool_blocks=num_blocks,
             exporter=False,
             disk_reader=True,
+            # A shadow is compared with vLLM's pool call by call: vLLM's order.
+            pool_engine_order=mode == "shadow",
         )
 
     return make

@@ -83,6 +83,15 @@ def _pool_key_with_group(block_hash_with_group: bytes) -> bytes:
     return _pool_key(h[:-4], int.from_bytes(h[-4:], "big"))
 
 
+def pool_policy(tkv: TierKV) -> str:
+    """The eviction policy of `tkv`'s pool (``TIERKV_POOL_EVICTION``; ``lru``:
+    vLLM's order), as its metrics report it."""
+    for line in tkv.metrics_text().splitlines():
+        if line.startswith('tierkv_engine_pool_eviction_policy{policy="') and line.endswith(" 1"):
+            return line.split('"')[1]
+    return "unknown"
+
+
 class ShadowBlockPool(BlockPool):
     """vLLM's ``BlockPool``, every operation mirrored into tierkv's pool."""
 
@@ -100,6 +109,10 @@ class ShadowBlockPool(BlockPool):
         # reads the state to compare free counts).
         self._evictions = 0
         self._shadow = True
+        policy = pool_policy(self._tkv)
+        if policy != "lru":
+            # The plugin's factory asks for vLLM's order (pool_engine_order).
+            self._stop(f"tierkv's pool evicts by {policy}, not in vLLM's order")
         # vLLM's first block is its null block, never freed.
         null = self._mirror(ALLOCATED_IDS, "the null block", lambda: self._tkv.pool_allocate(1))
         if self._shadow:
@@ -353,6 +366,7 @@ class RustBlockPool(BlockPool):
         null = self._tkv.pool_allocate(1)
         if null != [self.null_block.block_id]:
             raise RuntimeError(f"tierkv's pool gave block {null} as the null block, vLLM has block 0")
+        _log.info("tierkv: pool of %d blocks, eviction %s", self.num_gpu_blocks, self.policy())
         self.victims = 0
         # Lookahead of a prefix lookup (``lookahead``): the request's block hashes,
         # how many may hit, the next position vLLM asks for, and the block found
@@ -441,6 +455,10 @@ class RustBlockPool(BlockPool):
                 keys.append(_pool_key_with_group(h))
         if ids:
             self._tkv.pool_register_many(ids, b"".join(keys))
+
+    def policy(self) -> str:
+        """The eviction policy of tierkv's pool (``TIERKV_POOL_EVICTION``)."""
+        return pool_policy(self._tkv)
 
     @contextmanager
     def lookahead(self, block_hashes: Sequence, max_blocks: int):

@@ -10,7 +10,7 @@
 mod pool;
 mod report;
 
-pub use pool::{BlockId, BlockPool, CowOutcome, Insufficient, PoolError, PoolStats};
+pub use pool::{BlockId, BlockPool, Clock, CowOutcome, Insufficient, PoolError, PoolStats};
 
 /// A `BuildHasher` for keys that are already uniformly distributed hashes
 /// ([`crate::prefix::BlockHash`]): it uses their low 64 bits as they are.

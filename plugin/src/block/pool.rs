@@ -34,7 +34,12 @@ use std::collections::HashMap;
 
 use super::IdentityHash;
 use crate::evict::list::{ListEnds, NIL};
+use crate::evict::PolicyKind;
 use crate::prefix::BlockHash;
+
+mod order;
+pub use order::Clock;
+use order::PolicyOrder;
 
 /// Index of one of the engine's KV block slots.
 pub type BlockId = u32;
@@ -123,6 +128,9 @@ pub struct PoolStats {
 struct Slot {
     ref_cnt: u32,
     hash: Option<BlockHash>,
+    /// The eviction policy refused its identity: once free it goes first, as a
+    /// block without identity does (findable until then).
+    refused: bool,
 }
 
 /// A pool of `num_blocks` engine KV slots. Not thread-safe by itself: the manager
@@ -139,6 +147,9 @@ pub struct BlockPool {
     /// Slots holding an identity (index plus duplicates).
     n_cached: usize,
     stats: PoolStats,
+    /// The eviction policy deciding which cached free block goes first; `None`:
+    /// the engine's order (least recently released first, vLLM's).
+    order: Option<PolicyOrder>,
 }
 
 impl BlockPool {
@@ -183,7 +194,53 @@ impl BlockPool {
             dups: HashMap::with_hasher(IdentityHash),
             n_cached: 0,
             stats: PoolStats::default(),
+            order: None,
         })
+    }
+
+    /// [`BlockPool::try_new`] whose cached free blocks are evicted by `policy`
+    /// (`TIERKV_POOL_EVICTION`): [`PolicyKind::Lru`] keeps the engine's order
+    /// (least recently released first, exactly vLLM's); any other asks that policy,
+    /// fed with the pool's prefix hits and registrations, which free block to evict.
+    pub fn try_with_policy(num_blocks: usize, policy: PolicyKind) -> Result<Self, PoolError> {
+        let mut p = Self::try_new(num_blocks)?;
+        if policy != PolicyKind::Lru {
+            p.order = Some(PolicyOrder::new(policy, num_blocks));
+        }
+        Ok(p)
+    }
+
+    /// The policy's clock becomes `clock` (ms; it must never go back) instead of the
+    /// time since the pool was made: a trace replayed at its own arrival times.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        if let Some(o) = &mut self.order {
+            o.set_clock(clock);
+        }
+        self
+    }
+
+    /// The eviction policy's name (`lru`: the engine's release order).
+    pub fn policy(&self) -> &'static str {
+        self.order.as_ref().map_or("lru", PolicyOrder::name)
+    }
+
+    /// Allocations for which the policy named no free block (every candidate it
+    /// looked at was held), so the least recently released one was taken.
+    pub fn policy_fallbacks(&self) -> u64 {
+        self.order.as_ref().map_or(0, |o| o.fallbacks)
+    }
+
+    /// Registrations the policy refused (not worth a block it would evict for
+    /// them): their blocks are released to the head of the free list, so they go
+    /// first, while a prefix hit before then still finds them.
+    pub fn policy_refusals(&self) -> u64 {
+        self.order.as_ref().map_or(0, |o| o.refused)
+    }
+
+    /// Whether the policy refused the identity `id` holds (tests).
+    #[cfg(test)]
+    fn refused(&self, id: BlockId) -> bool {
+        self.slots[id as usize].refused
     }
 
     /// Number of slots.
@@ -204,6 +261,7 @@ impl BlockPool {
     /// Drops the identity `id` holds, if any, from the index (the next holder of
     /// the identity, if any, becomes the one found). Returns whether it held one.
     fn unindex(&mut self, id: BlockId) -> bool {
+        self.slots[id as usize].refused = false;
         let Some(h) = self.slots[id as usize].hash.take() else {
             return false;
         };
@@ -216,9 +274,15 @@ impl BlockPool {
                         self.dups.remove(&h);
                     }
                     self.index.insert(h, next);
+                    if let Some(o) = &mut self.order {
+                        o.moved(h, id, next);
+                    }
                 }
                 None => {
                     self.index.remove(&h);
+                    if let Some(o) = &mut self.order {
+                        o.dropped(h, id);
+                    }
                 }
             }
         } else if let Some(later) = self.dups.get_mut(&h) {
@@ -269,8 +333,12 @@ impl BlockPool {
         }
         out.reserve(n);
         for _ in 0..n {
-            let Some(id) = self.free.pop_front(&mut self.links) else {
-                unreachable!("free list shorter than its length");
+            let id = match self.policy_victim() {
+                Some(id) => id,
+                None => match self.free.pop_front(&mut self.links) {
+                    Some(id) => id,
+                    None => unreachable!("free list shorter than its length"),
+                },
             };
             if self.unindex(id) {
                 self.stats.evictions += 1;
@@ -280,6 +348,20 @@ impl BlockPool {
         }
         self.stats.allocated += n as u64;
         Ok(())
+    }
+
+    /// With a policy deciding: the free block it evicts, taken off the free list
+    /// (`None`: take the head, which is what the engine's order does, and what a
+    /// block without identity at the head or a policy naming none falls back to).
+    fn policy_victim(&mut self) -> Option<BlockId> {
+        let o = self.order.as_mut()?;
+        let head = self.free.head;
+        if head == NIL || self.slots[head as usize].hash.is_none() || self.slots[head as usize].refused {
+            return None; // a block nothing can hit (or the policy refused) goes first
+        }
+        let id = o.victim(&self.slots)?;
+        self.free.remove(&mut self.links, id);
+        Some(id)
     }
 
     /// Releases one reference to each block in `ids`. Blocks that reach zero and
@@ -303,7 +385,7 @@ impl BlockPool {
             let slot = &mut self.slots[id as usize];
             slot.ref_cnt -= 1;
             if slot.ref_cnt == 0 {
-                if slot.hash.is_some() {
+                if slot.hash.is_some() && !slot.refused {
                     last.push(id);
                 } else {
                     first.push(id);
@@ -336,13 +418,18 @@ impl BlockPool {
     /// error nothing is changed.
     pub fn touch(&mut self, ids: &[BlockId]) -> Result<(), PoolError> {
         self.check_more_refs(ids, false)?;
+        let mut chain = self.order.as_mut().map(PolicyOrder::chain);
         for &id in ids {
             let slot = &mut self.slots[id as usize];
             if slot.ref_cnt == 0 {
                 self.free.remove(&mut self.links, id);
             }
-            if slot.hash.is_some() {
+            if let Some(h) = slot.hash {
                 self.stats.hits += 1;
+                slot.refused = false;
+                if let (Some(o), Some(at)) = (&mut self.order, &mut chain) {
+                    o.used(at, h, id, false);
+                }
             }
             slot.ref_cnt += 1;
         }
@@ -370,6 +457,36 @@ impl BlockPool {
     /// block registered it first (that one stays the one found; `id` is found once
     /// it leaves).
     pub fn register(&mut self, id: BlockId, hash: BlockHash) -> Result<bool, PoolError> {
+        let mut at = self.order.as_mut().map(PolicyOrder::chain);
+        self.register_at(id, hash, at.as_mut().map(|at| (at, true)))
+    }
+
+    /// [`BlockPool::register`] for a run of blocks of one request in chain order
+    /// (`ids[i]` holds `hashes[i]`; one chain for the eviction policy): appends
+    /// whether each is the block found to `out`, stopping at the first error (the
+    /// blocks before it stay registered).
+    pub fn register_many(
+        &mut self,
+        ids: &[BlockId],
+        hashes: &[BlockHash],
+        out: &mut Vec<bool>,
+    ) -> Result<(), PoolError> {
+        let mut at = self.order.as_mut().map(PolicyOrder::chain);
+        for (i, (&id, &h)) in ids.iter().zip(hashes).enumerate() {
+            let last = i + 1 == ids.len();
+            out.push(self.register_at(id, h, at.as_mut().map(|at| (at, last)))?);
+        }
+        Ok(())
+    }
+
+    /// [`BlockPool::register`], a use at `at` in a chain (and whether it ends it)
+    /// when a policy decides.
+    fn register_at(
+        &mut self,
+        id: BlockId,
+        hash: BlockHash,
+        at: Option<(&mut order::ChainPos, bool)>,
+    ) -> Result<bool, PoolError> {
         self.check_held(id)?;
         match self.slots[id as usize].hash {
             Some(h) if h == hash => return Ok(self.index.get(&hash) == Some(&id)),
@@ -383,6 +500,11 @@ impl BlockPool {
             return Ok(false);
         }
         self.index.insert(hash, id);
+        if let (Some(o), Some((at, last))) = (&mut self.order, at) {
+            if !o.registered(at, hash, id, last, &self.slots) {
+                self.slots[id as usize].refused = true;
+            }
+        }
         Ok(true)
     }
 
@@ -393,12 +515,25 @@ impl BlockPool {
 
     /// Drops the identity of each of `ids` that holds one (the engine found their
     /// KV unusable, e.g. a failed load); held blocks stay held, free ones stay where
-    /// they are in the free list. Returns how many identities were dropped.
+    /// they are in the free list (with a policy deciding, they go to its head).
+    /// Returns how many identities were dropped.
     pub fn forget(&mut self, ids: &[BlockId]) -> Result<usize, PoolError> {
         for &id in ids {
             self.check_id(id)?;
         }
-        Ok(ids.iter().filter(|&&id| self.unindex(id)).count())
+        let mut n = 0;
+        for &id in ids {
+            if self.unindex(id) {
+                n += 1;
+                // With a policy deciding, a free block nothing can hit goes first
+                // (the engine's order leaves it where it is, as vLLM does).
+                if self.order.is_some() && self.slots[id as usize].ref_cnt == 0 {
+                    self.free.remove(&mut self.links, id);
+                    self.free.push_front(&mut self.links, id);
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// Number of leading `hashes` held by the pool. Changes nothing.
@@ -410,6 +545,7 @@ impl BlockPool {
     /// holds, appends their ids to `out`, and returns how many.
     pub fn acquire_cached(&mut self, hashes: &[BlockHash], out: &mut Vec<BlockId>) -> usize {
         let mut n = 0;
+        let mut at = self.order.as_mut().map(PolicyOrder::chain);
         for h in hashes {
             let Some(&id) = self.index.get(h) else { break };
             let slot = &mut self.slots[id as usize];
@@ -420,8 +556,12 @@ impl BlockPool {
                 self.free.remove(&mut self.links, id);
             }
             slot.ref_cnt += 1;
+            slot.refused = false;
             out.push(id);
             n += 1;
+            if let (Some(o), Some(at)) = (&mut self.order, &mut at) {
+                o.used(at, *h, id, n == hashes.len());
+            }
         }
         self.stats.hits += n as u64;
         n
@@ -431,6 +571,9 @@ impl BlockPool {
     /// Returns how many were dropped. Held blocks stay held.
     pub fn reset_prefix_cache(&mut self) -> usize {
         let n = self.n_cached;
+        if let Some(o) = &mut self.order {
+            o.reset();
+        }
         self.index.clear();
         self.dups.clear();
         self.n_cached = 0;

@@ -70,6 +70,8 @@ pub struct Config {
     pub disk_admit: AdmitMode,
     /// Disk eviction policy (`TIERKV_DISK_EVICTION`).
     pub disk_eviction: PolicyKind,
+    /// Engine block pool eviction policy (`TIERKV_POOL_EVICTION`).
+    pub pool_eviction: PolicyKind,
     /// Disk I/O threads (`TIERKV_DISK_THREADS`).
     pub disk_threads: usize,
     /// Disk queue bound (`TIERKV_DISK_QUEUE`).
@@ -216,6 +218,11 @@ impl Config {
                 "TIERKV_DISK_EVICTION",
                 PolicyKind::parse,
                 "one of hazard, lru, s3fifo, chat",
+            )?,
+            pool_eviction: v.value(
+                "TIERKV_POOL_EVICTION",
+                PolicyKind::parse,
+                "one of lru, hazard, s3fifo, chat",
             )?,
             disk_threads: v.value("TIERKV_DISK_THREADS", threads, &thread_forms)?,
             disk_queue: v.value("TIERKV_DISK_QUEUE", queue, &queue_forms)?,

@@ -90,6 +90,11 @@ pub const VARS: &[VarDoc] = &[
         meaning: "Eviction and admission policy of the disk tier: hazard, lru, s3fifo or chat.",
     },
     VarDoc {
+        name: "TIERKV_POOL_EVICTION",
+        default: "hazard",
+        meaning: "Which cached free block the engine block pool (TIERKV_VLLM_POOL=rust) evicts first: hazard (learned reuse odds, as TIERKV_DISK_EVICTION; a block whose identity it refuses is evicted first once free), s3fifo, chat, or lru (the engine's own order, least recently released first). A shadow pool always keeps the engine's order.",
+    },
+    VarDoc {
         name: "TIERKV_DISK_THREADS",
         default: "4",
         meaning: "Disk I/O worker threads. 1-64.",

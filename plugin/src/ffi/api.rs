@@ -59,6 +59,10 @@ pub const TIERKV_CREATE_NO_EXPORTER: u32 = 1;
 /// `flags` bit: this manager only looks blocks up and loads them; it never takes
 /// ownership of the disk tier's file (for a scheduler process, whose worker stores).
 pub const TIERKV_CREATE_DISK_READER: u32 = 2;
+/// `flags` bit: the engine block pool evicts in the engine's own order (least
+/// recently released first) whatever `TIERKV_POOL_EVICTION` says (a shadow pool,
+/// compared call by call with the engine's).
+pub const TIERKV_CREATE_POOL_ENGINE_ORDER: u32 = 4;
 
 /// What `tierkv_manager_info` reports.
 #[repr(C)]
@@ -163,7 +167,7 @@ pub unsafe extern "C" fn tierkv_manager_create(
         *out = std::ptr::null_mut();
         // SAFETY: as above.
         let p = unsafe { slice_in(params, 1, "params") }?[0];
-        if p.flags & !(TIERKV_CREATE_NO_EXPORTER | TIERKV_CREATE_DISK_READER) != 0 {
+        if p.flags & !(TIERKV_CREATE_NO_EXPORTER | TIERKV_CREATE_DISK_READER | TIERKV_CREATE_POOL_ENGINE_ORDER) != 0 {
             return Err(FfiError::invalid(format!("unknown flags {:#x}", p.flags)));
         }
         let namespace = if p.namespace_.is_null() {
@@ -189,6 +193,7 @@ pub unsafe extern "C" fn tierkv_manager_create(
                 namespace,
                 pool_blocks: p.pool_blocks,
                 disk_reader: p.flags & TIERKV_CREATE_DISK_READER != 0,
+                pool_engine_order: p.flags & TIERKV_CREATE_POOL_ENGINE_ORDER != 0,
             },
         )?);
         if p.flags & TIERKV_CREATE_NO_EXPORTER == 0 {

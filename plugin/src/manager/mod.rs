@@ -22,6 +22,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::block::BlockPool;
 use crate::config::Config;
 use crate::events::EventLog;
+use crate::evict::PolicyKind;
 use crate::hw::{self, HwState, Sampler, SchedParams, Scheduler};
 use crate::metrics::exporter::Exporter;
 use crate::movement::{Movement, Run};
@@ -62,6 +63,9 @@ pub struct ManagerParams {
     pub pool_blocks: u32,
     /// Never own the disk tier: only look up and read (a scheduler process).
     pub disk_reader: bool,
+    /// The engine pool evicts in the engine's own order whatever
+    /// `TIERKV_POOL_EVICTION` says (a shadow, compared with the engine's pool).
+    pub pool_engine_order: bool,
 }
 
 impl ManagerParams {
@@ -230,7 +234,15 @@ impl Manager {
         let pool = match params.pool_blocks {
             0 => None,
             n => Some(Mutex::new(
-                BlockPool::try_new(n as usize).map_err(|e| ManagerError::InvalidArgument(e.to_string()))?,
+                BlockPool::try_with_policy(
+                    n as usize,
+                    if params.pool_engine_order {
+                        PolicyKind::Lru
+                    } else {
+                        config.pool_eviction
+                    },
+                )
+                .map_err(|e| ManagerError::InvalidArgument(e.to_string()))?,
             )),
         };
         let hw = Arc::new(HwState::default());

@@ -62,12 +62,7 @@ impl Manager {
         if ids.len() != hashes.len() {
             return Err(ManagerError::InvalidArgument("ids and hashes differ in length".into()));
         }
-        self.with_pool(|p| {
-            for (&id, &h) in ids.iter().zip(hashes) {
-                out.push(p.register(id, h)?);
-            }
-            Ok(())
-        })
+        self.with_pool(|p| p.register_many(ids, hashes, out))
     }
 
     /// References the blocks of the longest leading run of `hashes` the pool holds,

@@ -17,6 +17,7 @@ fn manager(cfg: Config, bytes: u64) -> Manager {
         namespace: None,
         pool_blocks: 0,
         disk_reader: false,
+        pool_engine_order: false,
     };
     Manager::new(cfg, params).unwrap()
 }

@@ -1,5 +1,9 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use super::*;
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 
 fn h(v: u128) -> BlockHash {
     BlockHash(v)
@@ -159,30 +163,67 @@ proptest! {
     /// same hits with duplicate holders, same identities dropped.
     #[test]
     fn matches_reference_model(ops in proptest::collection::vec((0u8..7, 0u32..8, 0u128..6), 1..200)) {
+        drive(&ops, PolicyKind::Lru)?;
+    }
+
+    /// With a policy choosing the victims, every outcome but the choice of cached
+    /// free block is the model's: a block nothing can hit still goes first, a
+    /// victim is a free block and loses its identity, hits and counts agree.
+    #[test]
+    fn a_policy_changes_only_which_cached_block_goes(ops in proptest::collection::vec((0u8..7, 0u32..8, 0u128..6), 1..200)) {
+        drive(&ops, PolicyKind::Hazard)?;
+    }
+}
+
+/// Runs `ops` on a pool evicting by `policy` and on the reference model.
+fn drive(ops: &[(u8, u32, u128)], policy: PolicyKind) -> Result<(), TestCaseError> {
+    {
         let n = 6;
-        let mut p = BlockPool::new(n);
+        let mut p = BlockPool::try_with_policy(n, policy).unwrap();
         let mut m = Model::new(n);
-        for (op, x, v) in ops {
+        for &(op, x, v) in ops {
             match op {
                 0 => {
                     let k = (x % 4) as usize;
                     let mut out = Vec::new();
+                    let refused_before: Vec<u32> = (0..n as u32).filter(|&b| p.refused(b)).collect();
                     let r = p.allocate(k, &mut out);
                     if k > m.free_order.len() {
                         prop_assert!(r.is_err());
-                    } else {
+                    } else if policy == PolicyKind::Lru {
                         let want: Vec<u32> = m.free_order.drain(..k).collect();
                         for &id in &want {
                             m.unindex(id);
                             m.refs[id as usize] = 1;
                         }
                         prop_assert_eq!(out, want);
+                    } else {
+                        // Blocks nothing can hit, or whose identity the policy refused, go first.
+                        let first = m
+                            .free_order
+                            .iter()
+                            .filter(|&&f| m.hash[f as usize].is_none() || refused_before.contains(&f))
+                            .count();
+                        for (i, &id) in out.iter().enumerate() {
+                            prop_assert!(m.free_order.contains(&id), "block {} is not free", id);
+                            prop_assert!(
+                                i >= first || m.hash[id as usize].is_none() || refused_before.contains(&id),
+                                "blank or refused blocks first"
+                            );
+                            m.free_order.retain(|&f| f != id);
+                            m.unindex(id);
+                            m.refs[id as usize] = 1;
+                        }
                     }
                 }
                 1 => {
                     // Two blocks at once: the order of release decides the free order.
                     let ids = [x % n as u32, (x + v as u32) % n as u32];
-                    let ok = if ids[0] == ids[1] { m.refs[ids[0] as usize] >= 2 } else { ids.iter().all(|&i| m.refs[i as usize] > 0) };
+                    let ok = if ids[0] == ids[1] {
+                        m.refs[ids[0] as usize] >= 2
+                    } else {
+                        ids.iter().all(|&i| m.refs[i as usize] > 0)
+                    };
                     let r = p.free(&ids);
                     prop_assert_eq!(r.is_ok(), ok);
                     if ok {
@@ -190,7 +231,11 @@ proptest! {
                         for &id in &ids {
                             m.refs[id as usize] -= 1;
                             if m.refs[id as usize] == 0 {
-                                if m.hash[id as usize].is_some() { m.free_order.push(id); } else { front.push(id); }
+                                if m.hash[id as usize].is_some() {
+                                    m.free_order.push(id);
+                                } else {
+                                    front.push(id);
+                                }
                             }
                         }
                         front.append(&mut m.free_order);
@@ -221,7 +266,9 @@ proptest! {
                         Some(id) => {
                             prop_assert_eq!(got, 1);
                             prop_assert_eq!(out[0], id);
-                            if m.refs[id as usize] == 0 { m.free_order.retain(|&f| f != id); }
+                            if m.refs[id as usize] == 0 {
+                                m.free_order.retain(|&f| f != id);
+                            }
                             m.refs[id as usize] += 1;
                         }
                         None => prop_assert_eq!(got, 0),
@@ -241,7 +288,9 @@ proptest! {
                     let id = x % n as u32;
                     let r = p.fork(&[id]);
                     prop_assert_eq!(r.is_ok(), m.refs[id as usize] > 0);
-                    if m.refs[id as usize] > 0 { m.refs[id as usize] += 1; }
+                    if m.refs[id as usize] > 0 {
+                        m.refs[id as usize] += 1;
+                    }
                 }
             }
             p.check_invariants();
@@ -249,6 +298,108 @@ proptest! {
             prop_assert_eq!(p.num_cached(), m.holders.len());
         }
     }
+    Ok(())
+}
+
+/// One round of the flood test: request `hashes` looks its prefix up, allocates
+/// and registers the rest, and frees everything, last block first. Returns its hits.
+fn serve(p: &mut BlockPool, hashes: &[BlockHash]) -> usize {
+    let mut ids = Vec::new();
+    let hits = p.acquire_cached(hashes, &mut ids);
+    let mut fresh = Vec::new();
+    p.allocate(hashes.len() - hits, &mut fresh).unwrap();
+    let mut found = Vec::new();
+    p.register_many(&fresh, &hashes[hits..], &mut found).unwrap();
+    ids.extend(fresh);
+    ids.reverse();
+    p.free(&ids).unwrap();
+    p.check_invariants();
+    hits
+}
+
+/// A pool of `n` blocks evicting by `policy` on a test clock (ms, advanced by the
+/// caller), its block 0 taken as vLLM's null block (never freed).
+fn clocked(n: usize, policy: PolicyKind) -> (BlockPool, Arc<AtomicU64>) {
+    let now = Arc::new(AtomicU64::new(0));
+    let clock = Arc::clone(&now);
+    let mut p = BlockPool::try_with_policy(n, policy)
+        .unwrap()
+        .with_clock(Arc::new(move || clock.load(Ordering::Relaxed)));
+    let mut null = Vec::new();
+    p.allocate(1, &mut null).unwrap();
+    (p, now)
+}
+
+/// A 4-block prefix asked for again after every flood of 16 blocks used once, in
+/// a pool of 16, one request a second: the engine's order (LRU of release) has
+/// always evicted it by then; hazard learns that the flood never returns and
+/// keeps the prefix.
+#[test]
+fn hazard_keeps_a_reused_prefix_through_a_flood_that_lru_evicts() {
+    let mut hits = Vec::new();
+    for policy in [PolicyKind::Lru, PolicyKind::Hazard] {
+        let (mut p, now) = clocked(17, policy);
+        let hot: Vec<BlockHash> = (1..=4).map(h).collect();
+        let mut fresh = 1000u128;
+        let mut late = 0;
+        for round in 0..60 {
+            now.fetch_add(1000, Ordering::Relaxed);
+            let got = serve(&mut p, &hot);
+            if round >= 20 {
+                late += got;
+            }
+            for _ in 0..4 {
+                now.fetch_add(1000, Ordering::Relaxed);
+                let flood: Vec<BlockHash> = (0..4).map(|i| h(fresh + i)).collect();
+                fresh += 4;
+                assert_eq!(serve(&mut p, &flood), 0);
+            }
+        }
+        assert_eq!(p.policy(), if policy == PolicyKind::Lru { "lru" } else { "hazard" });
+        hits.push(late);
+    }
+    assert_eq!(hits[0], 0, "LRU: the flood evicts the prefix every round");
+    assert_eq!(hits[1], 40 * 4, "hazard: every late round hits the whole prefix");
+}
+
+/// Four 4-block prefixes used round robin, then each round a request of 12 blocks
+/// used once, in a pool of 24: room for 3 of the prefixes besides the one-off
+/// request. The engine's order (LRU of release) loses every prefix every round.
+/// Hazard learns that the one-off blocks never return and refuses them when they
+/// register: once free they go first (the next one-off request takes them), and
+/// 3 prefixes stay, all the room allows. A refused block is still found until its
+/// block is taken.
+#[test]
+fn hazard_refuses_blocks_not_worth_a_victim_and_they_go_first() {
+    let mut late = Vec::new();
+    for policy in [PolicyKind::Lru, PolicyKind::Hazard] {
+        let (mut p, now) = clocked(25, policy);
+        let mut fresh = 1000u128;
+        let mut hits = 0;
+        for round in 0..60 {
+            for c in 0..4u128 {
+                now.fetch_add(1000, Ordering::Relaxed);
+                let hot: Vec<BlockHash> = (0..4).map(|i| h(10 * c + i)).collect();
+                let got = serve(&mut p, &hot);
+                if round >= 20 {
+                    hits += got;
+                }
+            }
+            now.fetch_add(1000, Ordering::Relaxed);
+            let once: Vec<BlockHash> = (0..12).map(|i| h(fresh + i)).collect();
+            fresh += 12;
+            assert_eq!(serve(&mut p, &once), 0);
+            if policy == PolicyKind::Hazard && round >= 20 {
+                // Refused, yet found while its block is not taken.
+                assert!(p.refused(p.index[&once[11]]), "round {round}: the one-off was admitted");
+                assert_eq!(p.lookup(&once[..1]), 1);
+            }
+        }
+        late.push((hits, p.policy_refusals()));
+    }
+    assert_eq!(late[0], (0, 0), "LRU loses every prefix to the one-off requests");
+    assert_eq!(late[1].0, 40 * 3 * 4, "hazard keeps 3 prefixes: {late:?}");
+    assert!(late[1].1 >= 40 * 12, "hazard refuses the one-off blocks: {late:?}");
 }
 
 /// A pool size that needs absurd bookkeeping is an error under a memory limit
