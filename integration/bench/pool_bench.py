@@ -10,7 +10,8 @@ prefix up and hit it, free them in reverse order.
 
 Run inside the vLLM environment:
     TIERKV_LIB=target/release/libtierkv.so python integration/bench/pool_bench.py
-Prints one line per case: nanoseconds per block (median of --reps repetitions of
+Cases run tierkv's pool in vLLM's order (``TIERKV_POOL_EVICTION=lru``) unless
+named ``hazard`` (the default policy). Prints one line per case: nanoseconds per block (median of --reps repetitions of
 --requests requests of --blocks blocks), all cases in one run.
 """
 
@@ -33,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration" / "vl
 BS = 16
 
 
-def hashes(requests: int, blocks: int) -> list[list[bytes]]:
-    return [[hashlib.sha256(f"{r}/{i}".encode()).digest() for i in range(blocks)] for r in range(requests)]
+def hashes(requests: int, blocks: int, salt: str = "") -> list[list[bytes]]:
+    return [[hashlib.sha256(f"{salt}{r}/{i}".encode()).digest() for i in range(blocks)] for r in range(requests)]
 
 
 def vllm_cycle(pool, reqs) -> None:
@@ -93,6 +94,18 @@ def main() -> None:
     n_blocks = args.requests * args.blocks + 1
     reqs = hashes(args.requests, args.blocks)
     keys = [b"".join(identity(make_block_hash_with_group_id(h, 0)) for h in hs) for hs in reqs]
+    # Other prompts of the same shape: run once (untimed) they leave every block
+    # cached and free, so that each allocation of the timed cycle evicts one.
+    other = hashes(args.requests, args.blocks, salt="other/")
+    other_keys = [b"".join(identity(make_block_hash_with_group_id(h, 0)) for h in hs) for hs in other]
+
+    def filled(make, cycle, data):
+        def made():
+            pool = make()
+            cycle(pool, data)
+            return pool
+
+        return made
     per_cycle = 2 * args.requests * args.blocks  # each block allocated once and hit once
 
     def bench(name: str, make, cycle, data) -> float:
@@ -106,15 +119,20 @@ def main() -> None:
         print(f"{name}\tns_per_block\t{ns:.0f}", flush=True)
         return ns
 
-    def tkv():
-        return TierKV(block_tokens=BS, block_bytes=4096, pool_blocks=n_blocks, exporter=False)
+    def tkv(policy: str = "lru", engine_order: bool = False):
+        # TIERKV_POOL_EVICTION is read when the manager is made.
+        os.environ["TIERKV_POOL_EVICTION"] = policy
+        return TierKV(
+            block_tokens=BS, block_bytes=4096, pool_blocks=n_blocks, exporter=False, pool_engine_order=engine_order
+        )
 
     vllm_ns = bench("vllm_blockpool", lambda: BlockPool(n_blocks, True, BS), vllm_cycle, reqs)
     tierkv_ns = bench("tierkv_pool_ctypes", tkv, tierkv_cycle, keys)
+    hazard_ns = bench("tierkv_pool_ctypes_hazard", lambda: tkv("hazard"), tierkv_cycle, keys)
     bench("tierkv_pool_ctypes_register_per_block", tkv, lambda t, k: tierkv_cycle(t, k, per_block=True), keys)
     shadow_ns = bench(
         "shadow_vllm_plus_mirror",
-        lambda: ShadowBlockPool(n_blocks, True, BS, tkv_factory=lambda n: tkv()),
+        lambda: ShadowBlockPool(n_blocks, True, BS, tkv_factory=lambda n: tkv(engine_order=True)),
         vllm_cycle,
         reqs,
     )
@@ -124,9 +142,41 @@ def main() -> None:
         vllm_cycle,
         reqs,
     )
+    rust_hazard_ns = bench(
+        "rust_through_vllms_interface_hazard",
+        lambda: RustBlockPool(n_blocks, True, BS, tkv_factory=lambda n: tkv("hazard")),
+        vllm_cycle,
+        reqs,
+    )
+    # Every allocation evicts a cached block (the pool full of other prompts).
+    vllm_ev = bench(
+        "evicting/vllm_blockpool", filled(lambda: BlockPool(n_blocks, True, BS), vllm_cycle, other), vllm_cycle, reqs
+    )
+    tierkv_ev = bench("evicting/tierkv_pool_ctypes", filled(tkv, tierkv_cycle, other_keys), tierkv_cycle, keys)
+    hazard_ev = bench(
+        "evicting/tierkv_pool_ctypes_hazard", filled(lambda: tkv("hazard"), tierkv_cycle, other_keys), tierkv_cycle, keys
+    )
+    rust_ev = bench(
+        "evicting/rust_through_vllms_interface",
+        filled(lambda: RustBlockPool(n_blocks, True, BS, tkv_factory=lambda n: tkv()), vllm_cycle, other),
+        vllm_cycle,
+        reqs,
+    )
+    rust_hazard_ev = bench(
+        "evicting/rust_through_vllms_interface_hazard",
+        filled(lambda: RustBlockPool(n_blocks, True, BS, tkv_factory=lambda n: tkv("hazard")), vllm_cycle, other),
+        vllm_cycle,
+        reqs,
+    )
     print(f"ratio\ttierkv_over_vllm\t{tierkv_ns / vllm_ns:.2f}")
+    print(f"ratio\ttierkv_hazard_over_vllm\t{hazard_ns / vllm_ns:.2f}")
     print(f"ratio\tshadow_over_vllm\t{shadow_ns / vllm_ns:.2f}")
     print(f"ratio\trust_over_vllm\t{rust_ns / vllm_ns:.2f}")
+    print(f"ratio\trust_hazard_over_vllm\t{rust_hazard_ns / vllm_ns:.2f}")
+    print(f"ratio\tevicting/tierkv_over_vllm\t{tierkv_ev / vllm_ev:.2f}")
+    print(f"ratio\tevicting/tierkv_hazard_over_vllm\t{hazard_ev / vllm_ev:.2f}")
+    print(f"ratio\tevicting/rust_over_vllm\t{rust_ev / vllm_ev:.2f}")
+    print(f"ratio\tevicting/rust_hazard_over_vllm\t{rust_hazard_ev / vllm_ev:.2f}")
 
 
 if __name__ == "__main__":

@@ -275,7 +275,7 @@ impl BlockPool {
                     }
                     self.index.insert(h, next);
                     if let Some(o) = &mut self.order {
-                        o.moved(h, id, next);
+                        o.moved(h, id, next, &self.slots);
                     }
                 }
                 None => {
@@ -397,6 +397,9 @@ impl BlockPool {
         }
         for &id in &last {
             self.free.push_back(&mut self.links, id);
+            if let (Some(o), Some(h)) = (&mut self.order, self.slots[id as usize].hash) {
+                o.held(h, id, false);
+            }
         }
         self.stats.freed += ids.len() as u64;
         Ok(())
@@ -429,6 +432,7 @@ impl BlockPool {
                 slot.refused = false;
                 if let (Some(o), Some(at)) = (&mut self.order, &mut chain) {
                     o.used(at, h, id, false);
+                    o.held(h, id, true);
                 }
             }
             slot.ref_cnt += 1;
@@ -501,7 +505,11 @@ impl BlockPool {
         }
         self.index.insert(hash, id);
         if let (Some(o), Some((at, last))) = (&mut self.order, at) {
-            if !o.registered(at, hash, id, last, &self.slots) {
+            // Admission only under pressure: while a free block holds no identity
+            // (it sits at the head), the next allocation evicts nothing.
+            let head = self.free.head;
+            let full = head == NIL || self.slots[head as usize].hash.is_some();
+            if !o.registered(at, hash, id, last, full, &self.slots) {
                 self.slots[id as usize].refused = true;
             }
         }
@@ -561,6 +569,7 @@ impl BlockPool {
             n += 1;
             if let (Some(o), Some(at)) = (&mut self.order, &mut at) {
                 o.used(at, *h, id, n == hashes.len());
+                o.held(*h, id, true);
             }
         }
         self.stats.hits += n as u64;

@@ -83,6 +83,14 @@ pub trait Policy: Send {
         let _ = (a, evictable);
         true
     }
+    /// A resident key is now `held` (it cannot be evicted until released) or
+    /// released, for a caller where most resident keys are held at any time (the
+    /// engine block pool: every running request's blocks), so that a policy may
+    /// leave held keys out of its victim search instead of skipping them one by
+    /// one. [`Policy::evict`] still gets `evictable`. The default does nothing.
+    fn set_held(&mut self, key: u64, held: bool) {
+        let _ = (key, held);
+    }
 }
 
 /// The policies by name.
@@ -124,10 +132,66 @@ impl PolicyKind {
     }
 }
 
+/// A map over the policies' keys (identities folded to 64 bits: already uniform),
+/// hashed by [`KeyHash`].
+pub type KeyMap<V> = HashMap<u64, V, KeyHash>;
+
+/// Hashing of policy keys: one multiply-xorshift finaliser (MurmurHash3's fmix64)
+/// over the key and a per-process random seed; a fraction of SipHash's cost on
+/// the hot path, and a caller that chooses identities (the engine pool's come
+/// from its caller) cannot aim many of them at one bucket without the seed.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyHash {
+    seed: u64,
+}
+
+impl Default for KeyHash {
+    fn default() -> Self {
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let seed = *SEED.get_or_init(|| {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0x7165_726b_7674_u64)
+        });
+        Self { seed }
+    }
+}
+
+impl std::hash::BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.seed)
+    }
+}
+
+/// The hasher [`KeyHash`] builds.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^ (x >> 33)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0 ^ x).rotate_left(29).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// Resident keys with their links and a small per-policy tag.
 #[derive(Debug, Default)]
 struct Nodes {
-    map: HashMap<u64, u32>,
+    map: KeyMap<u32>,
     keys: Vec<u64>,
     links: Vec<(u32, u32)>,
     tag: Vec<u8>,
@@ -192,7 +256,7 @@ impl Nodes {
 #[derive(Debug)]
 struct Ghost<V = ()> {
     order: VecDeque<(u64, u64)>,
-    live: HashMap<u64, (u64, V)>,
+    live: KeyMap<(u64, V)>,
     next: u64,
     cap: usize,
 }
@@ -201,7 +265,7 @@ impl<V: Copy> Ghost<V> {
     fn new(cap: usize) -> Self {
         Self {
             order: VecDeque::new(),
-            live: HashMap::new(),
+            live: KeyMap::default(),
             next: 0,
             cap: cap.max(1),
         }

@@ -39,6 +39,6 @@ pub mod list;
 pub(crate) mod model;
 mod slot;
 
-pub use keyed::{Access, Chat, Hazard, Lru, Policy, PolicyKind, S3Fifo};
+pub use keyed::{Access, Chat, Hazard, KeyHash, KeyMap, Lru, Policy, PolicyKind, S3Fifo};
 pub use model::DEPARTED_PER_RESIDENT;
 pub use slot::{Departed, HazardStore, SlotAccess, SlotHazard, SlotLru, SlotUse};

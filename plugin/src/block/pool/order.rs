@@ -12,12 +12,11 @@
 //! correctness (counts, index, free list) never depends on the policy: it only
 //! picks which free block goes first.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::{BlockId, Slot};
-use crate::evict::{Access, Policy, PolicyKind};
+use crate::evict::{Access, KeyMap, Policy, PolicyKind};
 use crate::prefix::BlockHash;
 
 /// A clock in milliseconds (a replay's trace time).
@@ -29,7 +28,7 @@ pub(super) struct PolicyOrder {
     capacity: usize,
     policy: Box<dyn Policy>,
     /// The block each tracked key names (the index's holder of its identity).
-    blocks: HashMap<u64, BlockId>,
+    blocks: KeyMap<BlockId>,
     start: Instant,
     /// The clock in ms (`None`: time since the pool was made).
     clock: Option<Clock>,
@@ -66,7 +65,7 @@ impl PolicyOrder {
             kind,
             capacity,
             policy: kind.build(capacity.max(1)),
-            blocks: HashMap::new(),
+            blocks: KeyMap::default(),
             start: Instant::now(),
             clock: None,
             calls: 0,
@@ -104,15 +103,25 @@ impl PolicyOrder {
 
     /// Identity `hash`, found at `from`, is now found at `to` (a later holder took
     /// over); tracked anew if the policy had let it go.
-    pub(super) fn moved(&mut self, hash: BlockHash, from: BlockId, to: BlockId) {
+    pub(super) fn moved(&mut self, hash: BlockHash, from: BlockId, to: BlockId, slots: &[Slot]) {
         let key = hash.fold64();
         match self.blocks.get_mut(&key) {
             Some(b) if *b == from => *b = to,
-            Some(_) => {}
+            Some(_) => return,
             None => {
                 let mut at = self.chain();
                 self.used(&mut at, hash, to, true);
             }
+        }
+        self.held(hash, to, slots[to as usize].ref_cnt > 0);
+    }
+
+    /// The block `id`, which holds `hash`, is now held by a request (`held`) or
+    /// free: the policy searches victims among free blocks only.
+    pub(super) fn held(&mut self, hash: BlockHash, id: BlockId, held: bool) {
+        let key = hash.fold64();
+        if self.blocks.get(&key) == Some(&id) {
+            self.policy.set_held(key, held);
         }
     }
 
@@ -162,8 +171,9 @@ impl PolicyOrder {
     }
 
     /// Identity `hash` newly found at `id` (its registration), next in the chain
-    /// `at`: the policy's admission decides whether it is worth a free block the
-    /// policy would evict for it. Returns `false` when it is not (the policy
+    /// `at`: when the pool is `full` (no free block without identity), the
+    /// policy's admission decides whether it is worth a free block the policy
+    /// would evict for it. Returns `false` when it is not (the policy
     /// remembers it as departed; its block should go first once free).
     pub(super) fn registered(
         &mut self,
@@ -171,6 +181,7 @@ impl PolicyOrder {
         hash: BlockHash,
         id: BlockId,
         last: bool,
+        full: bool,
         slots: &[Slot],
     ) -> bool {
         let a = Self::access(at, hash, last);
@@ -180,12 +191,13 @@ impl PolicyOrder {
         }
         let blocks = &self.blocks;
         let mut free = |k: u64| blocks.get(&k).is_some_and(|&b| slots[b as usize].ref_cnt == 0);
-        if !self.policy.admit(a, &mut free) {
+        if full && !self.policy.admit(a, &mut free) {
             self.refused += 1;
             return false;
         }
         self.blocks.insert(a.key, id);
         self.policy.on_insert(a);
+        self.policy.set_held(a.key, true); // registered blocks are held
         true
     }
 

@@ -47,6 +47,10 @@ pub struct Hazard {
     /// The victim [`Policy::admit`] found, for the [`Policy::evict`] that follows it
     /// (cleared by every other call).
     chosen: Option<(u32, u64)>,
+    /// Per node: held ([`Policy::set_held`]), so on no list until released.
+    held: Vec<bool>,
+    /// Releases so far: each is placed as a chain of its own.
+    releases: u64,
 }
 
 impl Hazard {
@@ -61,7 +65,14 @@ impl Hazard {
             departed: Ghost::new(capacity.max(1) * DEPARTED_PER_RESIDENT),
             refused: None,
             chosen: None,
+            held: Vec::new(),
+            releases: 0,
         }
+    }
+
+    /// Whether node `i` is held (on no list).
+    fn is_held(&self, i: u32) -> bool {
+        self.held.get(i as usize).copied().unwrap_or(false)
     }
 
     fn meta_mut(&mut self, i: u32) -> &mut Meta {
@@ -118,9 +129,11 @@ impl Policy for Hazard {
             last_ms: self.model.now(),
             uses: m.uses.saturating_add(1),
         };
-        self.lists[from].remove(&mut self.n, i);
         self.n.set_tag(i, to as u8);
-        self.lists[to].place(&mut self.n, i, a.request);
+        if !self.is_held(i) {
+            self.lists[from].remove(&mut self.n, i);
+            self.lists[to].place(&mut self.n, i, a.request);
+        }
     }
     fn on_insert(&mut self, a: Access) {
         self.chosen = None;
@@ -135,13 +148,39 @@ impl Policy for Hazard {
             last_ms: self.model.now(),
             uses,
         };
+        if let Some(h) = self.held.get_mut(i as usize) {
+            *h = false;
+        }
         self.lists[to].place(&mut self.n, i, a.request);
     }
     fn on_remove(&mut self, key: u64) {
         self.chosen = None;
         if let Some(i) = self.n.get(key) {
-            self.lists[self.n.tag(i) as usize].remove(&mut self.n, i);
+            if !self.is_held(i) {
+                self.lists[self.n.tag(i) as usize].remove(&mut self.n, i);
+            }
             self.n.release(i);
+        }
+    }
+    fn set_held(&mut self, key: u64, held: bool) {
+        self.chosen = None;
+        let Some(i) = self.n.get(key) else { return };
+        if self.is_held(i) == held {
+            return;
+        }
+        if self.held.len() <= i as usize {
+            self.held.resize(i as usize + 1, false);
+        }
+        self.held[i as usize] = held;
+        let c = self.n.tag(i) as usize;
+        if held {
+            self.lists[c].remove(&mut self.n, i);
+        } else {
+            // At the tail as a chain of its own: a request released last block
+            // first leaves its first block nearest the tail, its last nearest the
+            // head (evicted first), as chain order wants.
+            self.releases += 1;
+            self.lists[c].place(&mut self.n, i, u64::MAX - self.releases);
         }
     }
     fn admit(&mut self, a: Access, evictable: &mut dyn FnMut(u64) -> bool) -> bool {

@@ -108,6 +108,58 @@ fn every_policy_keeps_the_contract_under_random_use() {
     });
 }
 
+/// Held keys ([`Policy::set_held`]) under random use: never evicted while held
+/// (whatever `evictable` says), evictable again once released, and a held key can
+/// be used, removed and released without breaking the lists (every policy; hazard
+/// takes held keys off its lists, the others ignore the call).
+#[test]
+fn held_keys_are_never_victims_and_come_back_when_released() {
+    use proptest::prelude::*;
+    proptest!(ProptestConfig::with_cases(128), |(ops in proptest::collection::vec((0u64..30, 0u8..6), 1..500))| {
+        for kind in PolicyKind::ALL {
+            let cap = 12;
+            let mut p = kind.build(cap);
+            let mut resident = std::collections::HashSet::new();
+            let mut held = std::collections::HashSet::new();
+            for (i, &(key, op)) in ops.iter().enumerate() {
+                let a = Access { now_ms: i as u64 * 10, ..acc(key, i as u64 / 2, (i % 2) as u32) };
+                match op {
+                    0 | 1 if resident.contains(&key) => {
+                        let h = op == 0;
+                        p.set_held(key, h);
+                        if h { held.insert(key); } else { held.remove(&key); }
+                    }
+                    2 if resident.contains(&key) => {
+                        p.on_remove(key);
+                        resident.remove(&key);
+                        held.remove(&key);
+                    }
+                    _ if resident.contains(&key) => p.on_hit(a),
+                    _ => {
+                        if resident.len() == cap {
+                            let Some(v) = p.evict(&mut |k| !held.contains(&k)) else { continue };
+                            prop_assert!(resident.remove(&v), "{kind:?} evicted non-resident {v}");
+                            prop_assert!(!held.contains(&v), "{kind:?} evicted held key {v}");
+                        }
+                        p.on_insert(a);
+                        resident.insert(key);
+                    }
+                }
+                prop_assert_eq!(p.len(), resident.len());
+            }
+            // Released, every key can leave again.
+            for &k in &held {
+                p.set_held(k, false);
+            }
+            let mut left = 0;
+            while p.evict(&mut |_| true).is_some() {
+                left += 1;
+            }
+            prop_assert_eq!(left, resident.len(), "{:?}", kind);
+        }
+    });
+}
+
 /// Replays `(key, request, depth, last, now_ms)` accesses as a full cache of
 /// `cap` keys would (admission, eviction, insertion); returns whether each access
 /// found its key resident.
