@@ -509,9 +509,8 @@ impl BlockPool {
             // (it sits at the head), the next allocation evicts nothing.
             let head = self.free.head;
             let full = head == NIL || self.slots[head as usize].hash.is_some();
-            if !o.registered(at, hash, id, last, full, &self.slots) {
-                self.slots[id as usize].refused = true;
-            }
+            let admitted = o.registered(at, hash, id, last, full, &self.slots);
+            self.slots[id as usize].refused = !admitted;
         }
         Ok(true)
     }
@@ -588,6 +587,7 @@ impl BlockPool {
         self.n_cached = 0;
         for s in &mut self.slots {
             s.hash = None;
+            s.refused = false;
         }
         n
     }
@@ -625,6 +625,7 @@ impl BlockPool {
         let free: Vec<u32> = self.free.iter(&self.links).collect();
         assert_eq!(free.len(), self.free.len as usize);
         for (id, s) in self.slots.iter().enumerate() {
+            assert!(s.hash.is_some() || !s.refused, "block {id}: refused without identity");
             let in_free = free.contains(&(id as u32));
             assert_eq!(in_free, s.ref_cnt == 0, "block {id}: free-list membership vs ref count");
             if let Some(h) = s.hash {
