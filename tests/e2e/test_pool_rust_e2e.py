@@ -115,3 +115,6 @@ def test_a_hazard_g1_serves_vllms_outputs_and_demotes_its_victims(runs):
     hz = runs["rust_hazard"]
     assert "eviction hazard" in Path(hz["log"]).read_text(), "the pool did not take TIERKV_POOL_EVICTION"
     assert copied_to_host(hz) > 0, "victims were not demoted"
+    # G1 cannot hold the four prefixes: what it let go of in the first round
+    # comes back from the host tier in the second.
+    assert host_loads(hz) > 0, "no evicted prefix was served from the host tier"
