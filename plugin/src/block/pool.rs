@@ -431,8 +431,7 @@ impl BlockPool {
                 self.stats.hits += 1;
                 slot.refused = false;
                 if let (Some(o), Some(at)) = (&mut self.order, &mut chain) {
-                    o.used(at, h, id, false);
-                    o.held(h, id, true);
+                    o.used(at, h, id, false, true);
                 }
             }
             slot.ref_cnt += 1;
@@ -567,8 +566,7 @@ impl BlockPool {
             out.push(id);
             n += 1;
             if let (Some(o), Some(at)) = (&mut self.order, &mut at) {
-                o.used(at, *h, id, n == hashes.len());
-                o.held(*h, id, true);
+                o.used(at, *h, id, n == hashes.len(), true);
             }
         }
         self.stats.hits += n as u64;

@@ -105,15 +105,18 @@ impl PolicyOrder {
     /// over); tracked anew if the policy had let it go.
     pub(super) fn moved(&mut self, hash: BlockHash, from: BlockId, to: BlockId, slots: &[Slot]) {
         let key = hash.fold64();
+        let held = slots[to as usize].ref_cnt > 0;
         match self.blocks.get_mut(&key) {
-            Some(b) if *b == from => *b = to,
-            Some(_) => return,
+            Some(b) if *b == from => {
+                *b = to;
+                self.policy.set_held(key, held);
+            }
+            Some(_) => {}
             None => {
                 let mut at = self.chain();
-                self.used(&mut at, hash, to, true);
+                self.used(&mut at, hash, to, true, held);
             }
         }
-        self.held(hash, to, slots[to as usize].ref_cnt > 0);
     }
 
     /// The block `id`, which holds `hash`, is now held by a request (`held`) or
@@ -128,9 +131,7 @@ impl PolicyOrder {
     /// The free block the policy evicts first, untracked from now on; `None` when
     /// none of the candidates it looked at is free.
     pub(super) fn victim(&mut self, slots: &[Slot]) -> Option<BlockId> {
-        let blocks = &self.blocks;
-        let mut free = |k: u64| blocks.get(&k).is_some_and(|&b| slots[b as usize].ref_cnt == 0);
-        let key = self.policy.evict(&mut free);
+        let key = self.policy.evict(&mut evictable(&self.blocks, slots));
         match key.and_then(|k| self.blocks.remove(&k)) {
             Some(id) => Some(id),
             None => {
@@ -189,9 +190,7 @@ impl PolicyOrder {
             // Another identity with the same key (or a stale entry): untracked.
             return true;
         }
-        let blocks = &self.blocks;
-        let mut free = |k: u64| blocks.get(&k).is_some_and(|&b| slots[b as usize].ref_cnt == 0);
-        if full && !self.policy.admit(a, &mut free) {
+        if full && !self.policy.admit(a, &mut evictable(&self.blocks, slots)) {
             self.refused += 1;
             return false;
         }
@@ -202,18 +201,25 @@ impl PolicyOrder {
     }
 
     /// A use of identity `hash`, found at `id` (a prefix hit; a later holder taking
-    /// over), next in the chain `at`; `last`: it ends the chain.
-    pub(super) fn used(&mut self, at: &mut ChainPos, hash: BlockHash, id: BlockId, last: bool) {
+    /// over), next in the chain `at`; `last`: it ends the chain; `held`: a request
+    /// holds the block now (one lookup for both).
+    pub(super) fn used(&mut self, at: &mut ChainPos, hash: BlockHash, id: BlockId, last: bool, held: bool) {
         let a = Self::access(at, hash, last);
         let key = a.key;
         match self.blocks.get(&key) {
             Some(&b) if b == id => self.policy.on_hit(a),
             // Another identity with the same key (or a stale entry): untracked.
-            Some(_) => {}
+            Some(_) => return,
             None => {
                 self.blocks.insert(key, id);
                 self.policy.on_insert(a);
             }
         }
+        self.policy.set_held(key, held);
     }
+}
+
+/// Whether the policy's key `k` names a free block (the victim searches' filter).
+fn evictable<'a>(blocks: &'a KeyMap<BlockId>, slots: &'a [Slot]) -> impl FnMut(u64) -> bool + 'a {
+    |k| blocks.get(&k).is_some_and(|&b| slots[b as usize].ref_cnt == 0)
 }
